@@ -1,0 +1,5 @@
+"""``python -m gproxy``"""
+
+from gproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The command line: flags and config file -> Config -> Proxy, with exit codes.
+
+Exit 0 after a clean stop, 2 with one line on stderr for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from gproxy import __version__
+from gproxy.config import OPTIONS, Config, load_toml
+from gproxy.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and exit 2, instead of argparse's usage dump."""
+        self.exit(2, f"gproxy: {message} (see gproxy --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gproxy",
+        description="SOCKS4/4a/5 and HTTP proxy, TCP and UDP forwarder, on gevent.",
+        argument_default=argparse.SUPPRESS,  # only flags actually given override the file
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the same settings as the flags")
+    for option in OPTIONS:
+        flag = f"--{option.key}"
+        default_note = f" (default {option.default})" if option.default not in (None, False) else ""
+        if option.kind is bool:
+            parser.add_argument(flag, action="store_true", help=option.help)
+        elif option.repeat:
+            parser.add_argument(flag, action="append", metavar=option.metavar, help=option.help)
+        else:
+            parser.add_argument(
+                flag, type=_typed(option.kind, flag), metavar=option.metavar, help=option.help + default_note
+            )
+    parser.add_argument("-v", "--verbose", action="store_const", const="debug", dest="log-level", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_const", const="error", dest="log-level", help="errors only")
+    parser.add_argument("--version", action="version", version=f"gproxy {__version__}")
+    return parser
+
+
+def _typed(kind: type, flag: str) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a number, not {text!r}") from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def load_config(argv: Sequence[str] | None) -> Config:
+    """Flags (and the --config file under them) to a validated Config."""
+    args = vars(build_parser().parse_args(argv))
+    settings: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    path = args.pop("config", None)
+    if path is not None:
+        settings, extra = load_toml(path)
+    settings.update({key.replace("_", "-"): value for key, value in args.items()})
+    return Config.from_settings(settings, extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run gproxy; returns the exit code."""
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"gproxy: {exc}", file=sys.stderr)
+        return 2
+    from gevent import monkey
+
+    monkey.patch_all()
+    return run(config)
+
+
+def run(config: Config) -> int:
+    import gevent
+
+    from gproxy.log import setup_logging
+    from gproxy.server import Proxy, spawn_stop
+
+    setup_logging(config.to_logging_level())
+    raise_fd_limit()
+    proxy = Proxy(config)
+    try:
+        proxy.start()
+    except ConfigError as exc:
+        print(f"gproxy: {exc}", file=sys.stderr)
+        proxy.stop(0)
+        return 2
+    gevent.signal_handler(signal.SIGTERM, spawn_stop, proxy)
+    gevent.signal_handler(signal.SIGINT, spawn_stop, proxy)
+    gevent.signal_handler(signal.SIGHUP, proxy.reload)
+    proxy.serve_forever()
+    return 0
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-file limit to the hard one: each tunnel needs two."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

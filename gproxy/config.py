@@ -1,0 +1,281 @@
+"""Settings: the options table, TOML loading, and the frozen Config.
+
+One table (OPTIONS) defines every setting once: the CLI builds its flags
+from it and the TOML loader checks keys and types against it, so the two
+can never drift apart. ``Config.build(**settings)`` is the Python API.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gproxy.access import Network, parse_network, parse_user
+from gproxy.addr import Address, format_hostport, parse_ip
+from gproxy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # the long flag without dashes, and the TOML key
+    kind: type
+    help: str
+    repeat: bool = False
+    metavar: str | None = None
+    default: Any = None
+
+
+#: listener option key -> listener kind printed in "gproxy: listening KIND ..."
+LISTENER_KINDS = {
+    "socks": "socks5",
+    "http": "http",
+    "mixed": "mixed",
+    "https": "https",
+    "socks-tls": "socks5-tls",
+    "forward": "forward",
+    "udp-forward": "udp-forward",
+    "metrics": "metrics",
+}
+#: kinds that relay for whoever asks, and so must not be open by accident
+PROXY_KINDS = frozenset({"socks5", "http", "mixed", "https", "socks5-tls"})
+TLS_KINDS = frozenset({"https", "socks5-tls"})
+
+OPTIONS: tuple[Option, ...] = (
+    Option("socks", str, "SOCKS4/4a/5 listener", True, "ADDR"),
+    Option("http", str, "HTTP proxy listener (CONNECT and absolute-URI)", True, "ADDR"),
+    Option("mixed", str, "SOCKS and HTTP on one port", True, "ADDR"),
+    Option("https", str, "HTTP proxy over TLS (needs --cert/--key)", True, "ADDR"),
+    Option("socks-tls", str, "SOCKS over TLS (needs --cert/--key)", True, "ADDR"),
+    Option("forward", str, "plain TCP forwarder", True, "ADDR=HOST:PORT"),
+    Option("udp-forward", str, "plain UDP relay", True, "ADDR=HOST:PORT"),
+    Option("metrics", str, "Prometheus metrics at http://ADDR/metrics", True, "ADDR"),
+    Option("user", str, "require this user (repeats)", True, "USER:PASS"),
+    Option("users-file", str, "users, one USER:PASS a line; reloaded on SIGHUP", metavar="FILE"),
+    Option("allow", str, "only clients in this network may connect (repeats)", True, "CIDR"),
+    Option("deny", str, "clients in this network may not connect (repeats)", True, "CIDR"),
+    Option("allow-dest", str, "destinations that may be reached (repeats)", True, "CIDR|HOST"),
+    Option("deny-dest", str, "destinations that may not be reached (repeats)", True, "CIDR|HOST"),
+    Option("upstream", str, "chain outbound connections through this proxy", metavar="URL"),
+    Option("connect-timeout", float, "outbound connect timeout", metavar="SECONDS", default=10.0),
+    Option("idle-timeout", float, "close tunnels idle this long (0: never)", metavar="SECONDS", default=300.0),
+    Option("handshake-timeout", float, "drop clients slower than this to ask", metavar="SECONDS", default=10.0),
+    Option("drain-timeout", float, "on SIGTERM, let sessions finish this long", metavar="SECONDS", default=10.0),
+    Option("max-conns", int, "refuse clients beyond this many (0: no limit)", metavar="N", default=0),
+    Option(
+        "max-conns-per-ip",
+        int,
+        "refuse a client address beyond this many (0: no limit)",
+        metavar="N",
+        default=0,
+    ),
+    Option("workers", int, "worker processes sharing each port (SO_REUSEPORT)", metavar="N", default=1),
+    Option("access-log", str, "one logfmt line per session to FILE, or - for stdout", metavar="FILE|-"),
+    Option("log-level", str, "debug, info, warning or error", metavar="LEVEL", default="info"),
+    Option("cert", str, "TLS certificate chain (PEM) for --https/--socks-tls", metavar="FILE"),
+    Option("key", str, "TLS private key (PEM) for --https/--socks-tls", metavar="FILE"),
+    Option("proxy-protocol", bool, "expect a PROXY protocol v1/v2 header from a load balancer", default=False),
+    Option("udp-advertise", str, "announce this IP for UDP ASSOCIATE (behind NAT)", metavar="IP"),
+)
+OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    kind: str
+    host: str
+    port: int
+    target: Address | None = None  # forward / udp-forward only
+
+    def __str__(self) -> str:
+        return format_hostport(self.host, self.port)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        ip = parse_ip(self.host)
+        return ip is not None and ip.is_loopback
+
+
+def parse_hostport(spec: str, flag: str, default_host: str | None = "127.0.0.1") -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[IPV6]:PORT``; a bare port binds ``default_host``."""
+    spec = spec.strip()
+    if spec.isdigit() and default_host is not None:
+        host, port_text = default_host, spec
+    elif spec.startswith("["):
+        host, sep, port_text = spec[1:].partition("]:")
+        if not sep or parse_ip(host) is None or ":" not in host:
+            raise ConfigError(f"{flag}: {spec!r} is not [IPV6]:PORT")
+    else:
+        host, sep, port_text = spec.rpartition(":")
+        if not sep or not host:
+            want = "PORT, HOST:PORT or [IPV6]:PORT" if default_host else "HOST:PORT"
+            raise ConfigError(f"{flag}: {spec!r} is not {want}")
+        if ":" in host:
+            raise ConfigError(f"{flag}: put IPv6 addresses in brackets, as [{host}]:{port_text}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{flag}: port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def parse_listener(key: str, spec: str) -> ListenerSpec:
+    flag = f"--{key}"
+    kind = LISTENER_KINDS[key]
+    if kind in ("forward", "udp-forward"):
+        listen, sep, target = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"{flag}: expected ADDR=HOST:PORT, got {spec!r}")
+        host, port = parse_hostport(listen, flag)
+        thost, tport = parse_hostport(target, flag, default_host=None)
+        if tport == 0:
+            raise ConfigError(f"{flag}: the target port may not be 0")
+        return ListenerSpec(kind, host, port, Address(thost, tport))
+    host, port = parse_hostport(spec, flag)
+    return ListenerSpec(kind, host, port)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a Proxy needs; build it with ``Config.build(...)``."""
+
+    listeners: tuple[ListenerSpec, ...] = ()
+    users: tuple[tuple[str, str], ...] = ()
+    users_file: str | None = None
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    allow_dest: tuple[str, ...] = ()
+    deny_dest: tuple[str, ...] = ()
+    upstream: str | None = None
+    connect_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    handshake_timeout: float = 10.0
+    drain_timeout: float = 10.0
+    max_conns: int = 0
+    max_conns_per_ip: int = 0
+    workers: int = 1
+    access_log: str | None = None
+    log_level: str = "info"
+    cert: str | None = None
+    key: str | None = None
+    proxy_protocol: bool = False
+    udp_advertise: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # TOML-only tables
+
+    @classmethod
+    def build(cls, **settings: Any) -> Config:
+        """From Python names: ``Config.build(socks=["0"], user=["u:p"], idle_timeout=5)``."""
+        return cls.from_settings({name.replace("_", "-"): value for name, value in settings.items()})
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Config:
+        """From option keys (``socks``, ``idle-timeout``, ...) to a validated Config.
+
+        ``extra`` holds the TOML-only tables (see EXTRA_TABLES).
+        """
+        values = {key: _check_type(key, value, "") for key, value in settings.items()}
+        listeners = tuple(parse_listener(key, spec) for key in LISTENER_KINDS for spec in values.get(key, ()))
+        kwargs: dict[str, Any] = {
+            "listeners": listeners,
+            "users": tuple(parse_user(spec) for spec in values.get("user", ())),
+            "allow": tuple(parse_network(s, "--allow") for s in values.get("allow", ())),
+            "deny": tuple(parse_network(s, "--deny") for s in values.get("deny", ())),
+            "allow_dest": tuple(values.get("allow-dest", ())),
+            "deny_dest": tuple(values.get("deny-dest", ())),
+            "extra": dict(extra or {}),
+        }
+        for option in OPTIONS:
+            if not option.repeat and option.key in values and values[option.key] is not None:
+                kwargs[option.key.replace("-", "_")] = values[option.key]
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    @property
+    def has_auth(self) -> bool:
+        return bool(self.users) or self.users_file is not None
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, and open proxies made by accident."""
+        if not self.listeners:
+            raise ConfigError("nothing to serve: give a listener such as --socks 1080 (see --help)")
+        for name in ("connect_timeout", "handshake_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")
+        for name in ("idle_timeout", "drain_timeout", "max_conns", "max_conns_per_ip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} may not be negative")
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.udp_advertise is not None and parse_ip(self.udp_advertise) is None:
+            raise ConfigError(f"--udp-advertise: {self.udp_advertise!r} is not an IP address")
+        tls = [spec for spec in self.listeners if spec.kind in TLS_KINDS]
+        if tls and not (self.cert and self.key):
+            raise ConfigError(
+                f"--{'https' if tls[0].kind == 'https' else 'socks-tls'} needs --cert FILE and --key FILE"
+            )
+        if not self.has_auth and not self.allow:
+            for spec in self.listeners:
+                if spec.kind in PROXY_KINDS and not spec.is_loopback:
+                    raise ConfigError(
+                        f"refusing to run an open proxy: {spec.kind} on {spec} has no users and no "
+                        f"--allow; add --user USER:PASS, or --allow CIDR for the clients that may use it"
+                    )
+
+    def to_logging_level(self) -> int:
+        return int(getattr(logging, self.log_level.upper()))
+
+
+def _check_type(key: str, value: Any, where: str) -> Any:
+    """Check one setting's type against OPTIONS; repeated options become tuples."""
+    option = OPTIONS_BY_KEY.get(key)
+    if option is None:
+        raise ConfigError(f"{where}unknown setting {key!r}")
+    if value is None:
+        return None
+    if option.repeat:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where}{key!r} must be a string or an array of strings")
+        return tuple(items)
+    if option.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, option.kind) or (option.kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}{key!r} must be {_type_name(option.kind)}, not {type(value).__name__}")
+    return value
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
+
+
+#: TOML tables that are not flags (per-user rules and the like); each
+#: owner validates its own table and finds it in ``Config.extra``.
+EXTRA_TABLES: frozenset[str] = frozenset()
+
+
+def load_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a config file: (settings by option key, extra tables).
+
+    Raises ConfigError naming the file and the key for unknown keys and wrong types.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: {exc}") from None
+    settings: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in EXTRA_TABLES:
+            extra[key] = value
+        else:
+            settings[key] = _check_type(key, value, f"{path}: ")
+    return settings, extra

@@ -1,0 +1,126 @@
+"""Outbound connections: the Dialer interface, direct dialing and error mapping.
+
+``dial(dest, timeout)`` returns a connected socket or raises DialError whose
+``reply`` is the SOCKS5 code that front ends translate into their own answer.
+Upstream proxies (chaining) implement the same interface in ``upstream.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import gevent
+from gevent import socket as gsocket
+
+from gproxy.addr import Address, IPAddress, parse_ip
+from gproxy.codec.replies import ReplyCode
+from gproxy.errors import Denied, DialError
+
+#: errno -> SOCKS5 reply code (microsocks' connect_socks_target table)
+ERRNO_TO_REPLY: dict[int, ReplyCode] = {
+    errno.ECONNREFUSED: ReplyCode.CONNECTION_REFUSED,
+    errno.ENETUNREACH: ReplyCode.NETWORK_UNREACHABLE,
+    errno.ENETDOWN: ReplyCode.NETWORK_UNREACHABLE,
+    errno.EHOSTUNREACH: ReplyCode.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: ReplyCode.HOST_UNREACHABLE,
+    errno.ETIMEDOUT: ReplyCode.TTL_EXPIRED,
+    errno.EADDRNOTAVAIL: ReplyCode.HOST_UNREACHABLE,
+}
+
+#: (family, sockaddr) pairs, as getaddrinfo gives them
+Resolved = list[tuple[int, tuple[object, ...]]]
+Resolver = Callable[[str, int], Resolved]
+#: called for every resolved IP before connecting; raises Denied to refuse it
+IPCheck = Callable[[IPAddress, int], None]
+
+
+class Dialer(Protocol):
+    def dial(self, dest: Address, timeout: float) -> socket.socket: ...
+
+
+def reply_for(exc: BaseException) -> ReplyCode:
+    """The SOCKS5 reply code that best describes a failed connect."""
+    if isinstance(exc, DialError | Denied):
+        return exc.reply
+    if isinstance(exc, socket.gaierror):
+        return ReplyCode.HOST_UNREACHABLE
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ReplyCode.TTL_EXPIRED
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return ERRNO_TO_REPLY.get(exc.errno, ReplyCode.GENERAL_FAILURE)
+    return ReplyCode.GENERAL_FAILURE
+
+
+def system_resolve(host: str, port: int) -> Resolved:
+    """getaddrinfo for TCP; IPv6 and IPv4 results in the system's order."""
+    infos = gsocket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def resolve(dest: Address, resolver: Resolver) -> Resolved:
+    """Literal IPs skip the resolver (no DNS round trip for them)."""
+    ip = parse_ip(dest.host)
+    if ip is not None:
+        if ip.version == 4:
+            return [(socket.AF_INET, (str(ip), dest.port))]
+        return [(socket.AF_INET6, (dest.host, dest.port, 0, 0))]
+    try:
+        return resolver(dest.host, dest.port)
+    except (OSError, UnicodeError) as exc:
+        raise DialError(f"cannot resolve {dest.host}: {exc}", ReplyCode.HOST_UNREACHABLE) from None
+
+
+def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, what: str = "") -> socket.socket:
+    """Connect to the first address that answers, within ``timeout`` overall."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    denied: Denied | None = None
+    for family, sockaddr in addrs:
+        if check is not None:
+            try:
+                check(parse_ip(str(sockaddr[0])), int(sockaddr[1]))  # type: ignore[arg-type, call-overload]
+            except Denied as exc:
+                denied = exc
+                continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            last = TimeoutError("connect timed out")
+            break
+        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(remaining)
+            sock.connect(sockaddr)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            last = exc
+            continue
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    if last is None and denied is not None:
+        raise denied
+    if last is None:
+        raise DialError(f"{what}: no address to connect to", ReplyCode.HOST_UNREACHABLE)
+    raise DialError(f"{what}: {last}", reply_for(last)) from None
+
+
+class DirectDialer:
+    """Connect straight to the destination, trying every resolved address."""
+
+    def __init__(self, resolver: Resolver = system_resolve, check: IPCheck | None = None) -> None:
+        self.resolver = resolver
+        self.check = check
+
+    def dial(self, dest: Address, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        timed_out = DialError(f"resolving {dest.host} timed out", ReplyCode.TTL_EXPIRED)
+        with gevent.Timeout(timeout, timed_out):
+            addrs = resolve(dest, self.resolver)
+        remaining = max(deadline - time.monotonic(), 0.001)
+        return connect_any(addrs, remaining, self.check, str(dest))

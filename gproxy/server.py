@@ -1,0 +1,246 @@
+"""Proxy: binds every listener, serves them, drains and reloads.
+
+``Proxy(config).start()`` is what the CLI runs and what programs embed.
+Everything is bound before anything serves, so a bad address fails fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from gproxy.access import ClientRules, Users, read_users_file
+from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
+from gproxy.config import Config, ListenerSpec
+from gproxy.context import Context, Metrics
+from gproxy.dial import DirectDialer
+from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.log import AccessLog, announce, logger
+from gproxy.rules import DestinationPolicy
+from gproxy.session import Session
+from gproxy.socks import serve_socks
+from gproxy.stream import Conn
+
+Handler = Callable[[Conn, Context, Session], None]
+
+#: listener kind -> the front end that serves its connections
+HANDLERS: dict[str, Handler] = {
+    "socks5": serve_socks,
+}
+
+LISTEN_BACKLOG = 1024
+
+
+class Proxy:
+    """A running set of listeners built from one Config."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.users = Users()
+        self.clients = ClientRules(config.allow, config.deny)
+        self.access_log: AccessLog | None = None
+        self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
+        self._servers: list[StreamServer] = []
+        self._sessions = Pool()  # unbounded: --max-conns refuses instead of queueing
+        self._active = 0
+        self._active_by_ip: dict[str, int] = {}
+        self._stopped = Event()
+        self._load_users()
+
+    # -- life cycle -------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind every listener; raises ConfigError naming the one that fails."""
+        if self._sockets:
+            return
+        try:
+            for spec in self.config.listeners:
+                self._sockets.append((spec, bind_listener(spec)))
+        except BaseException:
+            for _, sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+            raise
+
+    def start(self) -> Proxy:
+        """Bind (if not yet) and start serving; returns at once."""
+        self.bind()
+        if self.config.access_log:
+            try:
+                self.access_log = AccessLog(self.config.access_log)
+            except OSError as exc:
+                raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
+        own = [(ip, port) for _, ip, port in self._bound_ips()]
+        for spec, sock in self._sockets:
+            handler = HANDLERS.get(spec.kind)
+            if handler is None:
+                raise ConfigError(f"{spec.kind} listeners are not available in this version")
+            ctx = self._context(spec, own)
+            server = StreamServer(sock, self._handle_for(ctx, handler), spawn=self._sessions)
+            server.start()
+            self._servers.append(server)
+            announce(spec.kind, self.address_of(sock))
+        return self
+
+    def serve_forever(self) -> None:
+        """Start, then block until stop() has finished."""
+        if not self._servers:
+            self.start()
+        self._stopped.wait()
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let sessions finish for ``drain_timeout``, then close them."""
+        if self._stopped.is_set():
+            return
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        for server in self._servers:
+            server.close()
+        for _, sock in self._sockets:
+            sock.close()
+        self._sessions.join(timeout=timeout)
+        self._sessions.kill(block=True, timeout=1)
+        if self.access_log is not None:
+            self.access_log.close()
+        self._stopped.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the users file and reopen the access log."""
+        try:
+            self._load_users()
+        except ConfigError as exc:
+            logger.error("reload failed, keeping the old users: %s", exc)
+        if self.access_log is not None:
+            self.access_log.reopen()
+        logger.info("reloaded")
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0)
+
+    # -- addresses ----------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[tuple[str, Address]]:
+        """(kind, bound address) for every listener, ports as actually bound."""
+        return [(spec.kind, from_sockaddr(sock.getsockname())) for spec, sock in self._sockets]
+
+    def address(self, kind: str = "socks5") -> Address:
+        """The bound address of the first listener of ``kind``."""
+        for listener_kind, address in self.addresses:
+            if listener_kind == kind:
+                return address
+        raise KeyError(kind)
+
+    @staticmethod
+    def address_of(sock: socket.socket) -> str:
+        host, port = sock.getsockname()[:2]
+        return format_hostport(host, port)
+
+    def _bound_ips(self) -> list[tuple[str, IPAddress, int]]:
+        bound = []
+        for spec, sock in self._sockets:
+            host, port = sock.getsockname()[:2]
+            ip = parse_ip(host)
+            if ip is not None:
+                bound.append((spec.kind, ip, port))
+        return bound
+
+    # -- serving --------------------------------------------------------------------
+
+    def _load_users(self) -> None:
+        pairs = list(self.config.users)
+        if self.config.users_file:
+            pairs += read_users_file(self.config.users_file)
+        self.users.replace(pairs)
+
+    def _context(self, spec: ListenerSpec, own: list[tuple[IPAddress, int]]) -> Context:
+        policy = DestinationPolicy(own, deny_local=not spec.is_loopback)
+        return Context(
+            config=self.config,
+            listener=spec,
+            users=self.users,
+            clients=self.clients,
+            destinations=policy,
+            dialer=DirectDialer(check=policy.check_ip),
+            metrics=self.metrics,
+        )
+
+    def _handle_for(self, ctx: Context, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
+        def handle(sock: socket.socket, peer: tuple[object, ...]) -> None:
+            self._serve_client(sock, peer, ctx, handler)
+
+        return handle
+
+    def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
+        client = from_sockaddr(peer)
+        ip = client.ip
+        if ip is not None and not self.clients.permits(ip):
+            logger.debug("%s: client not allowed", client)
+            return
+        limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
+        if (limit and self._active >= limit) or (per_ip and self._active_by_ip.get(client.host, 0) >= per_ip):
+            logger.debug("%s: connection limit reached", client)
+            return
+        self._active += 1
+        self._active_by_ip[client.host] = self._active_by_ip.get(client.host, 0) + 1
+        session = Session(client, ctx.listener.kind)
+        self.metrics.session_opened(ctx.listener.kind)
+        conn = Conn(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            handler(conn, ctx, session)
+        except (GproxyError, HandshakeTimeout) as exc:
+            session.outcome = exc.reason
+            logger.debug("%s: %s: %s", client, exc.reason, exc)
+            if not isinstance(exc, ClientClosed):
+                conn.close_politely()
+        except OSError as exc:
+            session.outcome = errno.errorcode.get(exc.errno or 0, "error").lower()
+            logger.debug("%s: %s", client, exc)
+        finally:
+            self._active -= 1
+            remaining = self._active_by_ip[client.host] - 1
+            if remaining:
+                self._active_by_ip[client.host] = remaining
+            else:
+                del self._active_by_ip[client.host]
+            self.metrics.session_closed(session)
+            if self.access_log is not None:
+                self.access_log.write(session.logfmt())
+
+
+def bind_listener(spec: ListenerSpec, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket for ``spec``; ConfigError if it cannot be bound."""
+    try:
+        infos = gsocket.getaddrinfo(spec.host, spec.port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
+    return sock
+
+
+def spawn_stop(proxy: Proxy) -> None:
+    """Drain from a signal handler without blocking the hub."""
+    gevent.spawn(proxy.stop)

@@ -1,0 +1,100 @@
+"""The SOCKS front end: SOCKS5 (RFC 1928/1929) here, SOCKS4/4a by first byte.
+
+Straight-line handshake under --handshake-timeout; success is sent only once
+the outbound connection is up, with its real local address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gevent
+
+from gproxy.addr import Address, from_sockaddr
+from gproxy.codec import socks5
+from gproxy.codec.replies import ReplyCode
+from gproxy.codec.socks5 import AuthMethod, Command
+from gproxy.context import Context
+from gproxy.errors import AuthFailed, ClientProtocolError, Denied, DialError, HandshakeTimeout
+from gproxy.session import Session
+from gproxy.stream import Conn
+from gproxy.tunnel import open_upstream, run_tunnel
+
+#: command -> handler, run after the handshake with the request's address
+CommandHandler = Callable[[Conn, Context, Session, Address], None]
+
+
+def handshake_deadline(ctx: Context) -> gevent.Timeout:
+    """``with handshake_deadline(ctx):`` bounds everything the client must send."""
+    return gevent.Timeout(ctx.config.handshake_timeout, HandshakeTimeout)
+
+
+def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
+    """Serve one client of a SOCKS listener: version 5, or 4/4a."""
+    with handshake_deadline(ctx):
+        version = conn.peek_byte()
+    if version == socks5.VERSION:
+        serve_socks5(conn, ctx, session)
+    elif version == 4:
+        from gproxy.socks4 import serve_socks4  # noqa: PLC0415 (optional front end)
+
+        serve_socks4(conn, ctx, session)
+    else:
+        raise ClientProtocolError(f"not a SOCKS request (first byte {version:#04x})", reason="bad_version")
+
+
+def serve_socks5(conn: Conn, ctx: Context, session: Session) -> None:
+    session.proto = "socks5"
+    with handshake_deadline(ctx):
+        _negotiate(conn, ctx, session)
+        try:
+            request = conn.read_message(socks5.parse_request, 262)
+        except ClientProtocolError as exc:
+            conn.sendall(socks5.encode_reply(exc.reply))
+            raise
+    session.dest = str(request.address)
+    handler = COMMANDS.get(request.command)
+    if handler is None:
+        session.cmd = f"{request.command:#04x}"
+        conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
+        raise ClientProtocolError(f"command {request.command:#04x} not supported", reason="bad_command")
+    session.cmd = Command(request.command).name.lower().replace("_", "-")
+    handler(conn, ctx, session, request.address)
+
+
+def _negotiate(conn: Conn, ctx: Context, session: Session) -> None:
+    """Method selection and, with users configured, RFC 1929 auth."""
+    try:
+        greeting = conn.read_message(socks5.parse_greeting, 257)
+    except ClientProtocolError:
+        conn.sendall(socks5.encode_method_choice(AuthMethod.NO_ACCEPTABLE))
+        raise
+    wanted = AuthMethod.USERNAME_PASSWORD if ctx.users else AuthMethod.NO_AUTH
+    if wanted not in greeting.methods:
+        conn.sendall(socks5.encode_method_choice(AuthMethod.NO_ACCEPTABLE))
+        raise AuthFailed("no acceptable authentication method", reason="no_acceptable_method")
+    conn.sendall(socks5.encode_method_choice(wanted))
+    if wanted == AuthMethod.USERNAME_PASSWORD:
+        auth = conn.read_message(socks5.parse_auth, 513)
+        session.user = auth.username.decode("utf-8", "replace")
+        if not ctx.users.check(auth.username, auth.password):
+            conn.sendall(socks5.encode_auth_reply(False))
+            raise AuthFailed("bad user name or password")
+        conn.sendall(socks5.encode_auth_reply(True))
+
+
+def connect(conn: Conn, ctx: Context, session: Session, dest: Address) -> None:
+    """CONNECT: dial, answer with the bound address, relay."""
+    try:
+        upstream = open_upstream(ctx, dest)
+    except (Denied, DialError) as exc:
+        conn.sendall(socks5.encode_reply(exc.reply))
+        raise
+    try:
+        conn.sendall(socks5.encode_reply(ReplyCode.SUCCEEDED, from_sockaddr(upstream.getsockname())))
+        run_tunnel(conn, upstream, ctx, session)
+    finally:
+        upstream.close()
+
+
+COMMANDS: dict[int, CommandHandler] = {Command.CONNECT: connect}

@@ -1,0 +1,88 @@
+"""Conn: a client socket with a small read buffer for handshakes.
+
+Reads whole protocol messages with a size cap (never assuming one recv() is
+one message) and hands bytes the client sent early on to the relay.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import TypeVar
+
+from gproxy.errors import ClientClosed, ClientProtocolError
+
+T = TypeVar("T")
+Parser = Callable[[bytearray], "tuple[T, int] | None"]
+
+#: how much one handshake recv() asks for; pipelined messages arrive together
+_RECV_SIZE = 4096
+
+
+class Conn:
+    """A socket plus the bytes read from it but not yet consumed."""
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock: socket.socket, initial: bytes = b"") -> None:
+        self.sock = sock
+        self.buf = bytearray(initial)
+
+    def read_message(self, parse: Callable[[bytearray], tuple[T, int] | None], limit: int) -> T:
+        """Read until ``parse`` yields a message of at most ``limit`` bytes.
+
+        Raises:
+            ClientProtocolError: the message would exceed ``limit``.
+            ClientClosed: EOF before a whole message.
+        """
+        while True:
+            if self.buf:
+                parsed = parse(self.buf)
+                if parsed is not None:
+                    message, used = parsed
+                    del self.buf[:used]
+                    return message
+                if len(self.buf) >= limit:
+                    raise ClientProtocolError(f"message larger than {limit} bytes")
+            self._fill(min(_RECV_SIZE, max(1, limit - len(self.buf))))
+
+    def read_exact(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes."""
+        while len(self.buf) < n:
+            self._fill(n - len(self.buf))
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def peek_byte(self) -> int:
+        """The next byte without consuming it."""
+        if not self.buf:
+            self._fill(_RECV_SIZE)
+        return self.buf[0]
+
+    def take_buffered(self) -> bytes:
+        """Everything read but not consumed (the client's early bytes)."""
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_politely(self, linger: float = 0.5) -> None:
+        """Shut down our sending half and drain briefly, so the client reads
+        our last reply instead of a RST (pywsgi and h11 do the same)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(linger)
+            for _ in range(16):
+                if not self.sock.recv(4096):
+                    break
+        except OSError:
+            pass
+
+    def _fill(self, size: int) -> None:
+        data = self.sock.recv(size)
+        if not data:
+            raise ClientClosed("client closed the connection")
+        self.buf += data

@@ -1,0 +1,37 @@
+"""The part of CONNECT that every front end shares: check, dial, relay.
+
+Front ends do their own handshake and their own replies; this module turns
+a destination into a connected socket and then relays it to the client.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from gproxy.addr import Address
+from gproxy.context import Context
+from gproxy.relay import relay
+from gproxy.session import Session
+from gproxy.stream import Conn
+
+
+def open_upstream(ctx: Context, dest: Address) -> socket.socket:
+    """Check the destination rules and connect. Raises Denied or DialError."""
+    ctx.destinations.check(dest)
+    return ctx.dialer.dial(dest, ctx.config.connect_timeout)
+
+
+def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session) -> None:
+    """Relay client <-> upstream until both sides are done; records bytes and outcome.
+
+    Bytes the client sent early (still in ``conn``'s buffer) go first.
+    """
+    stats = relay(
+        conn.sock,
+        upstream,
+        idle_timeout=ctx.config.idle_timeout,
+        first_up=conn.take_buffered(),
+    )
+    session.up += stats.up
+    session.down += stats.down
+    session.outcome = stats.outcome
