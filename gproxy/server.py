@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
@@ -30,10 +31,23 @@ from gproxy.stream import Conn
 
 Handler = Callable[[Conn, Context, Session], None]
 
-#: listener kind -> the front end that serves its connections
+
+class Service(Protocol):
+    """A listener that is not a per-connection TCP front end (UDP relay, metrics)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+#: listener kind -> the front end that serves each TCP connection
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
 }
+#: listener kind -> builds a Service from the proxy, its spec and its bound socket
+SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {}
+#: listener kinds bound as UDP sockets
+DATAGRAM_KINDS = frozenset({"udp-forward"})
 
 LISTEN_BACKLOG = 1024
 
@@ -49,6 +63,7 @@ class Proxy:
         self.access_log: AccessLog | None = None
         self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
         self._servers: list[StreamServer] = []
+        self._services: list[Service] = []
         self._sessions = Pool()  # unbounded: --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
@@ -63,7 +78,7 @@ class Proxy:
             return
         try:
             for spec in self.config.listeners:
-                self._sockets.append((spec, bind_listener(spec)))
+                self._sockets.append((spec, bind_listener(spec, datagram=spec.kind in DATAGRAM_KINDS)))
         except BaseException:
             for _, sock in self._sockets:
                 sock.close()
@@ -80,13 +95,17 @@ class Proxy:
                 raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
         own = [(ip, port) for _, ip, port in self._bound_ips()]
         for spec, sock in self._sockets:
-            handler = HANDLERS.get(spec.kind)
-            if handler is None:
+            if spec.kind in SERVICES:
+                service = SERVICES[spec.kind](self, spec, sock)
+                service.start()
+                self._services.append(service)
+            elif spec.kind in HANDLERS:
+                ctx = self.context(spec, own)
+                server = StreamServer(sock, self._handle_for(ctx, HANDLERS[spec.kind]), spawn=self._sessions)
+                server.start()
+                self._servers.append(server)
+            else:
                 raise ConfigError(f"{spec.kind} listeners are not available in this version")
-            ctx = self._context(spec, own)
-            server = StreamServer(sock, self._handle_for(ctx, handler), spawn=self._sessions)
-            server.start()
-            self._servers.append(server)
             announce(spec.kind, self.address_of(sock))
         return self
 
@@ -103,6 +122,8 @@ class Proxy:
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         for server in self._servers:
             server.close()
+        for service in self._services:
+            service.stop()
         for _, sock in self._sockets:
             sock.close()
         self._sessions.join(timeout=timeout)
@@ -163,7 +184,10 @@ class Proxy:
             pairs += read_users_file(self.config.users_file)
         self.users.replace(pairs)
 
-    def _context(self, spec: ListenerSpec, own: list[tuple[IPAddress, int]]) -> Context:
+    def context(self, spec: ListenerSpec, own: list[tuple[IPAddress, int]] | None = None) -> Context:
+        """The Context that front ends and services of listener ``spec`` use."""
+        if own is None:
+            own = [(ip, port) for _, ip, port in self._bound_ips()]
         policy = DestinationPolicy(own, deny_local=not spec.is_loopback)
         return Context(
             config=self.config,
@@ -219,14 +243,15 @@ class Proxy:
                 self.access_log.write(session.logfmt())
 
 
-def bind_listener(spec: ListenerSpec, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket for ``spec``; ConfigError if it cannot be bound."""
+def bind_listener(spec: ListenerSpec, *, datagram: bool = False, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP (or bound UDP) socket for ``spec``; ConfigError if it cannot be bound."""
+    kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
     try:
-        infos = gsocket.getaddrinfo(spec.host, spec.port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        infos = gsocket.getaddrinfo(spec.host, spec.port, 0, kind, 0, socket.AI_PASSIVE)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
     family, _, _, _, sockaddr = infos[0]
-    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    sock = gsocket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -234,7 +259,8 @@ def bind_listener(spec: ListenerSpec, reuse_port: bool = False) -> socket.socket
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        sock.listen(LISTEN_BACKLOG)
+        if not datagram:
+            sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
