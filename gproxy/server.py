@@ -55,9 +55,7 @@ LISTEN_BACKLOG = 1024
 class Proxy:
     """A running set of listeners built from one Config."""
 
-    def __init__(
-        self, config: Config, *, metrics: Metrics | None = None, resolver: Resolver = system_resolve
-    ) -> None:
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, resolver: Resolver = system_resolve) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.resolver = resolver
