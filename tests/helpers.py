@@ -87,7 +87,7 @@ def gproxy_env() -> dict[str, str]:
 class GproxyProcess:
     """``python -m gproxy ARGS`` in a subprocess; reads the "listening" lines."""
 
-    def __init__(self, *args: str, wait: bool = True, timeout: float = 15) -> None:
+    def __init__(self, *args: str, wait: bool = True, timeout: float = 15, listeners: int = 1) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gproxy", *args],
             stdout=subprocess.PIPE,
@@ -98,10 +98,11 @@ class GproxyProcess:
         self.listening: dict[str, list[tuple[str, int]]] = {}
         self.stderr_lines: list[str] = []
         if wait:
-            self.wait_listening(timeout)
+            for _ in range(listeners):
+                self.wait_listening(timeout)
 
     def wait_listening(self, timeout: float) -> None:
-        """Read stderr until every listener has announced itself."""
+        """Read stderr until the next listener has announced itself."""
         assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout
         with gevent.Timeout(timeout, TimeoutError("gproxy did not start")):
