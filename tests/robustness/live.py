@@ -1,0 +1,314 @@
+"""Machinery for the live robustness suites: one table of listener kinds,
+abusive clients, and leak meters (fds, greenlets, RSS).
+
+Adding a listener kind to every live suite is one ``Probe`` entry in
+``PROBES``: how to configure it, a valid pipelined handshake to a
+destination, and what its server may answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from gevent.pool import Pool
+from greenlet import greenlet
+
+from gproxy import Config, Proxy
+from gproxy.addr import Address
+from gproxy.codec import socks5
+from gproxy.codec.replies import ReplyCode
+from gproxy.errors import ClientProtocolError, DialError
+
+USER, PASSWORD = b"u", b"p"
+#: names the test resolver knows; everything else fails like NXDOMAIN
+KNOWN_NAMES = {"echo.test": "127.0.0.1"}
+
+
+# -- what each listener kind speaks ---------------------------------------------
+
+
+def socks5_handshake(dest: Address, *, auth: bool = True) -> bytes:
+    """Greeting, RFC 1929 auth and CONNECT in one segment (pipelined)."""
+    no_auth = socks5.encode_greeting([0])
+    hello = socks5.encode_greeting([2]) + socks5.encode_auth(USER, PASSWORD) if auth else no_auth
+    return hello + socks5.encode_request(1, dest)
+
+
+def socks5_transcript(data: bytes) -> str:
+    """Classify what a SOCKS5 server sent: "accepted" (a success reply),
+    "refused" (a well-formed refusal, or a prefix of one), or "nothing".
+    Raises AssertionError for bytes no SOCKS5 server may send."""
+    if not data:
+        return "nothing"
+    buf = bytearray(data)
+    choice = socks5.parse_method_choice(buf)
+    if choice is None:
+        return "refused"  # a prefix of a method choice: cut by a reset
+    method, used = choice
+    del buf[:used]
+    assert method in (0x00, 0x02, 0xFF), f"method {method:#x} in {data!r}"
+    if method == 0xFF:
+        assert not buf, f"bytes after 05 FF: {data!r}"
+        return "refused"
+    if method == 0x02:
+        if len(buf) < 2:
+            return "refused"
+        assert buf[0] == 1 and buf[1] in (0, 1), f"bad auth reply in {data!r}"
+        if buf[1] == 1:
+            assert len(buf) == 2, f"bytes after a failed auth: {data!r}"
+            return "refused"
+        del buf[:2]
+    try:
+        reply = socks5.parse_reply(buf)
+    except ClientProtocolError as exc:
+        raise AssertionError(f"bad reply in {data!r}: {exc}") from None
+    if reply is None:
+        return "refused"
+    assert reply[0].code in set(ReplyCode), f"reply code {reply[0].code} in {data!r}"
+    if reply[0].code == 0:
+        return "accepted"
+    assert reply[1] == len(buf), f"bytes after an error reply: {data!r}"
+    return "refused"
+
+
+def http_handshake(dest: Address, *, auth: bool = True) -> bytes:
+    import base64
+
+    creds = base64.b64encode(USER + b":" + PASSWORD)
+    head = f"CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n".encode()
+    if auth:
+        head += b"Proxy-Authorization: Basic " + creds + b"\r\n"
+    return head + b"\r\n"
+
+
+def http_transcript(data: bytes) -> str:
+    if not data:
+        return "nothing"
+    assert data.startswith(b"HTTP/1.")[: len(data)] or b"HTTP/1.".startswith(data), f"not HTTP: {data[:80]!r}"
+    status = data[9:12]
+    if status == b"200":
+        return "accepted"
+    assert len(status) < 3 or status[:1] in (b"4", b"5"), f"status {status!r}"
+    return "refused"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A listener kind as the live suites see it."""
+
+    kind: str  # as in server.HANDLERS and "gproxy: listening KIND"
+    option: str  # the Config.build / flag key that creates it
+    handshake: Callable[..., bytes]  # (dest, auth=True) -> valid pipelined handshake
+    transcript: Callable[[bytes], str]  # server bytes -> "accepted" / "refused" / "nothing"
+    auth: bool = True  # started with --user
+    extra_seeds: tuple[bytes, ...] = field(default=())  # more valid starts for mutation
+
+    def settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {self.option: ["127.0.0.1:0"]}
+        if self.auth:
+            settings["user"] = [f"{USER.decode()}:{PASSWORD.decode()}"]
+        return settings
+
+
+PROBES: tuple[Probe, ...] = (
+    Probe("socks5", "socks", socks5_handshake, socks5_transcript),
+    Probe("http", "http", http_handshake, http_transcript),
+)
+
+
+def available_probes() -> list[Probe]:
+    from gproxy.server import HANDLERS
+
+    return [probe for probe in PROBES if probe.kind in HANDLERS]
+
+
+# -- a proxy that never leaves loopback ------------------------------------------------
+
+
+def sandbox_resolver(host: str, port: int) -> list[tuple[int, tuple[object, ...]]]:
+    """Knows only KNOWN_NAMES: fuzzed names never reach real DNS."""
+    ip = KNOWN_NAMES.get(host)
+    if ip is None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return [(socket.AF_INET, (ip, port))]
+
+
+class _LoopbackOnly:
+    """Wraps a dialer: fuzzed destinations outside loopback are refused as unreachable."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def dial(self, dest: Address, timeout: float) -> socket.socket:
+        if dest.ip is not None and not dest.ip.is_loopback:
+            raise DialError(f"{dest}: outside the test's loopback", ReplyCode.NETWORK_UNREACHABLE)
+        return self.inner.dial(dest, timeout)  # type: ignore[no-any-return]
+
+
+class SandboxProxy(Proxy):
+    """An in-process Proxy whose outbound connections stay on loopback."""
+
+    def context(self, spec: Any, own: Any = None) -> Any:
+        ctx = super().context(spec, own)
+        ctx.dialer = _LoopbackOnly(ctx.dialer)
+        return ctx
+
+
+def sandbox_proxy(**settings: Any) -> Proxy:
+    settings.setdefault("handshake_timeout", 1)
+    settings.setdefault("connect_timeout", 2)
+    return SandboxProxy(Config.build(**settings), resolver=sandbox_resolver).start()
+
+
+# -- abusive clients ------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    """What one abusive client saw."""
+
+    received: bytes
+    ended: str  # "eof", "reset" or "hung"
+    elapsed: float
+
+
+def attack(
+    address: tuple[str, int],
+    payload: bytes,
+    *,
+    chunk: int = 0,
+    pause: float = 0.0,
+    half_close: bool = False,
+    wait: float = 10.0,
+    stop_on: bytes | None = None,
+) -> Attempt:
+    """Connect, send ``payload`` (in ``chunk``-sized pieces ``pause`` apart),
+    then read until the server closes, for at most ``wait`` seconds."""
+    started = time.monotonic()
+    received = bytearray()
+    ended = "hung"
+    sock = socket.create_connection(address, timeout=wait)
+    try:
+        with gevent.Timeout(wait, False):
+            try:
+                step = chunk or len(payload) or 1
+                for i in range(0, len(payload), step):
+                    sock.sendall(payload[i : i + step])
+                    if pause:
+                        gevent.sleep(pause)
+                if half_close:
+                    sock.shutdown(socket.SHUT_WR)
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        ended = "eof"
+                        break
+                    received += data
+                    if stop_on is not None and stop_on in received:
+                        ended = "eof"
+                        break
+            except OSError:
+                ended = "reset"
+    finally:
+        sock.close()
+    return Attempt(bytes(received), ended, time.monotonic() - started)
+
+
+def garbage(probe: Probe, dest: Address, count: int, seed: int) -> Iterator[tuple[str, bytes]]:
+    """``count`` malformed, truncated, oversized and random handshakes, labelled."""
+    rng = random.Random(seed)
+    valid = [probe.handshake(dest), probe.handshake(Address("echo.test", dest.port)), *probe.extra_seeds]
+    for i in range(count):
+        base = bytearray(rng.choice(valid))
+        category = ("random", "truncated", "mutated", "oversized", "first-byte", "spliced")[i % 6]
+        if category == "random":
+            data = rng.randbytes(rng.randint(0, 600))
+        elif category == "truncated":
+            data = bytes(base[: rng.randint(0, len(base) - 1)])
+        elif category == "mutated":
+            for _ in range(rng.randint(1, 4)):
+                base[rng.randrange(len(base))] = rng.randrange(256)
+            data = bytes(base)
+        elif category == "oversized":
+            cut = rng.randint(0, len(base))
+            data = bytes(base[:cut]) + rng.choice([b"\xff", b"A", b"\x00", b"\r\n"]) * rng.choice([300, 5000, 70000])
+        elif category == "first-byte":
+            data = bytes([i // 6 % 256]) + rng.randbytes(rng.randint(0, 40))
+        else:
+            other = rng.choice(valid)
+            data = bytes(base[: rng.randint(0, len(base))]) + other[rng.randint(0, len(other)) :]
+        yield category, data
+
+
+# -- leak meters ------------------------------------------------------------------------
+
+
+def fd_count(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def greenlet_count() -> int:
+    """Live greenlets in this process (the hub and main included)."""
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def settle(measure: Callable[[], int], baseline: int, *, slack: int = 0, within: float = 15.0) -> int:
+    """Poll ``measure`` until it is back to ``baseline + slack`` (bounded); returns the last value."""
+    deadline = time.monotonic() + within
+    value = measure()
+    while value > baseline + slack and time.monotonic() < deadline:
+        gc.collect()
+        gevent.sleep(0.1)
+        value = measure()
+    return value
+
+
+def run_all(jobs: list[Callable[[], Any]], concurrency: int = 100) -> list[Any]:
+    pool = Pool(concurrency)
+    greenlets = [pool.spawn(job) for job in jobs]
+    pool.join(raise_error=True)
+    return [g.value for g in greenlets]
+
+
+@contextlib.contextmanager
+def hub_errors() -> Iterator[list[str]]:
+    """Collects what gevent would print as a greenlet traceback."""
+    hub = gevent.get_hub()
+    seen: list[str] = []
+    original = hub.print_exception
+
+    def record(context: Any, type_: Any, value: Any, tb: Any) -> None:
+        seen.append(f"{type_.__name__}: {value}")
+        original(context, type_, value, tb)
+
+    hub.print_exception = record
+    try:
+        yield seen
+    finally:
+        del hub.print_exception
+
+
+def good_session(address: tuple[str, int], probe: Probe, dest: Address, payload: bytes, wait: float = 20) -> None:
+    """A well-behaved client: pipelined handshake and payload, half-close,
+    and everything echoed back behind a success reply."""
+    attempt = attack(address, probe.handshake(dest, auth=probe.auth) + payload, half_close=True, wait=wait)
+    assert attempt.ended == "eof", attempt
+    assert attempt.received.endswith(payload), attempt.received[-200:]
+    assert probe.transcript(attempt.received[: len(attempt.received) - len(payload)]) == "accepted", attempt
