@@ -13,20 +13,23 @@ import gc
 import os
 import random
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+from gevent.event import Event
 from gevent.pool import Pool
-from greenlet import greenlet
 
 from gproxy import Config, Proxy
 from gproxy.addr import Address
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
+from gproxy.context import Metrics
 from gproxy.errors import ClientProtocolError, DialError
+from gproxy.session import Session
 
 USER, PASSWORD = b"u", b"p"
 #: names the test resolver knows; everything else fails like NXDOMAIN
@@ -163,10 +166,119 @@ class SandboxProxy(Proxy):
         return ctx
 
 
-def sandbox_proxy(**settings: Any) -> Proxy:
+def sandbox_proxy(*, resolver: Any = sandbox_resolver, metrics: Any = None, **settings: Any) -> Proxy:
     settings.setdefault("handshake_timeout", 1)
     settings.setdefault("connect_timeout", 2)
-    return SandboxProxy(Config.build(**settings), resolver=sandbox_resolver).start()
+    return SandboxProxy(Config.build(**settings), resolver=resolver, metrics=metrics).start()
+
+
+class SessionLog(Metrics):
+    """Metrics that keep every finished session, and wake waiters."""
+
+    def __init__(self) -> None:
+        self.sessions: list[Session] = []
+        self.changed = Event()
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.append(session)
+        self.changed.set()
+
+    def wait_for(self, count: int, within: float = 15.0) -> list[Session]:
+        """Block until ``count`` sessions have finished (bounded)."""
+        deadline = time.monotonic() + within
+        while len(self.sessions) < count and time.monotonic() < deadline:
+            self.changed.clear()
+            self.changed.wait(max(0.01, deadline - time.monotonic()))
+        assert len(self.sessions) >= count, f"{len(self.sessions)} of {count} sessions finished"
+        return self.sessions
+
+
+def socks5_reply_code(data: bytes) -> int | None:
+    """The REP byte of the SOCKS5 reply in a server transcript (auth or not)."""
+    buf = bytearray(data)
+    choice = socks5.parse_method_choice(buf)
+    if choice is None:
+        return None
+    del buf[:2]
+    if choice[0] == 2:
+        del buf[:2]
+    reply = socks5.parse_reply(buf)
+    return None if reply is None else reply[0].code
+
+
+# -- destinations that misbehave -------------------------------------------------------
+
+
+class Destination:
+    """A TCP server on 127.0.0.1 whose per-connection behaviour is a function."""
+
+    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
+        from gevent.server import StreamServer
+
+        self.behave = behave
+        self.connections = 0
+        self.open = 0
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+
+    def _handle(self, sock: socket.socket, _peer: object) -> None:
+        self.connections += 1
+        self.open += 1
+        try:
+            self.behave(sock)
+        except OSError:
+            pass
+        finally:
+            self.open -= 1
+            sock.close()
+
+    @property
+    def address(self) -> Address:
+        return Address("127.0.0.1", int(self.server.address[1]))
+
+    def __enter__(self) -> Destination:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+
+def reset_after(nbytes: int) -> Callable[[socket.socket], None]:
+    """Read ``nbytes`` (or to EOF), then close with a RST."""
+
+    def behave(sock: socket.socket) -> None:
+        got = 0
+        while got < nbytes:
+            data = sock.recv(65536)
+            if not data:
+                break
+            got += len(data)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    return behave
+
+
+def silent(sock: socket.socket) -> None:
+    """Accept and never answer nor read; hold until the peer goes away."""
+    sock.settimeout(60)
+    with contextlib.suppress(OSError):
+        while sock.recv(1 << 20):
+            pass
+
+
+def sink(sock: socket.socket) -> None:
+    """Read and discard until EOF or error."""
+    sock.settimeout(60)
+    while sock.recv(1 << 20):
+        pass
+
+
+def firehose(sock: socket.socket) -> None:
+    """Send forever (until the peer goes away); counts on the socket's server."""
+    chunk = b"x" * 65536
+    sock.settimeout(120)
+    while True:
+        sock.sendall(chunk)
 
 
 # -- abusive clients ------------------------------------------------------------------
@@ -257,8 +369,9 @@ def fd_count(pid: int | str = "self") -> int:
 
 
 def greenlet_count() -> int:
-    """Live greenlets in this process (the hub and main included)."""
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+    """Spawned greenlets that have not finished (sessions, relay pumps, servers'
+    handlers); the resolver's thread-pool workers come and go on their own."""
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and not obj.ready())
 
 
 def rss_kib(pid: int | str = "self") -> int:
