@@ -47,6 +47,7 @@ DEFAULT_MAPPING_IDLE = 300.0
 #: a client sends "0" as a name (PySocks) or zeros when it does not know its address
 _UNKNOWN_HOSTS = frozenset({"0", "0.0.0.0", "::"})
 
+K = TypeVar("K")
 T = TypeVar("T")
 
 _buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
@@ -114,7 +115,7 @@ class UdpAssociation:
         self.client_addr: tuple[object, ...] | None = None
         self.client_sock = _udp_socket(conn.sock.family, str(local[0]))
         self._outbound: dict[int, socket.socket] = {}
-        self._by_dest: dict[tuple[str, int], _Peer | Denied] = {}  # as the client names it
+        self._by_header: dict[bytes, _Peer | Denied] = {}  # keyed by the address bytes the client sent
         self._by_source: dict[tuple[str, int], _Peer] = {}  # replies are accepted from these only
         self._loops: list[gevent.Greenlet] = []
         self.datagrams = 0
@@ -176,18 +177,21 @@ class UdpAssociation:
             if source[0] != self.client_ip or (self.client_port is not None and source[1] != self.client_port):
                 self.dropped += 1  # not our client
                 continue
-            try:
-                header, start = socks5.parse_udp_header(buf[:n])
-            except ClientProtocolError as exc:
-                self._drop(f"malformed datagram: {exc}")
-                continue
-            if header.frag:
-                self._drop("fragment (FRAG != 0)")
-                continue
-            peer = self._by_dest.get((header.address.host, header.address.port))
+            start = _header_end(buf, n)
+            key = bytes(buf[3:start]) if start and not buf[2] else b""  # ATYP DST.ADDR DST.PORT as sent
+            peer = self._by_header.get(key) if key else None
             if peer is None or (isinstance(peer, _Peer) and peer.expires < time.monotonic()):
+                try:  # the slow path: parse, check, resolve, remember
+                    header, start = socks5.parse_udp_header(buf[:n])
+                except ClientProtocolError as exc:
+                    self._drop(f"malformed datagram: {exc}")
+                    continue
+                if header.frag:
+                    self._drop("fragment (FRAG != 0)")
+                    continue
+                key = bytes(buf[3:start])
                 payload = bytes(buf[start:n])  # resolving yields: keep our own copy
-                peer = self._lookup(header.address)
+                peer = self._lookup(key, header.address)
                 data: memoryview | bytes = payload
             else:
                 data = buf[start:n]
@@ -201,7 +205,7 @@ class UdpAssociation:
             try:
                 _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
             except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only
-                self._drop(f"send to {header.address}: {exc}")
+                self._drop(f"send to {peer.sockaddr}: {exc}")
                 continue
             self.session.up += len(data)
             metrics.udp_datagram(kind, "up")
@@ -210,7 +214,7 @@ class UdpAssociation:
         self.dropped += 1
         logger.debug("%s: udp datagram dropped: %s", self.session.client, why)
 
-    def _lookup(self, dest: Address) -> _Peer | Denied:
+    def _lookup(self, key: bytes, dest: Address) -> _Peer | Denied:
         """Check, resolve and remember a destination (rules apply to every address)."""
         result: _Peer | Denied
         try:
@@ -239,7 +243,7 @@ class UdpAssociation:
             result = exc
         except DialError as exc:
             return Denied(str(exc))  # not remembered: resolution may work next time
-        _remember(self._by_dest, (dest.host, dest.port), result)
+        _remember(self._by_header, key, result)
         if isinstance(result, _Peer):
             _remember(self._by_source, _sockaddr_key(result.sockaddr), result)
         return result
@@ -282,6 +286,15 @@ class UdpAssociation:
             metrics.udp_datagram(kind, "down")
 
 
+def _header_end(buf: memoryview, n: int) -> int:
+    """Where the payload starts in a well-formed datagram of ``n`` bytes, else 0."""
+    if n < 5:
+        return 0
+    atyp = buf[3]
+    end = 10 if atyp == 1 else 22 if atyp == 4 else 7 + buf[4] if atyp == 3 else 0
+    return end if end <= n else 0
+
+
 def _canonical(ip: IPAddress, port: int) -> tuple[int, tuple[object, ...]]:
     """Family and sockaddr as recvfrom reports them, so replies can be matched."""
     ip = unmap_ip(ip)
@@ -290,7 +303,7 @@ def _canonical(ip: IPAddress, port: int) -> tuple[int, tuple[object, ...]]:
     return socket.AF_INET, (str(ip), port)
 
 
-def _remember(table: dict[tuple[str, int], T], key: tuple[str, int], value: T) -> None:
+def _remember(table: dict[K, T], key: K, value: T) -> None:
     """Insert into a bounded table, forgetting the oldest entry when full."""
     table.pop(key, None)
     if len(table) >= MAX_PEERS:
