@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 
 import gevent
+import pytest
+from gevent.pywsgi import WSGIServer
 
+from gproxy import Config, Proxy
 from tests.helpers import GproxyProcess, recv_all, recv_exact
 
 MB = 1 << 20
@@ -104,3 +109,38 @@ def test_forward_100mb_both_ways_through_the_cli(echo_tcp):
             client.close()
         assert sent == received
         assert gproxy.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_through_the_forwarder(proxy):
+    """As the seed drives it: curl to the forwarder port reaches the web server behind it."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"behind the forwarder " + environ["PATH_INFO"].encode()]
+
+    web = WSGIServer(("127.0.0.1", 0), app, log=None)
+    web.start()
+    try:
+        running = proxy(forward=[f"127.0.0.1:0=127.0.0.1:{web.server_port}"])
+        host, port = forward_address(running)
+        result = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", f"http://{host}:{port}/hello"],
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"behind the forwarder /hello"
+    finally:
+        web.stop(timeout=1)
+
+
+def test_forwarders_are_not_proxies():
+    """No auth needed on any address, and the target may be loopback (it is the operator's)."""
+    config = Config.build(forward=["0.0.0.0:0=127.0.0.1:80"], udp_forward=["0.0.0.0:0=127.0.0.1:53"])
+    proxy = Proxy(config)
+    for spec in config.listeners:
+        assert proxy.context(spec, own=[]).destinations.deny_local is False
+    socks = Config.build(socks=["0.0.0.0:0"], allow=["127.0.0.0/8"])
+    assert Proxy(socks).context(socks.listeners[0], own=[]).destinations.deny_local is True

@@ -25,7 +25,7 @@ class Association:
     def __init__(self, proxy_addr: tuple[str, int], client_host: str = "127.0.0.1") -> None:
         self.control = socket.create_connection(proxy_addr, timeout=5)
         self.relay = socks5_handshake(self.control, UDP_ASSOCIATE, "0.0.0.0", 0)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp = socket.socket(socket.AF_INET6 if ":" in client_host else socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind((client_host, 0))
         self.udp.settimeout(5)
 
@@ -35,7 +35,7 @@ class Association:
     def recv(self, timeout: float = 5) -> tuple[tuple[str, int], bytes]:
         self.udp.settimeout(timeout)
         datagram, source = self.udp.recvfrom(70000)
-        assert source == self.relay
+        assert source[:2] == self.relay
         return parse_socks5_udp_datagram(datagram)
 
     def close(self) -> None:
@@ -230,3 +230,34 @@ def test_advertised_address(socks_proxy):
         assert client.relay[0] == "192.0.2.7"
     finally:
         client.close()
+
+
+def test_association_over_ipv6(proxy, echo_udp):
+    running = proxy(socks=["[::1]:0"])
+    address = running.address("socks5")
+    client = Association((address.host, address.port), client_host="::1")
+    try:
+        assert client.relay[0] == "::1"  # the relay is on the control connection's address
+        client.send(*echo_udp.address, b"v6 client, v4 destination")
+        assert client.recv() == (echo_udp.address, b"v6 client, v4 destination")
+    finally:
+        client.close()
+
+
+def test_declared_client_port_is_enforced(socks_proxy, echo_udp):
+    _, addr = socks_proxy()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    control = socket.create_connection(addr, timeout=5)
+    try:
+        relay = socks5_handshake(control, UDP_ASSOCIATE, *udp.getsockname())
+        other.sendto(socks5_udp_datagram(*echo_udp.address, b"wrong port"), relay)  # same IP, not declared
+        udp.sendto(socks5_udp_datagram(*echo_udp.address, b"declared"), relay)
+        udp.settimeout(5)
+        assert parse_socks5_udp_datagram(udp.recv(100))[1] == b"declared"
+        assert echo_udp.received == [b"declared"]
+    finally:
+        for sock in (udp, other, control):
+            sock.close()
