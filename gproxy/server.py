@@ -239,6 +239,9 @@ class Proxy:
         except OSError as exc:
             session.outcome = errno.errorcode.get(exc.errno or 0, "error").lower()
             logger.debug("%s: %s", client, exc)
+        except gevent.GreenletExit:
+            session.outcome = "shutdown"  # killed at the end of a drain
+            raise
         finally:
             self._active -= 1
             remaining = self._active_by_ip[client.host] - 1

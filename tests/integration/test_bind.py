@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.helpers import read_socks5_reply, recv_all, recv_exact, socks5_handshake
+from tests.helpers import read_socks5_bound, recv_all, recv_exact, socks5_handshake
 
 BIND = 2
 
@@ -28,7 +28,7 @@ def test_bind_end_to_end(socks_addr):
         client.sendall(b"early bytes ")  # before the peer connects: relayed once it has
         remote = socket.create_connection(bound, timeout=5)
         try:
-            assert read_socks5_reply(client) == remote.getsockname()  # second reply: the peer
+            assert read_socks5_bound(client) == remote.getsockname()  # second reply: the peer
             client.sendall(b"to remote")
             assert recv_exact(remote, 21) == b"early bytes to remote"
             remote.sendall(b"to client")
@@ -56,7 +56,7 @@ def test_bind_refuses_a_peer_other_than_dst_addr(socks_addr):
         peer.bind(("127.0.0.2", 0))
         peer.connect(bound)
         try:
-            assert read_socks5_reply(client) == peer.getsockname()
+            assert read_socks5_bound(client) == peer.getsockname()
             peer.sendall(b"ok")
             assert recv_exact(client, 2) == b"ok"
         finally:
@@ -70,7 +70,7 @@ def test_bind_times_out_with_ttl_expired(socks_addr):
     try:
         socks5_handshake(client, BIND, "0.0.0.0", 0)
         with pytest.raises(ConnectionError) as failure:
-            read_socks5_reply(client)
+            read_socks5_bound(client)
         assert failure.value.args[0] == 0x06
     finally:
         client.close()
