@@ -188,7 +188,7 @@ def test_relay_stops_when_the_control_connection_closes(assoc, echo_udp):
 
 
 def test_idle_association_ends_and_closes_the_control_connection(socks_proxy, echo_udp):
-    _, addr = socks_proxy(idle_timeout=0.4)
+    _, addr = socks_proxy(idle_timeout=0.6)
     client = Association(addr)
     try:
         client.send(*echo_udp.address, b"x")

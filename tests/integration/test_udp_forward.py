@@ -56,7 +56,7 @@ def test_replies_come_from_the_forwarder_address(proxy, echo_udp):
 
 def test_idle_mappings_expire_and_are_logged(proxy, echo_udp, tmp_path):
     log = tmp_path / "access.log"
-    running, address = forwarder(proxy, echo_udp, idle_timeout=0.3, access_log=str(log))
+    running, address = forwarder(proxy, echo_udp, idle_timeout=0.6, access_log=str(log))
     service = service_of(running)
     sock = client_socket()
     try:
