@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gproxy.addr import Address
 from tests.robustness.live import Probe, available_probes, sandbox_proxy
 
 
@@ -40,11 +41,12 @@ def gproxy_warnings() -> Iterator[list[logging.LogRecord]]:
 
 @pytest.fixture
 def sandbox():
-    """``sandbox(probe, **settings)`` -> a started loopback-only Proxy; stopped after the test."""
+    """``sandbox(probe, dest, **settings)`` -> a started loopback-only Proxy (``dest``: a
+    forwarder's target); stopped after the test."""
     started = []
 
-    def factory(probe: Probe, **settings: object):  # type: ignore[no-untyped-def]
-        running = sandbox_proxy(**{**probe.settings(), **settings})
+    def factory(probe: Probe, dest: Address | None = None, **settings: object):  # type: ignore[no-untyped-def]
+        running = sandbox_proxy(**{**probe.settings(dest), **settings})
         started.append(running)
         return running
 

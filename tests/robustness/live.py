@@ -104,6 +104,14 @@ def http_transcript(data: bytes) -> str:
     return "refused"
 
 
+def forward_handshake(dest: Address, *, auth: bool = True) -> bytes:
+    return b""  # a forwarder has no handshake: its target is fixed
+
+
+def forward_transcript(data: bytes) -> str:
+    return "accepted" if data else "nothing"
+
+
 @dataclass(frozen=True)
 class Probe:
     """A listener kind as the live suites see it."""
@@ -113,18 +121,33 @@ class Probe:
     handshake: Callable[..., bytes]  # (dest, auth=True) -> valid pipelined handshake
     transcript: Callable[[bytes], str]  # server bytes -> "accepted" / "refused" / "nothing"
     auth: bool = True  # started with --user
+    #: the listener relays to a fixed target (``ADDR=HOST:PORT``), no handshake to fuzz
+    fixed_target: bool = False
     extra_seeds: tuple[bytes, ...] = field(default=())  # more valid starts for mutation
 
-    def settings(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {self.option: ["127.0.0.1:0"]}
+    def settings(self, dest: Address | None = None) -> dict[str, Any]:
+        listen = "127.0.0.1:0"
+        if self.fixed_target:
+            assert dest is not None, f"{self.kind} listeners need their target"
+            listen += f"={dest}"
+        settings: dict[str, Any] = {self.option: [listen]}
         if self.auth:
             settings["user"] = [f"{USER.decode()}:{PASSWORD.decode()}"]
         return settings
+
+    def accepted(self, data: bytes) -> bool:
+        """Whether the server took the request (a forwarder always does, even silently)."""
+        return self.fixed_target or self.transcript(data) == "accepted"
+
+    def refused(self, data: bytes) -> bool:
+        """Whether the server refused; a forwarder can only close."""
+        return self.transcript(data) == ("nothing" if self.fixed_target else "refused")
 
 
 PROBES: tuple[Probe, ...] = (
     Probe("socks5", "socks", socks5_handshake, socks5_transcript),
     Probe("http", "http", http_handshake, http_transcript),
+    Probe("forward", "forward", forward_handshake, forward_transcript, auth=False, fixed_target=True),
 )
 
 
@@ -339,6 +362,7 @@ def garbage(probe: Probe, dest: Address, count: int, seed: int) -> Iterator[tupl
     """``count`` malformed, truncated, oversized and random handshakes, labelled."""
     rng = random.Random(seed)
     valid = [probe.handshake(dest), probe.handshake(Address("echo.test", dest.port)), *probe.extra_seeds]
+    valid = [v for v in valid if v] or [b"GET / HTTP/1.0\r\n\r\n"]
     for i in range(count):
         base = bytearray(rng.choice(valid))
         category = ("random", "truncated", "mutated", "oversized", "first-byte", "spliced")[i % 6]
@@ -424,4 +448,4 @@ def good_session(address: tuple[str, int], probe: Probe, dest: Address, payload:
     attempt = attack(address, probe.handshake(dest, auth=probe.auth) + payload, half_close=True, wait=wait)
     assert attempt.ended == "eof", attempt
     assert attempt.received.endswith(payload), attempt.received[-200:]
-    assert probe.transcript(attempt.received[: len(attempt.received) - len(payload)]) == "accepted", attempt
+    assert probe.accepted(attempt.received[: len(attempt.received) - len(payload)]), attempt

@@ -27,10 +27,10 @@ SLACK = 8.0
 
 
 def test_garbage_handshakes_end_fast_and_leak_nothing(probe, sandbox, echo_tcp, gproxy_warnings):
-    running = sandbox(probe, handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=1)
+    dest = Address("127.0.0.1", echo_tcp.port)
+    running = sandbox(probe, dest, handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=1)
     bound = running.address(probe.kind)
     address = (bound.host, bound.port)
-    dest = Address("127.0.0.1", echo_tcp.port)
     for _ in range(3):  # warm up lazily created fds and greenlets
         good_session(address, probe, dest, b"warm-up")
     fds, greenlets = fd_count(), greenlet_count()
