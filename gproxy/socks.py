@@ -6,6 +6,7 @@ the outbound connection is up, with its real local address.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import gevent
@@ -26,14 +27,22 @@ from gproxy.udp import udp_associate
 CommandHandler = Callable[[Conn, Context, Session, Address], None]
 
 
-def handshake_deadline(ctx: Context) -> gevent.Timeout:
-    """``with handshake_deadline(ctx):`` bounds everything the client must send."""
-    return gevent.Timeout(ctx.config.handshake_timeout, HandshakeTimeout)
+def handshake_deadline(ctx: Context, session: Session | None = None) -> gevent.Timeout:
+    """``with handshake_deadline(ctx, session):`` bounds everything the client must send.
+
+    With the session, the clock started when the connection was accepted, so a
+    front end that sniffs a first byte and then reads the rest under a second
+    ``with`` does not give a slow client a fresh timeout.
+    """
+    timeout = ctx.config.handshake_timeout
+    if session is not None:
+        timeout = max(timeout - (time.monotonic() - session.started), 0.001)
+    return gevent.Timeout(timeout, HandshakeTimeout)
 
 
 def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one client of a SOCKS listener: version 5, or 4/4a."""
-    with handshake_deadline(ctx):
+    with handshake_deadline(ctx, session):
         version = conn.peek_byte()
     if version == socks5.VERSION:
         serve_socks5(conn, ctx, session)
@@ -47,7 +56,7 @@ def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
 
 def serve_socks5(conn: Conn, ctx: Context, session: Session) -> None:
     session.proto = "socks5"
-    with handshake_deadline(ctx):
+    with handshake_deadline(ctx, session):
         _negotiate(conn, ctx, session)
         try:
             request = conn.read_message(socks5.parse_request, 262)
