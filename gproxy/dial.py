@@ -92,7 +92,11 @@ def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, w
         if remaining <= 0:
             last = TimeoutError("connect timed out")
             break
-        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = gsocket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # EMFILE/ENFILE: a failed dial, answered like any other
+            last = exc
+            continue
         try:
             sock.settimeout(remaining)
             sock.connect(sockaddr)

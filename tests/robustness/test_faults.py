@@ -196,3 +196,28 @@ def test_upstream_proxy_dies(probe, sandbox, proxy):
         if probe.kind == "socks5":
             assert socks5_reply_code(attempt.received) in (ReplyCode.CONNECTION_REFUSED, ReplyCode.GENERAL_FAILURE)
     _no_leaks(baseline)
+
+
+def test_out_of_fds_when_dialing_gets_a_reply(probe, sandbox, monkeypatch):
+    """EMFILE creating the outbound socket is a failed dial like any other:
+    the client gets the front end's error reply (SOCKS5 0x01), not a bare close."""
+    import errno
+    import types
+
+    from gproxy import dial
+
+    def no_fds(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    log = SessionLog()
+    with EchoServer() as echo:
+        dest = Address("127.0.0.1", echo.port)
+        running = sandbox(probe, dest, metrics=log)
+        monkeypatch.setattr(dial, "gsocket", types.SimpleNamespace(socket=no_fds))
+        attempt = attack(_address(running, probe), probe.handshake(dest), wait=10)
+        monkeypatch.undo()
+        assert attempt.ended in ("eof", "reset"), attempt
+        assert probe.refused(attempt.received), attempt
+        if probe.kind == "socks5":
+            assert socks5_reply_code(attempt.received) == ReplyCode.GENERAL_FAILURE
+        assert log.wait_for(1)[0].outcome == "general_failure"
