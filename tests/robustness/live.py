@@ -12,8 +12,11 @@ import contextlib
 import gc
 import os
 import random
+import resource
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.context import Metrics
 from gproxy.errors import ClientProtocolError, DialError
 from gproxy.session import Session
+from tests.helpers import ROOT, GproxyProcess, gproxy_env
 
 USER, PASSWORD = b"u", b"p"
 #: names the test resolver knows; everything else fails like NXDOMAIN
@@ -449,3 +453,40 @@ def good_session(address: tuple[str, int], probe: Probe, dest: Address, payload:
     assert attempt.ended == "eof", attempt
     assert attempt.received.endswith(payload), attempt.received[-200:]
     assert probe.accepted(attempt.received[: len(attempt.received) - len(payload)]), attempt
+
+
+class DrainedGproxy(GproxyProcess):
+    """``python -m gproxy ARGS`` whose stderr is read all along (a full pipe would
+    block it), optionally under a lowered RLIMIT_NOFILE (soft and hard, so gproxy
+    cannot raise it back)."""
+
+    def __init__(self, *args: str, limit: int | None = None, listeners: int = 1) -> None:
+        def lower() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gproxy", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=gproxy_env(),
+            cwd=ROOT,
+            preexec_fn=lower,
+        )
+        self.listening = {}
+        self.stderr_lines = []
+        for _ in range(listeners):
+            self.wait_listening(15)
+        self.reader = gevent.spawn(self._drain_stderr)
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.decode(errors="replace"))
+
+    def stop_and_read(self) -> tuple[int, str]:
+        """SIGTERM, wait, and everything gproxy wrote on stderr."""
+        self.proc.terminate()
+        code = self.proc.wait(30)
+        self.reader.join(5)
+        return code, "".join(self.stderr_lines)

@@ -5,55 +5,18 @@ accept loop must not spin or die: gproxy serves again, and its fds return."""
 from __future__ import annotations
 
 import dataclasses
-import resource
 import socket
-import subprocess
-import sys
 import time
 
 import gevent
 import pytest
 
 from gproxy.addr import Address
-from tests.helpers import ROOT, EchoServer, GproxyProcess, gproxy_env
-from tests.robustness.live import PROBES, fd_count, good_session
+from tests.helpers import EchoServer
+from tests.robustness.live import PROBES, DrainedGproxy, fd_count, good_session
 
 LIMIT = 64
 NO_AUTH = dataclasses.replace(PROBES[0], auth=False)
-
-
-class LimitedGproxy(GproxyProcess):
-    """GproxyProcess with RLIMIT_NOFILE lowered (soft and hard, so gproxy cannot raise it)."""
-
-    def __init__(self, limit: int, *args: str, listeners: int = 1) -> None:
-        def lower() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gproxy", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=gproxy_env(),
-            cwd=ROOT,
-            preexec_fn=lower,
-        )
-        self.listening = {}
-        self.stderr_lines = []
-        for _ in range(listeners):
-            self.wait_listening(15)
-        self.reader = gevent.spawn(self._drain_stderr)  # a full pipe would block gproxy
-
-    def _drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line.decode(errors="replace"))
-
-    def stop_and_read(self) -> tuple[int, str]:
-        """SIGTERM, wait, and everything gproxy wrote on stderr."""
-        self.proc.terminate()
-        code = self.proc.wait(15)
-        self.reader.join(5)
-        return code, "".join(self.stderr_lines)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -66,7 +29,10 @@ def cpu_seconds(pid: int) -> float:
 def emfile_run() -> dict[str, object]:
     """Drive gproxy into EMFILE, hold it there 2 s, release; report what happened."""
     result: dict[str, object] = {}
-    with EchoServer() as echo, LimitedGproxy(LIMIT, "--socks", "127.0.0.1:0", "--handshake-timeout", "30") as gproxy:
+    with (
+        EchoServer() as echo,
+        DrainedGproxy("--socks", "127.0.0.1:0", "--handshake-timeout", "30", limit=LIMIT) as gproxy,
+    ):
         pid = gproxy.proc.pid
         address = ("127.0.0.1", gproxy.port("socks5"))
         dest = Address("127.0.0.1", echo.port)
