@@ -23,6 +23,15 @@ class Metrics:
     def session_closed(self, session: Session) -> None:
         """A session ended; its record has bytes and outcome."""
 
+    def session_failed(self, session: Session, exc: BaseException) -> None:
+        """A session ended with a gproxy error (before session_closed)."""
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A client was closed at once: ``client_denied``, ``max_conns``, ``max_conns_per_ip``, ``out_of_fds``."""
+
+    def udp_datagram(self, direction: str, dropped: str | None = None) -> None:
+        """One UDP datagram ``up`` (from a client) or ``down``; ``dropped`` is why it was not relayed."""
+
 
 @dataclass
 class Context:
