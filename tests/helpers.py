@@ -230,9 +230,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10, interval: float 
         gevent.sleep(interval)
 
 
-def start_gproxy(*args: str, listeners: int = 1, timeout: float = 30) -> GproxyProcess:
-    """A GproxyProcess that has announced ``listeners`` listeners; stderr is then followed."""
-    running = GproxyProcess(*args, wait=False)
+class FollowedGproxy(GproxyProcess):
+    """A GproxyProcess whose stderr keeps being read into ``stderr_lines`` after start-up."""
+
+    follower: gevent.Greenlet | None = None
+
+    def follow(self) -> None:
+        def follow() -> None:
+            assert self.proc.stderr is not None
+            for raw in self.proc.stderr:
+                self.stderr_lines.append(raw.decode(errors="replace"))
+
+        self.follower = gevent.spawn(follow)
+
+    def stop(self, sig: int = 15, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout)
+        if self.follower is not None:
+            self.follower.join(5)  # reads to EOF, then the pipes can close
+            self.follower.kill()
+        return super().stop(sig, timeout)
+
+
+def start_gproxy(*args: str, listeners: int = 1, timeout: float = 30) -> FollowedGproxy:
+    """A gproxy subprocess that has announced ``listeners`` listeners; stderr is then followed."""
+    running = FollowedGproxy(*args, wait=False)
     try:
         for _ in range(listeners):
             running.wait_listening(timeout)
@@ -240,19 +263,8 @@ def start_gproxy(*args: str, listeners: int = 1, timeout: float = 30) -> GproxyP
         running.proc.kill()
         running.stop()
         raise
-    follow_stderr(running)
+    running.follow()
     return running
-
-
-def follow_stderr(running: GproxyProcess) -> None:
-    """Keep appending the process's stderr lines to ``running.stderr_lines`` (a greenlet)."""
-
-    def follow() -> None:
-        assert running.proc.stderr is not None
-        for raw in running.proc.stderr:
-            running.stderr_lines.append(raw.decode(errors="replace"))
-
-    gevent.spawn(follow)
 
 
 def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
