@@ -15,11 +15,15 @@ import errno
 import os
 from typing import Any
 
+from gevent import monkey
 from gevent.server import StreamServer
 
 from gproxy.log import logger
 
 OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: the real close(2): gevent's patched os.close defers closing to the next loop
+#: turn, and the descriptor must be free before the accept that follows
+_close = monkey.get_original("os", "close")
 MIN_DELAY = 0.05
 MAX_DELAY = 1.0
 
@@ -38,7 +42,7 @@ class _Reserve:
     @classmethod
     def release(cls) -> None:
         if cls.fd is not None:
-            os.close(cls.fd)
+            _close(cls.fd)
             cls.fd = None
 
 
@@ -85,7 +89,7 @@ class Acceptor(StreamServer):  # type: ignore[misc]
         except OSError:
             pass
         else:
-            os.close(fd)  # the client sees EOF now, not a timeout later
+            _close(fd)  # the client sees EOF now, not a timeout later
             if self._on_shed is not None:
                 self._on_shed()
         _Reserve.ensure()
