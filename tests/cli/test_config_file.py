@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from tests.helpers import (
     gproxy_env,
     ipv4_dest,
     metric,
+    recv_all,
     scrape_metrics,
     socks5_connect,
     start_gproxy,
@@ -108,7 +110,7 @@ def test_flags_win_over_the_file(tmp_path, echo_tcp):
         assert echo_through(second, b"2") == b"2"
         with socket.create_connection(addr, timeout=10) as sock:  # the file's user is replaced, not added to
             sock.sendall(b"\x05\x01\x02\x01\x04file\x02pw")
-            assert sock.recv(4) == b"\x05\x02\x01\x01"
+            assert recv_all(sock) == b"\x05\x02\x01\x01"
         first.close()
         second.close()
 
@@ -154,3 +156,33 @@ def test_wrong_type_is_exit_2_naming_it(tmp_path):
 def test_missing_file_is_exit_2(tmp_path):
     result = run_cli("--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2 and "nope.toml" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_sighup_rereads_the_config_file(tmp_path, echo_tcp):
+    path = tmp_path / "gproxy.toml"
+    path.write_text('socks = ["127.0.0.1:0"]\nuser = ["old:pw"]\n')
+    running = start_gproxy("--config", str(path), "--idle-timeout", "30")
+    try:
+        addr = ("127.0.0.1", running.port("socks5"))
+        dest = ipv4_dest(echo_tcp.host, echo_tcp.port)
+        tunnel, _ = socks5_connect(addr, dest, auth=(b"old", b"pw"))
+        path.write_text('socks = ["127.0.0.1:0"]\nuser = ["new:pw"]\n')
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reloaded" in line for line in running.stderr_lines), what="the reload")
+        sock, reply = socks5_connect(addr, dest, auth=(b"new", b"pw"))
+        assert reply[1] == 0
+        sock.close()
+        assert echo_through(tunnel, b"open") == b"open"  # the old user's tunnel stays
+
+        path.write_text('socks = ["127.0.0.1:0"]\nuser = "new:pw"\nbogus = 1\n')
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload failed" in line for line in running.stderr_lines), what="the error")
+        errors = [line for line in running.stderr_lines if "reload failed" in line]
+        assert len(errors) == 1 and "'bogus'" in errors[0]
+        sock, reply = socks5_connect(addr, dest, auth=(b"new", b"pw"))  # old settings kept
+        assert reply[1] == 0
+        sock.close()
+        tunnel.close()
+        assert running.stop() == 0
+    finally:
+        running.__exit__()

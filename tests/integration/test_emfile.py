@@ -8,7 +8,16 @@ import sys
 
 import gevent
 
-from tests.helpers import ROOT, FollowedGproxy, echo_through, gproxy_env, ipv4_dest, socks5_connect, wait_for
+from tests.helpers import (
+    ROOT,
+    FollowedGproxy,
+    echo_through,
+    gproxy_env,
+    ipv4_dest,
+    recv_exact,
+    socks5_connect,
+    wait_for,
+)
 
 LIMIT = 48  # RLIMIT_NOFILE for the gproxy process, soft and hard (so gproxy cannot raise it)
 
@@ -44,7 +53,8 @@ def greet(addr: tuple[str, int]) -> tuple[socket.socket, bytes]:
     sock.connect(addr)
     sock.sendall(b"\x05\x01\x00")
     try:
-        return sock, sock.recv(2)
+        answer = sock.recv(2)
+        return sock, answer + (recv_exact(sock, 2 - len(answer)) if answer else b"")
     except ConnectionResetError:
         return sock, b""
 

@@ -29,6 +29,7 @@ def try_tunnel(addr, echo, source="127.0.0.1"):
     sock.sendall(b"\x05\x01\x00\x05\x01\x00" + ipv4_dest(echo.host, echo.port))
     try:
         method = sock.recv(2)
+        method += recv_exact(sock, 2 - len(method)) if method else b""
     except ConnectionResetError:
         method = b""
     if not method:
