@@ -21,7 +21,7 @@ from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
 from gproxy.config import Config, ListenerSpec
 from gproxy.context import Context, Metrics
-from gproxy.dial import DirectDialer
+from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
 from gproxy.log import AccessLog, announce, logger
 from gproxy.proxy_header import read_proxy_header
@@ -56,9 +56,10 @@ LISTEN_BACKLOG = 1024
 class Proxy:
     """A running set of listeners built from one Config."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, resolver: Resolver = system_resolve) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.resolver = resolver
         self.users = Users()
         self.clients = ClientRules(config.allow, config.deny)
         self.access_log: AccessLog | None = None
@@ -196,7 +197,7 @@ class Proxy:
             users=self.users,
             clients=self.clients,
             destinations=policy,
-            dialer=DirectDialer(check=policy.check_ip),
+            dialer=DirectDialer(self.resolver, check=policy.check_ip),
             metrics=self.metrics,
         )
 
@@ -247,6 +248,9 @@ class Proxy:
         except OSError as exc:
             session.outcome = errno.errorcode.get(exc.errno or 0, "error").lower()
             logger.debug("%s: %s", client, exc)
+        except gevent.GreenletExit:
+            session.outcome = "shutdown"  # killed at the end of a drain
+            raise
         finally:
             self._active -= 1
             remaining = self._active_by_ip[client.host] - 1

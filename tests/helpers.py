@@ -87,7 +87,7 @@ def gproxy_env() -> dict[str, str]:
 class GproxyProcess:
     """``python -m gproxy ARGS`` in a subprocess; reads the "listening" lines."""
 
-    def __init__(self, *args: str, wait: bool = True, timeout: float = 15) -> None:
+    def __init__(self, *args: str, wait: bool = True, timeout: float = 15, listeners: int = 1) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gproxy", *args],
             stdout=subprocess.PIPE,
@@ -98,10 +98,11 @@ class GproxyProcess:
         self.listening: dict[str, list[tuple[str, int]]] = {}
         self.stderr_lines: list[str] = []
         if wait:
-            self.wait_listening(timeout)
+            for _ in range(listeners):
+                self.wait_listening(timeout)
 
     def wait_listening(self, timeout: float) -> None:
-        """Read stderr until every listener has announced itself."""
+        """Read stderr until the next listener has announced itself."""
         assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout
         with gevent.Timeout(timeout, TimeoutError("gproxy did not start")):
@@ -136,3 +137,80 @@ class GproxyProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.stop()
+
+
+class WsgiOrigin:
+    """A small HTTP origin (gevent.pywsgi): GET returns ``body``, POST echoes the body."""
+
+    def __init__(self, host: str = "127.0.0.1", body: bytes = b"hello from origin") -> None:
+        from gevent.pywsgi import WSGIServer
+
+        self.body = body
+        self.server = WSGIServer((host, 0), self._app, log=None, error_log=None)
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = environ["wsgi.input"].read() if environ["REQUEST_METHOD"] == "POST" else self.body
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def __enter__(self) -> WsgiOrigin:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+
+def socks5_connect(
+    proxy_addr: tuple[str, int],
+    dest: bytes,
+    *,
+    auth: tuple[bytes, bytes] | None = None,
+    family: int = socket.AF_INET,
+) -> tuple[socket.socket, bytes]:
+    """Raw SOCKS5 client: greeting, optional RFC 1929 auth, request ``dest``
+    (ATYP+ADDR+PORT bytes). Returns the socket and the full reply bytes."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(proxy_addr)
+    if auth:
+        sock.sendall(b"\x05\x01\x02")
+        assert recv_exact(sock, 2) == b"\x05\x02"
+        user, password = auth
+        sock.sendall(bytes([1, len(user)]) + user + bytes([len(password)]) + password)
+        assert recv_exact(sock, 2) == b"\x01\x00"
+    else:
+        sock.sendall(b"\x05\x01\x00")
+        assert recv_exact(sock, 2) == b"\x05\x00"
+    sock.sendall(b"\x05\x01\x00" + dest)
+    return sock, read_socks5_reply(sock)
+
+
+def read_socks5_reply(sock: socket.socket) -> bytes:
+    """One whole SOCKS5 reply, however long its address is."""
+    head = recv_exact(sock, 4)
+    atyp = head[3]
+    if atyp == 1:
+        rest = recv_exact(sock, 6)
+    elif atyp == 4:
+        rest = recv_exact(sock, 18)
+    else:
+        length = recv_exact(sock, 1)
+        rest = length + recv_exact(sock, length[0] + 2)
+    return head + rest
+
+
+def ipv4_dest(host: str, port: int) -> bytes:
+    return b"\x01" + socket.inet_aton(host) + port.to_bytes(2, "big")
+
+
+def ipv6_dest(host: str, port: int) -> bytes:
+    return b"\x04" + socket.inet_pton(socket.AF_INET6, host) + port.to_bytes(2, "big")
+
+
+def name_dest(name: str, port: int) -> bytes:
+    return b"\x03" + bytes([len(name)]) + name.encode() + port.to_bytes(2, "big")
