@@ -221,9 +221,10 @@ class Proxy:
     def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
         client = from_sockaddr(peer)
         if self.config.proxy_protocol:
-            client = self._proxied_client(sock, client, ctx)
-            if client is None:
+            proxied = self._proxied_client(sock, client, ctx)
+            if proxied is None:
                 return
+            client = proxied
         ip = client.ip
         if ip is not None and not self.clients.permits(ip):
             logger.debug("%s: client not allowed", client)

@@ -53,12 +53,12 @@ class ProxyThread:
 
     def _run(self) -> None:
         import gevent
-        from gevent._hub_local import get_hub_if_exists
+        from gevent import monkey
         from gevent.event import Event
 
         from gproxy.server import Proxy
 
-        own_hub = get_hub_if_exists() is None  # a real thread; not a greenlet of a patched program
+        own_hub = not monkey.is_module_patched("threading")  # a real thread, not a greenlet
         hub = gevent.get_hub()
         proxy = Proxy(self.config)
         try:

@@ -142,14 +142,13 @@ def _parse_v2(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | 
         raise _fail(f"v2 address block of {length} bytes is too short for family {family:#x}")
     if family == _AF_INET:
         src, dst, sport, dport = struct.unpack_from("!4s4sHH", buf, V2_FIXED)
-        ips = (ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst))
     elif family == _AF_INET6:
         src, dst, sport, dport = struct.unpack_from("!16s16sHH", buf, V2_FIXED)
-        ips = (ipaddress.IPv6Address(src), ipaddress.IPv6Address(dst))
     else:
         return ProxyHeader(2, None, None), end  # AF_UNSPEC / AF_UNIX: no IP to use
     # TLVs after the addresses (up to `end`) are skipped.
-    return ProxyHeader(2, Address(str(ips[0]), sport), Address(str(ips[1]), dport)), end
+    source = Address(str(ipaddress.ip_address(src)), sport)
+    return ProxyHeader(2, source, Address(str(ipaddress.ip_address(dst)), dport)), end
 
 
 # -- encoders -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from tests.helpers import ROOT, gproxy_env, recv_exact
 #: an ordinary program: no monkey-patching, real threads, requests and socket
 UNPATCHED_SCRIPT = textwrap.dedent(
     """
-    import http.server, socket, sys, threading
+    import http.server, os, socket, sys, threading
     import requests
     from gevent import monkey
     import gproxy
@@ -61,6 +61,10 @@ UNPATCHED_SCRIPT = textwrap.dedent(
     else:
         raise AssertionError("still listening after stop()")
     assert not monkey.is_module_patched("socket")
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):  # each thread's hub and its loop are destroyed with it
+        gproxy.serve_in_thread(socks=["127.0.0.1:0"]).stop()
+    assert len(os.listdir("/proc/self/fd")) == fds
     assert [t.name for t in threading.enumerate() if t.name == "gproxy"] == []
     print("OK")
     """
