@@ -140,3 +140,22 @@ def test_per_ip_limit_counts_the_carried_address(proxy, echo_tcp):
     other = open_tunnel(address, encode_v1(Address("10.0.0.8", 1), lb), echo_tcp)
     first.close()
     other.close()
+
+
+def test_forward_listener_strips_the_header(proxy, echo_tcp, tmp_path):
+    """Every TCP listener reads the header: the forward target never sees it."""
+    log = tmp_path / "access.log"
+    running = proxy(
+        forward=[f"127.0.0.1:0={echo_tcp.host}:{echo_tcp.port}"],
+        proxy_protocol=True,
+        allow=["10.0.0.0/8"],
+        access_log=str(log),
+    )
+    address = running.address("forward")
+    with socket.create_connection((address.host, address.port), timeout=5) as sock:
+        sock.sendall(encode_v1(Address("10.4.4.4", 999), Address("10.0.0.1", 80)) + b"payload")
+        assert recv_exact(sock, 7) == b"payload"
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b""
+    assert "client=10.4.4.4:999 " in access_lines(log, 1)[0]
+    assert_closed_without_reply(address, encode_v1(Address("192.0.2.1", 1), Address("10.0.0.1", 80)) + b"x")
