@@ -78,8 +78,8 @@ class PrometheusMetrics(Metrics):
         self.auth_failures = counter("gproxy_auth_failures", "failed authentications", ["proto", "reason"])
         self.denied = counter("gproxy_denied", "requests refused by destination rules", ["proto"])
         self.dial_failures = counter("gproxy_dial_failures", "outbound connects that failed, by reply", ["reply"])
-        self.udp_datagrams = counter("gproxy_udp_datagrams", "UDP datagrams relayed", ["direction"])
-        self.udp_drops = counter("gproxy_udp_dropped", "UDP datagrams dropped", ["direction", "reason"])
+        self.udp_datagrams = counter("gproxy_udp_datagrams", "UDP datagrams relayed", ["listener", "direction"])
+        self.udp_drops = counter("gproxy_udp_dropped", "UDP datagrams dropped", ["listener", "direction", "reason"])
         self.worker_restarts = worker_restarts(reg)
 
     # -- Metrics ------------------------------------------------------------------
@@ -112,11 +112,11 @@ class PrometheusMetrics(Metrics):
     def connection_refused(self, listener: str, reason: str) -> None:
         self.refused.labels(listener, reason).inc()
 
-    def udp_datagram(self, direction: str, dropped: str | None = None) -> None:
+    def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
         if dropped is None:
-            self.udp_datagrams.labels(direction).inc()
+            self.udp_datagrams.labels(listener, direction).inc()
         else:
-            self.udp_drops.labels(direction, dropped).inc()
+            self.udp_drops.labels(listener, direction, dropped).inc()
 
     # -- exposition -----------------------------------------------------------------
 

@@ -60,3 +60,16 @@ def test_only_metrics_path_is_served(proxy):
         assert recv_all(sock).startswith(b"HTTP/1.1 404")
     samples = scrape_metrics(port)
     assert ("gproxy_worker_restarts_total", frozenset()) in samples
+
+
+def test_udp_datagrams_are_counted(proxy, echo_udp):
+    running = proxy(udp_forward=[f"127.0.0.1:0={echo_udp.host}:{echo_udp.port}"], metrics=["127.0.0.1:0"])
+    relay = running.address("udp-forward")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        for n in range(3):
+            client.sendto(b"d%d" % n, (relay.host, relay.port))
+            assert client.recvfrom(100)[0] == b"d%d" % n
+    samples = scrape_metrics(running.address("metrics").port)
+    assert metric(samples, "gproxy_udp_datagrams_total", listener="udp-forward", direction="up") == 3
+    assert metric(samples, "gproxy_udp_datagrams_total", listener="udp-forward", direction="down") == 3
