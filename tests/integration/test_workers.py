@@ -91,6 +91,14 @@ def test_a_killed_worker_is_replaced(workers2, echo_tcp):
     assert metric(samples, "gproxy_connections_accepted_total") >= 12  # the dead worker's count stays
     assert workers2.proc.poll() is None
 
+    # a worker that dies young again waits twice as long: a crash loop backs off
+    (replacement,) = new - pids
+    os.kill(replacement, signal.SIGKILL)
+    wait_for(lambda: any(f"(pid {replacement})" in line for line in workers2.stderr_lines), what="the second death")
+    delays = [line.rsplit(" ", 1)[1].strip() for line in workers2.stderr_lines if "restarting in" in line]
+    assert delays == ["0.1s", "0.2s"]
+    wait_for(lambda: len(worker_pids(workers2)) == 2 and replacement not in worker_pids(workers2), what="another")
+
 
 def test_sigterm_drains_an_open_transfer(workers2, echo_tcp):
     sock = tunnel(workers2, echo_tcp)
