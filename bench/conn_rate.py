@@ -75,6 +75,20 @@ def spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and its live children (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(word) for word in children.read_text().split()]
+    total = 0.0
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def measure(workers: int, target_port: int, args: argparse.Namespace) -> dict[str, float]:
     proxy = spawn("-m", "gproxy", "--socks", "0", "--workers", str(workers), "-q", "--drain-timeout", "1")
     try:
@@ -87,6 +101,7 @@ def measure(workers: int, target_port: int, args: argparse.Namespace) -> dict[st
             spawn(__file__, "client", str(port), str(target_port), str(args.seconds), str(args.concurrency))
             for _ in range(args.clients)
         ]
+        cpu_before = cpu_seconds(proxy.pid)
         ok = errors = 0
         for client in clients:
             out, err = client.communicate(timeout=args.seconds + 60)
@@ -95,7 +110,14 @@ def measure(workers: int, target_port: int, args: argparse.Namespace) -> dict[st
             counts = json.loads(out)
             ok += counts["ok"]
             errors += counts["errors"]
-        return {"workers": workers, "connections": ok, "errors": errors, "per_second": ok / args.seconds}
+        cpu = cpu_seconds(proxy.pid) - cpu_before
+        return {
+            "workers": workers,
+            "connections": ok,
+            "errors": errors,
+            "per_second": ok / args.seconds,
+            "gproxy_cpu": cpu / args.seconds,
+        }
     finally:
         proxy.terminate()
         proxy.wait(30)
@@ -123,7 +145,7 @@ def main() -> None:
             row = measure(workers, target_port, args)
             print(
                 f"--workers {row['workers']}: {row['per_second']:8.0f} connections/s "
-                f"({row['connections']} ok, {row['errors']} errors)",
+                f"({row['connections']} ok, {row['errors']} errors; gproxy used {row['gproxy_cpu']:.2f} cores)",
                 flush=True,
             )
     finally:
