@@ -23,7 +23,9 @@ from gproxy.config import Config, ListenerSpec
 from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.http_proxy import serve_http
 from gproxy.log import AccessLog, announce, logger
+from gproxy.mixed import serve_mixed
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
 from gproxy.socks import serve_socks
@@ -43,6 +45,8 @@ class Service(Protocol):
 #: listener kind -> the front end that serves each TCP connection
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
+    "http": serve_http,
+    "mixed": serve_mixed,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
 SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {}

@@ -1,0 +1,76 @@
+"""The SOCKS4/4a front end, reached from ``socks.serve_socks`` on first byte 4.
+
+SOCKS4 carries no password, so it is refused (0x5B) when users are
+configured. CONNECT dials, answers 0x5A with the bound address and relays.
+BIND is answered 0x5B unless a handler is registered in ``COMMANDS``
+(SOCKS5 BIND lives in ``bind.py``; a SOCKS4 BIND registers itself here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gproxy.addr import Address, from_sockaddr
+from gproxy.codec import socks4
+from gproxy.codec.socks4 import Command, Reply
+from gproxy.context import Context
+from gproxy.errors import AuthFailed, ClientProtocolError, Denied, DialError
+from gproxy.session import Session
+from gproxy.socks import handshake_deadline
+from gproxy.stream import Conn
+from gproxy.tunnel import open_upstream, run_tunnel
+
+#: command -> handler(conn, ctx, session, request), run after the request is accepted
+Socks4Handler = Callable[[Conn, Context, Session, socks4.Request], None]
+
+
+def serve_socks4(conn: Conn, ctx: Context, session: Session) -> None:
+    """Serve one SOCKS4/4a client: read the request, check, dispatch."""
+    session.proto = "socks4"
+    with handshake_deadline(ctx):
+        try:
+            request = conn.read_message(socks4.parse_request, socks4.MAX_REQUEST)
+        except ClientProtocolError:
+            reply(conn, Reply.REJECTED)
+            raise
+    if request.socks4a:
+        session.proto = "socks4a"
+    session.dest = str(request.address)
+    handler = COMMANDS.get(request.command)
+    session.cmd = _command_name(request.command)
+    if ctx.users:
+        reply(conn, Reply.REJECTED)
+        raise AuthFailed("SOCKS4 has no password and users are configured", reason="socks4_needs_auth")
+    if handler is None:
+        reply(conn, Reply.REJECTED)
+        raise ClientProtocolError(f"SOCKS4 command {session.cmd} not supported", reason="bad_command")
+    handler(conn, ctx, session, request)
+
+
+def _command_name(command: int) -> str:
+    try:
+        return Command(command).name.lower()
+    except ValueError:
+        return f"{command:#04x}"
+
+
+def reply(conn: Conn, code: Reply, address: Address | None = None) -> None:
+    """Send the 8-byte reply (helper for command handlers, incl. a future BIND)."""
+    conn.sendall(socks4.encode_reply(code, address))
+
+
+def connect(conn: Conn, ctx: Context, session: Session, request: socks4.Request) -> None:
+    """CONNECT: dial, answer 0x5A with the bound address, relay."""
+    try:
+        upstream = open_upstream(ctx, request.address)
+    except (Denied, DialError):
+        reply(conn, Reply.REJECTED)
+        raise
+    try:
+        reply(conn, Reply.GRANTED, from_sockaddr(upstream.getsockname()))
+        run_tunnel(conn, upstream, ctx, session)
+    finally:
+        upstream.close()
+
+
+COMMANDS: dict[int, Socks4Handler] = {Command.CONNECT: connect}
