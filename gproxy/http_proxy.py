@@ -152,7 +152,9 @@ def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection,
         raise _fail(conn, exc) from None
     session.dest = str(target.address)
     idle = ctx.config.idle_timeout or None
-    client.receive_data(conn.take_buffered())
+    early = conn.take_buffered()
+    if early:  # (an empty receive_data means EOF to h11)
+        client.receive_data(early)
     upstream = _dial(conn, ctx, target.address)
     try:
         upstream.settimeout(idle)
