@@ -19,10 +19,11 @@ from gevent.server import StreamServer
 
 from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
-from gproxy.config import Config, ListenerSpec
+from gproxy.config import PROXY_KINDS, Config, ListenerSpec
 from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.forward import serve_forward
 from gproxy.http_proxy import serve_http
 from gproxy.log import AccessLog, announce, logger
 from gproxy.mixed import serve_mixed
@@ -30,6 +31,7 @@ from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
 from gproxy.socks import serve_socks
 from gproxy.stream import Conn
+from gproxy.udp import UdpForwarder
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -47,9 +49,12 @@ HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
     "http": serve_http,
     "mixed": serve_mixed,
+    "forward": serve_forward,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
-SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {}
+SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
+    "udp-forward": UdpForwarder,
+}
 #: listener kinds bound as UDP sockets
 DATAGRAM_KINDS = frozenset({"udp-forward"})
 
@@ -193,7 +198,8 @@ class Proxy:
         """The Context that front ends and services of listener ``spec`` use."""
         if own is None:
             own = [(ip, port) for _, ip, port in self._bound_ips()]
-        policy = DestinationPolicy(own, deny_local=not spec.is_loopback)
+        # A forwarder's target is the operator's, not a client's: no to_localhost rule.
+        policy = DestinationPolicy(own, deny_local=not spec.is_loopback and spec.kind in PROXY_KINDS)
         return Context(
             config=self.config,
             listener=spec,
@@ -202,6 +208,7 @@ class Proxy:
             destinations=policy,
             dialer=DirectDialer(self.resolver, check=policy.check_ip),
             metrics=self.metrics,
+            resolver=self.resolver,
         )
 
     def _handle_for(self, ctx: Context, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
