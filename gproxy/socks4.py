@@ -2,8 +2,8 @@
 
 SOCKS4 carries no password, so it is refused (0x5B) when users are
 configured. CONNECT dials, answers 0x5A with the bound address and relays.
-BIND is answered 0x5B unless a handler is registered in ``COMMANDS``
-(SOCKS5 BIND lives in ``bind.py``; a SOCKS4 BIND registers itself here).
+BIND runs SOCKS5's BIND (``bind.py``) with SOCKS4 replies: only the
+wiring is here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gproxy.addr import Address, from_sockaddr
+from gproxy.bind import bind
 from gproxy.codec import socks4
+from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks4 import Command, Reply
 from gproxy.context import Context
 from gproxy.errors import AuthFailed, ClientProtocolError, Denied, DialError
@@ -55,7 +57,7 @@ def _command_name(command: int) -> str:
 
 
 def reply(conn: Conn, code: Reply, address: Address | None = None) -> None:
-    """Send the 8-byte reply (helper for command handlers, incl. a future BIND)."""
+    """Send the 8-byte reply."""
     conn.sendall(socks4.encode_reply(code, address))
 
 
@@ -73,4 +75,14 @@ def connect(conn: Conn, ctx: Context, session: Session, request: socks4.Request)
         upstream.close()
 
 
-COMMANDS: dict[int, Socks4Handler] = {Command.CONNECT: connect}
+def bind4(conn: Conn, ctx: Context, session: Session, request: socks4.Request) -> None:
+    """BIND: two 0x5A replies (listening address, then the peer's), or 0x5B."""
+    bind(conn, ctx, session, request.address, encode=_socks4_reply)
+
+
+def _socks4_reply(code: int, address: Address | None) -> bytes:
+    """A SOCKS5 reply code as SOCKS4 says it: success 0x5A, anything else 0x5B."""
+    return socks4.encode_reply(Reply.GRANTED if code == ReplyCode.SUCCEEDED else Reply.REJECTED, address)
+
+
+COMMANDS: dict[int, Socks4Handler] = {Command.CONNECT: connect, Command.BIND: bind4}

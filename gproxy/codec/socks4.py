@@ -101,12 +101,14 @@ def parse_request(buf: Buffer) -> tuple[Request, int] | None:
 
 
 def encode_reply(code: int, address: Address | None = None) -> bytes:
-    """The 8-byte reply; the address is sent only when it is IPv4 (else zeros)."""
+    """The 8-byte reply. An address that is not IPv4 goes out as 0.0.0.0 with
+    its port: "use the SOCKS server's IP" (the SOCKS4 BIND convention)."""
     port, packed = 0, b"\0\0\0\0"
     if address is not None:
+        port = address.port
         ip = parse_ip(address.host)
         if ip is not None and unmap_ip(ip).version == 4:
-            port, packed = address.port, unmap_ip(ip).packed
+            packed = unmap_ip(ip).packed
     return bytes((REPLY_VERSION, code)) + struct.pack("!H", port) + packed
 
 

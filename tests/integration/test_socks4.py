@@ -113,7 +113,6 @@ def test_failures_are_0x5b_and_close(socks_addr, closed_port):
     assert rejected(socks_addr, request4(closed_port, "127.0.0.1"))  # refused
     assert rejected(socks_addr, request4(0, "127.0.0.1"))  # port 0
     assert rejected(socks_addr, request4(socks_addr[1], "127.0.0.1"))  # itself
-    assert rejected(socks_addr, b"\x04\x02" + request4(80, "127.0.0.1")[2:])  # BIND: not offered here
     assert rejected(socks_addr, b"\x04\x09" + request4(80, "127.0.0.1")[2:])  # unknown command
     assert rejected(socks_addr, b"\x04\x01\x00\x50\x7f\x00\x00\x01" + b"u" * 300)  # USERID over the cap
     assert rejected(socks_addr, b"\x04\x01\x00\x50\x00\x00\x00\x01\x00\x00")  # empty 4a hostname
@@ -137,3 +136,42 @@ def test_refused_when_users_are_configured(proxy, echo_tcp):
     address = proxy(socks=["127.0.0.1:0"], user=["u:p"]).address("socks5")
     assert rejected((address.host, address.port), request4(echo_tcp.port, "127.0.0.1", b"u"))
     assert echo_tcp.connections == 0
+
+
+# -- BIND ---------------------------------------------------------------------------
+
+
+def bind_request(ip: str, port: int = 0) -> bytes:
+    return b"\x04\x02" + request4(port, ip)[2:]
+
+
+def test_bind_announces_both_addresses_and_relays(socks_addr):
+    sock, first = ask(socks_addr, bind_request("127.0.0.1"))
+    with sock:
+        assert first[:2] == b"\x00\x5a"
+        listen = (socket.inet_ntoa(first[4:8]), int.from_bytes(first[2:4], "big"))
+        assert listen[0] == "127.0.0.1" and listen[1] != 0
+        # a peer from another address than DSTIP is turned away; the right one is taken
+        stranger = socket.socket()
+        stranger.bind(("127.0.0.2", 0))
+        stranger.settimeout(10)
+        stranger.connect(listen)
+        assert recv_all(stranger) == b""
+        stranger.close()
+        peer = socket.create_connection(listen, timeout=10)
+        with peer:
+            second = recv_exact(sock, 8)
+            assert second[:2] == b"\x00\x5a"
+            assert (socket.inet_ntoa(second[4:8]), int.from_bytes(second[2:4], "big")) == peer.getsockname()
+            peer.sendall(b"from peer")
+            assert recv_exact(sock, 9) == b"from peer"
+            sock.sendall(b"to peer")
+            assert recv_exact(peer, 7) == b"to peer"
+
+
+def test_bind_with_nobody_connecting_is_0x5b(proxy):
+    address = proxy(socks=["127.0.0.1:0"], connect_timeout=0.3).address("socks5")
+    sock, first = ask((address.host, address.port), bind_request("127.0.0.1"))
+    with sock:
+        assert first[:2] == b"\x00\x5a"
+        assert recv_all(sock) == b"\x00\x5b" + b"\0" * 6

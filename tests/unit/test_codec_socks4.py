@@ -96,8 +96,8 @@ def test_parser_never_crashes_and_never_overreads(data):
 def test_replies_are_8_bytes():
     assert socks4.encode_reply(socks4.Reply.GRANTED, Address("10.1.2.3", 4660)) == b"\x00\x5a\x12\x34\x0a\x01\x02\x03"
     assert socks4.encode_reply(socks4.Reply.REJECTED) == b"\x00\x5b" + b"\0" * 6
-    # IPv6 cannot be carried: zeros, still 8 bytes; a mapped address goes out as IPv4
-    assert socks4.encode_reply(socks4.Reply.GRANTED, Address("::1", 80)) == b"\x00\x5a" + b"\0" * 6
+    # IPv6 cannot be carried: 0.0.0.0 ("the server's IP") with the port; a mapped address goes out as IPv4
+    assert socks4.encode_reply(socks4.Reply.GRANTED, Address("::1", 80)) == b"\x00\x5a\x00\x50" + b"\0" * 4
     assert socks4.encode_reply(0x5A, Address("::ffff:1.2.3.4", 80)) == b"\x00\x5a\x00\x50\x01\x02\x03\x04"
 
 
