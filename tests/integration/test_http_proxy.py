@@ -145,12 +145,7 @@ def test_requests_with_credentials_in_the_proxy_url(start, origin, sessions):
     assert response.content == b"x" * 1000
     wrong = {"http": f"http://u:nope@{host}:{port}"}
     assert requests.get(origin.url("/r"), proxies=wrong, timeout=10).status_code == 407
-    gevent.sleep(0)  # let the sessions finish
-    for _ in range(100):
-        if len(sessions.closed) >= 2:
-            break
-        gevent.sleep(0.05)
-    session = sessions.closed[0]
+    session = wait_for_sessions(sessions, 2)[0]
     assert (session.proto, session.user, session.outcome) == ("http", "u", "ok")
     assert session.dest == f"127.0.0.1:{origin.port}" and session.cmd in ("get", "post")
 
@@ -158,8 +153,16 @@ def test_requests_with_credentials_in_the_proxy_url(start, origin, sessions):
 # -- keep-alive -------------------------------------------------------------------------------
 
 
-def test_two_requests_to_two_origins_over_one_connection(start, origin, origin2):
-    host, port = start()
+def wait_for_sessions(sessions: Sessions, count: int) -> list:
+    for _ in range(200):
+        if len(sessions.closed) >= count:
+            break
+        gevent.sleep(0.05)
+    return sessions.closed
+
+
+def test_two_requests_to_two_origins_over_one_connection(start, origin, origin2, sessions):
+    host, port = start(metrics=sessions)
     client = RawClient((host, port))
     try:
         response, body = client.request(get(origin.url("/one")))
@@ -173,6 +176,9 @@ def test_two_requests_to_two_origins_over_one_connection(start, origin, origin2)
     finally:
         client.close()
     assert [r["path"] for r in origin.requests + origin2.requests] == ["/one", "/three", "/two", "/four"]
+    (session,) = wait_for_sessions(sessions, 1)  # one client connection, one session, four requests
+    assert (session.proto, session.cmd, session.outcome) == ("http", "get", "ok")
+    assert (session.up, session.down) == (0, 2 * len(b"hello from origin") + 2 * len(b"the other origin"))
 
 
 @needs_curl
