@@ -160,39 +160,67 @@ def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection,
         upstream.settimeout(idle)
         origin = h11.Connection(h11.CLIENT, max_incomplete_event_size=http.MAX_HEAD)
         try:
-            _to_origin(
-                upstream,
-                origin,
-                h11.Request(method=request.method, target=target.path, headers=_outbound(request, target)),
-            )
-            if client.they_are_waiting_for_100_continue:
-                _to_client(conn, client.send(h11.InformationalResponse(status_code=100, headers=[])), idle)
-            _send_body(conn, client, upstream, origin, session, idle)
-            response = _origin_response(upstream, origin)
+            response = _send_request(conn, client, upstream, origin, request, target, session, idle)
         except OriginError as exc:
             raise _fail(conn, exc) from None
-        headers = _inbound(response)
-        _to_client(
-            conn,
-            client.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)),
-            idle,
-        )
-        while True:
-            event = _origin_event(upstream, origin)
-            if isinstance(event, h11.Data):
-                session.down += len(event.data)
-                _to_client(conn, client.send(h11.Data(data=event.data)), idle)
-            elif isinstance(event, h11.EndOfMessage):
-                _to_client(conn, client.send(h11.EndOfMessage()), idle)  # trailers are dropped
-                break
-            else:
-                raise OriginError(f"origin sent {type(event).__name__} in the middle of a body")
+        _stream_response(conn, client, upstream, origin, response, session, idle)
     finally:
         upstream.close()
     if client.our_state is h11.DONE and client.their_state is h11.DONE:
         conn.buf[:0] = client.trailing_data[0]  # a pipelined next request
         return True
+    if client.their_state is not h11.DONE:  # answered before its body was read
+        conn.close_politely()
     return False
+
+
+def _send_request(
+    conn: Conn,
+    client: h11.Connection,
+    upstream: socket.socket,
+    origin: h11.Connection,
+    request: h11.Request,
+    target: http.Target,
+    session: Session,
+    idle: float | None,
+) -> h11.Response:
+    """Send the request head and body to the origin; return its response head."""
+    headers = _outbound(request, target)
+    _to_origin(upstream, origin, h11.Request(method=request.method, target=target.path, headers=headers))
+    if client.they_are_waiting_for_100_continue:
+        _to_client(conn, client.send(h11.InformationalResponse(status_code=100, headers=[])), idle)
+    try:
+        _send_body(conn, client, upstream, origin, session, idle)
+    except OriginError as exc:
+        # The origin may have answered early (413, 401) and closed: that answer
+        # is still worth reading, unless the origin simply stopped reading.
+        if exc.status == 504:
+            raise
+    return _origin_response(upstream, origin)
+
+
+def _stream_response(
+    conn: Conn,
+    client: h11.Connection,
+    upstream: socket.socket,
+    origin: h11.Connection,
+    response: h11.Response,
+    session: Session,
+    idle: float | None,
+) -> None:
+    """Send the response head, then its body chunk by chunk as it arrives."""
+    head = h11.Response(status_code=response.status_code, headers=_inbound(response), reason=response.reason)
+    _to_client(conn, client.send(head), idle)
+    while True:
+        event = _origin_event(upstream, origin)
+        if isinstance(event, h11.Data):
+            session.down += len(event.data)
+            _to_client(conn, client.send(h11.Data(data=event.data)), idle)
+        elif isinstance(event, h11.EndOfMessage):
+            _to_client(conn, client.send(h11.EndOfMessage()), idle)  # trailers are dropped
+            return
+        else:
+            raise OriginError(f"origin sent {type(event).__name__} in the middle of a body")
 
 
 def _outbound(request: h11.Request, target: http.Target) -> list[tuple[bytes, bytes]]:

@@ -469,3 +469,47 @@ def test_idle_keep_alive_connection_is_closed(start, origin):
         assert recv_all(client.sock) == b""  # nothing more asked: closed after the idle timeout
     finally:
         client.close()
+
+
+def test_an_early_answer_from_the_origin_reaches_the_client(start):
+    """The origin answers 413 after the head and closes without reading the body."""
+    from gevent.server import StreamServer
+
+    def refuse_upload(sock, _addr):
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            head += sock.recv(4096)
+        sock.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+        sock.close()
+
+    server = StreamServer(("127.0.0.1", 0), refuse_upload)
+    server.start()
+    try:
+        host, port = start()
+        sock = socket.create_connection((host, port), timeout=10)
+        size = 8 * 1024 * 1024
+        target = f"http://127.0.0.1:{server.server_port}/"
+        sock.sendall(f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
+
+        def upload():
+            try:
+                for _ in range(size // 65536):
+                    sock.sendall(b"u" * 65536)
+            except OSError:
+                pass  # the proxy stops reading once the origin has answered
+
+        uploader = gevent.spawn(upload)
+        answer = b""
+        try:
+            while b"too big!" not in answer and len(answer) < 65536:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except ConnectionResetError:
+            pass
+        uploader.kill()
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b"too big!")
+    finally:
+        server.stop(timeout=1)
