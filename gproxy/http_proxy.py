@@ -169,7 +169,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection,
     if client.our_state is h11.DONE and client.their_state is h11.DONE:
         conn.buf[:0] = client.trailing_data[0]  # a pipelined next request
         return True
-    if client.their_state is not h11.DONE:  # answered before its body was read
+    if client.their_state is h11.SEND_BODY:  # answered before its body was read
         conn.close_politely()
     return False
 
