@@ -26,7 +26,9 @@ from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
 from gproxy.forward import serve_forward
+from gproxy.http_proxy import serve_http
 from gproxy.log import AccessLog, announce, logger
+from gproxy.mixed import serve_mixed
 from gproxy.proxy_header import read_proxy_header
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
@@ -48,6 +50,8 @@ class Service(Protocol):
 #: listener kind -> the front end that serves each TCP connection
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
+    "http": serve_http,
+    "mixed": serve_mixed,
     "forward": serve_forward,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
