@@ -18,8 +18,10 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["gproxy"]):
-    import gproxy.codec  # noqa: F401
-    from tests.robustness.codecs import TARGETS, check_parse
+    from tests.robustness.codecs import TARGETS, check_parse, check_value
+
+    for _target in TARGETS:  # every codec module imported here, so it is instrumented
+        _target.load()
 
 
 def main() -> None:
@@ -36,6 +38,9 @@ def main() -> None:
         sys.exit(f"{target.module} is not on this branch")
 
     def one_input(data: bytes) -> None:
+        if target.value:
+            check_value(parse, data)
+            return
         result = check_parse(parse, data, datagram=target.datagram)
         if result is None or target.datagram:
             return

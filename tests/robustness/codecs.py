@@ -7,6 +7,7 @@ function as strings, so a codec that is not merged yet is simply skipped.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ class Target:
     function: str
     #: whole-datagram parsers never answer None ("need more bytes")
     datagram: bool = False
+    #: a plain function of whole bytes (any return value, or ClientProtocolError)
+    value: bool = False
     #: message -> bytes, for "parse of encode round-trips" (None: no encoder)
     encode: Callable[[Any], bytes] | None = None
     #: valid inputs: the hypothesis mutation base and the atheris seed corpus
@@ -38,6 +41,12 @@ class Target:
         except ModuleNotFoundError:
             return None
         return getattr(module, self.function, None)
+
+
+def check_value(function: Parse, data: bytes) -> None:
+    """A plain function of bytes: it returns, or raises ClientProtocolError."""
+    with contextlib.suppress(ClientProtocolError):
+        function(bytes(data))
 
 
 def check_parse(parse: Parse, data: bytes, *, datagram: bool = False) -> tuple[Any, int] | None:
@@ -58,6 +67,19 @@ def check_parse(parse: Parse, data: bytes, *, datagram: bool = False) -> tuple[A
     assert isinstance(used, int), f"used is {type(used).__name__}"
     assert 0 < used <= len(data), f"used={used} for {len(data)} bytes"
     return message, used
+
+
+def _socks4_request(message: Any) -> bytes:
+    from gproxy.codec import socks4
+
+    return socks4.encode_request(message.command, message.address, message.userid)
+
+
+def _proxy_header(message: Any) -> bytes:
+    from gproxy.codec import proxy_protocol
+
+    encode = proxy_protocol.encode_v1 if message.version == 1 else proxy_protocol.encode_v2
+    return encode(message.source, message.destination)
 
 
 def _socks5(name: str) -> Callable[[Any], bytes]:
@@ -121,6 +143,70 @@ TARGETS: tuple[Target, ...] = (
         datagram=True,
         encode=_socks5("udp"),
         seeds=(b"\x00\x00\x00" + _V4 + b"payload", b"\x00\x00\x00" + _NAME, b"\x00\x00\x01" + _V6 + b"x"),
+    ),
+)
+
+
+_HTTP_HEAD = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n"
+_V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+
+TARGETS += (
+    Target(
+        "socks4_request",
+        "gproxy.codec.socks4",
+        "parse_request",
+        encode=_socks4_request,
+        seeds=(
+            b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00",
+            b"\x04\x01\x00\x50\x7f\x00\x00\x01user\x00",
+            b"\x04\x01\x00\x50\x00\x00\x00\x01\x00example.com\x00",
+        ),
+    ),
+    Target("socks4_reply", "gproxy.codec.socks4", "parse_reply", seeds=(b"\x00\x5a\x00\x50\x7f\x00\x00\x01",)),
+    Target(
+        "http_head",
+        "gproxy.codec.http",
+        "parse_head",
+        seeds=(
+            _HTTP_HEAD,
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Type: x\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\nConnection: keep-alive, x-foo\nX-Foo: 1\n\n",
+        ),
+    ),
+    Target(
+        "http_authority",
+        "gproxy.codec.http",
+        "parse_authority",
+        value=True,
+        seeds=(b"example.com:443", b"[::1]:8080", b"127.0.0.1:1"),
+    ),
+    Target(
+        "http_absolute_uri",
+        "gproxy.codec.http",
+        "split_absolute_uri",
+        value=True,
+        seeds=(b"http://example.com/", b"http://[::1]:8080/a?b#c", b"http://a:80?x"),
+    ),
+    Target(
+        "http_basic_credentials",
+        "gproxy.codec.http",
+        "basic_credentials",
+        value=True,
+        seeds=(b"Basic dTpw", b"basic  dTpw ", b"Bearer x"),
+    ),
+    Target(
+        "proxy_protocol_header",
+        "gproxy.codec.proxy_protocol",
+        "parse_header",
+        encode=_proxy_header,
+        seeds=(
+            b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\n",
+            b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n",
+            b"PROXY UNKNOWN\r\n",
+            _V2 + b"\x21\x11\x00\x0c" + bytes([192, 0, 2, 1, 198, 51, 100, 1]) + b"\xdc\x04\x01\xbb",
+            _V2 + b"\x20\x00\x00\x00",
+        ),
     ),
 )
 
