@@ -15,7 +15,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``probe`` parametrises a test over every listener kind on this branch."""
     if "probe" in metafunc.fixturenames:
         probes = available_probes()
-        metafunc.parametrize("probe", probes, ids=[p.kind for p in probes])
+        metafunc.parametrize("probe", probes, ids=[p.name for p in probes])
 
 
 class _Collect(logging.Handler):

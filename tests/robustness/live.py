@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -100,12 +100,48 @@ def http_handshake(dest: Address, *, auth: bool = True) -> bytes:
 def http_transcript(data: bytes) -> str:
     if not data:
         return "nothing"
-    assert data.startswith(b"HTTP/1.")[: len(data)] or b"HTTP/1.".startswith(data), f"not HTTP: {data[:80]!r}"
+    assert data.startswith(b"HTTP/1.") or b"HTTP/1.".startswith(data), f"not HTTP: {data[:80]!r}"
     status = data[9:12]
     if status == b"200":
         return "accepted"
     assert len(status) < 3 or status[:1] in (b"4", b"5"), f"status {status!r}"
     return "refused"
+
+
+def socks4_handshake(dest: Address, *, auth: bool = True) -> bytes:
+    from gproxy.codec import socks4
+
+    return socks4.encode_request(1, dest, b"user")
+
+
+def socks4_transcript(data: bytes) -> str:
+    if not data:
+        return "nothing"
+    assert data[0] == 0, f"SOCKS4 reply version {data[0]:#x}: {data!r}"
+    if len(data) < 2:
+        return "refused"
+    if data[1] == 0x5A and len(data) >= 8:
+        return "accepted"
+    assert data[1] in (0x5B, 0x5C, 0x5D) and len(data) <= 8, f"bad SOCKS4 refusal {data!r}"
+    return "refused"
+
+
+def socks_transcript(data: bytes) -> str:
+    """A SOCKS port answers SOCKS5 or SOCKS4, as the client's first byte asked."""
+    if data[:1] == b"\x00":
+        return socks4_transcript(data)
+    return socks5_transcript(data)
+
+
+def mixed_transcript(data: bytes) -> str:
+    """SOCKS5, SOCKS4 or HTTP, as the server's first byte says."""
+    if data[:1] in (b"\x00", b"\x05"):
+        return socks_transcript(data)
+    return http_transcript(data)
+
+
+def mixed_extra(dest: Address) -> list[bytes]:
+    return [http_handshake(dest), socks4_handshake(dest)]
 
 
 def forward_handshake(dest: Address, *, auth: bool = True) -> bytes:
@@ -127,7 +163,13 @@ class Probe:
     auth: bool = True  # started with --user
     #: the listener relays to a fixed target (``ADDR=HOST:PORT``), no handshake to fuzz
     fixed_target: bool = False
-    extra_seeds: tuple[bytes, ...] = field(default=())  # more valid starts for mutation
+    #: more valid starts for mutation (other protocols a port speaks), given the destination
+    extra: Callable[[Address], list[bytes]] | None = None
+    label: str = ""  # the test id, when two probes share a kind
+
+    @property
+    def name(self) -> str:
+        return self.label or self.kind
 
     def settings(self, dest: Address | None = None) -> dict[str, Any]:
         listen = "127.0.0.1:0"
@@ -149,8 +191,10 @@ class Probe:
 
 
 PROBES: tuple[Probe, ...] = (
-    Probe("socks5", "socks", socks5_handshake, socks5_transcript),
+    Probe("socks5", "socks", socks5_handshake, socks_transcript, extra=lambda d: [socks4_handshake(d)]),
+    Probe("socks5", "socks", socks4_handshake, socks_transcript, auth=False, label="socks4"),
     Probe("http", "http", http_handshake, http_transcript),
+    Probe("mixed", "mixed", socks5_handshake, mixed_transcript, extra=mixed_extra),
     Probe("forward", "forward", forward_handshake, forward_transcript, auth=False, fixed_target=True),
 )
 
@@ -367,7 +411,8 @@ def attack(
 def garbage(probe: Probe, dest: Address, count: int, seed: int) -> Iterator[tuple[str, bytes]]:
     """``count`` malformed, truncated, oversized and random handshakes, labelled."""
     rng = random.Random(seed)
-    valid = [probe.handshake(dest), probe.handshake(Address("echo.test", dest.port)), *probe.extra_seeds]
+    valid = [probe.handshake(dest), probe.handshake(Address("echo.test", dest.port))]
+    valid += probe.extra(dest) if probe.extra else []
     valid = [v for v in valid if v] or [b"GET / HTTP/1.0\r\n\r\n"]
     for i in range(count):
         base = bytearray(rng.choice(valid))

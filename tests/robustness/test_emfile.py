@@ -84,11 +84,6 @@ def test_emfile_backs_off_and_recovers(emfile_run):
     assert emfile_run["exit"] == 0
 
 
-@pytest.mark.xfail(
-    reason="gevent's accept loop prints a traceback per failed accept(); passes once the "
-    "accept-loop EMFILE handling (another helper's branch) is merged",
-    strict=False,
-)
 def test_emfile_prints_no_traceback(emfile_run):
     stderr = str(emfile_run["stderr"])
     assert "Traceback" not in stderr, f"{stderr.count('Traceback')} tracebacks: {stderr[-1500:]}"

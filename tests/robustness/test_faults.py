@@ -159,7 +159,7 @@ def test_dns_fails(probe, sandbox, resolver, code, outcome):
         attempt = attack(_address(running, probe), probe.handshake(nowhere), wait=10)
         assert attempt.ended in ("eof", "reset"), attempt
         assert probe.refused(attempt.received), attempt
-        if probe.kind == "socks5":
+        if probe.name == "socks5":
             assert socks5_reply_code(attempt.received) == code
     assert {s.outcome for s in log.wait_for(before + 3)[before:]} == {outcome}
     _no_leaks(baseline)
@@ -193,7 +193,7 @@ def test_upstream_proxy_dies(probe, sandbox, proxy):
         attempt = attack(_address(running, probe), probe.handshake(dest.address), wait=10)
         assert attempt.ended in ("eof", "reset")
         assert probe.refused(attempt.received), attempt
-        if probe.kind == "socks5":
+        if probe.name == "socks5":
             assert socks5_reply_code(attempt.received) in (ReplyCode.CONNECTION_REFUSED, ReplyCode.GENERAL_FAILURE)
     _no_leaks(baseline)
 
@@ -218,6 +218,6 @@ def test_out_of_fds_when_dialing_gets_a_reply(probe, sandbox, monkeypatch):
         monkeypatch.undo()
         assert attempt.ended in ("eof", "reset"), attempt
         assert probe.refused(attempt.received), attempt
-        if probe.kind == "socks5":
+        if probe.name == "socks5":
             assert socks5_reply_code(attempt.received) == ReplyCode.GENERAL_FAILURE
         assert log.wait_for(1)[0].outcome == "general_failure"

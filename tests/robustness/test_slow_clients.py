@@ -62,14 +62,14 @@ def trickle(address: tuple[str, int], payload: bytes, interval: float, delay: fl
 
 
 def test_one_byte_at_a_time_is_dropped_at_the_handshake_timeout(probe, sandbox, echo_tcp):
-    """A valid handshake sent one byte per 0.25 s would take longer than the
+    """A valid handshake sent one byte at a time, slowly enough to take twice the
     timeout: the server drops it before it is complete."""
     _handshake_probe(probe)
     running = sandbox(probe, handshake_timeout=HANDSHAKE_TIMEOUT)
     bound = running.address(probe.kind)
     payload = probe.handshake(Address("127.0.0.1", echo_tcp.port))
-    assert len(payload) * 0.25 > HANDSHAKE_TIMEOUT * 2
-    closed_after, sent = trickle((bound.host, bound.port), payload, 0.25)
+    interval = HANDSHAKE_TIMEOUT * 2 / len(payload)  # the whole handshake would take 2 x the timeout
+    closed_after, sent = trickle((bound.host, bound.port), payload, interval)
     assert closed_after is not None, "the trickled handshake was never dropped"
     assert sent < len(payload)
 
