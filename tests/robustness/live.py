@@ -468,6 +468,19 @@ def settle(measure: Callable[[], int], baseline: int, *, slack: int = 0, within:
     return value
 
 
+def steady(measure: Callable[[], int], *, within: float = 2.0) -> int:
+    """``measure`` once two readings 50 ms apart agree (bounded): a baseline."""
+    deadline = time.monotonic() + within
+    value = measure()
+    while time.monotonic() < deadline:
+        gevent.sleep(0.05)
+        again = measure()
+        if again == value:
+            break
+        value = again
+    return value
+
+
 def run_all(jobs: list[Callable[[], Any]], concurrency: int = 100) -> list[Any]:
     pool = Pool(concurrency)
     greenlets = [pool.spawn(job) for job in jobs]

@@ -28,6 +28,7 @@ from tests.robustness.live import (
     silent,
     sink,
     socks5_reply_code,
+    steady,
 )
 
 ROUNDS = 10
@@ -49,7 +50,7 @@ def _baseline():  # type: ignore[no-untyped-def]
                 good_session(_address(warm, PROBES[0]), PROBES[0], Address("127.0.0.1", echo.port), b"warm-up")
         finally:
             warm.stop(0)
-    return settle(fd_count, 0, within=1), settle(greenlet_count, 0, within=1)
+    return steady(fd_count), steady(greenlet_count)
 
 
 def _no_leaks(baseline: tuple[int, int]) -> None:

@@ -21,7 +21,7 @@ from tests.robustness.live import (
     socks4_missing,
 )
 
-COUNT = int(os.environ.get("GPROXY_ROBUST_COUNT", "1200"))
+COUNT = int(os.environ.get("GPROXY_ROBUST_COUNT", "600"))
 HANDSHAKE_TIMEOUT = 0.5
 #: generous: scheduling on a loaded 2-core machine, not gproxy, decides the excess
 SLACK = 8.0
@@ -36,7 +36,8 @@ def test_garbage_handshakes_end_fast_and_leak_nothing(probe, sandbox, echo_tcp, 
         good_session(address, probe, dest, b"warm-up")
     fds, greenlets = fd_count(), greenlet_count()
 
-    cases = list(garbage(probe, dest, COUNT, seed=COUNT))
+    count = COUNT // 4 if probe.fixed_target else COUNT  # a forwarder relays any bytes: less to learn
+    cases = list(garbage(probe, dest, count, seed=COUNT))
     jobs = [
         functools.partial(attack, address, data, half_close=i % 3 == 0, chunk=7 if i % 5 == 0 else 0, wait=SLACK + 2)
         for i, (_, data) in enumerate(cases)

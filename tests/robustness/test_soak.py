@@ -1,6 +1,6 @@
 """Soak: mixed traffic over every listener kind for a bounded time.
 
-GPROXY_SOAK_SECONDS sets the length (default 10 s locally, 60 s when CI is
+GPROXY_SOAK_SECONDS sets the length (default 5 s locally, 60 s when CI is
 set; ``tox -e soak`` runs 600 s). Every payload is checked by sha256 on the
 way back, some clients are abusive on purpose, and at the end gproxy's fds
 are back to baseline, its RSS has not run away, nothing unexpected is on
@@ -41,7 +41,7 @@ from tests.robustness.live import (
     without_known_gaps,
 )
 
-SECONDS = float(os.environ.get("GPROXY_SOAK_SECONDS", "60" if os.environ.get("CI") else "10"))
+SECONDS = float(os.environ.get("GPROXY_SOAK_SECONDS", "60" if os.environ.get("CI") else "5"))
 WORKERS = 12
 #: also how long --udp-forward mappings live after their last datagram
 IDLE = 3

@@ -14,7 +14,7 @@ import pytest
 from gproxy.codec import socks5
 from gproxy.errors import ClientProtocolError
 from tests.helpers import UdpEchoServer, parse_socks5_udp_datagram, socks5_handshake, socks5_udp_datagram
-from tests.robustness.live import fd_count, greenlet_count, sandbox_proxy, settle
+from tests.robustness.live import fd_count, greenlet_count, sandbox_proxy, settle, steady
 
 pytest.importorskip("gproxy.udp")
 
@@ -82,7 +82,7 @@ def test_udp_association_survives_garbage_datagrams():
         running = sandbox_proxy(socks=["127.0.0.1:0"])
         try:
             bound = running.address("socks5")
-            fds, greenlets = settle(fd_count, 0, within=0.5), settle(greenlet_count, 0, within=0.5)
+            fds, greenlets = steady(fd_count), steady(greenlet_count)
             for round_ in range(2):
                 control = socket.create_connection((bound.host, bound.port), timeout=10)
                 relay = socks5_handshake(control, 3, "0.0.0.0", 0)
@@ -111,7 +111,7 @@ def test_udp_forward_many_clients_then_idle_expiry():
         running = sandbox_proxy(udp_forward=[f"127.0.0.1:0=127.0.0.1:{echo.port}"], idle_timeout=0.5)
         try:
             bound = running.address("udp-forward")
-            fds = settle(fd_count, 0, within=0.5)
+            fds = steady(fd_count)
             for batch in range(3):  # batches of 100 stay within the listener's socket buffer
                 clients = []
                 for i in range(100):
