@@ -518,15 +518,15 @@ def good_session(address: tuple[str, int], probe: Probe, dest: Address, payload:
 class DrainedGproxy(GproxyProcess):
     """``python -m gproxy ARGS`` whose stderr is read all along (a full pipe would
     block it), optionally under a lowered RLIMIT_NOFILE (soft and hard, so gproxy
-    cannot raise it back)."""
+    cannot raise it back), optionally behind a command ``prefix`` (``ip netns exec NS``)."""
 
-    def __init__(self, *args: str, limit: int | None = None, listeners: int = 1) -> None:
+    def __init__(self, *args: str, limit: int | None = None, listeners: int = 1, prefix: tuple[str, ...] = ()) -> None:
         def lower() -> None:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gproxy", *args],
+            [*prefix, sys.executable, "-m", "gproxy", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=gproxy_env(),
