@@ -230,22 +230,25 @@ def python_socks_connect(proxy_url: str, dest: Target, port: int) -> socket.sock
 @case("python-socks socks5")
 def test_python_socks_socks5(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     proxy = proxies.get("socks5", auth == "auth")
-    with proxy.session(origins.echo.port, proto="socks5"):
-        with python_socks_connect(proxy.url("socks5"), dest, origins.echo.port) as sock:
-            echo_round_trip(sock, payload())
+    with (
+        proxy.session(origins.echo.port, proto="socks5"),
+        python_socks_connect(proxy.url("socks5"), dest, origins.echo.port) as sock,
+    ):
+        echo_round_trip(sock, payload())
 
 
 @case("python-socks socks4a", "v4 name", auths=("noauth",))
 def test_python_socks_socks4(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     proxy = proxies.get("socks5", False)
-    with proxy.session(origins.echo.port, proto="socks4"):
-        with python_socks_connect(proxy.url("socks4"), dest, origins.echo.port) as sock:
-            echo_round_trip(sock, payload())
+    with (
+        proxy.session(origins.echo.port, proto="socks4"),
+        python_socks_connect(proxy.url("socks4"), dest, origins.echo.port) as sock,
+    ):
+        echo_round_trip(sock, payload())
 
 
 @case("python-socks http CONNECT")
 def test_python_socks_http(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     proxy = proxies.get("http", auth == "auth")
-    with proxy.session(origins.echo.port):
-        with python_socks_connect(proxy.url("http"), dest, origins.echo.port) as sock:
-            echo_round_trip(sock, payload())
+    with proxy.session(origins.echo.port), python_socks_connect(proxy.url("http"), dest, origins.echo.port) as sock:
+        echo_round_trip(sock, payload())
