@@ -96,8 +96,8 @@ def run(cmd: Sequence[str], *, input: bytes | None = None, timeout: float = 60, 
         pytest.fail(f"{shlex.join(cmd)} timed out after {timeout}s; stderr: {exc.stderr!r}", pytrace=False)
     if check and done.returncode != 0:
         pytest.fail(
-            f"{shlex.join(cmd)} exited {done.returncode}\nstdout: {done.stdout.decode(errors='replace')}"
-            f"\nstderr: {done.stderr.decode(errors='replace')}",
+            f"{shlex.join(cmd)} exited {done.returncode}\nstdout: {done.stdout.decode(errors='replace')[:2000]}"
+            f"\nstderr: {done.stderr.decode(errors='replace')[:2000]}",
             pytrace=False,
         )
     return done.stdout.decode(errors="replace")
