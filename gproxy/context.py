@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from gproxy.access import ClientRules, Users
 from gproxy.config import Config, ListenerSpec
-from gproxy.dial import Dialer
+from gproxy.dial import Dialer, Resolver, system_resolve
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
 
@@ -23,6 +23,15 @@ class Metrics:
     def session_closed(self, session: Session) -> None:
         """A session ended; its record has bytes and outcome."""
 
+    def session_failed(self, session: Session, exc: BaseException) -> None:
+        """A session ended with a gproxy error (before session_closed)."""
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A client was closed at once: ``client_denied``, ``max_conns``, ``max_conns_per_ip``, ``out_of_fds``."""
+
+    def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
+        """A UDP datagram ``up`` (from the client) or ``down``: relayed, or ``dropped`` and why."""
+
 
 @dataclass
 class Context:
@@ -33,3 +42,4 @@ class Context:
     destinations: DestinationPolicy
     dialer: Dialer
     metrics: Metrics
+    resolver: Resolver = system_resolve  # UDP resolves names itself

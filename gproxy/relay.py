@@ -153,7 +153,7 @@ def relay(
         tunnel.pump(client, upstream, True)
         downward.join()
     except BaseException:
-        tunnel.abort("killed")
+        tunnel.abort("shutdown")
         downward.kill()
         raise
     finally:
