@@ -92,7 +92,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     cell = _cell(item)
     if cell is None:
         return
-    if report.skipped:
+    if report.skipped and hasattr(report, "wasxfail"):
+        MATRIX[cell] = "xfail"
+    elif report.skipped:
         MATRIX.setdefault(cell, "skip")
     elif report.failed:
         MATRIX[cell] = "FAIL"
@@ -113,7 +115,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for client in clients:
         cells = [MATRIX.get((client, *col), "-").rjust(max(len(h), 4)) for col, h in zip(columns, heads, strict=True)]
         terminalreporter.write_line(" ".join([client.ljust(width), *cells]))
-    counts = {state: sum(1 for v in MATRIX.values() if v == state) for state in ("pass", "FAIL", "skip")}
+    counts = {state: sum(1 for v in MATRIX.values() if v == state) for state in ("pass", "FAIL", "skip", "xfail")}
     terminalreporter.write_line(
-        f"{counts['pass']} pass, {counts['FAIL']} FAIL, {counts['skip']} skip; '-' = not applicable to that client"
+        ", ".join(f"{n} {state}" for state, n in counts.items())
+        + "; '-' = not applicable to that client; xfail = a known bug of the client, see the case's reason"
     )

@@ -119,11 +119,11 @@ class _HTTPSHandler(_Handler):
 
 def http_handler(tls_context: ssl.SSLContext | None) -> Callable[[socket.socket], None]:
     def handle(conn: socket.socket) -> None:
-        if tls_context is not None:
-            conn = tls_context.wrap_socket(conn, server_side=True)
-            _HTTPSHandler(conn, conn.getpeername(), None)  # type: ignore[arg-type]
-        else:
+        if tls_context is None:
             _Handler(conn, conn.getpeername(), None)  # type: ignore[arg-type]
+            return
+        with tls_context.wrap_socket(conn, server_side=True) as tls:
+            _HTTPSHandler(tls, tls.getpeername(), None)  # type: ignore[arg-type]
 
     return handle
 

@@ -120,7 +120,10 @@ def test_okhttp_http_post(dest: Target, auth: str, proxies: Proxies, origins: Or
     http_case(java_build, "okhttp-http", proxies.get("http", auth == "auth"), origins, dest, data=f"post {token()}")
 
 
-@case("okhttp HTTP proxy CONNECT https")
+@case(
+    "okhttp HTTP proxy CONNECT https",
+    client_bugs={"v6": "OkHttp 3.13 compares IPv6 SANs as text (0:0:0:0:0:0:0:1 != ::1): hostname not verified"},
+)
 def test_okhttp_http_connect(dest: Target, auth: str, proxies: Proxies, origins: Origins, java_build: Path) -> None:
     http_case(java_build, "okhttp-http", proxies.get("http", auth == "auth"), origins, dest, tls=True)
 

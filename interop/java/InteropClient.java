@@ -232,8 +232,13 @@ public final class InteropClient {
                     return null; // our credentials were refused: give up, do not loop
                 }
                 boolean basic = false;
+                boolean preemptive = false;
                 for (Challenge challenge : response.challenges()) {
                     basic |= "Basic".equalsIgnoreCase(challenge.scheme());
+                    preemptive |= "OkHttp-Preemptive".equals(challenge.scheme());
+                }
+                if (preemptive) {
+                    return null; // OkHttp asks before each CONNECT; we answer only gproxy's real 407
                 }
                 if (!basic) {
                     System.err.println("407 without a Basic Proxy-Authenticate challenge: "
