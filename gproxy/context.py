@@ -6,12 +6,16 @@ A Context is built per listener by the server; front ends only read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gproxy.access import ClientRules, Users
 from gproxy.config import Config, ListenerSpec
 from gproxy.dial import Dialer
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
+
+if TYPE_CHECKING:
+    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
 
 
 class Metrics:
@@ -33,3 +37,4 @@ class Context:
     destinations: DestinationPolicy
     dialer: Dialer
     metrics: Metrics
+    tls: ssl.SSLContext | None = None  # --https / --socks-tls listeners

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import gevent
 from gevent import socket as gsocket
@@ -17,9 +17,12 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+if TYPE_CHECKING:
+    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
+
 from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
-from gproxy.config import Config, ListenerSpec
+from gproxy.config import TLS_KINDS, Config, ListenerSpec
 from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
@@ -28,6 +31,9 @@ from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
 from gproxy.socks import serve_socks
 from gproxy.stream import Conn
+from gproxy.tls import accept as tls_accept
+from gproxy.tls import server_context
+from gproxy.upstream import upstream_dialer
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -43,6 +49,7 @@ class Service(Protocol):
 #: listener kind -> the front end that serves each TCP connection
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
+    "socks5-tls": serve_socks,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
 SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {}
@@ -69,6 +76,7 @@ class Proxy:
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
         self._stopped = Event()
+        self._tls: ssl.SSLContext | None = None
         self._load_users()
 
     # -- life cycle -------------------------------------------------------------
@@ -189,16 +197,31 @@ class Proxy:
         """The Context that front ends and services of listener ``spec`` use."""
         if own is None:
             own = [(ip, port) for _, ip, port in self._bound_ips()]
-        policy = DestinationPolicy(own, deny_local=not spec.is_loopback)
+        policy = DestinationPolicy(
+            own, deny_local=not spec.is_loopback, rules=self.config.dest_rules, users=self.config.user_rules
+        )
+        upstream = self.config.upstream
         return Context(
             config=self.config,
             listener=spec,
             users=self.users,
             clients=self.clients,
             destinations=policy,
-            dialer=DirectDialer(self.resolver, check=policy.check_ip),
+            dialer=(
+                upstream_dialer(upstream, self.resolver)
+                if upstream is not None
+                else DirectDialer(self.resolver, check=policy.check_ip)
+            ),
             metrics=self.metrics,
+            tls=self._tls_context() if spec.kind in TLS_KINDS else None,
         )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """One server context for every TLS listener; ConfigError for bad --cert/--key."""
+        if self._tls is None:
+            assert self.config.cert is not None and self.config.key is not None  # validate() checked
+            self._tls = server_context(self.config.cert, self.config.key)
+        return self._tls
 
     def _handle_for(self, ctx: Context, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
         def handle(sock: socket.socket, peer: tuple[object, ...]) -> None:
@@ -223,6 +246,8 @@ class Proxy:
         conn = Conn(sock)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ctx.tls is not None:
+                conn.sock = tls_accept(sock, ctx.tls, self.config.handshake_timeout)
             handler(conn, ctx, session)
         except (GproxyError, HandshakeTimeout) as exc:
             session.outcome = exc.reason
@@ -236,6 +261,8 @@ class Proxy:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
         finally:
+            if conn.sock is not sock:
+                conn.sock.close()  # the TLS wrapper owns the descriptor now
             self._active -= 1
             remaining = self._active_by_ip[client.host] - 1
             if remaining:
