@@ -6,6 +6,7 @@ and gevent wants to patch ``ssl`` before anyone imports it.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -21,12 +22,13 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     """A server context (TLS 1.2+) from PEM files; ConfigError naming the file at fault."""
     from gevent import ssl as gssl  # noqa: PLC0415 (see the module docstring)
 
+    for flag, path in (("--cert", cert), ("--key", key)):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{flag} {path}: no such file")
     context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = gssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--cert/--key: {exc.filename}: no such file") from None
     except (OSError, gssl.SSLError) as exc:
         raise ConfigError(f"--cert {cert} --key {key}: cannot load the certificate and key ({exc})") from None
     return context
