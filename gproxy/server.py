@@ -22,17 +22,19 @@ if TYPE_CHECKING:
 
 from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
-from gproxy.config import TLS_KINDS, Config, ListenerSpec
+from gproxy.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.forward import serve_forward
 from gproxy.log import AccessLog, announce, logger
-from gproxy.rules import DestinationPolicy
+from gproxy.rules import DestinationPolicy, RuleSet
 from gproxy.session import Session
 from gproxy.socks import serve_socks
 from gproxy.stream import Conn
 from gproxy.tls import accept as tls_accept
 from gproxy.tls import server_context
+from gproxy.udp import UdpForwarder
 from gproxy.upstream import upstream_dialer
 
 Handler = Callable[[Conn, Context, Session], None]
@@ -50,9 +52,12 @@ class Service(Protocol):
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
     "socks5-tls": serve_socks,
+    "forward": serve_forward,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
-SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {}
+SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
+    "udp-forward": UdpForwarder,
+}
 #: listener kinds bound as UDP sockets
 DATAGRAM_KINDS = frozenset({"udp-forward"})
 
@@ -197,8 +202,13 @@ class Proxy:
         """The Context that front ends and services of listener ``spec`` use."""
         if own is None:
             own = [(ip, port) for _, ip, port in self._bound_ips()]
+        # A forwarder's target is the operator's, not a client's: no to_localhost rule, no dest rules.
+        proxying = spec.kind in PROXY_KINDS
         policy = DestinationPolicy(
-            own, deny_local=not spec.is_loopback, rules=self.config.dest_rules, users=self.config.user_rules
+            own,
+            deny_local=not spec.is_loopback and proxying,
+            rules=self.config.dest_rules if proxying else RuleSet(),
+            users=self.config.user_rules,
         )
         upstream = self.config.upstream
         return Context(
@@ -213,6 +223,7 @@ class Proxy:
                 else DirectDialer(self.resolver, check=policy.check_ip)
             ),
             metrics=self.metrics,
+            resolver=self.resolver,
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
         )
 

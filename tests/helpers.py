@@ -139,6 +139,127 @@ class GproxyProcess:
         self.stop()
 
 
+class UdpEchoServer:
+    """Echoes every datagram to its sender; ``host="localhost"`` binds 127.0.0.1 and ::1
+    on one port, so a name that resolves to either family reaches it."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.sockets = self._bind(host)
+        self.port = int(self.sockets[0].getsockname()[1])
+        self.received: list[bytes] = []
+        self.loops: list[gevent.Greenlet] = []
+
+    @staticmethod
+    def _bind(host: str) -> list[socket.socket]:
+        if host != "localhost":
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            return [sock]
+        for _ in range(50):
+            v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            v4.bind(("127.0.0.1", 0))
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            try:
+                v6.bind(("::1", v4.getsockname()[1]))
+            except OSError:
+                v4.close()
+                v6.close()
+                continue
+            return [v4, v6]
+        raise RuntimeError("no port free on both 127.0.0.1 and ::1")
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, peer = sock.recvfrom(65535)
+                self.received.append(data)
+                sock.sendto(data, peer)
+            except OSError:
+                if sock.fileno() < 0:
+                    return
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (str(self.sockets[0].getsockname()[0]), self.port)
+
+    def __enter__(self) -> UdpEchoServer:
+        self.loops = [gevent.spawn(self._serve, sock) for sock in self.sockets]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gevent.killall(self.loops)
+        for sock in self.sockets:
+            sock.close()
+
+
+def socks5_handshake(sock: socket.socket, command: int, host: str, port: int) -> tuple[str, int]:
+    """A raw RFC 1928 no-auth request on a connected socket; returns BND as (host, port).
+
+    Raises ConnectionError with the reply code when the reply is not success.
+    """
+    sock.sendall(b"\x05\x01\x00")
+    assert recv_exact(sock, 2) == b"\x05\x00"
+    sock.sendall(b"\x05" + bytes((command, 0)) + socks5_address(host, port))
+    return read_socks5_bound(sock)
+
+
+def read_socks5_bound(sock: socket.socket) -> tuple[str, int]:
+    """Read one full SOCKS5 reply; ConnectionError(code) unless it is success."""
+    import ipaddress
+    import struct
+
+    head = recv_exact(sock, 4)
+    atyp = head[3]
+    if atyp == 1:
+        host = str(ipaddress.IPv4Address(recv_exact(sock, 4)))
+    elif atyp == 4:
+        host = str(ipaddress.IPv6Address(recv_exact(sock, 16)))
+    else:
+        host = recv_exact(sock, recv_exact(sock, 1)[0]).decode()
+    (port,) = struct.unpack("!H", recv_exact(sock, 2))
+    if head[1] != 0:
+        raise ConnectionError(head[1], f"SOCKS5 reply {head[1]:#04x}")
+    return host, port
+
+
+def socks5_address(host: str, port: int) -> bytes:
+    """``ATYP ADDR PORT`` for an IP literal or a name."""
+    import ipaddress
+    import struct
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.encode()
+        return bytes((3, len(name))) + name + struct.pack("!H", port)
+    return bytes((1 if ip.version == 4 else 4,)) + ip.packed + struct.pack("!H", port)
+
+
+def socks5_udp_datagram(host: str, port: int, payload: bytes, frag: int = 0) -> bytes:
+    """An RFC 1928 UDP request datagram."""
+    return bytes((0, 0, frag)) + socks5_address(host, port) + payload
+
+
+def parse_socks5_udp_datagram(datagram: bytes) -> tuple[tuple[str, int], bytes]:
+    """(source, payload) of an RFC 1928 UDP reply datagram."""
+    import ipaddress
+    import struct
+
+    assert datagram[:3] == b"\0\0\0", datagram[:3]
+    atyp = datagram[3]
+    if atyp == 1:
+        host, end = str(ipaddress.IPv4Address(datagram[4:8])), 8
+    elif atyp == 4:
+        host, end = str(ipaddress.IPv6Address(datagram[4:20])), 20
+    else:
+        length = datagram[4]
+        host, end = datagram[5 : 5 + length].decode(), 5 + length
+    (port,) = struct.unpack("!H", datagram[end : end + 2])
+    return (host, port), datagram[end + 2 :]
+
+
 class WsgiOrigin:
     """A small HTTP origin (gevent.pywsgi): GET returns ``body``, POST echoes the body."""
 

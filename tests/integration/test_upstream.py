@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -15,6 +16,7 @@ from tests.helpers import (
     WsgiOrigin,
     ipv4_dest,
     name_dest,
+    read_socks5_reply,
     recv_exact,
     socks5_connect,
 )
@@ -170,3 +172,14 @@ def test_bad_upstream_url_exit_2_without_password():
     )
     assert result.returncode == 2
     assert "--upstream" in result.stderr and "Sup3rSecretPw" not in result.stderr
+
+
+def test_udp_associate_through_an_upstream_is_0x07(proxy):
+    upstream = proxy(socks=["127.0.0.1:0"])
+    front = proxy(socks=["127.0.0.1:0"], upstream="socks5://{}:{}".format(*hostport(upstream)))
+    sock = socket.create_connection(hostport(front), timeout=10)
+    sock.sendall(b"\x05\x01\x00")
+    assert recv_exact(sock, 2) == b"\x05\x00"
+    sock.sendall(b"\x05\x03\x00" + ipv4_dest("0.0.0.0", 0))
+    assert read_socks5_reply(sock)[1] == 0x07
+    sock.close()
