@@ -25,7 +25,7 @@ from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, pars
 from gproxy.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
-from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.forward import serve_forward
 from gproxy.log import AccessLog, announce, logger
 from gproxy.rules import DestinationPolicy, RuleSet
@@ -108,6 +108,7 @@ class Proxy:
             except OSError as exc:
                 raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
         own = [(ip, port) for _, ip, port in self._bound_ips()]
+        self._check_upstream(own)
         for spec, sock in self._sockets:
             if spec.kind in SERVICES:
                 service = SERVICES[spec.kind](self, spec, sock)
@@ -226,6 +227,19 @@ class Proxy:
             resolver=self.resolver,
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
         )
+
+    def _check_upstream(self, own: list[tuple[IPAddress, int]]) -> None:
+        """Refuse an --upstream that is one of our own listeners (every connection would loop)."""
+        upstream = self.config.upstream
+        if upstream is None:
+            return
+        ip = upstream.address.ip
+        try:
+            if ip is not None:
+                DestinationPolicy(own).check_ip(ip, upstream.port)
+        except Denied:
+            raise ConfigError(f"--upstream {upstream} is this gproxy's own listener: that would loop") from None
+        logger.info("outbound connections go through %s", upstream)
 
     def _tls_context(self) -> ssl.SSLContext:
         """One server context for every TLS listener; ConfigError for bad --cert/--key."""

@@ -25,7 +25,7 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     for flag, path in (("--cert", cert), ("--key", key)):
         if not os.path.isfile(path):
             raise ConfigError(f"{flag} {path}: no such file")
-    context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+    context: ssl.SSLContext = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = gssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import gevent
@@ -25,6 +27,7 @@ from gproxy.dial import DirectDialer, IPCheck, Resolver, resolve, system_resolve
 from gproxy.errors import ClientClosed, ClientProtocolError, ConfigError, Denied, DialError
 from gproxy.stream import Conn
 
+T = TypeVar("T")
 SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http")
 #: the largest HTTP response head we read from an HTTP upstream
 MAX_HEAD = 16384
@@ -137,7 +140,9 @@ class Socks5Upstream(UpstreamDialer):
 
     def handshake(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
         up = self.upstream
-        methods = [AuthMethod.NO_AUTH] + ([AuthMethod.USERNAME_PASSWORD] if up.username is not None else [])
+        methods: list[int] = [AuthMethod.NO_AUTH]
+        if up.username is not None:
+            methods.append(AuthMethod.USERNAME_PASSWORD)
         conn.sendall(socks5.encode_greeting(methods))
         method = _parse_all(socks5.parse_method_choice, conn.read_exact(2))
         if method == AuthMethod.USERNAME_PASSWORD and up.username is not None:
@@ -148,7 +153,7 @@ class Socks5Upstream(UpstreamDialer):
             raise self.refused(f"it wants authentication method {method:#04x}", ReplyCode.GENERAL_FAILURE)
         conn.sendall(socks5.encode_request(Command.CONNECT, dest))
         head = conn.read_exact(5)  # VER REP RSV ATYP and the first address byte
-        rest = {socks5.AddressType.IPV4: 5, socks5.AddressType.IPV6: 17}.get(head[3], head[4] + 2)
+        rest = {int(socks5.AddressType.IPV4): 5, int(socks5.AddressType.IPV6): 17}.get(head[3], head[4] + 2)
         reply = _parse_all(socks5.parse_reply, head + conn.read_exact(rest))
         if reply.code != ReplyCode.SUCCEEDED:
             code = ReplyCode(reply.code) if reply.code in ReplyCode._value2member_map_ else ReplyCode.GENERAL_FAILURE
@@ -252,7 +257,7 @@ def read_head(sock: socket.socket, limit: int) -> bytes:
             raise ClientProtocolError(f"HTTP response head larger than {limit} bytes")
 
 
-def _parse_all(parse, buf):  # type: ignore[no-untyped-def]
+def _parse_all(parse: Callable[[bytes], tuple[T, int] | None], buf: bytes) -> T:
     """Run a codec parser on a buffer that must hold exactly one whole message."""
     parsed = parse(buf)
     if parsed is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -14,6 +15,7 @@ from tests.helpers import (
     FakeHttpUpstream,
     GproxyProcess,
     WsgiOrigin,
+    gproxy_env,
     ipv4_dest,
     name_dest,
     read_socks5_reply,
@@ -165,7 +167,7 @@ def test_upstream_password_never_in_stderr_with_verbose(closed_port, echo_tcp):
 
 def test_bad_upstream_url_exit_2_without_password():
     result = subprocess.run(
-        ["python", "-m", "gproxy", "--socks", "0", "--upstream", "gopher://u:Sup3rSecretPw@h:1"],
+        [sys.executable, "-m", "gproxy", "--socks", "0", "--upstream", "gopher://u:Sup3rSecretPw@h:1"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -183,3 +185,18 @@ def test_udp_associate_through_an_upstream_is_0x07(proxy):
     sock.sendall(b"\x05\x03\x00" + ipv4_dest("0.0.0.0", 0))
     assert read_socks5_reply(sock)[1] == 0x07
     sock.close()
+
+
+def test_upstream_pointing_at_ourselves_is_refused_at_start():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # a free port we then listen on, with ourselves as the upstream
+    result = subprocess.run(
+        [sys.executable, "-m", "gproxy", "--socks", f"127.0.0.1:{port}", "--upstream", f"socks5://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=gproxy_env(),
+    )
+    assert result.returncode == 2 and "would loop" in result.stderr
