@@ -109,6 +109,8 @@ class Proxy:
                 raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
         own = [(ip, port) for _, ip, port in self._bound_ips()]
         self._check_upstream(own)
+        if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
+            self._tls_context()  # bad --cert/--key fail before anything serves
         for spec, sock in self._sockets:
             if spec.kind in SERVICES:
                 service = SERVICES[spec.kind](self, spec, sock)
