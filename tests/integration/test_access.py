@@ -126,3 +126,20 @@ def test_connect_to_our_own_listener_is_0x02(running):
     sock, reply = socks5_connect(addr, ipv4_dest(*addr))
     assert reply[1] == 0x02
     sock.close()
+
+
+def test_udp_datagrams_follow_name_rules(proxy, echo_udp_localhost):
+    """A name allowed by a name rule passes with the address it resolves to; the bare address does not."""
+    from tests.integration.test_udp import Association
+
+    port = echo_udp_localhost.port
+    running = proxy(socks=["127.0.0.1:0"], allow_dest=[f"localhost:{port}"])
+    address = running.address("socks5")
+    client = Association((address.host, address.port))
+    try:
+        client.send("127.0.0.1", port, b"by address")  # not allowed: dropped
+        client.send("localhost", port, b"by name")
+        assert client.recv()[1] == b"by name"
+        assert echo_udp_localhost.received == [b"by name"]
+    finally:
+        client.close()
