@@ -17,7 +17,7 @@ from gproxy.access import Network, parse_network, parse_user
 from gproxy.addr import Address, format_hostport, parse_ip
 from gproxy.errors import ConfigError
 from gproxy.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
-from gproxy.upstream import Upstream, parse_upstream
+from gproxy.upstream_url import Upstream, parse_upstream
 
 
 @dataclass(frozen=True)

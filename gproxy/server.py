@@ -28,6 +28,7 @@ from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.forward import serve_forward
 from gproxy.log import AccessLog, announce, logger
+from gproxy.proxy_header import read_proxy_header
 from gproxy.rules import DestinationPolicy, RuleSet
 from gproxy.session import Session
 from gproxy.socks import serve_socks
@@ -256,8 +257,24 @@ class Proxy:
 
         return handle
 
+    def _proxied_client(self, sock: socket.socket, peer: Address, ctx: Context) -> Address | None:
+        """--proxy-protocol: the client address from the load balancer's header; None: drop."""
+        try:
+            source, _ = read_proxy_header(sock, self.config.handshake_timeout)
+        except (GproxyError, OSError) as exc:
+            logger.debug("%s: proxy_protocol: %s", peer, exc)
+            if self.access_log is not None:
+                self.access_log.write(Session(peer, ctx.listener.kind, outcome="proxy_protocol").logfmt())
+            return None
+        return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
+
     def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
         client = from_sockaddr(peer)
+        if self.config.proxy_protocol:
+            proxied = self._proxied_client(sock, client, ctx)
+            if proxied is None:
+                return
+            client = proxied
         ip = client.ip
         if ip is not None and not self.clients.permits(ip):
             logger.debug("%s: client not allowed", client)

@@ -1,9 +1,8 @@
 """``--upstream URL``: chain every outbound connection through another proxy.
 
-``parse_upstream`` runs once, at config time; the dialers speak the client
-side of SOCKS5, SOCKS4/4a and HTTP CONNECT with the same sans-I/O codecs the
-server side uses. Credentials are kept out of every message: an Upstream
-prints as ``socks5://user:***@host:port``.
+The dialers speak the client side of SOCKS5, SOCKS4/4a and HTTP CONNECT with
+the same sans-I/O codecs the server side uses (URLs are parsed once, at
+config time, by ``upstream_url``). Messages name the upstream redacted.
 """
 
 from __future__ import annotations
@@ -12,84 +11,23 @@ import base64
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit
 
 import gevent
 import h11
 
-from gproxy.addr import Address, format_hostport, parse_ip
+from gproxy.addr import Address, parse_ip
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
 from gproxy.dial import DirectDialer, IPCheck, Resolver, resolve, system_resolve
-from gproxy.errors import ClientClosed, ClientProtocolError, ConfigError, Denied, DialError
+from gproxy.errors import ClientClosed, ClientProtocolError, Denied, DialError
 from gproxy.stream import Conn
+from gproxy.upstream_url import Upstream
 
 T = TypeVar("T")
-SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http")
 #: the largest HTTP response head we read from an HTTP upstream
 MAX_HEAD = 16384
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """A parsed upstream URL; ``str()`` and ``repr()`` hide the password."""
-
-    scheme: str
-    host: str
-    port: int
-    username: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-
-    def __str__(self) -> str:
-        user = f"{self.username}:***@" if self.username is not None else ""
-        return f"{self.scheme}://{user}{format_hostport(self.host, self.port)}"
-
-    def __repr__(self) -> str:
-        return f"Upstream({str(self)!r})"
-
-    @property
-    def address(self) -> Address:
-        return Address(self.host, self.port)
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:***@rest`` for messages about a URL we could not parse."""
-    scheme, sep, rest = url.rpartition("://")
-    userinfo, at, hostport = rest.rpartition("@")
-    if not at:
-        return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hostport}"
-
-
-def parse_upstream(url: str) -> Upstream:
-    """``socks5://[user:pass@]host:port``, ``socks4://host:port``, ``socks4a://...``,
-    ``http://[user:pass@]host:port``; ConfigError (with the password hidden) otherwise."""
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"--upstream: {shown!r} is not a valid URL") from None
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise ConfigError(f"--upstream: scheme of {shown!r} must be one of {', '.join(SCHEMES)}")
-    if not parts.hostname or port is None or port == 0:
-        raise ConfigError(f"--upstream: {shown!r} needs a host and a port, as {scheme}://host:1080")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"--upstream: {shown!r} may not have a path, query or fragment")
-    username = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if username is not None and scheme.startswith("socks4") and password is not None:
-        raise ConfigError(f"--upstream: SOCKS4 has no passwords ({shown!r}); use socks5://")
-    if username is not None and (len(username.encode()) > 255 or len((password or "").encode()) > 255):
-        raise ConfigError("--upstream: user names and passwords are at most 255 bytes")
-    host = parts.hostname
-    if ":" in host and parse_ip(host) is None:
-        raise ConfigError(f"--upstream: {shown!r} has a bad IPv6 address")
-    return Upstream("socks5" if scheme == "socks5h" else scheme, host, port, username, password)
 
 
 class UpstreamDialer:

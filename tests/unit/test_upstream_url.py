@@ -6,7 +6,7 @@ import pytest
 
 from gproxy import Config
 from gproxy.errors import ConfigError
-from gproxy.upstream import parse_upstream, redact_url
+from gproxy.upstream_url import parse_upstream, redact_url
 
 
 @pytest.mark.parametrize(
