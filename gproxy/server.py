@@ -129,7 +129,7 @@ class Proxy:
 
     def serve_forever(self) -> None:
         """Start, then block until stop() has finished."""
-        if not self._servers:
+        if not (self._servers or self._services):
             self.start()
         self._stopped.wait()
 

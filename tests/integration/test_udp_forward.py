@@ -113,3 +113,18 @@ def test_10000_datagrams_through_the_cli(echo_udp):
         print(f"udp-forward: {received} of {total} datagrams came back ({total - received} lost)")
         assert received >= total * 0.9
         assert gproxy.stop() == 0
+
+
+def test_serve_forever_with_only_udp_listeners_starts_once(echo_udp):
+    """Regression: serve_forever() used to start() again when no TCP listener existed."""
+    import gevent
+
+    from gproxy import Config, Proxy
+
+    running = Proxy(Config.build(udp_forward=[f"127.0.0.1:0=127.0.0.1:{echo_udp.port}"])).start()
+    server = gevent.spawn(running.serve_forever)
+    gevent.sleep(0.05)
+    assert server.dead is False and len(running._services) == 1
+    running.stop(0)
+    server.join(5)
+    assert server.successful()
