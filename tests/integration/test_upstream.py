@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import gevent
 import pytest
 import requests
 import socks
@@ -200,3 +201,40 @@ def test_upstream_pointing_at_ourselves_is_refused_at_start():
         env=gproxy_env(),
     )
     assert result.returncode == 2 and "would loop" in result.stderr
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_read_head_takes_the_head_and_not_a_byte_more(step):
+    from gproxy.upstream import read_head
+
+    head = b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n"
+    ours, theirs = socket.socketpair()
+    try:
+        data = head + b"after"
+
+        def feed():
+            for i in range(0, len(data), step):
+                theirs.sendall(data[i : i + step])
+                gevent.sleep(0)
+
+        feeder = gevent.spawn(feed)
+        assert read_head(ours, 16384) == head
+        feeder.get(timeout=5)
+        assert recv_exact(ours, 5) == b"after"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_read_head_is_bounded():
+    from gproxy.errors import ClientProtocolError
+    from gproxy.upstream import read_head
+
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 100)
+        with pytest.raises(ClientProtocolError):
+            read_head(ours, 256)
+    finally:
+        ours.close()
+        theirs.close()
