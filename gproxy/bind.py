@@ -4,6 +4,7 @@ First reply: the address the remote side should connect to. Second reply,
 once it has connected: the remote peer's address. Then the shared relay.
 The wait for the peer is bounded by --connect-timeout (it stands in for
 the outbound connect of CONNECT) and ends early if the client goes away.
+SOCKS4 BIND runs the same code with its own reply encoder (``socks4.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 
 import gevent
 from gevent import select
@@ -32,7 +34,11 @@ EARLY_LIMIT = 65536
 _UNKNOWN = frozenset({"0", "0.0.0.0", "::"})
 
 
-def bind(conn: Conn, ctx: Context, session: Session, dest: Address) -> None:
+#: (SOCKS5 reply code, bound address) -> wire reply; SOCKS4 passes its own
+ReplyEncoder = Callable[[int, Address | None], bytes]
+
+
+def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: ReplyEncoder = socks5.encode_reply) -> None:
     """Listen, announce, accept the expected peer, announce it, relay."""
     expected = None if dest.host in _UNKNOWN else dest
     addrs: Resolved = []
@@ -47,19 +53,19 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address) -> None:
                 addrs = resolve(expected, ctx.resolver)
         listener = _listen(conn, addrs)
     except (Denied, DialError) as exc:
-        conn.sendall(socks5.encode_reply(exc.reply))
+        conn.sendall(encode(exc.reply, None))
         raise
     except OSError as exc:
-        conn.sendall(socks5.encode_reply(ReplyCode.GENERAL_FAILURE))
+        conn.sendall(encode(ReplyCode.GENERAL_FAILURE, None))
         raise GproxyError(f"cannot listen for BIND: {exc}", reason="bind_failed") from None
     try:
-        conn.sendall(socks5.encode_reply(ReplyCode.SUCCEEDED, from_sockaddr(listener.getsockname())))
+        conn.sendall(encode(ReplyCode.SUCCEEDED, from_sockaddr(listener.getsockname())))
         allowed = {str(unmap_ip(ip)) for ip in (parse_ip(str(a[0])) for _, a in addrs) if ip is not None}
-        peer = _accept(conn, ctx, listener, allowed or None, check_peer)
+        peer = _accept(conn, ctx, listener, allowed or None, encode, check_peer)
     finally:
         listener.close()
     try:
-        conn.sendall(socks5.encode_reply(ReplyCode.SUCCEEDED, from_sockaddr(peer.getpeername())))
+        conn.sendall(encode(ReplyCode.SUCCEEDED, from_sockaddr(peer.getpeername())))
         run_tunnel(conn, peer, ctx, session)
     finally:
         peer.close()
@@ -89,14 +95,19 @@ def _listen(conn: Conn, addrs: Resolved) -> socket.socket:
 
 
 def _accept(
-    conn: Conn, ctx: Context, listener: socket.socket, allowed_ips: set[str] | None, check: IPCheck
+    conn: Conn,
+    ctx: Context,
+    listener: socket.socket,
+    allowed_ips: set[str] | None,
+    encode: ReplyEncoder,
+    check: IPCheck,
 ) -> socket.socket:
     """Wait for the peer; refuse (and keep waiting for) peers the rules or DST.ADDR exclude."""
     deadline = time.monotonic() + ctx.config.connect_timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            conn.sendall(socks5.encode_reply(ReplyCode.TTL_EXPIRED))
+            conn.sendall(encode(ReplyCode.TTL_EXPIRED, None))
             raise DialError("no connection to the BIND address in time", ReplyCode.TTL_EXPIRED)
         readable, _, _ = select.select([listener, conn.sock], [], [], remaining)
         if conn.sock in readable:

@@ -27,7 +27,9 @@ from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.forward import serve_forward
+from gproxy.http_proxy import serve_http
 from gproxy.log import AccessLog, announce, logger
+from gproxy.mixed import serve_mixed
 from gproxy.proxy_header import read_proxy_header
 from gproxy.rules import DestinationPolicy, RuleSet
 from gproxy.session import Session
@@ -52,6 +54,9 @@ class Service(Protocol):
 #: listener kind -> the front end that serves each TCP connection
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
+    "http": serve_http,
+    "https": serve_http,
+    "mixed": serve_mixed,
     "socks5-tls": serve_socks,
     "forward": serve_forward,
 }

@@ -61,6 +61,9 @@ class UpstreamDialer:
         except ClientProtocolError as exc:
             sock.close()
             raise DialError(f"upstream {self.upstream}: {exc}", ReplyCode.GENERAL_FAILURE) from None
+        except (ValueError, h11.LocalProtocolError) as exc:  # a destination this protocol cannot carry
+            sock.close()
+            raise DialError(f"upstream {self.upstream}: {exc}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED) from None
         except BaseException:
             sock.close()
             raise
@@ -111,7 +114,7 @@ class Socks4Upstream(UpstreamDialer):
             raise self.refused(f"SOCKS4 cannot carry the IPv6 address {dest}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED)
         conn.sendall(socks4.encode_request(Command.CONNECT, address, (self.upstream.username or "").encode()))
         reply = _parse_all(socks4.parse_reply, conn.read_exact(8))
-        if reply.code != 0x5A:  # request granted
+        if reply.code != socks4.Reply.GRANTED:
             raise self.refused(f"it answered {reply.code:#04x} for {dest}", ReplyCode.GENERAL_FAILURE)
 
     def _resolve_v4(self, dest: Address, check: IPCheck | None) -> Address:

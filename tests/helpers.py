@@ -337,6 +337,82 @@ def name_dest(name: str, port: int) -> bytes:
     return b"\x03" + bytes([len(name)]) + name.encode() + port.to_bytes(2, "big")
 
 
+class RecordingOrigin:
+    """An HTTP origin (gevent.pywsgi) that records what reached it.
+
+    ``/big/N`` streams N deterministic bytes (see ``big_body``), with
+    Content-Length, or chunked under ``/big-chunked/N``; anything else answers
+    ``body`` for GET/HEAD and echoes the request body otherwise. Each request is
+    recorded as a dict: method, path, headers (lower-case names), body, peer.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", body: bytes = b"hello from origin") -> None:
+        from gevent.pywsgi import WSGIServer
+
+        self.body = body
+        self.requests: list[dict[str, Any]] = []
+        self.server = WSGIServer((host, 0), self._app, log=None, error_log=None)
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        headers = {
+            key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
+        }
+        for key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            if environ.get(key):
+                headers[key.replace("_", "-").lower()] = environ[key]
+        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+        if environ.get("QUERY_STRING"):
+            path += "?" + environ["QUERY_STRING"]
+        body = environ["wsgi.input"].read()
+        self.requests.append(
+            {"method": method, "path": path, "headers": headers, "body": body, "peer": environ["REMOTE_PORT"]}
+        )
+        kind, _, size = path.strip("/").partition("/")
+        if kind in ("big", "big-chunked") and size.isdigit():
+            length = [("Content-Length", size)] if kind == "big" else []
+            start_response("200 OK", [("Content-Type", "application/octet-stream"), *length])
+            return big_body(int(size))
+        answer = self.body if method in ("GET", "HEAD") else body
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def __enter__(self) -> RecordingOrigin:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+
+def big_body(size: int, block: int = 1 << 16) -> Any:
+    """``size`` deterministic bytes, in blocks (a generator: never all in memory)."""
+    import hashlib
+
+    seed = hashlib.sha256(b"gproxy").digest() * (block // 32)
+    sent = 0
+    while sent < size:
+        chunk = seed[: min(block, size - sent)]
+        chunk = bytes([sent // block % 251]) + chunk[1:]  # vary the blocks
+        sent += len(chunk)
+        yield chunk
+
+
+def big_body_sha256(size: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for chunk in big_body(size):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def make_cert(directory: Path) -> tuple[str, str]:
     """A self-signed certificate for localhost, 127.0.0.1 and ::1 (openssl); returns (cert, key)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
