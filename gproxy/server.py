@@ -247,7 +247,7 @@ class Proxy:
                 DestinationPolicy(own).check_ip(ip, upstream.port)
         except Denied:
             raise ConfigError(f"--upstream {upstream} is this gproxy's own listener: that would loop") from None
-        logger.info("outbound connections go through %s", upstream)
+        logger.debug("outbound connections go through %s", upstream)
 
     def _tls_context(self) -> ssl.SSLContext:
         """One server context for every TLS listener; ConfigError for bad --cert/--key."""
