@@ -143,3 +143,20 @@ def test_udp_datagrams_follow_name_rules(proxy, echo_udp_localhost):
         assert echo_udp_localhost.received == [b"by name"]
     finally:
         client.close()
+
+
+def test_per_user_rules_from_the_config_file_via_the_cli(tmp_path, echo_tcp):
+    from tests.helpers import GproxyProcess
+
+    config = tmp_path / "gproxy.toml"
+    config.write_text(
+        'socks = ["127.0.0.1:0"]\n'
+        f'[users.alice]\npassword = "pw-a"\ndeny-dest = ["127.0.0.1:{echo_tcp.port}"]\n'
+        '[users.bob]\npassword = "pw-b"\n'
+    )
+    with GproxyProcess("--config", str(config)) as gp:
+        addr = ("127.0.0.1", gp.port())
+        for user, code in ((b"alice", 0x02), (b"bob", 0x00)):
+            sock, reply = socks5_connect(addr, ipv4_dest("127.0.0.1", echo_tcp.port), auth=(user, b"pw-" + user[:1]))
+            assert reply[1] == code, user
+            sock.close()
