@@ -11,6 +11,7 @@ import gevent
 import pytest
 import requests
 import socks
+from gevent.server import StreamServer
 
 from tests.helpers import (
     FakeHttpUpstream,
@@ -238,3 +239,36 @@ def test_read_head_is_bounded():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_upstream_speaking_another_protocol_is_0x01(proxy, echo_tcp):
+    def http_server(sock, _addr):
+        sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        sock.close()
+
+    not_socks = StreamServer(("127.0.0.1", 0), http_server)
+    not_socks.start()
+    socks_hop = proxy(socks=["127.0.0.1:0"])
+    try:
+        for url in (f"socks5://127.0.0.1:{not_socks.address[1]}", "http://{}:{}".format(*hostport(socks_hop))):
+            front = proxy(socks=["127.0.0.1:0"], upstream=url)
+            sock, reply = socks5_connect(hostport(front), ipv4_dest("127.0.0.1", echo_tcp.port))
+            assert reply[1] == 0x01, url
+            sock.close()
+    finally:
+        not_socks.stop(timeout=1)
+
+
+def test_silent_upstream_is_0x06(proxy, echo_tcp):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (in the backlog) and never answers
+    try:
+        front = proxy(
+            socks=["127.0.0.1:0"], connect_timeout=0.5, upstream=f"socks5://127.0.0.1:{silent.getsockname()[1]}"
+        )
+        sock, reply = socks5_connect(hostport(front), ipv4_dest("127.0.0.1", echo_tcp.port))
+        assert reply[1] == 0x06
+        sock.close()
+    finally:
+        silent.close()
