@@ -27,8 +27,14 @@ class Metrics:
     def session_closed(self, session: Session) -> None:
         """A session ended; its record has bytes and outcome."""
 
-    def udp_datagram(self, listener: str, direction: str) -> None:
-        """A UDP datagram was relayed, ``up`` (from the client) or ``down``."""
+    def session_failed(self, session: Session, exc: BaseException) -> None:
+        """A session ended with a gproxy error (before session_closed)."""
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A client was closed at once: ``client_denied``, ``max_conns``, ``max_conns_per_ip``, ``out_of_fds``."""
+
+    def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
+        """A UDP datagram ``up`` (from the client) or ``down``: relayed, or ``dropped`` and why."""
 
 
 @dataclass

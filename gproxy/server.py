@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
@@ -20,6 +21,7 @@ from gevent.server import StreamServer
 if TYPE_CHECKING:
     import ssl  # imported lazily (gproxy.tls): gevent patches it at start
 
+from gproxy.acceptor import Acceptor
 from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
 from gproxy.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
@@ -73,9 +75,24 @@ LISTEN_BACKLOG = 1024
 class Proxy:
     """A running set of listeners built from one Config."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None, resolver: Resolver = system_resolve) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        resolver: Resolver = system_resolve,
+        reuse_port: bool = False,
+        announce: bool = True,
+    ) -> None:
         self.config = config
+        if metrics is None and any(spec.kind == "metrics" for spec in config.listeners):
+            from gproxy.metrics import PrometheusMetrics  # registers the "metrics" service
+
+            metrics = PrometheusMetrics()
         self.metrics = metrics or Metrics()
+        self.reuse_port = reuse_port  # --workers: every worker binds the same ports
+        self.announce = announce  # the supervisor prints the "listening" lines instead
+        self._contexts: dict[int, Context] = {}  # listener index -> Context for new clients
         self.resolver = resolver
         self.users = Users()
         self.clients = ClientRules(config.allow, config.deny)
@@ -98,7 +115,8 @@ class Proxy:
             return
         try:
             for spec in self.config.listeners:
-                self._sockets.append((spec, bind_listener(spec, datagram=spec.kind in DATAGRAM_KINDS)))
+                datagram = spec.kind in DATAGRAM_KINDS
+                self._sockets.append((spec, bind_listener(spec, datagram=datagram, reuse_port=self.reuse_port)))
         except BaseException:
             for _, sock in self._sockets:
                 sock.close()
@@ -117,19 +135,25 @@ class Proxy:
         self._check_upstream(own)
         if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
             self._tls_context()  # bad --cert/--key fail before anything serves
-        for spec, sock in self._sockets:
+        for index, (spec, sock) in enumerate(self._sockets):
             if spec.kind in SERVICES:
                 service = SERVICES[spec.kind](self, spec, sock)
                 service.start()
                 self._services.append(service)
             elif spec.kind in HANDLERS:
-                ctx = self.context(spec, own)
-                server = StreamServer(sock, self._handle_for(ctx, HANDLERS[spec.kind]), spawn=self._sessions)
+                self._contexts[index] = self.context(spec, own)
+                server = Acceptor(
+                    sock,
+                    self._handle_for(index, HANDLERS[spec.kind]),
+                    spawn=self._sessions,
+                    on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
+                )
                 server.start()
                 self._servers.append(server)
             else:
                 raise ConfigError(f"{spec.kind} listeners are not available in this version")
-            announce(spec.kind, self.address_of(sock))
+            if self.announce:
+                announce(spec.kind, self.address_of(sock))
         return self
 
     def serve_forever(self) -> None:
@@ -155,15 +179,32 @@ class Proxy:
             self.access_log.close()
         self._stopped.set()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the users file and reopen the access log."""
+    def reload(self, config: Config | None = None) -> bool:
+        """SIGHUP: re-read the users file, apply ``config``'s rules, reopen the access log.
+
+        Users, client and destination rules, timeouts and limits apply to new
+        clients; open sessions keep going untouched. Listeners, workers and the
+        access-log path need a restart. On a bad users file, logs one error,
+        keeps the old settings and returns False.
+        """
+        new = self.config if config is None else replace(config, listeners=self.config.listeners)
+        old = self.config
         try:
+            self.config = new
             self._load_users()
         except ConfigError as exc:
-            logger.error("reload failed, keeping the old users: %s", exc)
-        if self.access_log is not None:
-            self.access_log.reopen()
+            self.config = old
+            logger.error("reload failed, keeping the old settings: %s", exc)
+            return False
+        finally:
+            if self.access_log is not None:
+                self.access_log.reopen()
+        self.clients = ClientRules(new.allow, new.deny)
+        own = [(ip, port) for _, ip, port in self._bound_ips()]
+        for index in self._contexts:
+            self._contexts[index] = self.context(self._sockets[index][0], own)
         logger.info("reloaded")
+        return True
 
     def __enter__(self) -> Proxy:
         return self.start()
@@ -256,9 +297,9 @@ class Proxy:
             self._tls = server_context(self.config.cert, self.config.key)
         return self._tls
 
-    def _handle_for(self, ctx: Context, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
+    def _handle_for(self, index: int, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
         def handle(sock: socket.socket, peer: tuple[object, ...]) -> None:
-            self._serve_client(sock, peer, ctx, handler)
+            self._serve_client(sock, peer, self._contexts[index], handler)  # the latest, after a reload
 
         return handle
 
@@ -281,12 +322,20 @@ class Proxy:
                 return
             client = proxied
         ip = client.ip
+        kind = ctx.listener.kind
         if ip is not None and not self.clients.permits(ip):
             logger.debug("%s: client not allowed", client)
+            self.metrics.connection_refused(kind, "client_denied")
             return
         limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
-        if (limit and self._active >= limit) or (per_ip and self._active_by_ip.get(client.host, 0) >= per_ip):
-            logger.debug("%s: connection limit reached", client)
+        refused = None
+        if limit and self._active >= limit:
+            refused = "max_conns"
+        elif per_ip and self._active_by_ip.get(client.host, 0) >= per_ip:
+            refused = "max_conns_per_ip"
+        if refused:  # closed at once (by StreamServer when we return), never queued
+            logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
+            self.metrics.connection_refused(kind, refused)
             return
         self._active += 1
         self._active_by_ip[client.host] = self._active_by_ip.get(client.host, 0) + 1
@@ -300,6 +349,7 @@ class Proxy:
             handler(conn, ctx, session)
         except (GproxyError, HandshakeTimeout) as exc:
             session.outcome = exc.reason
+            self.metrics.session_failed(session, exc)
             logger.debug("%s: %s: %s", client, exc.reason, exc)
             if not isinstance(exc, ClientClosed):
                 conn.close_politely()
@@ -323,8 +373,13 @@ class Proxy:
                 self.access_log.write(session.logfmt())
 
 
-def bind_listener(spec: ListenerSpec, *, datagram: bool = False, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP (or bound UDP) socket for ``spec``; ConfigError if it cannot be bound."""
+def bind_listener(
+    spec: ListenerSpec, *, datagram: bool = False, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A listening TCP (or bound UDP) socket for ``spec``; ConfigError if it cannot be bound.
+
+    ``listen=False`` only binds: the supervisor holds ports that way for its workers.
+    """
     kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
     try:
         infos = gsocket.getaddrinfo(spec.host, spec.port, 0, kind, 0, socket.AI_PASSIVE)
@@ -339,7 +394,7 @@ def bind_listener(spec: ListenerSpec, *, datagram: bool = False, reuse_port: boo
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        if not datagram:
+        if listen and not datagram:
             sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
