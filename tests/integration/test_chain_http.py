@@ -209,3 +209,29 @@ def test_http_front_long_name_through_socks4a_upstream_is_a_clean_error(proxy):
     sock.sendall(f"CONNECT {name}:80 HTTP/1.1\r\nHost: {name}:80\r\n\r\n".encode())
     assert sock.recv(100).startswith(b"HTTP/1.1 502")
     sock.close()
+
+
+@needs_curl
+def test_curl_https_url_through_https_proxy_tls_in_tls(https_proxy, cert):
+    from gevent.pywsgi import WSGIServer
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "12")])
+        return [b"secure hello"]
+
+    origin = WSGIServer(("127.0.0.1", 0), app, keyfile=cert[1], certfile=cert[0], log=None, error_log=None)
+    origin.start()
+    try:
+        result = curl(
+            "-x",
+            f"https://u:p@localhost:{https_proxy.address('https').port}",
+            "--proxy-cacert",
+            cert[0],
+            "--cacert",
+            cert[0],
+            f"https://localhost:{origin.server_port}/",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"secure hello"
+    finally:
+        origin.stop(timeout=1)
