@@ -94,7 +94,7 @@ def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, w
         if remaining <= 0:
             last = TimeoutError("connect timed out")
             break
-        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        sock: socket.socket = gsocket.socket(family, socket.SOCK_STREAM)
         try:
             sock.settimeout(remaining)
             sock.connect(sockaddr)

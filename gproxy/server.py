@@ -386,7 +386,7 @@ def bind_listener(
     except OSError as exc:
         raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
     family, _, _, _, sockaddr = infos[0]
-    sock = gsocket.socket(family, kind)
+    sock: socket.socket = gsocket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
