@@ -6,12 +6,16 @@ A Context is built per listener by the server; front ends only read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gproxy.access import ClientRules, Users
 from gproxy.config import Config, ListenerSpec
 from gproxy.dial import Dialer, Resolver, system_resolve
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
+
+if TYPE_CHECKING:
+    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
 
 
 class Metrics:
@@ -43,3 +47,4 @@ class Context:
     dialer: Dialer
     metrics: Metrics
     resolver: Resolver = system_resolve  # UDP resolves names itself
+    tls: ssl.SSLContext | None = None  # --https / --socks-tls listeners

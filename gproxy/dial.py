@@ -39,7 +39,9 @@ IPCheck = Callable[[IPAddress, int], None]
 
 
 class Dialer(Protocol):
-    def dial(self, dest: Address, timeout: float) -> socket.socket: ...
+    def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
+        """``check``, when given, replaces the dialer's own check for every resolved address."""
+        ...
 
 
 def reply_for(exc: BaseException) -> ReplyCode:
@@ -93,7 +95,7 @@ def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, w
             last = TimeoutError("connect timed out")
             break
         try:
-            sock = gsocket.socket(family, socket.SOCK_STREAM)
+            sock: socket.socket = gsocket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:  # EMFILE/ENFILE: a failed dial, answered like any other
             last = exc
             continue
@@ -123,10 +125,10 @@ class DirectDialer:
         self.resolver = resolver
         self.check = check
 
-    def dial(self, dest: Address, timeout: float) -> socket.socket:
+    def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
         deadline = time.monotonic() + timeout
         timed_out = DialError(f"resolving {dest.host} timed out", ReplyCode.TTL_EXPIRED)
         with gevent.Timeout(timeout, timed_out):
             addrs = resolve(dest, self.resolver)
         remaining = max(deadline - time.monotonic(), 0.001)
-        return connect_any(addrs, remaining, self.check, str(dest))
+        return connect_any(addrs, remaining, check or self.check, str(dest))

@@ -124,7 +124,7 @@ class PrometheusMetrics(Metrics):
         """The text format: this registry, or every process's files in multiprocess mode."""
         if multiprocess():
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
 

@@ -10,7 +10,7 @@ import errno
 import socket
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import gevent
 from gevent import socket as gsocket
@@ -18,23 +18,29 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+if TYPE_CHECKING:
+    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
+
 from gproxy.acceptor import Acceptor
 from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
-from gproxy.config import PROXY_KINDS, Config, ListenerSpec
+from gproxy.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
-from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.forward import serve_forward
 from gproxy.http_proxy import serve_http
 from gproxy.log import AccessLog, announce, logger
 from gproxy.mixed import serve_mixed
 from gproxy.proxy_header import read_proxy_header
-from gproxy.rules import DestinationPolicy
+from gproxy.rules import DestinationPolicy, RuleSet
 from gproxy.session import Session
 from gproxy.socks import serve_socks
 from gproxy.stream import Conn
+from gproxy.tls import accept as tls_accept
+from gproxy.tls import server_context
 from gproxy.udp import UdpForwarder
+from gproxy.upstream import upstream_dialer
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -51,7 +57,9 @@ class Service(Protocol):
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
     "http": serve_http,
+    "https": serve_http,
     "mixed": serve_mixed,
+    "socks5-tls": serve_socks,
     "forward": serve_forward,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
@@ -96,6 +104,7 @@ class Proxy:
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
         self._stopped = Event()
+        self._tls: ssl.SSLContext | None = None
         self._load_users()
 
     # -- life cycle -------------------------------------------------------------
@@ -123,6 +132,9 @@ class Proxy:
             except OSError as exc:
                 raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
         own = [(ip, port) for _, ip, port in self._bound_ips()]
+        self._check_upstream(own)
+        if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
+            self._tls_context()  # bad --cert/--key fail before anything serves
         for index, (spec, sock) in enumerate(self._sockets):
             if spec.kind in SERVICES:
                 service = SERVICES[spec.kind](self, spec, sock)
@@ -240,18 +252,50 @@ class Proxy:
         """The Context that front ends and services of listener ``spec`` use."""
         if own is None:
             own = [(ip, port) for _, ip, port in self._bound_ips()]
-        # A forwarder's target is the operator's, not a client's: no to_localhost rule.
-        policy = DestinationPolicy(own, deny_local=not spec.is_loopback and spec.kind in PROXY_KINDS)
+        # A forwarder's target is the operator's, not a client's: no to_localhost rule, no dest rules.
+        proxying = spec.kind in PROXY_KINDS
+        policy = DestinationPolicy(
+            own,
+            deny_local=not spec.is_loopback and proxying,
+            rules=self.config.dest_rules if proxying else RuleSet(),
+            users=self.config.user_rules,
+        )
+        upstream = self.config.upstream
         return Context(
             config=self.config,
             listener=spec,
             users=self.users,
             clients=self.clients,
             destinations=policy,
-            dialer=DirectDialer(self.resolver, check=policy.check_ip),
+            dialer=(
+                upstream_dialer(upstream, self.resolver)
+                if upstream is not None
+                else DirectDialer(self.resolver, check=policy.check_ip)
+            ),
             metrics=self.metrics,
             resolver=self.resolver,
+            tls=self._tls_context() if spec.kind in TLS_KINDS else None,
         )
+
+    def _check_upstream(self, own: list[tuple[IPAddress, int]]) -> None:
+        """Refuse an --upstream that is one of our own listeners (every connection would loop)."""
+        upstream = self.config.upstream
+        if upstream is None:
+            return
+        ip = upstream.address.ip
+        try:
+            if ip is not None:
+                DestinationPolicy(own).check_ip(ip, upstream.port)
+        except Denied:
+            raise ConfigError(f"--upstream {upstream} is this gproxy's own listener: that would loop") from None
+        logger.debug("outbound connections go through %s", upstream)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """One server context for every TLS listener; ConfigError for bad --cert/--key."""
+        if self._tls is None:
+            assert self.config.cert is not None and self.config.key is not None  # validate() checked
+            self._tls = server_context(self.config.cert, self.config.key)
+        return self._tls
 
     def _handle_for(self, index: int, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
         def handle(sock: socket.socket, peer: tuple[object, ...]) -> None:
@@ -300,6 +344,8 @@ class Proxy:
         conn = Conn(sock)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ctx.tls is not None:
+                conn.sock = tls_accept(sock, ctx.tls, self.config.handshake_timeout)
             handler(conn, ctx, session)
         except (GproxyError, HandshakeTimeout) as exc:
             session.outcome = exc.reason
@@ -314,6 +360,8 @@ class Proxy:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
         finally:
+            if conn.sock is not sock:
+                conn.sock.close()  # the TLS wrapper owns the descriptor now
             self._active -= 1
             remaining = self._active_by_ip[client.host] - 1
             if remaining:
@@ -338,7 +386,7 @@ def bind_listener(
     except OSError as exc:
         raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
     family, _, _, _, sockaddr = infos[0]
-    sock = gsocket.socket(family, kind)
+    sock: socket.socket = gsocket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:

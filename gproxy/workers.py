@@ -146,7 +146,7 @@ class Supervisor:
         if self.metrics_dir is not None:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(pid, self.metrics_dir)
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
 
     def signal_all(self, signum: int) -> None:
         for slot in self.slots:

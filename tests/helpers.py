@@ -497,3 +497,60 @@ def big_body_sha256(size: int) -> str:
     for chunk in big_body(size):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def make_cert(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate for localhost, 127.0.0.1 and ::1 (openssl); returns (cert, key)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return str(cert), str(key)
+
+
+class FakeHttpUpstream:
+    """A minimal HTTP CONNECT proxy for upstream tests: answers ``status`` (200 relays to
+    the target, sending ``early`` right after the head); records each request head."""
+
+    def __init__(self, status: int = 200, early: bytes = b"") -> None:
+        self.status = status
+        self.early = early
+        self.heads: list[bytes] = []
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+
+    def _handle(self, sock: socket.socket, _addr: object) -> None:
+        from gproxy.relay import relay
+
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        self.heads.append(head)
+        if self.status != 200:
+            sock.sendall(f"HTTP/1.1 {self.status} No\r\nContent-Length: 0\r\n\r\n".encode())
+            return
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        target = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+        sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n" + self.early)
+        try:
+            relay(sock, target, idle_timeout=10)
+        finally:
+            target.close()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def __enter__(self) -> FakeHttpUpstream:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)

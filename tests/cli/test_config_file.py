@@ -81,9 +81,10 @@ def test_a_config_with_every_key(tmp_path):
     assert config.users_file == str(users)
     assert config.allow == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.0/24"))
     assert config.deny == (ipaddress.ip_network("10.9.0.0/16"),)
-    assert config.allow_dest == ("example.com",)
-    assert config.deny_dest == ("169.254.0.0/16", "internal.example")
-    assert config.upstream == "socks5://u:p@127.0.0.1:9050"
+    assert tuple(map(str, config.allow_dest)) == ("example.com",)  # parsed rules print as written
+    assert tuple(map(str, config.deny_dest)) == ("169.254.0.0/16", "internal.example")
+    assert config.upstream is not None and (config.upstream.username, config.upstream.password) == ("u", "p")
+    assert str(config.upstream) == "socks5://u:***@127.0.0.1:9050"
     assert (config.connect_timeout, config.idle_timeout, config.handshake_timeout, config.drain_timeout) == (
         3.0,
         60.5,
