@@ -222,10 +222,10 @@ class _LoopbackOnly:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    def dial(self, dest: Address, timeout: float) -> socket.socket:
+    def dial(self, dest: Address, timeout: float, **options: Any) -> socket.socket:
         if dest.ip is not None and not dest.ip.is_loopback:
             raise DialError(f"{dest}: outside the test's loopback", ReplyCode.NETWORK_UNREACHABLE)
-        return self.inner.dial(dest, timeout)  # type: ignore[no-any-return]
+        return self.inner.dial(dest, timeout, **options)  # type: ignore[no-any-return]
 
 
 class SandboxProxy(Proxy):

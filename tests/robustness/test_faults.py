@@ -4,6 +4,7 @@ session records why, and no fd or greenlet is left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 
@@ -166,6 +167,17 @@ def test_dns_fails(probe, sandbox, resolver, code, outcome):
     _no_leaks(baseline)
 
 
+def _read_reply(sock: socket.socket, probe) -> bytes:  # type: ignore[no-untyped-def]
+    """Read until the front end's answer is whole (accepted) or the server closes."""
+    data = b""
+    while not probe.accepted(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def test_upstream_proxy_dies(probe, sandbox, proxy):
     """A chains through B; B dies mid-transfer: A's client sees a clean close,
     and later requests get a refusal instead of hanging."""
@@ -178,18 +190,17 @@ def test_upstream_proxy_dies(probe, sandbox, proxy):
         baseline = _baseline()
         before = len(log.sessions)
         sock = socket.create_connection(_address(running, probe), timeout=10)
-        sock.sendall(probe.handshake(dest.address))
-        if not probe.fixed_target:
-            assert probe.accepted(sock.recv(65536))
-        sock.sendall(b"x" * 10_000)
-        upstream.stop(0)
-        sock.settimeout(10)
         try:
-            while sock.recv(65536):
-                pass
-        except ConnectionResetError:
-            pass
-        sock.close()
+            sock.sendall(probe.handshake(dest.address))
+            assert probe.accepted(_read_reply(sock, probe))
+            sock.sendall(b"x" * 10_000)
+            assert settle(lambda: -dest.open, -1) <= -1, "the tunnel never reached the destination"
+            upstream.stop(0)
+            with contextlib.suppress(ConnectionResetError):
+                while sock.recv(65536):
+                    pass
+        finally:
+            sock.close()
         assert log.wait_for(before + 1)[before].outcome in BROKEN | {"ok"}
         attempt = attack(_address(running, probe), probe.handshake(dest.address), wait=10)
         assert attempt.ended in ("eof", "reset")
