@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import os
 import random
 import resource
@@ -140,6 +141,18 @@ def mixed_transcript(data: bytes) -> str:
     return http_transcript(data)
 
 
+def proxied_socks5_handshake(dest: Address, *, auth: bool = True) -> bytes:
+    """A load balancer's PROXY v2 header, then the client's SOCKS5 handshake."""
+    from gproxy.codec import proxy_protocol
+
+    header = proxy_protocol.encode_v2(Address("127.0.0.2", 40000), Address("127.0.0.1", 1080))
+    return header + socks5_handshake(dest, auth=auth)
+
+
+def proxied_v1_seed(dest: Address) -> list[bytes]:
+    return [b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 1080\r\n" + socks5_handshake(dest)]
+
+
 def mixed_extra(dest: Address) -> list[bytes]:
     return [http_handshake(dest), socks4_handshake(dest)]
 
@@ -166,6 +179,7 @@ class Probe:
     #: more valid starts for mutation (other protocols a port speaks), given the destination
     extra: Callable[[Address], list[bytes]] | None = None
     label: str = ""  # the test id, when two probes share a kind
+    more_settings: tuple[tuple[str, Any], ...] = ()  # e.g. (("proxy_protocol", True),)
 
     @property
     def name(self) -> str:
@@ -176,7 +190,7 @@ class Probe:
         if self.fixed_target:
             assert dest is not None, f"{self.kind} listeners need their target"
             listen += f"={dest}"
-        settings: dict[str, Any] = {self.option: [listen]}
+        settings: dict[str, Any] = {self.option: [listen], **dict(self.more_settings)}
         if self.auth:
             settings["user"] = [f"{USER.decode()}:{PASSWORD.decode()}"]
         return settings
@@ -196,13 +210,25 @@ PROBES: tuple[Probe, ...] = (
     Probe("http", "http", http_handshake, http_transcript),
     Probe("mixed", "mixed", socks5_handshake, mixed_transcript, extra=mixed_extra),
     Probe("forward", "forward", forward_handshake, forward_transcript, auth=False, fixed_target=True),
+    Probe(
+        "socks5",
+        "socks",
+        proxied_socks5_handshake,
+        socks_transcript,
+        extra=proxied_v1_seed,
+        label="socks5+proxy-protocol",
+        more_settings=(("proxy_protocol", True),),
+    ),
 )
 
 
 def available_probes() -> list[Probe]:
     from gproxy.server import HANDLERS
 
-    return [probe for probe in PROBES if probe.kind in HANDLERS]
+    found = [probe for probe in PROBES if probe.kind in HANDLERS]
+    if importlib.util.find_spec("gproxy.proxy_header") is None:
+        found = [probe for probe in found if not dict(probe.more_settings).get("proxy_protocol")]
+    return found
 
 
 # -- a proxy that never leaves loopback ------------------------------------------------
