@@ -494,6 +494,30 @@ def settle(measure: Callable[[], int], baseline: int, *, slack: int = 0, within:
     return value
 
 
+#: /proc/net/tcp state codes
+TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN", "07": "CLOSE"}
+
+
+def tcp_states(pid: int | str = "self") -> dict[str, int]:
+    """How many of the process's TCP sockets are in each state (CLOSE_WAIT: a leak)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    counts: dict[str, int] = {}
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[9] in inodes:
+                    state = TCP_STATES.get(fields[3], fields[3])
+                    counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
 def steady(measure: Callable[[], int], *, within: float = 2.0) -> int:
     """``measure`` once two readings 50 ms apart agree (bounded): a baseline."""
     deadline = time.monotonic() + within

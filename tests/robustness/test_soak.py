@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 
 import gevent
 import pytest
+import requests
 
 from gproxy.addr import Address
 from tests.helpers import (
     EchoServer,
     UdpEchoServer,
+    WsgiOrigin,
     parse_socks5_udp_datagram,
     read_socks5_bound,
     recv_exact,
@@ -37,7 +39,9 @@ from tests.robustness.live import (
     attack,
     fd_count,
     garbage,
+    http_handshake,
     rss_kib,
+    tcp_states,
     without_known_gaps,
 )
 
@@ -102,9 +106,9 @@ def _socks5_open(address: tuple[str, int], command: int, dest: Address, pipeline
     return sock
 
 
-def socks5_connect(ctx: SoakContext, rng: random.Random) -> int:
+def socks5_connect(ctx: SoakContext, rng: random.Random, kind: str = "socks5") -> int:
     payload = rng.randbytes(rng.choice([1, 100, 10_000, 300_000, 2_000_000]))
-    sock = _socks5_open(ctx.addr("socks5"), 1, ctx.echo, rng.random() < 0.5)
+    sock = _socks5_open(ctx.addr(kind), 1, ctx.echo, rng.random() < 0.5)
     try:
         read_socks5_bound(sock)
         ctx.tally.good_ports.add(sock.getsockname()[1])
@@ -127,6 +131,47 @@ def socks5_udp(ctx: SoakContext, rng: random.Random) -> int:
             client.close()
     finally:
         control.close()
+
+
+def http_connect(ctx: SoakContext, rng: random.Random, kind: str = "http") -> int:
+    payload = rng.randbytes(rng.choice([1, 10_000, 1_000_000]))
+    sock = socket.create_connection(ctx.addr(kind), timeout=30)
+    try:
+        sock.sendall(http_handshake(ctx.echo))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)  # byte by byte: nothing after the head may be consumed here
+            assert chunk, f"EOF in the CONNECT response: {head!r}"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head
+        ctx.tally.good_ports.add(sock.getsockname()[1])
+        assert _pump(sock, payload, rng) == hashlib.sha256(payload).digest(), "CONNECT payload corrupted"
+    finally:
+        sock.close()
+    return len(payload)
+
+
+def http_forward(ctx: SoakContext, rng: random.Random) -> int:
+    """Absolute-URI POSTs on one kept-alive connection; the origin echoes each body."""
+    host, port = ctx.addr("http")
+    proxies = {"http": f"http://{USER.decode()}:{PASSWORD.decode()}@{host}:{port}"}
+    total = 0
+    with requests.Session() as session:
+        for _ in range(rng.randint(1, 5)):
+            body = rng.randbytes(rng.choice([0, 100, 50_000, 500_000]))
+            response = session.post(f"http://127.0.0.1:{ctx.origin_port}/echo", data=body, proxies=proxies, timeout=30)
+            assert response.status_code == 200, response.status_code
+            assert hashlib.sha256(response.content).digest() == hashlib.sha256(body).digest(), "body corrupted"
+            total += len(body)
+    return total
+
+
+def mixed_socks5(ctx: SoakContext, rng: random.Random) -> int:
+    return socks5_connect(ctx, rng, "mixed")
+
+
+def mixed_http(ctx: SoakContext, rng: random.Random) -> int:
+    return http_connect(ctx, rng, "mixed")
 
 
 def forward_tcp(ctx: SoakContext, rng: random.Random) -> int:
@@ -207,6 +252,8 @@ SOAK_LISTENERS: tuple[SoakListener, ...] = (
         lambda c: ["--socks", "127.0.0.1:0", "--user", f"{USER.decode()}:{PASSWORD.decode()}"],
         ((socks5_connect, 6), (socks5_udp, 2), (abusive, 1)),
     ),
+    SoakListener("http", lambda c: ["--http", "127.0.0.1:0"], ((http_connect, 2), (http_forward, 2))),
+    SoakListener("mixed", lambda c: ["--mixed", "127.0.0.1:0"], ((mixed_socks5, 1), (mixed_http, 1))),
     SoakListener("forward", lambda c: ["--forward", f"127.0.0.1:0=127.0.0.1:{c.echo.port}"], ((forward_tcp, 2),)),
     SoakListener(
         "udp-forward", lambda c: ["--udp-forward", f"127.0.0.1:0=127.0.0.1:{c.udp_echo.port}"], ((udp_forward, 2),)
@@ -219,6 +266,7 @@ class SoakContext:
     echo: Address
     udp_echo: Address
     tally: Tally
+    origin_port: int = 0
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def addr(self, kind: str) -> tuple[str, int]:
@@ -235,8 +283,8 @@ def test_soak(tmp_path):
     listeners = _available()
     access_log = tmp_path / "access.log"
     tally = Tally()
-    with EchoServer() as echo, UdpEchoServer() as udp_echo:
-        ctx = SoakContext(Address("127.0.0.1", echo.port), Address("127.0.0.1", udp_echo.port), tally)
+    with EchoServer() as echo, UdpEchoServer() as udp_echo, WsgiOrigin() as origin:
+        ctx = SoakContext(Address("127.0.0.1", echo.port), Address("127.0.0.1", udp_echo.port), tally, origin.port)
         args = [arg for listener in listeners for arg in listener.args(ctx)]
         args += ["--access-log", str(access_log), "--handshake-timeout", "2", "--idle-timeout", str(IDLE)]
         with DrainedGproxy(*args, listeners=len(listeners)) as gproxy:
@@ -267,6 +315,7 @@ def test_soak(tmp_path):
             while fd_count(pid) > fds_before and time.monotonic() < deadline:
                 gevent.sleep(0.2)
             fds_after, rss_after = fd_count(pid), rss_kib(pid)
+            states = tcp_states(pid)
             code, stderr = gproxy.stop_and_read()
     outcomes: Counter[str] = Counter()
     bad_good = []
@@ -281,11 +330,12 @@ def test_soak(tmp_path):
         f"\nsoak {elapsed:.0f}s over {sorted(ctx.addresses)}: sessions {dict(tally.sessions)}"
         f" = {sum(tally.sessions.values())}; bytes verified {tally.bytes_verified}"
         f" ({tally.datagrams_verified} datagrams); gproxy fds {fds_before} -> {fds_after};"
-        f" RSS {rss_before} -> {rss_after} KiB; access-log outcomes {dict(outcomes)}"
+        f" RSS {rss_before} -> {rss_after} KiB; TCP states {states}; access-log outcomes {dict(outcomes)}"
     )
     assert not tally.failures, tally.failures[:10]
     assert code == 0
     assert fds_after <= fds_before
+    assert states.get("CLOSE_WAIT", 0) == 0, states
     assert rss_after - rss_before < RSS_SLACK_KIB
     unexpected = [
         line
