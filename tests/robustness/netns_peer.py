@@ -66,10 +66,40 @@ def udp_associate(proxy_host: str, proxy_port: str, echo_host: str, echo_port: s
     print(json.dumps(result), flush=True)
 
 
+def udp_intruders(proxy_host: str, proxy_port: str, echo_host: str, echo_port: str, other_ip: str) -> None:
+    """Open an association from this host's first address, use it once, then try it
+    from another port and from another address: those must get nothing back."""
+    control = socket.create_connection((proxy_host, int(proxy_port)), timeout=20)
+    control.sendall(b"\x05\x01\x00")
+    assert control.recv(2) == b"\x05\x00"
+    control.sendall(b"\x05\x03\x00" + socks5_address("0.0.0.0", 0))
+    relay = tuple(read_socks5_bound(control))
+    result: dict[str, object] = {}
+    owner = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    owner.bind((control.getsockname()[0], 0))
+    intruders = {"other-port": (control.getsockname()[0], 0), "other-ip": (other_ip, 0)}
+    for name, bind in [("owner", None), *intruders.items()]:
+        sock = owner if bind is None else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if bind is not None:
+            sock.bind(bind)
+        sock.settimeout(0.5)
+        answered = False
+        for _ in range(6):
+            sock.sendto(socks5_udp_datagram(echo_host, int(echo_port), name.encode()), relay)
+            try:
+                answered = parse_socks5_udp_datagram(sock.recvfrom(65535)[0])[1] == name.encode()
+                break
+            except (TimeoutError, OSError):
+                continue
+        result[name] = answered
+    print(json.dumps(result), flush=True)
+
+
 def connect(proxy_host: str, proxy_port: str, host: str, port: str) -> None:
     sock, head = _socks5(proxy_host, int(proxy_port), 1, host, int(port))
     print(json.dumps({"reply": head[1] if len(head) > 1 else None}), flush=True)
 
 
 if __name__ == "__main__":
-    {"echo": echo, "udp-associate": udp_associate, "connect": connect}[sys.argv[1]](*sys.argv[2:])
+    commands = {"echo": echo, "udp-associate": udp_associate, "udp-intruders": udp_intruders, "connect": connect}
+    commands[sys.argv[1]](*sys.argv[2:])

@@ -26,6 +26,8 @@ from tests.robustness.live import DrainedGproxy
 pytestmark = pytest.mark.netns
 
 CLIENT_IP, PROXY_CLIENT_SIDE = "10.231.1.1", "10.231.1.2"
+#: a second host on the client's link (an address of the client namespace)
+NEIGHBOUR_IP = "10.231.1.3"
 PROXY_DEST_SIDE, DEST_IP = "10.231.2.1", "10.231.2.2"
 
 
@@ -80,6 +82,7 @@ def hosts() -> Iterator[Hosts]:
             for ns, dev, ip in ((a_ns, left, a_ip), (b_ns, right, b_ip)):
                 _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
                 _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", names.client, "addr", "add", f"{NEIGHBOUR_IP}/24", "dev", f"{tag}a0")
         yield names
     finally:
         for ns in created:
@@ -148,3 +151,19 @@ def test_connect_reply_codes_across_hosts(hosts, dest, host, port_key, reply):
     with _gproxy(hosts) as gproxy:
         seen = hosts.run(hosts.client, "connect", PROXY_CLIENT_SIDE, str(gproxy.port()), host, str(port))
     assert seen["reply"] == reply, seen
+
+
+def test_udp_association_serves_only_its_client(hosts, dest):
+    """Datagrams to the relay from another port, or another host on the client's
+    link, are dropped: an association is not an open UDP relay."""
+    with _gproxy(hosts, "--allow", f"{NEIGHBOUR_IP}/32") as gproxy:
+        seen = hosts.run(
+            hosts.client,
+            "udp-intruders",
+            PROXY_CLIENT_SIDE,
+            str(gproxy.port()),
+            DEST_IP,
+            str(dest["udp"]),
+            NEIGHBOUR_IP,
+        )
+    assert seen == {"owner": True, "other-port": False, "other-ip": False}, seen
