@@ -2,7 +2,7 @@
 """Benchmark gproxy beside a direct connection, microsocks and pproxy, in one run.
 
     python bench/run.py                 # full run: writes bench/RESULTS.md and bench/results.png
-    python bench/run.py --quick         # one repetition, 1 s per measurement, 2,000 idle tunnels
+    python bench/run.py --quick         # 1 repetition, 1 s each, 2,000 idle tunnels; writes nothing
 
 The load generator and the TCP targets are C (bench/loadgen.c, compiled into
 bench/out/ on each run). Every measurement is repeated and the median kept;
@@ -193,7 +193,9 @@ def measure(servers_: list[Server], ports: dict, args: argparse.Namespace) -> di
             pids = server.pids()
             for key, direction, n in BULK:
                 before = cpu_seconds(pids)
-                out = loadgen("bulk", direction, n, ports["source" if direction == "down" else "sink"], server.port, secs)
+                out = loadgen(
+                    "bulk", direction, n, ports["source" if direction == "down" else "sink"], server.port, secs
+                )
                 cpu[server.name] += cpu_seconds(pids) - before
                 gb[server.name] += out["bytes"] / 1e9
                 r.setdefault(key, []).append(out["gbps"])
@@ -204,7 +206,9 @@ def measure(servers_: list[Server], ports: dict, args: argparse.Namespace) -> di
             out = loadgen("pingpong", ports["echo"], server.port, secs)
             r.setdefault("ping_p50_us", []).append(out["p50_us"])
             r.setdefault("ping_p99_us", []).append(out["p99_us"])
-            print(f"  rep {rep + 1}/{args.repeat} {server.name}: " + ", ".join(f"{k}={v[-1]:.4g}" for k, v in r.items()))
+            print(
+                f"  rep {rep + 1}/{args.repeat} {server.name}: " + ", ".join(f"{k}={v[-1]:.4g}" for k, v in r.items())
+            )
     for name in res:
         if name != "direct" and gb[name]:
             res[name]["cpu_s_per_gb"] = [cpu[name] / gb[name]]
@@ -264,6 +268,9 @@ ROWS = [
     ("idle_kib_per_tunnel", "RSS per idle tunnel, KiB", None),
     ("idle_fds_per_tunnel", "proxy fds per idle tunnel", None),
     ("idle_echoed", "idle tunnels still echoing", None),
+    ("down1_client_cpu", "load generator CPU, 1 tunnel down (cores)", None),
+    ("up8_client_cpu", "load generator CPU, 8 tunnels up (cores)", None),
+    ("conn_client_cpu", "load generator CPU, conn/s (cores)", None),
 ]
 
 
@@ -354,7 +361,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 s, 2,000 idle tunnels")
     parser.add_argument("--servers", default="direct,gproxy,gproxy-w2,microsocks,pproxy")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-tunnel scenario")
-    parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md and bench/results.png")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md and results.png")
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.secs, args.idle, args.idle_workers = 1, 1.0, 2000, 2000
@@ -384,7 +391,7 @@ def main() -> int:
     med = medians(res)
     text = table(med)
     print(text)
-    if args.write:
+    if not (args.quick or args.no_write):
         cmd = "python bench/run.py " + " ".join(sys.argv[1:])
         notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
         (HERE / "RESULTS.md").write_text(
