@@ -2,12 +2,19 @@
 
 Public API::
 
-    from gproxy import Config, Proxy
+    from gproxy import Config, Proxy, serve_in_thread
     with Proxy(Config.build(socks=["127.0.0.1:0"], user=["u:p"])) as proxy:
         host, port = proxy.address("socks5").host, proxy.address("socks5").port
+
+    # from an ordinary (not monkey-patched) program: the proxy gets its own thread
+    proxy = serve_in_thread(socks=["127.0.0.1:0"], user=["u:p"])
+    proxy.url()  # 'socks5h://u:p@127.0.0.1:PORT'
+    proxy.stop()
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -21,7 +28,11 @@ from gproxy.errors import (  # noqa: E402
     GproxyError,
     HandshakeTimeout,
 )
-from gproxy.server import Proxy  # noqa: E402
+from gproxy.threaded import ProxyThread, serve_in_thread  # noqa: E402
+
+if TYPE_CHECKING:
+    from gproxy.server import Proxy
+
 
 __all__ = [
     "AuthFailed",
@@ -34,5 +45,17 @@ __all__ = [
     "HandshakeTimeout",
     "ListenerSpec",
     "Proxy",
+    "ProxyThread",
     "__version__",
+    "serve_in_thread",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``gproxy.Proxy`` is imported on first use: ``import gproxy`` (and the pytest
+    plugin, which every pytest run loads) must not import gevent."""
+    if name == "Proxy":
+        from gproxy.server import Proxy
+
+        return Proxy
+    raise AttributeError(f"module 'gproxy' has no attribute {name!r}")

@@ -90,12 +90,14 @@ def run(config: Config) -> int:
 
     setup_logging(config.to_logging_level())
     raise_fd_limit()
-    proxy = Proxy(config)
+    proxy = None
     try:
+        proxy = Proxy(config)
         proxy.start()
     except ConfigError as exc:
         print(f"gproxy: {exc}", file=sys.stderr)
-        proxy.stop(0)
+        if proxy is not None:
+            proxy.stop(0)
         return 2
     gevent.signal_handler(signal.SIGTERM, spawn_stop, proxy)
     gevent.signal_handler(signal.SIGINT, spawn_stop, proxy)

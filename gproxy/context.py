@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from gproxy.access import ClientRules, Users
 from gproxy.config import Config, ListenerSpec
-from gproxy.dial import Dialer
+from gproxy.dial import Dialer, Resolver, system_resolve
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
 
@@ -23,6 +23,9 @@ class Metrics:
     def session_closed(self, session: Session) -> None:
         """A session ended; its record has bytes and outcome."""
 
+    def udp_datagram(self, listener: str, direction: str) -> None:
+        """A UDP datagram was relayed, ``up`` (from the client) or ``down``."""
+
 
 @dataclass
 class Context:
@@ -33,3 +36,4 @@ class Context:
     destinations: DestinationPolicy
     dialer: Dialer
     metrics: Metrics
+    resolver: Resolver = system_resolve  # UDP resolves names itself

@@ -75,6 +75,8 @@ def resolve(dest: Address, resolver: Resolver) -> Resolved:
         return [(socket.AF_INET6, (dest.host, dest.port, 0, 0))]
     try:
         return resolver(dest.host, dest.port)
+    except DialError:
+        raise
     except (OSError, UnicodeError) as exc:
         raise DialError(f"cannot resolve {dest.host}: {exc}", ReplyCode.HOST_UNREACHABLE) from None
 

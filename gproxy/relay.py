@@ -291,7 +291,7 @@ class _EventTunnel:
             self.waiter.get()
         except BaseException:
             self.waiter = None
-            self.abort("killed")
+            self.abort("shutdown")
             raise
         finally:
             self.cleanup()
@@ -393,7 +393,7 @@ class _Tunnel:
             self.pump(self.a, self.b, True)
             downward.join()
         except BaseException:
-            self.abort("killed")
+            self.abort("shutdown")
             downward.kill()
             raise
         finally:

@@ -19,15 +19,20 @@ from gevent.server import StreamServer
 
 from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
-from gproxy.config import Config, ListenerSpec
+from gproxy.config import PROXY_KINDS, Config, ListenerSpec
 from gproxy.context import Context, Metrics
-from gproxy.dial import DirectDialer
+from gproxy.dial import DirectDialer, Resolver, system_resolve
 from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.forward import serve_forward
+from gproxy.http_proxy import serve_http
 from gproxy.log import AccessLog, announce, logger
+from gproxy.mixed import serve_mixed
+from gproxy.proxy_header import read_proxy_header
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
 from gproxy.socks import serve_socks
 from gproxy.stream import Conn
+from gproxy.udp import UdpForwarder
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -43,9 +48,14 @@ class Service(Protocol):
 #: listener kind -> the front end that serves each TCP connection
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
+    "http": serve_http,
+    "mixed": serve_mixed,
+    "forward": serve_forward,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
-SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {}
+SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
+    "udp-forward": UdpForwarder,
+}
 #: listener kinds bound as UDP sockets
 DATAGRAM_KINDS = frozenset({"udp-forward"})
 
@@ -55,9 +65,10 @@ LISTEN_BACKLOG = 1024
 class Proxy:
     """A running set of listeners built from one Config."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, resolver: Resolver = system_resolve) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.resolver = resolver
         self.users = Users()
         self.clients = ClientRules(config.allow, config.deny)
         self.access_log: AccessLog | None = None
@@ -111,7 +122,7 @@ class Proxy:
 
     def serve_forever(self) -> None:
         """Start, then block until stop() has finished."""
-        if not self._servers:
+        if not (self._servers or self._services):
             self.start()
         self._stopped.wait()
 
@@ -188,15 +199,17 @@ class Proxy:
         """The Context that front ends and services of listener ``spec`` use."""
         if own is None:
             own = [(ip, port) for _, ip, port in self._bound_ips()]
-        policy = DestinationPolicy(own, deny_local=not spec.is_loopback)
+        # A forwarder's target is the operator's, not a client's: no to_localhost rule.
+        policy = DestinationPolicy(own, deny_local=not spec.is_loopback and spec.kind in PROXY_KINDS)
         return Context(
             config=self.config,
             listener=spec,
             users=self.users,
             clients=self.clients,
             destinations=policy,
-            dialer=DirectDialer(check=policy.check_ip),
+            dialer=DirectDialer(self.resolver, check=policy.check_ip),
             metrics=self.metrics,
+            resolver=self.resolver,
         )
 
     def _handle_for(self, ctx: Context, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
@@ -205,8 +218,24 @@ class Proxy:
 
         return handle
 
+    def _proxied_client(self, sock: socket.socket, peer: Address, ctx: Context) -> Address | None:
+        """--proxy-protocol: the client address from the load balancer's header; None: drop."""
+        try:
+            source, _ = read_proxy_header(sock, self.config.handshake_timeout)
+        except (GproxyError, OSError) as exc:
+            logger.debug("%s: proxy_protocol: %s", peer, exc)
+            if self.access_log is not None:
+                self.access_log.write(Session(peer, ctx.listener.kind, outcome="proxy_protocol").logfmt())
+            return None
+        return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
+
     def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
         client = from_sockaddr(peer)
+        if self.config.proxy_protocol:
+            proxied = self._proxied_client(sock, client, ctx)
+            if proxied is None:
+                return
+            client = proxied
         ip = client.ip
         if ip is not None and not self.clients.permits(ip):
             logger.debug("%s: client not allowed", client)
@@ -231,6 +260,9 @@ class Proxy:
         except OSError as exc:
             session.outcome = errno.errorcode.get(exc.errno or 0, "error").lower()
             logger.debug("%s: %s", client, exc)
+        except gevent.GreenletExit:
+            session.outcome = "shutdown"  # killed at the end of a drain
+            raise
         finally:
             self._active -= 1
             remaining = self._active_by_ip[client.host] - 1

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import gevent
 
 from gproxy.addr import Address, from_sockaddr
+from gproxy.bind import bind
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
@@ -19,6 +20,7 @@ from gproxy.errors import AuthFailed, ClientProtocolError, Denied, DialError, Ha
 from gproxy.session import Session
 from gproxy.stream import Conn
 from gproxy.tunnel import open_upstream, run_tunnel
+from gproxy.udp import udp_associate
 
 #: command -> handler, run after the handshake with the request's address
 CommandHandler = Callable[[Conn, Context, Session, Address], None]
@@ -97,4 +99,8 @@ def connect(conn: Conn, ctx: Context, session: Session, dest: Address) -> None:
         upstream.close()
 
 
-COMMANDS: dict[int, CommandHandler] = {Command.CONNECT: connect}
+COMMANDS: dict[int, CommandHandler] = {
+    Command.CONNECT: connect,
+    Command.BIND: bind,
+    Command.UDP_ASSOCIATE: udp_associate,
+}

@@ -11,7 +11,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import EchoServer, ProxyFactory, make_proxy  # noqa: E402
+from tests.helpers import EchoServer, ProxyFactory, UdpEchoServer, make_proxy  # noqa: E402
 
 
 @pytest.fixture
@@ -51,3 +51,24 @@ def closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
+
+
+@pytest.fixture
+def echo_udp() -> Iterator[UdpEchoServer]:
+    """A UDP echo server on 127.0.0.1, port 0 (``.received`` lists what it got)."""
+    with UdpEchoServer("127.0.0.1") as server:
+        yield server
+
+
+@pytest.fixture
+def echo_udp6() -> Iterator[UdpEchoServer]:
+    """A UDP echo server on ::1, port 0."""
+    with UdpEchoServer("::1") as server:
+        yield server
+
+
+@pytest.fixture
+def echo_udp_localhost() -> Iterator[UdpEchoServer]:
+    """A UDP echo server on 127.0.0.1 and ::1, one port: reachable as ``localhost``."""
+    with UdpEchoServer("localhost") as server:
+        yield server

@@ -87,7 +87,7 @@ def gproxy_env() -> dict[str, str]:
 class GproxyProcess:
     """``python -m gproxy ARGS`` in a subprocess; reads the "listening" lines."""
 
-    def __init__(self, *args: str, wait: bool = True, timeout: float = 15) -> None:
+    def __init__(self, *args: str, wait: bool = True, timeout: float = 15, listeners: int = 1) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gproxy", *args],
             stdout=subprocess.PIPE,
@@ -98,10 +98,11 @@ class GproxyProcess:
         self.listening: dict[str, list[tuple[str, int]]] = {}
         self.stderr_lines: list[str] = []
         if wait:
-            self.wait_listening(timeout)
+            for _ in range(listeners):
+                self.wait_listening(timeout)
 
     def wait_listening(self, timeout: float) -> None:
-        """Read stderr until every listener has announced itself."""
+        """Read stderr until the next listener has announced itself."""
         assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout
         with gevent.Timeout(timeout, TimeoutError("gproxy did not start")):
@@ -136,3 +137,277 @@ class GproxyProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.stop()
+
+
+class UdpEchoServer:
+    """Echoes every datagram to its sender; ``host="localhost"`` binds 127.0.0.1 and ::1
+    on one port, so a name that resolves to either family reaches it."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.sockets = self._bind(host)
+        self.port = int(self.sockets[0].getsockname()[1])
+        self.received: list[bytes] = []
+        self.loops: list[gevent.Greenlet] = []
+
+    @staticmethod
+    def _bind(host: str) -> list[socket.socket]:
+        if host != "localhost":
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            return [sock]
+        for _ in range(50):
+            v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            v4.bind(("127.0.0.1", 0))
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            try:
+                v6.bind(("::1", v4.getsockname()[1]))
+            except OSError:
+                v4.close()
+                v6.close()
+                continue
+            return [v4, v6]
+        raise RuntimeError("no port free on both 127.0.0.1 and ::1")
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, peer = sock.recvfrom(65535)
+                self.received.append(data)
+                sock.sendto(data, peer)
+            except OSError:
+                if sock.fileno() < 0:
+                    return
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (str(self.sockets[0].getsockname()[0]), self.port)
+
+    def __enter__(self) -> UdpEchoServer:
+        self.loops = [gevent.spawn(self._serve, sock) for sock in self.sockets]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gevent.killall(self.loops)
+        for sock in self.sockets:
+            sock.close()
+
+
+def socks5_handshake(sock: socket.socket, command: int, host: str, port: int) -> tuple[str, int]:
+    """A raw RFC 1928 no-auth request on a connected socket; returns BND as (host, port).
+
+    Raises ConnectionError with the reply code when the reply is not success.
+    """
+    sock.sendall(b"\x05\x01\x00")
+    assert recv_exact(sock, 2) == b"\x05\x00"
+    sock.sendall(b"\x05" + bytes((command, 0)) + socks5_address(host, port))
+    return read_socks5_bound(sock)
+
+
+def read_socks5_bound(sock: socket.socket) -> tuple[str, int]:
+    """Read one full SOCKS5 reply; ConnectionError(code) unless it is success."""
+    import ipaddress
+    import struct
+
+    head = recv_exact(sock, 4)
+    atyp = head[3]
+    if atyp == 1:
+        host = str(ipaddress.IPv4Address(recv_exact(sock, 4)))
+    elif atyp == 4:
+        host = str(ipaddress.IPv6Address(recv_exact(sock, 16)))
+    else:
+        host = recv_exact(sock, recv_exact(sock, 1)[0]).decode()
+    (port,) = struct.unpack("!H", recv_exact(sock, 2))
+    if head[1] != 0:
+        raise ConnectionError(head[1], f"SOCKS5 reply {head[1]:#04x}")
+    return host, port
+
+
+def socks5_address(host: str, port: int) -> bytes:
+    """``ATYP ADDR PORT`` for an IP literal or a name."""
+    import ipaddress
+    import struct
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.encode()
+        return bytes((3, len(name))) + name + struct.pack("!H", port)
+    return bytes((1 if ip.version == 4 else 4,)) + ip.packed + struct.pack("!H", port)
+
+
+def socks5_udp_datagram(host: str, port: int, payload: bytes, frag: int = 0) -> bytes:
+    """An RFC 1928 UDP request datagram."""
+    return bytes((0, 0, frag)) + socks5_address(host, port) + payload
+
+
+def parse_socks5_udp_datagram(datagram: bytes) -> tuple[tuple[str, int], bytes]:
+    """(source, payload) of an RFC 1928 UDP reply datagram."""
+    import ipaddress
+    import struct
+
+    assert datagram[:3] == b"\0\0\0", datagram[:3]
+    atyp = datagram[3]
+    if atyp == 1:
+        host, end = str(ipaddress.IPv4Address(datagram[4:8])), 8
+    elif atyp == 4:
+        host, end = str(ipaddress.IPv6Address(datagram[4:20])), 20
+    else:
+        length = datagram[4]
+        host, end = datagram[5 : 5 + length].decode(), 5 + length
+    (port,) = struct.unpack("!H", datagram[end : end + 2])
+    return (host, port), datagram[end + 2 :]
+
+
+class WsgiOrigin:
+    """A small HTTP origin (gevent.pywsgi): GET returns ``body``, POST echoes the body."""
+
+    def __init__(self, host: str = "127.0.0.1", body: bytes = b"hello from origin") -> None:
+        from gevent.pywsgi import WSGIServer
+
+        self.body = body
+        self.server = WSGIServer((host, 0), self._app, log=None, error_log=None)
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = environ["wsgi.input"].read() if environ["REQUEST_METHOD"] == "POST" else self.body
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def __enter__(self) -> WsgiOrigin:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+
+def socks5_connect(
+    proxy_addr: tuple[str, int],
+    dest: bytes,
+    *,
+    auth: tuple[bytes, bytes] | None = None,
+    family: int = socket.AF_INET,
+) -> tuple[socket.socket, bytes]:
+    """Raw SOCKS5 client: greeting, optional RFC 1929 auth, request ``dest``
+    (ATYP+ADDR+PORT bytes). Returns the socket and the full reply bytes."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(proxy_addr)
+    if auth:
+        sock.sendall(b"\x05\x01\x02")
+        assert recv_exact(sock, 2) == b"\x05\x02"
+        user, password = auth
+        sock.sendall(bytes([1, len(user)]) + user + bytes([len(password)]) + password)
+        assert recv_exact(sock, 2) == b"\x01\x00"
+    else:
+        sock.sendall(b"\x05\x01\x00")
+        assert recv_exact(sock, 2) == b"\x05\x00"
+    sock.sendall(b"\x05\x01\x00" + dest)
+    return sock, read_socks5_reply(sock)
+
+
+def read_socks5_reply(sock: socket.socket) -> bytes:
+    """One whole SOCKS5 reply, however long its address is."""
+    head = recv_exact(sock, 4)
+    atyp = head[3]
+    if atyp == 1:
+        rest = recv_exact(sock, 6)
+    elif atyp == 4:
+        rest = recv_exact(sock, 18)
+    else:
+        length = recv_exact(sock, 1)
+        rest = length + recv_exact(sock, length[0] + 2)
+    return head + rest
+
+
+def ipv4_dest(host: str, port: int) -> bytes:
+    return b"\x01" + socket.inet_aton(host) + port.to_bytes(2, "big")
+
+
+def ipv6_dest(host: str, port: int) -> bytes:
+    return b"\x04" + socket.inet_pton(socket.AF_INET6, host) + port.to_bytes(2, "big")
+
+
+def name_dest(name: str, port: int) -> bytes:
+    return b"\x03" + bytes([len(name)]) + name.encode() + port.to_bytes(2, "big")
+
+
+class RecordingOrigin:
+    """An HTTP origin (gevent.pywsgi) that records what reached it.
+
+    ``/big/N`` streams N deterministic bytes (see ``big_body``), with
+    Content-Length, or chunked under ``/big-chunked/N``; anything else answers
+    ``body`` for GET/HEAD and echoes the request body otherwise. Each request is
+    recorded as a dict: method, path, headers (lower-case names), body, peer.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", body: bytes = b"hello from origin") -> None:
+        from gevent.pywsgi import WSGIServer
+
+        self.body = body
+        self.requests: list[dict[str, Any]] = []
+        self.server = WSGIServer((host, 0), self._app, log=None, error_log=None)
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        headers = {
+            key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
+        }
+        for key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            if environ.get(key):
+                headers[key.replace("_", "-").lower()] = environ[key]
+        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+        if environ.get("QUERY_STRING"):
+            path += "?" + environ["QUERY_STRING"]
+        body = environ["wsgi.input"].read()
+        self.requests.append(
+            {"method": method, "path": path, "headers": headers, "body": body, "peer": environ["REMOTE_PORT"]}
+        )
+        kind, _, size = path.strip("/").partition("/")
+        if kind in ("big", "big-chunked") and size.isdigit():
+            length = [("Content-Length", size)] if kind == "big" else []
+            start_response("200 OK", [("Content-Type", "application/octet-stream"), *length])
+            return big_body(int(size))
+        answer = self.body if method in ("GET", "HEAD") else body
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def __enter__(self) -> RecordingOrigin:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+
+def big_body(size: int, block: int = 1 << 16) -> Any:
+    """``size`` deterministic bytes, in blocks (a generator: never all in memory)."""
+    import hashlib
+
+    seed = hashlib.sha256(b"gproxy").digest() * (block // 32)
+    sent = 0
+    while sent < size:
+        chunk = seed[: min(block, size - sent)]
+        chunk = bytes([sent // block % 251]) + chunk[1:]  # vary the blocks
+        sent += len(chunk)
+        yield chunk
+
+
+def big_body_sha256(size: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for chunk in big_body(size):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,267 @@
+"""The proxy-specific parts of HTTP/1.1 that h11 does not do.
+
+Bounded request-head reading with strict checks (request smuggling), the
+absolute-URI and CONNECT authority forms, hop-by-hop header stripping,
+Basic credentials and short error responses. Message framing itself (bodies,
+chunked coding, keep-alive) is h11's job. No socket or gevent imports here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gproxy.addr import Address, parse_ip
+from gproxy.errors import ClientProtocolError
+
+#: request line cap (414 beyond it) and whole-head cap (431), as Squid's defaults go
+MAX_REQUEST_LINE = 8192
+MAX_HEAD = 65536
+
+#: hop-by-hop headers (RFC 9110 7.6.1, RFC 2616 13.5.1) plus the non-standard
+#: Proxy-Connection; never forwarded. Expect is answered by the proxy itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+    }
+)
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+}
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+class HttpError(ClientProtocolError):
+    """A request the proxy answers with ``status`` and closes."""
+
+    def __init__(self, status: int, message: str, *, reason: str = "bad_request") -> None:
+        super().__init__(message, reason=reason)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where an absolute-URI request goes, and what to ask there."""
+
+    address: Address
+    authority: str  # for the Host header: host[:port] as the client wrote it
+    path: bytes  # origin-form: "/path?query"
+
+
+# -- request head ---------------------------------------------------------------
+
+
+def parse_head(buf: bytearray) -> tuple[bytes, int] | None:
+    """The raw request head (through its blank line), checked; None until complete.
+
+    Leading empty lines are skipped (RFC 9112 2.2). Raises HttpError with
+    414, 431, 400 or 501.
+    """
+    start = 0
+    while buf.startswith(b"\r\n", start) or buf.startswith(b"\n", start):
+        start += 2 if buf.startswith(b"\r\n", start) else 1
+        if start > MAX_REQUEST_LINE:
+            raise HttpError(400, "too many empty lines before the request")
+    line_end = buf.find(b"\n", start, start + MAX_REQUEST_LINE + 1)
+    if line_end < 0:
+        if len(buf) - start > MAX_REQUEST_LINE:
+            raise HttpError(414, "request line too long", reason="uri_too_long")
+        return None
+    match = _HEAD_END.search(buf, line_end)
+    if match is None or match.end() - start > MAX_HEAD:
+        if len(buf) - start > MAX_HEAD:
+            raise HttpError(431, "request header fields too large", reason="headers_too_large")
+        return None
+    head = bytes(buf[start : match.end()])
+    check_head(head)
+    return head, match.end()
+
+
+def check_head(head: bytes) -> None:
+    """Strict checks on a raw head, where laxness lets requests be smuggled.
+
+    One Content-Length at most; Transfer-Encoding as a token list whose only
+    supported value is ``chunked``; never both; no whitespace before a colon
+    and no obsolete line folding.
+    """
+    lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
+    content_lengths = 0
+    codings: list[bytes] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            raise HttpError(400, "obsolete header line folding")
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HttpError(400, "malformed header name (whitespace before the colon?)")
+        lowered = name.lower()
+        if lowered == b"content-length":
+            content_lengths += 1
+            if not value.strip(b" \t").isdigit():
+                raise HttpError(400, "Content-Length is not a number")
+        elif lowered == b"transfer-encoding":
+            codings += [token.strip(b" \t").lower() for token in value.split(b",")]
+    if content_lengths > 1:
+        raise HttpError(400, "more than one Content-Length")
+    codings = [coding for coding in codings if coding]
+    if codings:
+        if content_lengths:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+        if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+            raise HttpError(400, "Transfer-Encoding must end in chunked, once")
+        if len(codings) > 1:
+            raise HttpError(501, "only Transfer-Encoding: chunked is supported", reason="not_implemented")
+
+
+# -- targets ----------------------------------------------------------------------
+
+
+def _parse_hostport(text: str, default_port: int | None) -> tuple[str, int]:
+    """``host[:port]`` or ``[ipv6][:port]`` (authority without userinfo)."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        ip = parse_ip(host) if sep else None
+        if ip is None or ip.version != 6:
+            raise HttpError(400, "bad IPv6 literal in the request target")
+        if rest and not rest.startswith(":"):
+            raise HttpError(400, "bad request target")
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = text.partition(":")
+        if not host or not _HOSTNAME.fullmatch(host):
+            raise HttpError(400, "bad host in the request target")
+    if not port_text:
+        if default_port is None or text.endswith(":"):
+            raise HttpError(400, "the request target needs a port")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise HttpError(400, "bad port in the request target")
+    return host, int(port_text)
+
+
+def parse_authority(target: bytes) -> Address:
+    """The CONNECT target: ``host:port`` or ``[ipv6]:port`` (port required)."""
+    try:
+        text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise HttpError(400, "request target is not ASCII") from None
+    host, port = _parse_hostport(text, None)
+    return Address(host, port)
+
+
+def split_absolute_uri(target: bytes) -> Target:
+    """``http://host[:port]/path?query`` -> where to connect and the origin-form path.
+
+    Only ``http`` is forwarded (https goes through CONNECT); userinfo is refused.
+    """
+    try:
+        text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise HttpError(400, "request target is not ASCII") from None
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise HttpError(400, "a proxy request needs an absolute URI (http://host/path)")
+    if scheme.lower() != "http":
+        raise HttpError(400, f"only http:// URIs are forwarded (use CONNECT for {scheme})")
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if "@" in authority:
+        raise HttpError(400, "userinfo in the request URI is not allowed")
+    host, port = _parse_hostport(authority, 80)
+    path = path.partition("#")[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    return Target(Address(host, port), authority, path.encode("ascii"))
+
+
+def host_header(target: Target) -> bytes:
+    """The Host header for the origin (RFC 9112 3.2.2: the URI's authority wins)."""
+    return target.authority.encode("ascii")
+
+
+# -- headers --------------------------------------------------------------------------
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """The header names listed in every ``Connection`` header, lower case."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip(b" \t").lower() for token in value.split(b","))
+    tokens.discard(b"")
+    return tokens
+
+
+def strip_hop_by_hop(headers: Headers, also: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
+    """Headers without hop-by-hop ones, those named in Connection, and ``also``."""
+    drop = HOP_BY_HOP | connection_tokens(headers) | {name.lower() for name in also}
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def header(headers: Headers, wanted: bytes) -> bytes | None:
+    """The first value of header ``wanted`` (lower-case name), or None."""
+    for name, value in headers:
+        if name.lower() == wanted:
+            return value
+    return None
+
+
+def basic_credentials(value: bytes | None) -> tuple[bytes, bytes] | None:
+    """``Basic base64(user:pass)`` -> (user, pass); None if absent or malformed."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, password = decoded.partition(b":")
+    if not colon:
+        return None
+    return user, password
+
+
+# -- responses --------------------------------------------------------------------------
+
+
+def encode_response(status: int, message: str = "", headers: Headers = (), *, close: bool = True) -> bytes:
+    """A short complete response (error or CONNECT's 200) with a text body."""
+    reason = REASONS.get(status, "Error")
+    body = f"{status} {reason}: {message}\n".encode() if message else b""
+    lines = [f"HTTP/1.1 {status} {reason}".encode()]
+    lines += [name + b": " + value for name, value in headers]
+    if body or status >= 300:
+        lines += [b"Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}".encode()]
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -1,0 +1,26 @@
+"""``--forward ADDR=HOST:PORT``: a plain TCP forwarder (no handshake, no auth).
+
+Every connection is dialed to the listener's fixed target and relayed byte
+for byte with the shared relay (half-close, idle timeout).
+"""
+
+from __future__ import annotations
+
+from gproxy.context import Context
+from gproxy.session import Session
+from gproxy.stream import Conn
+from gproxy.tunnel import run_tunnel
+
+
+def serve_forward(conn: Conn, ctx: Context, session: Session) -> None:
+    """Dial the target and relay; a failed dial just closes the client (nothing to answer)."""
+    target = ctx.listener.target
+    assert target is not None, "forward listeners always have a target"
+    session.proto = "tcp"
+    session.cmd = "forward"
+    session.dest = str(target)
+    upstream = ctx.dialer.dial(target, ctx.config.connect_timeout)  # DialError: logged, client closed
+    try:
+        run_tunnel(conn, upstream, ctx, session)
+    finally:
+        upstream.close()

@@ -1,0 +1,23 @@
+"""The mixed front end: SOCKS4/4a, SOCKS5 and HTTP on one port.
+
+The first byte decides (4 or 5: SOCKS, anything else: an HTTP method);
+it is peeked, not consumed, so the chosen front end reads the whole request.
+"""
+
+from __future__ import annotations
+
+from gproxy.context import Context
+from gproxy.http_proxy import serve_http
+from gproxy.session import Session
+from gproxy.socks import handshake_deadline, serve_socks
+from gproxy.stream import Conn
+
+
+def serve_mixed(conn: Conn, ctx: Context, session: Session) -> None:
+    """Hand the client to the front end its first byte names."""
+    with handshake_deadline(ctx):
+        first = conn.peek_byte()
+    if first in (4, 5):
+        serve_socks(conn, ctx, session)
+    else:
+        serve_http(conn, ctx, session)

@@ -1,0 +1,479 @@
+"""UDP: SOCKS5 UDP ASSOCIATE (RFC 1928 section 7) and the ``--udp-forward`` relay.
+
+One read loop (greenlet) per socket, never a greenlet per datagram. A loop
+receives into a hub-wide buffer and sends without yielding (a datagram the
+kernel will not take at once is dropped, as UDP allows), so no other
+greenlet can touch the buffer in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import weakref
+from typing import TYPE_CHECKING, TypeVar
+
+import gevent
+from gevent import socket as gsocket
+from gevent.hub import Hub, get_hub
+
+from gproxy.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_ip
+from gproxy.codec import socks5
+from gproxy.codec.replies import ReplyCode
+from gproxy.config import ListenerSpec
+from gproxy.context import Context
+from gproxy.dial import resolve
+from gproxy.errors import ClientProtocolError, Denied, DialError, GproxyError
+from gproxy.log import logger
+from gproxy.session import Session
+from gproxy.stream import Conn
+
+if TYPE_CHECKING:
+    from gproxy.server import Proxy
+
+#: room in front of a received reply for the largest reply header (IPv6 source)
+HEADROOM = 22
+#: the largest datagram plus the largest header, with room to spare
+BUFFER_SIZE = 65535 + socks5.MAX_UDP_HEADER
+#: destinations an association remembers (resolution, rules, reply filter)
+MAX_PEERS = 1024
+#: how long a resolved name is reused
+NAME_TTL = 60.0
+#: client mappings one --udp-forward listener keeps before evicting the idlest
+MAX_MAPPINGS = 4096
+#: without --idle-timeout, forward mappings still expire after this long
+DEFAULT_MAPPING_IDLE = 300.0
+#: a client sends "0" as a name (PySocks) or zeros when it does not know its address
+_UNKNOWN_HOSTS = frozenset({"0", "0.0.0.0", "::"})
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+_buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
+
+
+def _hub_buffer() -> memoryview:
+    """One receive buffer per hub; loops never yield while it holds a datagram."""
+    hub = get_hub()
+    buf = _buffers.get(hub)
+    if buf is None:
+        buf = _buffers[hub] = memoryview(bytearray(BUFFER_SIZE))
+    return buf
+
+
+def _raw(sock: socket.socket) -> socket.socket:
+    """The non-blocking kernel socket under a gevent socket (sends never yield)."""
+    return getattr(sock, "_sock", sock)
+
+
+def _udp_socket(family: int, host: str) -> socket.socket:
+    """A UDP socket bound to ``host`` port 0."""
+    sock = gsocket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock  # type: ignore[no-any-return]
+
+
+def _sockaddr_key(sockaddr: tuple[object, ...]) -> tuple[str, int]:
+    return str(sockaddr[0]), int(sockaddr[1])  # type: ignore[call-overload]
+
+
+class _Peer:
+    """A destination the client has sent to: where to send, and the reply header."""
+
+    __slots__ = ("family", "sockaddr", "header", "expires")
+
+    def __init__(self, family: int, sockaddr: tuple[object, ...], expires: float) -> None:
+        self.family = family
+        self.sockaddr = sockaddr
+        self.header = socks5.encode_udp_header(from_sockaddr(sockaddr))
+        self.expires = expires
+
+
+class UdpAssociation:
+    """One UDP ASSOCIATE: a client-facing socket and outbound sockets per family."""
+
+    def __init__(self, conn: Conn, ctx: Context, session: Session, declared: Address) -> None:
+        self.conn = conn
+        self.ctx = ctx
+        self.session = session
+        local = conn.sock.getsockname()
+        peer = conn.sock.getpeername()
+        self.client_ip = str(peer[0])
+        self.client_port: int | None = None
+        if declared.port and parse_ip(declared.host) == parse_ip(self.client_ip):
+            # The client named its own address: trust the port it gave. A zero
+            # address (or PySocks' "0") means a NAT may change the port, so the
+            # first datagram fixes it instead.
+            self.client_port = declared.port
+        self.client_addr: tuple[object, ...] | None = None
+        self.client_sock = _udp_socket(conn.sock.family, str(local[0]))
+        self._outbound: dict[int, socket.socket] = {}
+        self._by_header: dict[bytes, _Peer | Denied] = {}  # keyed by the address bytes the client sent
+        self._by_source: dict[tuple[str, int], _Peer] = {}  # replies are accepted from these only
+        self._loops: list[gevent.Greenlet] = []
+        self.datagrams = 0
+        self.dropped = 0
+
+    @property
+    def bound(self) -> Address:
+        """BND.ADDR/BND.PORT for the reply (``--udp-advertise`` overrides the address)."""
+        host, port = self.client_sock.getsockname()[:2]
+        return Address(self.ctx.config.udp_advertise or str(host), int(port))
+
+    def run(self) -> None:
+        """Relay until the control connection closes or nothing moves for the idle timeout."""
+        self._loops.append(gevent.spawn(self._client_loop))
+        control = gevent.spawn(self._watch_control)
+        idle = self.ctx.config.idle_timeout
+        try:
+            if idle <= 0:
+                control.join()
+            ticks, seen = 0, self.datagrams
+            while not control.ready():  # no clock reads per datagram: compare counts per tick
+                control.join(timeout=idle / 4)
+                ticks = ticks + 1 if self.datagrams == seen else 0
+                seen = self.datagrams
+                if ticks >= 4 and not control.ready():
+                    self.session.outcome = "idle_timeout"
+                    break
+        finally:
+            self.close()
+            control.kill(block=False)
+
+    def close(self) -> None:
+        """Close every socket first (no yield), then stop the loops."""
+        self.client_sock.close()
+        for sock in self._outbound.values():
+            sock.close()
+        gevent.killall(self._loops, block=False)
+
+    def _watch_control(self) -> None:
+        """The control connection carries nothing more; EOF (or an error) ends the association."""
+        self.conn.take_buffered()
+        with contextlib.suppress(OSError):
+            while self.conn.sock.recv(4096):
+                pass
+
+    # -- client -> destinations ----------------------------------------------------
+
+    def _client_loop(self) -> None:
+        sock = self.client_sock
+        buf = _hub_buffer()
+        metrics, kind = self.ctx.metrics, self.ctx.listener.kind
+        while True:
+            try:
+                n, source = sock.recvfrom_into(buf)
+            except OSError:
+                if sock.fileno() < 0:
+                    return
+                continue  # a queued ICMP error on the socket: not fatal
+            if source[0] != self.client_ip or (self.client_port is not None and source[1] != self.client_port):
+                self.dropped += 1  # not our client
+                continue
+            start = _header_end(buf, n)
+            key = bytes(buf[3:start]) if start and not buf[2] else b""  # ATYP DST.ADDR DST.PORT as sent
+            peer = self._by_header.get(key) if key else None
+            if peer is None or (isinstance(peer, _Peer) and peer.expires < time.monotonic()):
+                try:  # the slow path: parse, check, resolve, remember
+                    header, start = socks5.parse_udp_header(buf[:n])
+                except ClientProtocolError as exc:
+                    self._drop(f"malformed datagram: {exc}")
+                    continue
+                if header.frag:
+                    self._drop("fragment (FRAG != 0)")
+                    continue
+                key = bytes(buf[3:start])
+                payload = bytes(buf[start:n])  # resolving yields: keep our own copy
+                peer = self._lookup(key, header.address)
+                data: memoryview | bytes = payload
+            else:
+                data = buf[start:n]
+            if isinstance(peer, Denied):
+                self._drop(str(peer))
+                continue
+            if self.client_port is None:
+                self.client_port = int(source[1])
+            self.client_addr = source
+            self.datagrams += 1
+            try:
+                _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
+            except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only
+                self._drop(f"send to {peer.sockaddr}: {exc}")
+                continue
+            self.session.up += len(data)
+            metrics.udp_datagram(kind, "up")
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        logger.debug("%s: udp datagram dropped: %s", self.session.client, why)
+
+    def _lookup(self, key: bytes, dest: Address) -> _Peer | Denied:
+        """Check, resolve and remember a destination (rules apply to every address)."""
+        result: _Peer | Denied
+        try:
+            self.ctx.destinations.check(dest)
+            with gevent.Timeout(
+                self.ctx.config.connect_timeout, DialError("resolving timed out", ReplyCode.TTL_EXPIRED)
+            ):
+                addrs = resolve(dest, self.ctx.resolver)
+            denied: Denied | None = None
+            result = Denied(f"{dest}: no address")
+            for _family, sockaddr in addrs:
+                ip = parse_ip(str(sockaddr[0]))
+                try:
+                    if ip is None:
+                        raise Denied(f"{dest}: resolved to {sockaddr[0]!r}")
+                    self.ctx.destinations.check_ip(ip, dest.port)
+                except Denied as exc:
+                    denied = exc
+                    continue
+                result = _Peer(*_canonical(ip, dest.port), time.monotonic() + NAME_TTL)
+                break
+            else:
+                if denied is not None:
+                    result = denied
+        except Denied as exc:
+            result = exc
+        except DialError as exc:
+            return Denied(str(exc))  # not remembered: resolution may work next time
+        _remember(self._by_header, key, result)
+        if isinstance(result, _Peer):
+            _remember(self._by_source, _sockaddr_key(result.sockaddr), result)
+        return result
+
+    def _outbound_for(self, family: int) -> socket.socket:
+        sock = self._outbound.get(family)
+        if sock is None:
+            sock = self._outbound[family] = _udp_socket(family, "::" if family == socket.AF_INET6 else "0.0.0.0")
+            self._loops.append(gevent.spawn(self._reply_loop, sock))
+        return sock
+
+    # -- destinations -> client -----------------------------------------------------
+
+    def _reply_loop(self, sock: socket.socket) -> None:
+        buf = _hub_buffer()
+        body = buf[HEADROOM:]
+        client = _raw(self.client_sock)
+        metrics, kind = self.ctx.metrics, self.ctx.listener.kind
+        while True:
+            try:
+                n, source = sock.recvfrom_into(body)
+            except OSError:
+                if sock.fileno() < 0:
+                    return
+                continue
+            peer = self._by_source.get((source[0], source[1]))
+            if peer is None or self.client_addr is None:
+                self.dropped += 1  # only destinations the client sent to may answer
+                continue
+            header = peer.header
+            start = HEADROOM - len(header)
+            buf[start:HEADROOM] = header
+            try:
+                client.sendto(buf[start : HEADROOM + n], self.client_addr)
+            except OSError as exc:
+                self._drop(f"send to client: {exc}")
+                continue
+            self.datagrams += 1
+            self.session.down += n
+            metrics.udp_datagram(kind, "down")
+
+
+def _header_end(buf: memoryview, n: int) -> int:
+    """Where the payload starts in a well-formed datagram of ``n`` bytes, else 0."""
+    if n < 5:
+        return 0
+    atyp = buf[3]
+    end = 10 if atyp == 1 else 22 if atyp == 4 else 7 + buf[4] if atyp == 3 else 0
+    return end if end <= n else 0
+
+
+def _canonical(ip: IPAddress, port: int) -> tuple[int, tuple[object, ...]]:
+    """Family and sockaddr as recvfrom reports them, so replies can be matched."""
+    ip = unmap_ip(ip)
+    if ip.version == 6:
+        return socket.AF_INET6, (str(ip), port, 0, 0)
+    return socket.AF_INET, (str(ip), port)
+
+
+def _remember(table: dict[K, T], key: K, value: T) -> None:
+    """Insert into a bounded table, forgetting the oldest entry when full."""
+    table.pop(key, None)
+    if len(table) >= MAX_PEERS:
+        del table[next(iter(table))]
+    table[key] = value
+
+
+def udp_associate(conn: Conn, ctx: Context, session: Session, declared: Address) -> None:
+    """SOCKS5 UDP ASSOCIATE: open the relay, answer with its address, relay until done."""
+    try:
+        association = UdpAssociation(conn, ctx, session, declared)
+    except OSError as exc:
+        conn.sendall(socks5.encode_reply(ReplyCode.GENERAL_FAILURE))
+        raise GproxyError(f"cannot open a UDP relay: {exc}", reason="udp_bind_failed") from None
+    try:
+        conn.sendall(socks5.encode_reply(ReplyCode.SUCCEEDED, association.bound))
+    except BaseException:
+        association.close()
+        raise
+    association.run()
+
+
+# -- --udp-forward -----------------------------------------------------------------
+
+
+class _Mapping:
+    """One client of a UDP forwarder: its own socket toward the target."""
+
+    __slots__ = ("client", "sock", "raw", "session", "last", "loop")
+
+    def __init__(self, client: tuple[object, ...], sock: socket.socket, session: Session, now: int) -> None:
+        self.client = client
+        self.sock = sock
+        self.raw = _raw(sock)
+        self.session = session
+        self.last = now
+        self.loop: gevent.Greenlet | None = None
+
+
+class UdpForwarder:
+    """``--udp-forward ADDR=HOST:PORT``: a Service over the bound listener socket.
+
+    Each client address gets its own socket connected to the target, so the
+    kernel hands each reply to the mapping of the client that caused it.
+    Mappings idle for the idle timeout expire; at most MAX_MAPPINGS are kept.
+    """
+
+    def __init__(self, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> None:
+        assert spec.target is not None
+        self.proxy = proxy
+        self.spec = spec
+        self.target = spec.target
+        self.sock = sock
+        self.ctx = proxy.context(spec)
+        self.idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
+        self.max_mappings = MAX_MAPPINGS
+        self.mappings: dict[tuple[object, ...], _Mapping] = {}
+        self.clock = 0  # ticks of idle/4 seconds
+        self._target: tuple[int, tuple[object, ...], float] | None = None
+        self._loops: list[gevent.Greenlet] = []
+
+    def start(self) -> None:
+        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self._reaper)]
+
+    def stop(self) -> None:
+        gevent.killall(self._loops)
+        for client in list(self.mappings):
+            self._close(client, "stopped")
+
+    def _listen_loop(self) -> None:
+        buf = _hub_buffer()
+        sock = self.sock
+        metrics = self.proxy.metrics
+        while True:
+            try:
+                n, client = sock.recvfrom_into(buf)
+            except OSError:
+                if sock.fileno() < 0:
+                    return
+                continue
+            mapping = self.mappings.get(client)
+            data: memoryview | bytes = buf[:n]
+            if mapping is None:
+                data = bytes(data)  # opening a mapping may yield (DNS)
+                mapping = self._open(client)
+                if mapping is None:
+                    continue
+            mapping.last = self.clock
+            try:
+                mapping.raw.send(data)
+            except OSError:  # EAGAIN, or ECONNREFUSED from an earlier ICMP: this datagram only
+                continue
+            mapping.session.up += n
+            metrics.udp_datagram("udp-forward", "up")
+
+    def _open(self, client: tuple[object, ...]) -> _Mapping | None:
+        ip = parse_ip(str(client[0]))
+        if ip is None or not self.proxy.clients.permits(ip):
+            return None
+        try:
+            family, sockaddr = self._resolve_target()
+            sock = _udp_socket(family, "::" if family == socket.AF_INET6 else "0.0.0.0")
+        except (OSError, Denied) as exc:
+            logger.warning("udp-forward %s: %s", self.target, exc)
+            return None
+        try:
+            sock.connect(sockaddr)  # the kernel now drops datagrams from anyone but the target
+        except OSError as exc:
+            sock.close()
+            logger.warning("udp-forward %s: %s", self.target, exc)
+            return None
+        if len(self.mappings) >= self.max_mappings:
+            idlest = min(self.mappings.values(), key=lambda m: m.last)
+            self._close(idlest.client, "evicted")
+        session = Session(from_sockaddr(client), self.spec.kind, proto="udp", cmd="udp-forward", dest=str(self.target))
+        self.proxy.metrics.session_opened(self.spec.kind)
+        mapping = self.mappings[client] = _Mapping(client, sock, session, self.clock)
+        mapping.loop = gevent.spawn(self._reply_loop, mapping)
+        return mapping
+
+    def _resolve_target(self) -> tuple[int, tuple[object, ...]]:
+        """The target's first address, re-resolved every NAME_TTL seconds."""
+        now = time.monotonic()
+        if self._target is None or self._target[2] < now:
+            timed_out = DialError(f"resolving {self.target.host} timed out", ReplyCode.TTL_EXPIRED)
+            with gevent.Timeout(self.proxy.config.connect_timeout, timed_out):
+                addrs = resolve(self.target, self.ctx.resolver)
+            if not addrs:
+                raise Denied(f"{self.target.host} has no address")
+            family, sockaddr = addrs[0]
+            self._target = (family, sockaddr, now + NAME_TTL)
+        return self._target[0], self._target[1]
+
+    def _reply_loop(self, mapping: _Mapping) -> None:
+        buf = _hub_buffer()
+        listener = _raw(self.sock)
+        metrics = self.proxy.metrics
+        while True:
+            try:
+                n = mapping.sock.recv_into(buf)
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable for an earlier datagram
+            except OSError:
+                return
+            mapping.last = self.clock
+            try:
+                listener.sendto(buf[:n], mapping.client)
+            except OSError:
+                continue
+            mapping.session.down += n
+            metrics.udp_datagram("udp-forward", "down")
+
+    def _reaper(self) -> None:
+        """Expire mappings with no datagram either way for the idle timeout."""
+        ticks = 4
+        while True:
+            gevent.sleep(self.idle / ticks)
+            self.clock += 1
+            for client, mapping in list(self.mappings.items()):
+                if self.clock - mapping.last > ticks:
+                    self._close(client, "idle_timeout")
+
+    def _close(self, client: tuple[object, ...], outcome: str) -> None:
+        mapping = self.mappings.pop(client, None)
+        if mapping is None:
+            return
+        if mapping.loop is not None:
+            mapping.loop.kill(block=False)
+        mapping.sock.close()
+        mapping.session.outcome = "ok" if outcome == "idle_timeout" else outcome
+        self.proxy.metrics.session_closed(mapping.session)
+        if self.proxy.access_log is not None:
+            self.proxy.access_log.write(mapping.session.logfmt())

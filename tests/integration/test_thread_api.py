@@ -1,0 +1,117 @@
+"""gproxy.serve_in_thread: a proxy on a private thread, from unpatched and patched programs."""
+
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import socks
+
+from gproxy import Config, ConfigError, serve_in_thread
+from tests.helpers import ROOT, gproxy_env, recv_exact
+
+#: an ordinary program: no monkey-patching, real threads, requests and socket
+UNPATCHED_SCRIPT = textwrap.dedent(
+    """
+    import http.server, os, socket, sys, threading
+    import requests
+    from gevent import monkey
+    import gproxy
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"hello " + self.path.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+
+    proxy = gproxy.serve_in_thread(gproxy.Config.build(socks=["127.0.0.1:0"], user=["u:p@ss"]))
+    assert proxy.url().startswith("socks5h://u:p%40ss@127.0.0.1:"), proxy.url()
+    for i in range(3):
+        reply = requests.get(f"http://127.0.0.1:{web.server_port}/{i}", proxies={"http": proxy.url()}, timeout=10)
+        assert reply.text == f"hello /{i}", reply.text
+    try:
+        requests.get(f"http://127.0.0.1:{web.server_port}/", proxies={"http": proxy.url(user=("u", "bad"))}, timeout=10)
+    except requests.exceptions.ConnectionError:
+        pass
+    else:
+        raise AssertionError("a wrong password got through")
+
+    address = proxy.address("socks5")
+    held = socket.create_connection((address.host, address.port), timeout=10)  # an open session
+    proxy.stop()  # from the main thread; closes the held session too
+    proxy.stop()  # idempotent
+    assert not proxy.running
+    try:
+        assert held.recv(1) == b""
+    except ConnectionResetError:
+        pass
+    try:
+        socket.create_connection((address.host, address.port), timeout=10)
+    except ConnectionRefusedError:
+        pass
+    else:
+        raise AssertionError("still listening after stop()")
+    assert not monkey.is_module_patched("socket")
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):  # each thread's hub and its loop are destroyed with it
+        gproxy.serve_in_thread(socks=["127.0.0.1:0"]).stop()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert [t.name for t in threading.enumerate() if t.name == "gproxy"] == []
+    print("OK")
+    """
+)
+
+
+def test_unpatched_program_uses_a_proxy_thread(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(UNPATCHED_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=gproxy_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "OK"
+    assert "gproxy: listening socks5 127.0.0.1:" in done.stderr
+
+
+def test_in_a_patched_program_it_runs_in_the_same_hub(echo_tcp):
+    with serve_in_thread(socks=["127.0.0.1:0"], user=["u:p"]) as proxy:
+        address = proxy.address("socks5")
+        client = socks.socksocket()
+        client.set_proxy(socks.SOCKS5, address.host, address.port, username="u", password="p")
+        client.connect((echo_tcp.host, echo_tcp.port))
+        client.sendall(b"ping")
+        assert recv_exact(client, 4) == b"ping"
+        client.close()
+    assert not proxy.running
+
+
+def test_bind_error_is_raised_in_the_caller():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(ConfigError, match="cannot listen"):
+            serve_in_thread(Config.build(socks=[f"127.0.0.1:{port}"]))
+    finally:
+        taken.close()
+
+
+def test_config_and_settings_are_exclusive():
+    with pytest.raises(TypeError):
+        serve_in_thread(Config.build(socks=["127.0.0.1:0"]), user=["u:p"])
+
+
+def test_package_import_does_not_patch():
+    code = "import gproxy, gproxy.pytest_plugin; from gevent import monkey; print(monkey.is_module_patched('socket'))"
+    done = subprocess.run([sys.executable, "-c", code], env=gproxy_env(), cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr

@@ -1,0 +1,227 @@
+"""HTTP proxy codec: head bounds and smuggling checks, targets, headers, Basic."""
+
+from __future__ import annotations
+
+import base64
+
+import h11
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gproxy.addr import Address
+from gproxy.codec import http
+from gproxy.codec.http import HttpError
+
+GET = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+
+
+def status_of(raw: bytes) -> int:
+    with pytest.raises(HttpError) as info:
+        http.parse_head(bytearray(raw))
+    return info.value.status
+
+
+# -- request head -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        GET,
+        GET.replace(b"\r\n", b"\n"),  # bare LF, as h11 accepts
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        b"GET http://a/ HTTP/1.0\r\n\r\n",
+    ],
+)
+def test_head_at_every_split(raw):
+    for cut in range(len(raw)):
+        assert http.parse_head(bytearray(raw[:cut])) is None, f"prefix of {cut} bytes parsed"
+    head, used = http.parse_head(bytearray(raw + b"body bytes"))
+    assert head == raw and used == len(raw)
+
+
+def test_leading_empty_lines_are_skipped():
+    head, used = http.parse_head(bytearray(b"\r\n\r\n" + GET))
+    assert head == GET and used == len(GET) + 4
+
+
+def test_parsed_head_is_what_h11_reads():
+    head, _ = http.parse_head(bytearray(GET))
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    event = conn.next_event()
+    assert isinstance(event, h11.Request) and event.target == b"http://example.com/"
+
+
+def test_request_line_too_long_is_414():
+    assert status_of(b"GET http://a/" + b"x" * http.MAX_REQUEST_LINE + b" HTTP/1.1\r\n") == 414
+    assert status_of(b"GET http://a/" + b"x" * http.MAX_REQUEST_LINE) == 414  # even before its end
+
+
+def test_headers_too_large_is_431():
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(700))
+    assert status_of(b"GET http://a/ HTTP/1.1\r\n" + many) == 431
+    assert status_of(b"GET http://a/ HTTP/1.1\r\n" + many + b"\r\n") == 431
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        (b"Content-Length: 5\r\nContent-Length: 5\r\n", 400),
+        (b"Content-Length: 5, 5\r\n", 400),
+        (b"Content-Length: -1\r\n", 400),
+        (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", 400),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", 400),
+        (b"Transfer-Encoding: chunked, identity\r\n", 400),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400),
+        (b"Transfer-Encoding: chunked, chunked\r\n", 400),
+        (b"Transfer-Encoding: gzip, chunked\r\n", 501),
+        (b"Transfer-Encoding: xchunked\r\n", 400),
+        (b"Content-Length : 5\r\n", 400),
+        (b"Transfer-Encoding : chunked\r\n", 400),
+        (b"Host\t: a\r\n", 400),
+        (b" Host: a\r\n", 400),
+        (b"Host: a\r\n folded\r\n", 400),
+        (b"no colon here\r\n", 400),
+        (b"Bad[name]: 1\r\n", 400),
+    ],
+)
+def test_smuggling_and_malformed_headers(headers, status):
+    assert status_of(b"POST http://a/ HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n") == status
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: Chunked \r\n", b""],
+)
+def test_well_formed_framing_is_accepted(headers):
+    raw = b"POST http://a/ HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n"
+    assert http.parse_head(bytearray(raw)) == (raw, len(raw))
+
+
+@given(st.binary(max_size=300))
+def test_head_parser_raises_only_http_errors(data):
+    try:
+        parsed = http.parse_head(bytearray(data))
+    except HttpError as exc:
+        assert exc.status in (400, 414, 431, 501)
+        return
+    if parsed is not None:
+        assert 0 < parsed[1] <= len(data)
+
+
+# -- targets ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "address", "authority", "path"),
+    [
+        (b"http://example.com/a/b?c=d", Address("example.com", 80), "example.com", b"/a/b?c=d"),
+        (b"http://example.com", Address("example.com", 80), "example.com", b"/"),
+        (b"HTTP://Example.com:8080?q", Address("Example.com", 8080), "Example.com:8080", b"/?q"),
+        (b"http://127.0.0.1:81/x#frag", Address("127.0.0.1", 81), "127.0.0.1:81", b"/x"),
+        (b"http://[::1]:8080/x", Address("::1", 8080), "[::1]:8080", b"/x"),
+        (b"http://[2001:db8::1]/", Address("2001:db8::1", 80), "[2001:db8::1]", b"/"),
+    ],
+)
+def test_absolute_uri_split(uri, address, authority, path):
+    target = http.split_absolute_uri(uri)
+    assert (target.address, target.authority, target.path) == (address, authority, path)
+    assert http.host_header(target) == authority.encode()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        b"/origin-form",
+        b"https://example.com/",
+        b"ftp://example.com/",
+        b"http://user:pw@example.com/",
+        b"http:///path",
+        b"http://example.com:0/",
+        b"http://example.com:65536/",
+        b"http://example.com:/",
+        b"http://example.com:x/",
+        b"http://[::1/",
+        b"http://[1.2.3.4]/",
+        b"http://exa mple.com/",
+        "http://ex\u00e4mple.com/".encode(),
+    ],
+)
+def test_bad_absolute_uris_are_400(uri):
+    with pytest.raises(HttpError) as info:
+        http.split_absolute_uri(uri)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("authority", "address"),
+    [
+        (b"example.com:443", Address("example.com", 443)),
+        (b"127.0.0.1:8443", Address("127.0.0.1", 8443)),
+        (b"[::1]:443", Address("::1", 443)),
+    ],
+)
+def test_connect_authority(authority, address):
+    assert http.parse_authority(authority) == address
+
+
+@pytest.mark.parametrize(
+    "authority", [b"example.com", b"example.com:", b"example.com:0", b"::1:443", b"[::1]", b"http://a:1", b"a:1/x"]
+)
+def test_bad_connect_authority_is_400(authority):
+    with pytest.raises(HttpError) as info:
+        http.parse_authority(authority)
+    assert info.value.status == 400
+
+
+# -- headers ------------------------------------------------------------------------------------
+
+
+def test_hop_by_hop_and_connection_named_headers_are_stripped():
+    headers = [
+        (b"Host", b"a"),
+        (b"Connection", b"keep-alive, X-Secret"),
+        (b"connection", b"Other"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Proxy-Connection", b"keep-alive"),
+        (b"Proxy-Authorization", b"Basic dTpw"),
+        (b"TE", b"trailers"),
+        (b"Trailer", b"X"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Upgrade", b"websocket"),
+        (b"Expect", b"100-continue"),
+        (b"X-Secret", b"1"),
+        (b"other", b"2"),
+        (b"Accept", b"*/*"),
+        (b"Content-Length", b"3"),
+    ]
+    assert http.strip_hop_by_hop(headers) == [(b"Host", b"a"), (b"Accept", b"*/*"), (b"Content-Length", b"3")]
+    assert http.strip_hop_by_hop(headers, also=[b"HOST"]) == [(b"Accept", b"*/*"), (b"Content-Length", b"3")]
+
+
+def test_basic_credentials():
+    def basic(raw: bytes) -> bytes:
+        return b"Basic " + base64.b64encode(raw)
+
+    assert http.basic_credentials(basic(b"u:p")) == (b"u", b"p")
+    assert http.basic_credentials(basic(b"u:p:with:colons")) == (b"u", b"p:with:colons")
+    assert http.basic_credentials(b"basic " + base64.b64encode(b"u:")) == (b"u", b"")
+    assert http.basic_credentials(basic("\u00fc:p".encode())) == ("\u00fc".encode(), b"p")
+    for bad in [None, b"", basic(b"nocolon"), b"Bearer abc", b"Basic !!!", b"Basic dTpw=extra", b"Digest x"]:
+        assert http.basic_credentials(bad) is None, bad
+
+
+def test_error_responses_are_complete_and_close():
+    raw = http.encode_response(407, "who are you", [(b"Proxy-Authenticate", b'Basic realm="gproxy"')])
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(raw)
+    response = conn.next_event()
+    assert response.status_code == 407
+    assert (b"proxy-authenticate", b'Basic realm="gproxy"') in response.headers
+    assert (b"connection", b"close") in response.headers
+    assert conn.next_event().data.startswith(b"407 Proxy Authentication Required: who are you")
+    assert isinstance(conn.next_event(), h11.EndOfMessage)
