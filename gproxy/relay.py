@@ -30,7 +30,7 @@ from gevent.hub import Hub, Waiter, get_hub
 
 CHUNK = 65536
 #: pipe capacity asked for a spliced direction, and the most one splice() moves
-PIPE_SIZE = int(os.environ.get("GPROXY_PIPE_SIZE", 1 << 20))
+PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: a direction switches to splice() after one read of this many bytes (None: never)
 SPLICE_AFTER: int | None = CHUNK
