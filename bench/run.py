@@ -133,6 +133,7 @@ class Server:
             while len(self.pids()) <= self.workers and time.monotonic() < deadline:
                 time.sleep(0.1)
             if len(self.pids()) <= self.workers:
+                print(f"{self.name}: no worker processes appeared (is --workers implemented?)")
                 self.stop()
                 return False
         return True
@@ -287,17 +288,18 @@ def fmt(v: float | None) -> str:
 def table(med: dict[str, dict[str, float]]) -> str:
     names = list(med)
     refs = [n for n in ("direct", "microsocks", "pproxy") if n in med]
-    head = ["scenario", *names] + [f"gproxy / {r}" for r in refs]
+    mine = [n for n in names if n.startswith("gproxy")]
+    pairs = [(g, r) for g in mine for r in refs]
+    head = ["scenario", *names] + [f"{g} / {r}" for g, r in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, _ in ROWS:
         cells = [fmt(med[n].get(key)) for n in names]
         if all(c == "-" for c in cells):
             continue
-        g = med.get("gproxy", {}).get(key)
         ratios = []
-        for r in refs:
-            ref = med[r].get(key)
-            ratios.append(f"{g / ref:.2f}x" if g is not None and ref else "-")
+        for g, r in pairs:
+            mv, ref = med[g].get(key), med[r].get(key)
+            ratios.append(f"{mv / ref:.2f}x" if mv is not None and ref else "-")
         lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ take a generic path: one greenlet per direction with ``sendall``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -130,6 +131,7 @@ class _Direction:
         "in_pipe",
         "moved",
         "done",
+        "can_splice",
         "__weakref__",
     )
 
@@ -147,6 +149,7 @@ class _Direction:
         self.in_pipe = 0
         self.moved = False
         self.done = False
+        self.can_splice = _HAVE_SPLICE
 
     def start(self) -> None:
         self.reader.start(self.on_readable)
@@ -178,11 +181,15 @@ class _Direction:
             if sent < n:
                 self.pending = buf[sent:n].tobytes()
                 self._wait_writable()
-            elif SPLICE_AFTER is not None and n >= SPLICE_AFTER and _HAVE_SPLICE:
+            elif SPLICE_AFTER is not None and n >= SPLICE_AFTER and self.can_splice:
                 self._take_pipe()
         except BlockingIOError:
             return
         except OSError as exc:
+            if exc.errno == errno.EINVAL and self.pipe is not None and not self.in_pipe:
+                self.can_splice = False  # a socket type splice() does not take: copy instead
+                self.release_pipe()
+                return
             self.tunnel.abort(_describe(exc))
 
     def on_writable(self) -> None:

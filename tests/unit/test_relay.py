@@ -3,6 +3,7 @@ large transfers on the splice path and the plain path, the generic (TLS) path.""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -256,3 +257,21 @@ def test_generic_path_idle_timeout(pairs):
     g = start(Wrapped(a), Wrapped(b), idle_timeout=0.2)
     assert g.get(timeout=10).outcome == "idle_timeout"
     assert client.recv(1) == b""
+
+
+def test_splice_refused_falls_back_to_copying(pairs, monkeypatch):
+    client, a, b, upstream = pairs
+    monkeypatch.setattr(relay_mod, "SPLICE_AFTER", 1)
+
+    def no_splice(*args, **kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(relay_mod.os, "splice", no_splice)
+    fds = open_fds()
+    g = start(a, b)
+    size = 2 * 1024 * 1024
+    sent, received = _transfer(client, upstream, size)
+    assert received == sent
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
+    assert open_fds() == fds
