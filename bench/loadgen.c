@@ -180,6 +180,7 @@ static int cmd_target(void) {
             }
         }
     }
+    return 0;
 }
 
 /* ---- bulk: N tunnels, download from source or upload to sink ---- */
@@ -331,10 +332,6 @@ static int cmd_pingpong(int tport, int pport, double secs) {
 
 static int cmd_idle(int n, int tport, int pport) {
     int *fds = malloc(sizeof(int) * n), opened = 0, ok = 0;
-    struct rlimit rl;
-    getrlimit(RLIMIT_NOFILE, &rl);
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
     double t0 = now();
     for (int i = 0; i < n; i++) {
         fds[i] = open_tunnel(tport, pport);
@@ -360,6 +357,10 @@ static int cmd_idle(int n, int tport, int pport) {
 }
 
 int main(int argc, char **argv) {
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
     signal(SIGPIPE, SIG_IGN);
     memset(buf, 'b', sizeof buf);
     if (argc >= 2 && !strcmp(argv[1], "target")) return cmd_target();

@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -368,6 +369,12 @@ def main() -> int:
     if args.quick:
         args.repeat, args.secs, args.idle, args.idle_workers = 1, 1.0, 2000, 2000
     build_loadgen()
+    # every server gets the same open-file limit: the hard one (9,000 tunnels need 18,000+ descriptors)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < 2 * args.idle + 100:
+        print(f"open-file limit {hard} is too low for {args.idle} idle tunnels: lowering the count")
+        args.idle = args.idle_workers = max((hard - 100) // 2, 100)
     started = datetime.datetime.now(datetime.UTC)
     listed = servers(args)
     with target() as ports:
