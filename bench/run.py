@@ -357,7 +357,7 @@ def chart(med: dict[str, dict[str, float]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions per scenario (median kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions per scenario (median kept)")
     parser.add_argument("--secs", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--idle", type=int, default=9000, help="idle tunnels on one process")
     parser.add_argument("--idle-workers", type=int, default=12000, help="idle tunnels with --workers 2")
