@@ -236,8 +236,8 @@ class Proxy:
             if proxied is None:
                 return
             client = proxied
-        ip = client.ip
-        if ip is not None and not self.clients.permits(ip):
+        rules = self.clients  # no rules: no address parsing per connection
+        if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
             logger.debug("%s: client not allowed", client)
             return
         limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
