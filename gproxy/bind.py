@@ -22,7 +22,7 @@ from gproxy.addr import Address, from_sockaddr, parse_ip, unmap_ip
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.context import Context
-from gproxy.dial import Resolved, resolve
+from gproxy.dial import IPCheck, Resolved, resolve
 from gproxy.errors import ClientClosed, ClientProtocolError, Denied, DialError, GproxyError
 from gproxy.log import logger
 from gproxy.session import Session
@@ -42,10 +42,12 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: Repl
     """Listen, announce, accept the expected peer, announce it, relay."""
     expected = None if dest.host in _UNKNOWN else dest
     addrs: Resolved = []
+    policy = ctx.destinations.for_user(session.user)
+    check_peer: IPCheck = policy.check_ip
     try:
         if expected is not None:
             if expected.port:  # 0 is common here: the peer's port is rarely known
-                ctx.destinations.check(expected)
+                check_peer = policy.check(expected)  # knows whether a rule allowed the name
             timed_out = DialError(f"resolving {expected.host} timed out", ReplyCode.TTL_EXPIRED)
             with gevent.Timeout(ctx.config.connect_timeout, timed_out):
                 addrs = resolve(expected, ctx.resolver)
@@ -59,7 +61,7 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: Repl
     try:
         conn.sendall(encode(ReplyCode.SUCCEEDED, from_sockaddr(listener.getsockname())))
         allowed = {str(unmap_ip(ip)) for ip in (parse_ip(str(a[0])) for _, a in addrs) if ip is not None}
-        peer = _accept(conn, ctx, listener, allowed or None, encode)
+        peer = _accept(conn, ctx, listener, allowed or None, encode, check_peer)
     finally:
         listener.close()
     try:
@@ -93,7 +95,12 @@ def _listen(conn: Conn, addrs: Resolved) -> socket.socket:
 
 
 def _accept(
-    conn: Conn, ctx: Context, listener: socket.socket, allowed_ips: set[str] | None, encode: ReplyEncoder
+    conn: Conn,
+    ctx: Context,
+    listener: socket.socket,
+    allowed_ips: set[str] | None,
+    encode: ReplyEncoder,
+    check: IPCheck,
 ) -> socket.socket:
     """Wait for the peer; refuse (and keep waiting for) peers the rules or DST.ADDR exclude."""
     deadline = time.monotonic() + ctx.config.connect_timeout
@@ -112,7 +119,7 @@ def _accept(
                 raise ClientProtocolError("client sent too much before the BIND peer connected")
         if listener in readable:
             peer, address = listener.accept()
-            reason = _refusal(ctx, address, allowed_ips)
+            reason = _refusal(check, address, allowed_ips)
             if reason is None:
                 return peer
             logger.debug("%s: BIND peer %s refused: %s", conn.sock.getpeername(), address, reason)
@@ -120,7 +127,7 @@ def _accept(
                 peer.close()
 
 
-def _refusal(ctx: Context, address: tuple[object, ...], allowed_ips: set[str] | None) -> str | None:
+def _refusal(check: IPCheck, address: tuple[object, ...], allowed_ips: set[str] | None) -> str | None:
     """Why a connecting peer is refused, or None (RFC 1928: it should match DST.ADDR)."""
     ip = parse_ip(str(address[0]))
     if ip is None:
@@ -129,7 +136,7 @@ def _refusal(ctx: Context, address: tuple[object, ...], allowed_ips: set[str] | 
     if allowed_ips is not None and str(ip) not in allowed_ips:
         return "not the address the client named"
     try:
-        ctx.destinations.check_ip(ip, int(address[1]))  # type: ignore[call-overload]
+        check(ip, int(address[1]))  # type: ignore[call-overload]
     except Denied as exc:
         return str(exc)
     return None

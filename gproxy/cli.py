@@ -71,22 +71,25 @@ def load_config(argv: Sequence[str] | None) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run gproxy; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config = load_config(argv)
     except ConfigError as exc:
         print(f"gproxy: {exc}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        from gproxy.workers import supervise
+
+        return supervise(config, argv)  # a plain process: the workers run gevent
     from gevent import monkey
 
     monkey.patch_all()
-    return run(config)
+    return run(config, argv)
 
 
-def run(config: Config) -> int:
-    import gevent
-
+def run(config: Config, argv: Sequence[str] | None = None) -> int:
     from gproxy.log import setup_logging
-    from gproxy.server import Proxy, spawn_stop
+    from gproxy.server import Proxy
 
     setup_logging(config.to_logging_level())
     raise_fd_limit()
@@ -99,11 +102,41 @@ def run(config: Config) -> int:
         if proxy is not None:
             proxy.stop(0)
         return 2
-    gevent.signal_handler(signal.SIGTERM, spawn_stop, proxy)
-    gevent.signal_handler(signal.SIGINT, spawn_stop, proxy)
-    gevent.signal_handler(signal.SIGHUP, proxy.reload)
+    install_signals(proxy, argv)
     proxy.serve_forever()
     return 0
+
+
+def install_signals(proxy: Any, argv: Sequence[str] | None) -> None:
+    """SIGTERM/SIGINT drain and stop; SIGHUP re-reads flags and --config and reloads."""
+    import gevent
+
+    from gproxy.server import spawn_stop
+
+    gevent.signal_handler(signal.SIGTERM, spawn_stop, proxy)
+    gevent.signal_handler(signal.SIGINT, spawn_stop, proxy)
+    gevent.signal_handler(signal.SIGHUP, reload, proxy, argv)
+
+
+def reread(argv: Sequence[str]) -> Config | None:
+    """The settings as the flags and the --config file give them now; None after one error line."""
+    from gproxy.log import logger
+
+    try:
+        return load_config(argv)
+    except ConfigError as exc:
+        logger.error("reload failed, keeping the old settings: %s", exc)
+        return None
+
+
+def reload(proxy: Any, argv: Sequence[str] | None) -> None:
+    """SIGHUP in a serving process."""
+    if argv is None:
+        proxy.reload()
+        return
+    config = reread(argv)
+    if config is not None:
+        proxy.reload(config)
 
 
 def raise_fd_limit() -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from gproxy.access import Network, parse_network, parse_user
 from gproxy.addr import Address, format_hostport, parse_ip
 from gproxy.errors import ConfigError
+from gproxy.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
+from gproxy.upstream_url import Upstream, parse_upstream
 
 
 @dataclass(frozen=True)
@@ -143,13 +145,14 @@ class Config:
     """Everything a Proxy needs; build it with ``Config.build(...)``."""
 
     listeners: tuple[ListenerSpec, ...] = ()
-    users: tuple[tuple[str, str], ...] = ()
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     users_file: str | None = None
     allow: tuple[Network, ...] = ()
     deny: tuple[Network, ...] = ()
-    allow_dest: tuple[str, ...] = ()
-    deny_dest: tuple[str, ...] = ()
-    upstream: str | None = None
+    allow_dest: tuple[DestRule, ...] = ()
+    deny_dest: tuple[DestRule, ...] = ()
+    user_rules: Mapping[str, RuleSet] = field(default_factory=dict)  # from [users.NAME] tables
+    upstream: Upstream | None = None
     connect_timeout: float = 10.0
     idle_timeout: float = 300.0
     handshake_timeout: float = 10.0
@@ -163,7 +166,7 @@ class Config:
     key: str | None = None
     proxy_protocol: bool = False
     udp_advertise: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)  # TOML-only tables
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # TOML-only tables (may hold passwords)
 
     @classmethod
     def build(cls, **settings: Any) -> Config:
@@ -183,13 +186,16 @@ class Config:
             "users": tuple(parse_user(spec) for spec in values.get("user", ())),
             "allow": tuple(parse_network(s, "--allow") for s in values.get("allow", ())),
             "deny": tuple(parse_network(s, "--deny") for s in values.get("deny", ())),
-            "allow_dest": tuple(values.get("allow-dest", ())),
-            "deny_dest": tuple(values.get("deny-dest", ())),
+            "allow_dest": tuple(parse_dest_rule(s, "--allow-dest") for s in values.get("allow-dest", ())),
+            "deny_dest": tuple(parse_dest_rule(s, "--deny-dest") for s in values.get("deny-dest", ())),
             "extra": dict(extra or {}),
         }
         for option in OPTIONS:
             if not option.repeat and option.key in values and values[option.key] is not None:
                 kwargs[option.key.replace("-", "_")] = values[option.key]
+        if kwargs.get("upstream") is not None:
+            kwargs["upstream"] = parse_upstream(kwargs["upstream"])
+        _add_user_tables(kwargs, (extra or {}).get("users"))
         config = cls(**kwargs)
         config.validate()
         return config
@@ -227,8 +233,28 @@ class Config:
                         f"--allow; add --user USER:PASS, or --allow CIDR for the clients that may use it"
                     )
 
+    @property
+    def dest_rules(self) -> RuleSet:
+        return RuleSet(self.allow_dest, self.deny_dest)
+
     def to_logging_level(self) -> int:
         return int(getattr(logging, self.log_level.upper()))
+
+
+def _add_user_tables(kwargs: dict[str, Any], table: Any) -> None:
+    """``[users.NAME]`` tables: their passwords join the users, their rules become user_rules."""
+    if table is None:
+        return
+    named = {user for user, _ in kwargs["users"]}
+    users = list(kwargs["users"])
+    tables = parse_users_table(table)
+    for name, entry in tables.items():
+        if entry.password is not None:
+            users.append((name, entry.password))
+        elif name not in named and kwargs.get("users_file") is None:
+            raise ConfigError(f"'users.{name}' has no password, and {name} is not in --user or --users-file")
+    kwargs["users"] = tuple(users)
+    kwargs["user_rules"] = {name: entry.rules for name, entry in tables.items()}
 
 
 def _check_type(key: str, value: Any, where: str) -> Any:
@@ -256,7 +282,7 @@ def _type_name(kind: type) -> str:
 
 #: TOML tables that are not flags (per-user rules and the like); each
 #: owner validates its own table and finds it in ``Config.extra``.
-EXTRA_TABLES: frozenset[str] = frozenset()
+EXTRA_TABLES: frozenset[str] = frozenset({"users"})
 
 
 def load_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:

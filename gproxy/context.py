@@ -6,12 +6,16 @@ A Context is built per listener by the server; front ends only read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gproxy.access import ClientRules, Users
 from gproxy.config import Config, ListenerSpec
 from gproxy.dial import Dialer, Resolver, system_resolve
 from gproxy.rules import DestinationPolicy
 from gproxy.session import Session
+
+if TYPE_CHECKING:
+    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
 
 
 class Metrics:
@@ -23,8 +27,14 @@ class Metrics:
     def session_closed(self, session: Session) -> None:
         """A session ended; its record has bytes and outcome."""
 
-    def udp_datagram(self, listener: str, direction: str) -> None:
-        """A UDP datagram was relayed, ``up`` (from the client) or ``down``."""
+    def session_failed(self, session: Session, exc: BaseException) -> None:
+        """A session ended with a gproxy error (before session_closed)."""
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A client was closed at once: ``client_denied``, ``max_conns``, ``max_conns_per_ip``, ``out_of_fds``."""
+
+    def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
+        """A UDP datagram ``up`` (from the client) or ``down``: relayed, or ``dropped`` and why."""
 
 
 @dataclass
@@ -37,3 +47,4 @@ class Context:
     dialer: Dialer
     metrics: Metrics
     resolver: Resolver = system_resolve  # UDP resolves names itself
+    tls: ssl.SSLContext | None = None  # --https / --socks-tls listeners

@@ -44,7 +44,9 @@ IPCheck = Callable[[IPAddress, int], None]
 
 
 class Dialer(Protocol):
-    def dial(self, dest: Address, timeout: float) -> socket.socket: ...
+    def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
+        """``check``, when given, replaces the dialer's own check for every resolved address."""
+        ...
 
 
 def reply_for(exc: BaseException) -> ReplyCode:
@@ -97,7 +99,7 @@ def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, w
         if remaining <= 0:
             last = TimeoutError("connect timed out")
             break
-        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        sock: socket.socket = gsocket.socket(family, socket.SOCK_STREAM)
         try:
             _connect(sock, sockaddr, remaining)
         except BaseException as exc:
@@ -141,12 +143,12 @@ class DirectDialer:
         self.resolver = resolver
         self.check = check
 
-    def dial(self, dest: Address, timeout: float) -> socket.socket:
+    def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
         if dest.ip is not None:  # a literal: nothing to resolve, no timer needed
-            return connect_any(resolve(dest, self.resolver), timeout, self.check, str(dest))
+            return connect_any(resolve(dest, self.resolver), timeout, check or self.check, str(dest))
         deadline = time.monotonic() + timeout
         timed_out = DialError(f"resolving {dest.host} timed out", ReplyCode.TTL_EXPIRED)
         with gevent.Timeout(timeout, timed_out):
             addrs = resolve(dest, self.resolver)
         remaining = max(deadline - time.monotonic(), 0.001)
-        return connect_any(addrs, remaining, self.check, str(dest))
+        return connect_any(addrs, remaining, check or self.check, str(dest))

@@ -111,10 +111,10 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request)
         raise AuthFailed("missing or wrong Proxy-Authorization")
 
 
-def _dial(conn: Conn, ctx: Context, dest: Address) -> socket.socket:
+def _dial(conn: Conn, ctx: Context, dest: Address, user: str | None) -> socket.socket:
     """open_upstream, answering 403/502/504 when it fails."""
     try:
-        return open_upstream(ctx, dest)
+        return open_upstream(ctx, dest, user)
     except Denied as exc:
         with contextlib.suppress(OSError):
             conn.sendall(http.encode_response(403, "destination not allowed"))
@@ -133,7 +133,7 @@ def _connect(conn: Conn, ctx: Context, session: Session, request: h11.Request) -
     except HttpError as exc:
         raise _fail(conn, exc) from None
     session.dest = str(dest)
-    upstream = _dial(conn, ctx, dest)
+    upstream = _dial(conn, ctx, dest, session.user)
     try:
         conn.sendall(_CONNECTED)
         run_tunnel(conn, upstream, ctx, session)
@@ -155,7 +155,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection,
     early = conn.take_buffered()
     if early:  # (an empty receive_data means EOF to h11)
         client.receive_data(early)
-    upstream = _dial(conn, ctx, target.address)
+    upstream = _dial(conn, ctx, target.address, session.user)
     try:
         upstream.settimeout(idle)
         origin = h11.Connection(h11.CLIENT, max_incomplete_event_size=http.MAX_HEAD)

@@ -27,6 +27,7 @@ import weakref
 from dataclasses import dataclass
 
 import gevent
+from gevent import socket as gsocket
 from gevent.hub import Hub, Waiter, get_hub
 
 CHUNK = 65536
@@ -341,12 +342,13 @@ class _EventTunnel:
 class _Tunnel:
     """The generic path (TLS sockets): one greenlet per direction."""
 
-    __slots__ = ("a", "b", "stats", "_last_total", "_idle_ticks", "_ticks_allowed")
+    __slots__ = ("a", "b", "stats", "ended", "_last_total", "_idle_ticks", "_ticks_allowed")
 
     def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats) -> None:
         self.a = a
         self.b = b
         self.stats = stats
+        self.ended = False
         self._last_total = 0
         self._idle_ticks = 0
         self._ticks_allowed = 4
@@ -384,10 +386,24 @@ class _Tunnel:
                 else:
                     stats.down += n
                 dst.sendall(buf[:n])
+            if hasattr(dst, "_sslobj"):
+                self.end_tls(dst)
+            else:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError) as exc:  # ValueError: a TLS socket ended under us
+            if not self.ended:
+                self.abort(_describe(exc) if isinstance(exc, OSError) else "error")
+
+    def end_tls(self, tls: socket.socket) -> None:
+        """TLS cannot half-close here (``ssl`` drops its state on shutdown):
+        send close_notify, then end both directions with the outcome kept."""
+        self.ended = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            tls._sslobj.shutdown()  # type: ignore[attr-defined]  # sends close_notify; does not wait
+        for sock in (self.a, self.b):
             with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self.abort(_describe(exc))
+                gsocket.socket.shutdown(sock, socket.SHUT_RDWR)  # the TCP socket under any TLS
 
     def run(self, idle_timeout: float) -> None:
         timer = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol
 
 import gevent
 from gevent import socket as gsocket
@@ -17,22 +18,29 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+if TYPE_CHECKING:
+    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
+
+from gproxy.acceptor import Acceptor
 from gproxy.access import ClientRules, Users, read_users_file
 from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
-from gproxy.config import PROXY_KINDS, Config, ListenerSpec
+from gproxy.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.context import Context, Metrics
 from gproxy.dial import DirectDialer, Resolver, system_resolve
-from gproxy.errors import ClientClosed, ConfigError, GproxyError, HandshakeTimeout
+from gproxy.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.forward import serve_forward
 from gproxy.http_proxy import serve_http
 from gproxy.log import AccessLog, announce, logger
 from gproxy.mixed import serve_mixed
 from gproxy.proxy_header import read_proxy_header
-from gproxy.rules import DestinationPolicy
+from gproxy.rules import DestinationPolicy, RuleSet
 from gproxy.session import Session
 from gproxy.socks import serve_socks
 from gproxy.stream import Conn
+from gproxy.tls import accept as tls_accept
+from gproxy.tls import server_context
 from gproxy.udp import UdpForwarder
+from gproxy.upstream import upstream_dialer
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -49,7 +57,9 @@ class Service(Protocol):
 HANDLERS: dict[str, Handler] = {
     "socks5": serve_socks,
     "http": serve_http,
+    "https": serve_http,
     "mixed": serve_mixed,
+    "socks5-tls": serve_socks,
     "forward": serve_forward,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
@@ -65,9 +75,24 @@ LISTEN_BACKLOG = 1024
 class Proxy:
     """A running set of listeners built from one Config."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None, resolver: Resolver = system_resolve) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        resolver: Resolver = system_resolve,
+        reuse_port: bool = False,
+        announce: bool = True,
+    ) -> None:
         self.config = config
+        if metrics is None and any(spec.kind == "metrics" for spec in config.listeners):
+            from gproxy.metrics import PrometheusMetrics  # registers the "metrics" service
+
+            metrics = PrometheusMetrics()
         self.metrics = metrics or Metrics()
+        self.reuse_port = reuse_port  # --workers: every worker binds the same ports
+        self.announce = announce  # the supervisor prints the "listening" lines instead
+        self._contexts: dict[int, Context] = {}  # listener index -> Context for new clients
         self.resolver = resolver
         self.users = Users()
         self.clients = ClientRules(config.allow, config.deny)
@@ -79,6 +104,7 @@ class Proxy:
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
         self._stopped = Event()
+        self._tls: ssl.SSLContext | None = None
         self._load_users()
 
     # -- life cycle -------------------------------------------------------------
@@ -89,7 +115,8 @@ class Proxy:
             return
         try:
             for spec in self.config.listeners:
-                self._sockets.append((spec, bind_listener(spec, datagram=spec.kind in DATAGRAM_KINDS)))
+                datagram = spec.kind in DATAGRAM_KINDS
+                self._sockets.append((spec, bind_listener(spec, datagram=datagram, reuse_port=self.reuse_port)))
         except BaseException:
             for _, sock in self._sockets:
                 sock.close()
@@ -105,19 +132,28 @@ class Proxy:
             except OSError as exc:
                 raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
         own = [(ip, port) for _, ip, port in self._bound_ips()]
-        for spec, sock in self._sockets:
+        self._check_upstream(own)
+        if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
+            self._tls_context()  # bad --cert/--key fail before anything serves
+        for index, (spec, sock) in enumerate(self._sockets):
             if spec.kind in SERVICES:
                 service = SERVICES[spec.kind](self, spec, sock)
                 service.start()
                 self._services.append(service)
             elif spec.kind in HANDLERS:
-                ctx = self.context(spec, own)
-                server = StreamServer(sock, self._handle_for(ctx, HANDLERS[spec.kind]), spawn=self._sessions)
+                self._contexts[index] = self.context(spec, own)
+                server = Acceptor(
+                    sock,
+                    self._handle_for(index, HANDLERS[spec.kind]),
+                    spawn=self._sessions,
+                    on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
+                )
                 server.start()
                 self._servers.append(server)
             else:
                 raise ConfigError(f"{spec.kind} listeners are not available in this version")
-            announce(spec.kind, self.address_of(sock))
+            if self.announce:
+                announce(spec.kind, self.address_of(sock))
         return self
 
     def serve_forever(self) -> None:
@@ -143,15 +179,32 @@ class Proxy:
             self.access_log.close()
         self._stopped.set()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the users file and reopen the access log."""
+    def reload(self, config: Config | None = None) -> bool:
+        """SIGHUP: re-read the users file, apply ``config``'s rules, reopen the access log.
+
+        Users, client and destination rules, timeouts and limits apply to new
+        clients; open sessions keep going untouched. Listeners, workers and the
+        access-log path need a restart. On a bad users file, logs one error,
+        keeps the old settings and returns False.
+        """
+        new = self.config if config is None else replace(config, listeners=self.config.listeners)
+        old = self.config
         try:
+            self.config = new
             self._load_users()
         except ConfigError as exc:
-            logger.error("reload failed, keeping the old users: %s", exc)
-        if self.access_log is not None:
-            self.access_log.reopen()
+            self.config = old
+            logger.error("reload failed, keeping the old settings: %s", exc)
+            return False
+        finally:
+            if self.access_log is not None:
+                self.access_log.reopen()
+        self.clients = ClientRules(new.allow, new.deny)
+        own = [(ip, port) for _, ip, port in self._bound_ips()]
+        for index in self._contexts:
+            self._contexts[index] = self.context(self._sockets[index][0], own)
         logger.info("reloaded")
+        return True
 
     def __enter__(self) -> Proxy:
         return self.start()
@@ -199,22 +252,54 @@ class Proxy:
         """The Context that front ends and services of listener ``spec`` use."""
         if own is None:
             own = [(ip, port) for _, ip, port in self._bound_ips()]
-        # A forwarder's target is the operator's, not a client's: no to_localhost rule.
-        policy = DestinationPolicy(own, deny_local=not spec.is_loopback and spec.kind in PROXY_KINDS)
+        # A forwarder's target is the operator's, not a client's: no to_localhost rule, no dest rules.
+        proxying = spec.kind in PROXY_KINDS
+        policy = DestinationPolicy(
+            own,
+            deny_local=not spec.is_loopback and proxying,
+            rules=self.config.dest_rules if proxying else RuleSet(),
+            users=self.config.user_rules,
+        )
+        upstream = self.config.upstream
         return Context(
             config=self.config,
             listener=spec,
             users=self.users,
             clients=self.clients,
             destinations=policy,
-            dialer=DirectDialer(self.resolver, check=policy.check_ip),
+            dialer=(
+                upstream_dialer(upstream, self.resolver)
+                if upstream is not None
+                else DirectDialer(self.resolver, check=policy.check_ip)
+            ),
             metrics=self.metrics,
             resolver=self.resolver,
+            tls=self._tls_context() if spec.kind in TLS_KINDS else None,
         )
 
-    def _handle_for(self, ctx: Context, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
+    def _check_upstream(self, own: list[tuple[IPAddress, int]]) -> None:
+        """Refuse an --upstream that is one of our own listeners (every connection would loop)."""
+        upstream = self.config.upstream
+        if upstream is None:
+            return
+        ip = upstream.address.ip
+        try:
+            if ip is not None:
+                DestinationPolicy(own).check_ip(ip, upstream.port)
+        except Denied:
+            raise ConfigError(f"--upstream {upstream} is this gproxy's own listener: that would loop") from None
+        logger.debug("outbound connections go through %s", upstream)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """One server context for every TLS listener; ConfigError for bad --cert/--key."""
+        if self._tls is None:
+            assert self.config.cert is not None and self.config.key is not None  # validate() checked
+            self._tls = server_context(self.config.cert, self.config.key)
+        return self._tls
+
+    def _handle_for(self, index: int, handler: Handler) -> Callable[[socket.socket, tuple[object, ...]], None]:
         def handle(sock: socket.socket, peer: tuple[object, ...]) -> None:
-            self._serve_client(sock, peer, ctx, handler)
+            self._serve_client(sock, peer, self._contexts[index], handler)  # the latest, after a reload
 
         return handle
 
@@ -236,13 +321,21 @@ class Proxy:
             if proxied is None:
                 return
             client = proxied
+        kind = ctx.listener.kind
         rules = self.clients  # no rules: no address parsing per connection
         if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
             logger.debug("%s: client not allowed", client)
+            self.metrics.connection_refused(kind, "client_denied")
             return
         limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
-        if (limit and self._active >= limit) or (per_ip and self._active_by_ip.get(client.host, 0) >= per_ip):
-            logger.debug("%s: connection limit reached", client)
+        refused = None
+        if limit and self._active >= limit:
+            refused = "max_conns"
+        elif per_ip and self._active_by_ip.get(client.host, 0) >= per_ip:
+            refused = "max_conns_per_ip"
+        if refused:  # closed at once (by StreamServer when we return), never queued
+            logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
+            self.metrics.connection_refused(kind, refused)
             return
         self._active += 1
         self._active_by_ip[client.host] = self._active_by_ip.get(client.host, 0) + 1
@@ -251,9 +344,12 @@ class Proxy:
         conn = Conn(sock)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ctx.tls is not None:
+                conn.sock = tls_accept(sock, ctx.tls, self.config.handshake_timeout)
             handler(conn, ctx, session)
         except (GproxyError, HandshakeTimeout) as exc:
             session.outcome = exc.reason
+            self.metrics.session_failed(session, exc)
             logger.debug("%s: %s: %s", client, exc.reason, exc)
             if not isinstance(exc, ClientClosed):
                 conn.close_politely()
@@ -264,6 +360,8 @@ class Proxy:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
         finally:
+            if conn.sock is not sock:
+                conn.sock.close()  # the TLS wrapper owns the descriptor now
             self._active -= 1
             remaining = self._active_by_ip[client.host] - 1
             if remaining:
@@ -275,15 +373,20 @@ class Proxy:
                 self.access_log.write(session.logfmt())
 
 
-def bind_listener(spec: ListenerSpec, *, datagram: bool = False, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP (or bound UDP) socket for ``spec``; ConfigError if it cannot be bound."""
+def bind_listener(
+    spec: ListenerSpec, *, datagram: bool = False, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A listening TCP (or bound UDP) socket for ``spec``; ConfigError if it cannot be bound.
+
+    ``listen=False`` only binds: the supervisor holds ports that way for its workers.
+    """
     kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
     try:
         infos = gsocket.getaddrinfo(spec.host, spec.port, 0, kind, 0, socket.AI_PASSIVE)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
     family, _, _, _, sockaddr = infos[0]
-    sock = gsocket.socket(family, kind)
+    sock: socket.socket = gsocket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -291,7 +394,7 @@ def bind_listener(spec: ListenerSpec, *, datagram: bool = False, reuse_port: boo
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        if not datagram:
+        if listen and not datagram:
             sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()

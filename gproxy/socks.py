@@ -89,7 +89,7 @@ def _negotiate(conn: Conn, ctx: Context, session: Session) -> None:
 def connect(conn: Conn, ctx: Context, session: Session, dest: Address) -> None:
     """CONNECT: dial, answer with the bound address, relay."""
     try:
-        upstream = open_upstream(ctx, dest)
+        upstream = open_upstream(ctx, dest, session.user)
     except (Denied, DialError) as exc:
         conn.sendall(socks5.encode_reply(exc.reply))
         raise

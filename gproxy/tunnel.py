@@ -15,10 +15,11 @@ from gproxy.session import Session
 from gproxy.stream import Conn
 
 
-def open_upstream(ctx: Context, dest: Address) -> socket.socket:
-    """Check the destination rules and connect. Raises Denied or DialError."""
-    ctx.destinations.check(dest)
-    return ctx.dialer.dial(dest, ctx.config.connect_timeout)
+def open_upstream(ctx: Context, dest: Address, user: str | None = None) -> socket.socket:
+    """Check the destination rules (with ``user``'s own, once authenticated) and
+    connect; every address a name resolves to is checked too. Raises Denied or DialError."""
+    check_resolved = ctx.destinations.for_user(user).check(dest)
+    return ctx.dialer.dial(dest, ctx.config.connect_timeout, check=check_resolved)
 
 
 def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session) -> None:

@@ -218,7 +218,7 @@ class UdpAssociation:
         """Check, resolve and remember a destination (rules apply to every address)."""
         result: _Peer | Denied
         try:
-            self.ctx.destinations.check(dest)
+            check_resolved = self.ctx.destinations.for_user(self.session.user).check(dest)
             with gevent.Timeout(
                 self.ctx.config.connect_timeout, DialError("resolving timed out", ReplyCode.TTL_EXPIRED)
             ):
@@ -230,7 +230,7 @@ class UdpAssociation:
                 try:
                     if ip is None:
                         raise Denied(f"{dest}: resolved to {sockaddr[0]!r}")
-                    self.ctx.destinations.check_ip(ip, dest.port)
+                    check_resolved(ip, dest.port)
                 except Denied as exc:
                     denied = exc
                     continue
@@ -313,6 +313,9 @@ def _remember(table: dict[K, T], key: K, value: T) -> None:
 
 def udp_associate(conn: Conn, ctx: Context, session: Session, declared: Address) -> None:
     """SOCKS5 UDP ASSOCIATE: open the relay, answer with its address, relay until done."""
+    if ctx.config.upstream is not None:  # datagrams cannot follow TCP chaining: say so (0x07)
+        conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
+        raise ClientProtocolError("UDP ASSOCIATE is not available with --upstream", reason="bad_command")
     try:
         association = UdpAssociation(conn, ctx, session, declared)
     except OSError as exc:

@@ -337,6 +337,92 @@ def name_dest(name: str, port: int) -> bytes:
     return b"\x03" + bytes([len(name)]) + name.encode() + port.to_bytes(2, "big")
 
 
+# -- operations: workers, metrics, signals --------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        gevent.sleep(interval)
+
+
+class FollowedGproxy(GproxyProcess):
+    """A GproxyProcess whose stderr keeps being read into ``stderr_lines`` after start-up."""
+
+    follower: gevent.Greenlet | None = None
+
+    def follow(self) -> None:
+        def follow() -> None:
+            assert self.proc.stderr is not None
+            for raw in self.proc.stderr:
+                self.stderr_lines.append(raw.decode(errors="replace"))
+
+        self.follower = gevent.spawn(follow)
+
+    def stop(self, sig: int = 15, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout)
+        if self.follower is not None:
+            self.follower.join(5)  # reads to EOF, then the pipes can close
+            self.follower.kill()
+        return super().stop(sig, timeout)
+
+
+def start_gproxy(*args: str, listeners: int = 1, timeout: float = 30) -> FollowedGproxy:
+    """A gproxy subprocess that has announced ``listeners`` listeners; stderr is then followed."""
+    running = FollowedGproxy(*args, wait=False)
+    try:
+        for _ in range(listeners):
+            running.wait_listening(timeout)
+    except BaseException:
+        running.proc.kill()
+        running.stop()
+        raise
+    running.follow()
+    return running
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``GET /metrics`` -> {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = recv_all(sock)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum of ``name`` over samples whose labels include ``labels`` (0 if none)."""
+    want = set(labels.items())
+    return sum(value for (sample, have), value in samples.items() if sample == name and want <= have)
+
+
+def child_pids(pid: int) -> set[int]:
+    """The PIDs of a process's children (Linux /proc)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(word) for word in text.split()}
+
+
+def echo_through(sock: socket.socket, data: bytes) -> bytes:
+    """Send ``data`` and read as many bytes back."""
+    sock.sendall(data)
+    return recv_exact(sock, len(data))
+
+
 class RecordingOrigin:
     """An HTTP origin (gevent.pywsgi) that records what reached it.
 
@@ -411,3 +497,60 @@ def big_body_sha256(size: int) -> str:
     for chunk in big_body(size):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def make_cert(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate for localhost, 127.0.0.1 and ::1 (openssl); returns (cert, key)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return str(cert), str(key)
+
+
+class FakeHttpUpstream:
+    """A minimal HTTP CONNECT proxy for upstream tests: answers ``status`` (200 relays to
+    the target, sending ``early`` right after the head); records each request head."""
+
+    def __init__(self, status: int = 200, early: bytes = b"") -> None:
+        self.status = status
+        self.early = early
+        self.heads: list[bytes] = []
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+
+    def _handle(self, sock: socket.socket, _addr: object) -> None:
+        from gproxy.relay import relay
+
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        self.heads.append(head)
+        if self.status != 200:
+            sock.sendall(f"HTTP/1.1 {self.status} No\r\nContent-Length: 0\r\n\r\n".encode())
+            return
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        target = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+        sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n" + self.early)
+        try:
+            relay(sock, target, idle_timeout=10)
+        finally:
+            target.close()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def __enter__(self) -> FakeHttpUpstream:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)

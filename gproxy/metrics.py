@@ -1,0 +1,171 @@
+"""Prometheus metrics: a Metrics observer and the ``/metrics`` listener.
+
+Counting happens once per session (when it opens and when it ends), never
+per relayed chunk. With ``--workers N`` the workers use prometheus-client's
+multiprocess mode: each process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (the supervisor makes a private one), and
+``/metrics``, served by whichever worker the kernel hands the scrape to,
+adds them up across all workers, dead ones included, so counters never go
+backwards when a worker is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gproxy.config import ListenerSpec
+from gproxy.context import Metrics
+from gproxy.errors import AuthFailed, ClientClosed, ClientProtocolError, Denied, DialError, HandshakeTimeout
+from gproxy.log import logger
+from gproxy.session import Session
+
+if TYPE_CHECKING:
+    from gproxy.server import Proxy
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess() -> bool:
+    """Whether this process writes to (and reads from) a shared metrics directory."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def worker_restarts(registry: CollectorRegistry | None) -> Counter:
+    """Incremented by the --workers supervisor (in multiprocess mode, its own file)."""
+    return Counter("gproxy_worker_restarts", "workers restarted by the supervisor", registry=registry)
+
+
+class PrometheusMetrics(Metrics):
+    """Counts sessions into its own registry (so several Proxies can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, list(labels), registry=reg)
+
+        self.accepted = counter("gproxy_connections_accepted", "client connections accepted", ["listener"])
+        self.refused = counter(
+            "gproxy_connections_refused", "clients closed at once (rules, limits, out of fds)", ["listener", "reason"]
+        )
+        self.active = Gauge(
+            "gproxy_connections_active",
+            "client connections open now",
+            ["listener"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.worker_active = Gauge(
+            "gproxy_worker_connections_active",
+            "client connections open now in each worker (pid label with --workers)",
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
+        self.sessions = counter("gproxy_sessions", "finished sessions by outcome", ["listener", "proto", "outcome"])
+        self.bytes_up = counter("gproxy_bytes_up", "payload bytes from clients", ["listener", "proto"])
+        self.bytes_down = counter("gproxy_bytes_down", "payload bytes to clients", ["listener", "proto"])
+        self.handshake_failures = counter(
+            "gproxy_handshake_failures", "clients that failed the handshake", ["proto", "reason"]
+        )
+        self.auth_failures = counter("gproxy_auth_failures", "failed authentications", ["proto", "reason"])
+        self.denied = counter("gproxy_denied", "requests refused by destination rules", ["proto"])
+        self.dial_failures = counter("gproxy_dial_failures", "outbound connects that failed, by reply", ["reply"])
+        self.udp_datagrams = counter("gproxy_udp_datagrams", "UDP datagrams relayed", ["listener", "direction"])
+        self.udp_drops = counter("gproxy_udp_dropped", "UDP datagrams dropped", ["listener", "direction", "reason"])
+        self.worker_restarts = worker_restarts(reg)
+
+    # -- Metrics ------------------------------------------------------------------
+
+    def session_opened(self, listener: str) -> None:
+        self.accepted.labels(listener).inc()
+        self.active.labels(listener).inc()
+        self.worker_active.inc()
+
+    def session_closed(self, session: Session) -> None:
+        self.active.labels(session.listener).dec()
+        self.worker_active.dec()
+        self.sessions.labels(session.listener, session.proto, session.outcome).inc()
+        if session.up:
+            self.bytes_up.labels(session.listener, session.proto).inc(session.up)
+        if session.down:
+            self.bytes_down.labels(session.listener, session.proto).inc(session.down)
+
+    def session_failed(self, session: Session, exc: BaseException) -> None:
+        reason = getattr(exc, "reason", "error")
+        if isinstance(exc, AuthFailed):
+            self.auth_failures.labels(session.proto, reason).inc()
+        elif isinstance(exc, DialError):
+            self.dial_failures.labels(exc.reply.name.lower()).inc()
+        elif isinstance(exc, Denied):
+            self.denied.labels(session.proto).inc()
+        elif isinstance(exc, ClientProtocolError | HandshakeTimeout | ClientClosed):
+            self.handshake_failures.labels(session.proto, reason).inc()
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        self.refused.labels(listener, reason).inc()
+
+    def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
+        if dropped is None:
+            self.udp_datagrams.labels(listener, direction).inc()
+        else:
+            self.udp_drops.labels(listener, direction, dropped).inc()
+
+    # -- exposition -----------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text format: this registry, or every process's files in multiprocess mode."""
+        if multiprocess():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
+
+
+class MetricsService:
+    """``GET /metrics`` over HTTP/1.1 (gevent's pywsgi), on a listener bound by the Proxy."""
+
+    def __init__(self, metrics: PrometheusMetrics, sock: socket.socket) -> None:
+        self.metrics = metrics
+        self.server = WSGIServer(sock, self._app, log=None, error_log=logger)
+
+    @classmethod
+    def build(cls, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> MetricsService:
+        if not isinstance(proxy.metrics, PrometheusMetrics):
+            from gproxy.errors import ConfigError
+
+            raise ConfigError(f"--metrics {spec}: this Proxy was given a Metrics that is not PrometheusMetrics")
+        return cls(proxy.metrics, sock)
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics\n"]
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b""]
+        body = self.metrics.exposition()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+
+
+def _register() -> None:
+    from gproxy.server import SERVICES
+
+    SERVICES["metrics"] = MetricsService.build
+
+
+_register()

@@ -1,0 +1,339 @@
+"""``--workers N``: a supervisor and N worker processes sharing ports (SO_REUSEPORT).
+
+The supervisor is a plain process (never monkey-patched, no hub serving
+anything). It binds every listener first, so a bad address is exit 2 before
+any worker starts, and keeps holding the ports: TCP ports bound but not
+listening (the kernel hands connections only to listening sockets), which
+also fixes a ``:0`` port to one number every worker then binds.
+
+Workers are started with ``subprocess`` (a fresh ``python -m
+gproxy.workers``), not ``fork``: forking a process that has a gevent hub,
+its libev loop and resolver threads needs ``gevent.reinit`` and careful
+ordering, and a restarted worker would inherit whatever state the parent
+had. A fresh interpreter is patched first and starts clean every time. The
+worker's settings arrive pickled on stdin; stdin stays open, and its EOF
+tells a worker that the supervisor is gone. A worker writes one byte to a
+pipe once it serves; then, and only once, the supervisor prints the
+"listening" lines.
+
+Signals: SIGTERM/SIGINT are passed on (workers drain, the supervisor exits 0
+when all have exited); SIGHUP re-reads the settings, and only if they are
+valid is it passed on (so a broken file logs one error, not one per
+worker). A worker that dies is restarted, after a delay that doubles while
+workers keep dying young, so a crash loop does not spin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gproxy.config import Config, ListenerSpec
+from gproxy.errors import ConfigError
+from gproxy.log import announce, logger, setup_logging
+
+START_TIMEOUT = 30.0
+MIN_BACKOFF = 0.1
+MAX_BACKOFF = 30.0
+HEALTHY_AFTER = 10.0  # a worker that lived this long resets the backoff
+EXIT_GRACE = 5.0  # beyond --drain-timeout, before a stuck worker is killed
+
+
+@dataclass
+class _Slot:
+    """One worker position; its process is replaced when it dies."""
+
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    ready_fd: int | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    announced: bool = False
+
+
+@dataclass
+class Supervisor:
+    config: Config  # listeners with the ports actually bound
+    argv: Sequence[str]
+    slots: list[_Slot] = field(default_factory=list)
+    stopping: bool = False
+    metrics_dir: str | None = None
+    restarts: Any = None  # prometheus Counter when --metrics is on
+    stop_deadline: float = 0.0
+    _pending: list[int] = field(default_factory=list)
+
+    # -- worker processes -------------------------------------------------------
+
+    def spawn(self, slot: _Slot) -> None:
+        read_fd, write_fd = os.pipe()
+        payload = pickle.dumps((self.config, list(self.argv), write_fd))
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-m", "gproxy.workers"],
+            stdin=subprocess.PIPE,
+            pass_fds=(write_fd,),
+        )
+        os.close(write_fd)
+        assert slot.proc.stdin is not None
+        slot.proc.stdin.write(len(payload).to_bytes(8, "big") + payload)
+        slot.proc.stdin.flush()
+        slot.ready_fd = read_fd
+        slot.started = time.monotonic()
+        slot.restart_at = None
+        logger.debug("worker %d started (pid %d)", slot.index, slot.proc.pid)
+
+    def wait_ready(self) -> bool:
+        """Wait until every first worker serves; False if one failed to start."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while any(not slot.announced for slot in self.slots):
+            for slot in self.slots:
+                if not slot.announced and slot.proc is not None and slot.proc.poll() is not None:
+                    return False
+            fds = [slot.ready_fd for slot in self.slots if not slot.announced and slot.ready_fd is not None]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.error("workers did not start within %.0f seconds", START_TIMEOUT)
+                return False
+            readable, _, _ = select.select(fds, [], [], min(remaining, 0.2))
+            for slot in self.slots:
+                if slot.ready_fd in readable:
+                    slot.announced = bool(os.read(slot.ready_fd, 1))
+                    self._close_ready(slot)
+        return True
+
+    def _close_ready(self, slot: _Slot) -> None:
+        if slot.ready_fd is not None:
+            os.close(slot.ready_fd)
+            slot.ready_fd = None
+
+    def reap(self) -> None:
+        """Notice dead workers; schedule (or, after their delay, do) restarts."""
+        now = time.monotonic()
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is not None and proc.poll() is not None:
+                self._close_ready(slot)
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                self._mark_dead(proc.pid)
+                slot.proc = None
+                if self.stopping:
+                    continue
+                lived = now - slot.started
+                slot.failures = 0 if lived >= HEALTHY_AFTER else slot.failures + 1
+                delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** max(0, slot.failures - 1))
+                slot.restart_at = now + delay
+                logger.warning(
+                    "worker %d (pid %d) %s; restarting in %.1fs", slot.index, proc.pid, _how(proc.returncode), delay
+                )
+            if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at and not self.stopping:
+                self.spawn(slot)
+                if self.restarts is not None:
+                    self.restarts.inc()
+
+    def _mark_dead(self, pid: int) -> None:
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+
+    def signal_all(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signum)
+
+    # -- signals and the main loop ------------------------------------------------
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self._pending.append(signum)  # handled by the loop, outside the handler
+
+    def handle_signals(self) -> None:
+        while self._pending:
+            signum = self._pending.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if not self.stopping:
+                    logger.info("stopping: draining %d workers", sum(s.proc is not None for s in self.slots))
+                    self.stopping = True
+                    self.stop_deadline = time.monotonic() + self.config.drain_timeout + EXIT_GRACE
+                self.signal_all(signal.SIGTERM)
+            elif signum == signal.SIGHUP:
+                self.reload()
+
+    def reload(self) -> None:
+        from gproxy.cli import reread
+
+        config = reread(self.argv)  # logs the one error line itself
+        if config is None:
+            return
+        if config.users_file:
+            from gproxy.access import read_users_file
+
+            try:
+                read_users_file(config.users_file)
+            except ConfigError as exc:
+                logger.error("reload failed, keeping the old settings: %s", exc)
+                return
+        self.config = dataclasses.replace(config, listeners=self.config.listeners, workers=self.config.workers)
+        self.signal_all(signal.SIGHUP)
+        logger.info("reloading %d workers", len(self.slots))
+
+    def run(self) -> int:
+        while True:
+            self.handle_signals()
+            self.reap()
+            if self.stopping:
+                if all(slot.proc is None for slot in self.slots):
+                    return 0
+                if time.monotonic() > self.stop_deadline:
+                    logger.warning("workers did not stop in time; killing them")
+                    self.signal_all(signal.SIGKILL)
+            time.sleep(0.05)
+
+
+def _how(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def reserve(config: Config) -> tuple[list[Any], Config]:
+    """Bind every listener in this process; the config with the ports actually bound."""
+    from gproxy.server import DATAGRAM_KINDS, bind_listener
+
+    sockets: list[Any] = []
+    specs: list[ListenerSpec] = []
+    try:
+        for spec in config.listeners:
+            sock = bind_listener(spec, datagram=spec.kind in DATAGRAM_KINDS, reuse_port=True, listen=False)
+            sockets.append(sock)
+            specs.append(dataclasses.replace(spec, port=sock.getsockname()[1]))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets, dataclasses.replace(config, listeners=tuple(specs))
+
+
+def supervise(config: Config, argv: Sequence[str]) -> int:
+    """Run ``config.workers`` workers until SIGTERM/SIGINT; the exit code."""
+    from gproxy.cli import raise_fd_limit
+    from gproxy.server import DATAGRAM_KINDS, Proxy
+
+    setup_logging(config.to_logging_level())
+    raise_fd_limit()
+    try:
+        sockets, bound = reserve(config)
+    except ConfigError as exc:
+        print(f"gproxy: {exc}", file=sys.stderr)
+        return 2
+    sup = Supervisor(bound, argv)
+    if any(spec.kind == "metrics" for spec in bound.listeners):
+        sup.metrics_dir = tempfile.mkdtemp(prefix="gproxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = sup.metrics_dir  # before prometheus_client is imported
+        from gproxy.metrics import worker_restarts
+
+        sup.restarts = worker_restarts(None)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, sup.on_signal)
+    try:
+        sup.slots = [_Slot(index) for index in range(config.workers)]
+        for slot in sup.slots:
+            sup.spawn(slot)
+        if not sup.wait_ready():
+            sup.stopping = True
+            sup.signal_all(signal.SIGTERM)
+            _wait_all(sup, config.drain_timeout + EXIT_GRACE)
+            return 2
+        for spec, sock in zip(bound.listeners, sockets, strict=True):
+            announce(spec.kind, Proxy.address_of(sock))
+            if spec.kind in DATAGRAM_KINDS:
+                sock.close()  # a bound UDP socket would get its share of datagrams
+        return sup.run()
+    finally:
+        for sock in sockets:
+            sock.close()
+        if sup.metrics_dir is not None:
+            shutil.rmtree(sup.metrics_dir, ignore_errors=True)
+
+
+def _wait_all(sup: Supervisor, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for slot in sup.slots:
+        if slot.proc is not None:
+            try:
+                slot.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                slot.proc.kill()
+                slot.proc.wait()
+
+
+# -- the worker side ------------------------------------------------------------------
+
+
+def _read_settings() -> tuple[Config, list[str], int]:
+    def read(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(0, n - len(data))
+            if not chunk:
+                raise SystemExit(1)  # the supervisor went away before we started
+            data += chunk
+        return data
+
+    size = int.from_bytes(read(8), "big")
+    config, argv, ready_fd = pickle.loads(read(size))
+    return config, argv, ready_fd
+
+
+def worker_main() -> int:
+    """One worker: serve the supervisor's listeners until told to stop."""
+    config, argv, ready_fd = _read_settings()
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+    from gevent.os import make_nonblocking, nb_read
+
+    from gproxy.cli import install_signals
+    from gproxy.server import Proxy
+
+    setup_logging(config.to_logging_level())
+    proxy = Proxy(config, reuse_port=True, announce=False)
+    try:
+        proxy.start()
+    except ConfigError as exc:
+        print(f"gproxy: worker {os.getpid()}: {exc}", file=sys.stderr)
+        proxy.stop(0)
+        return 2
+    install_signals(proxy, argv)
+    os.write(ready_fd, b"R")
+    os.close(ready_fd)
+
+    def orphaned() -> None:
+        make_nonblocking(0)
+        while nb_read(0, 4096):
+            pass
+        logger.warning("worker %d: the supervisor is gone; stopping", os.getpid())
+        proxy.stop()
+
+    gevent.spawn(orphaned)
+    proxy.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main())

@@ -1,0 +1,189 @@
+"""``--config FILE``: every key, flags over the file, errors that name the key (CLI end to end)."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+import subprocess
+import sys
+
+from gproxy.cli import load_config
+from gproxy.config import OPTIONS, Address, ListenerSpec
+from tests.helpers import (
+    ROOT,
+    echo_through,
+    gproxy_env,
+    ipv4_dest,
+    metric,
+    recv_all,
+    scrape_metrics,
+    socks5_connect,
+    start_gproxy,
+    wait_for,
+)
+
+EVERY_KEY = """
+socks = ["127.0.0.1:1080", "[::1]:1081"]
+http = ["8080"]
+mixed = ["127.0.0.1:8081"]
+https = ["8443"]
+socks-tls = ["1443"]
+forward = ["2222=example.com:22"]
+udp-forward = ["5353=127.0.0.1:53"]
+metrics = ["9100"]
+user = ["alice:s3cret", "bob:pw:with:colons"]
+users-file = "{users}"
+allow = ["10.0.0.0/8", "192.168.1.0/24"]
+deny = ["10.9.0.0/16"]
+allow-dest = ["example.com"]
+deny-dest = ["169.254.0.0/16", "internal.example"]
+upstream = "socks5://u:p@127.0.0.1:9050"
+connect-timeout = 3
+idle-timeout = 60.5
+handshake-timeout = 4
+drain-timeout = 7
+max-conns = 1000
+max-conns-per-ip = 20
+workers = 3
+access-log = "/var/log/gproxy/access.log"
+log-level = "warning"
+cert = "/etc/gproxy/cert.pem"
+key = "/etc/gproxy/key.pem"
+proxy-protocol = true
+udp-advertise = "203.0.113.7"
+"""
+
+
+def test_a_config_with_every_key(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("carol:pw\n")
+    path = tmp_path / "gproxy.toml"
+    path.write_text(EVERY_KEY.format(users=users))
+    in_file = {line.split(" = ")[0] for line in EVERY_KEY.strip().splitlines()}
+    assert in_file == {option.key for option in OPTIONS}, "a new option needs a line here"
+
+    config = load_config(["--config", str(path)])
+    kinds = [(spec.kind, spec.host, spec.port) for spec in config.listeners]
+    assert kinds == [
+        ("socks5", "127.0.0.1", 1080),
+        ("socks5", "::1", 1081),
+        ("http", "127.0.0.1", 8080),
+        ("mixed", "127.0.0.1", 8081),
+        ("https", "127.0.0.1", 8443),
+        ("socks5-tls", "127.0.0.1", 1443),
+        ("forward", "127.0.0.1", 2222),
+        ("udp-forward", "127.0.0.1", 5353),
+        ("metrics", "127.0.0.1", 9100),
+    ]
+    assert config.listeners[6] == ListenerSpec("forward", "127.0.0.1", 2222, Address("example.com", 22))
+    assert config.users == (("alice", "s3cret"), ("bob", "pw:with:colons"))
+    assert config.users_file == str(users)
+    assert config.allow == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.0/24"))
+    assert config.deny == (ipaddress.ip_network("10.9.0.0/16"),)
+    assert tuple(map(str, config.allow_dest)) == ("example.com",)  # parsed rules print as written
+    assert tuple(map(str, config.deny_dest)) == ("169.254.0.0/16", "internal.example")
+    assert config.upstream is not None and (config.upstream.username, config.upstream.password) == ("u", "p")
+    assert str(config.upstream) == "socks5://u:***@127.0.0.1:9050"
+    assert (config.connect_timeout, config.idle_timeout, config.handshake_timeout, config.drain_timeout) == (
+        3.0,
+        60.5,
+        4.0,
+        7.0,
+    )
+    assert (config.max_conns, config.max_conns_per_ip, config.workers) == (1000, 20, 3)
+    assert (config.access_log, config.log_level) == ("/var/log/gproxy/access.log", "warning")
+    assert (config.cert, config.key) == ("/etc/gproxy/cert.pem", "/etc/gproxy/key.pem")
+    assert config.proxy_protocol is True
+    assert config.udp_advertise == "203.0.113.7"
+
+
+def test_flags_win_over_the_file(tmp_path, echo_tcp):
+    path = tmp_path / "gproxy.toml"
+    path.write_text('socks = ["127.0.0.1:0"]\nmetrics = ["127.0.0.1:0"]\nuser = ["file:pw"]\nmax-conns = 1\n')
+    running = start_gproxy("--config", str(path), "--user", "flag:pw", "--max-conns", "5", listeners=2)
+    try:
+        addr = ("127.0.0.1", running.port("socks5"))
+        dest = ipv4_dest(echo_tcp.host, echo_tcp.port)
+        first, reply = socks5_connect(addr, dest, auth=(b"flag", b"pw"))
+        assert reply[1] == 0
+        second, reply = socks5_connect(addr, dest, auth=(b"flag", b"pw"))  # max-conns 5, not 1
+        assert echo_through(second, b"2") == b"2"
+        with socket.create_connection(addr, timeout=10) as sock:  # the file's user is replaced, not added to
+            sock.sendall(b"\x05\x01\x02\x01\x04file\x02pw")
+            assert recv_all(sock) == b"\x05\x02\x01\x01"
+        first.close()
+        second.close()
+
+        def sessions() -> float:
+            return metric(scrape_metrics(running.port("metrics")), "gproxy_sessions_total")
+
+        wait_for(lambda: sessions() == 3, what="three sessions")
+        assert metric(scrape_metrics(running.port("metrics")), "gproxy_auth_failures_total") == 1
+        assert running.stop() == 0
+    finally:
+        running.__exit__()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=gproxy_env(),
+        cwd=ROOT,
+    )
+
+
+def test_unknown_key_is_exit_2_naming_it(tmp_path):
+    path = tmp_path / "gproxy.toml"
+    path.write_text('socks = ["0"]\nidle_timeout = 5\n')
+    result = run_cli("--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "unknown setting 'idle_timeout'" in result.stderr and str(path) in result.stderr
+
+
+def test_wrong_type_is_exit_2_naming_it(tmp_path):
+    path = tmp_path / "gproxy.toml"
+    path.write_text('socks = ["0"]\nmax-conns = "lots"\n')
+    result = run_cli("--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "'max-conns' must be an integer" in result.stderr
+
+
+def test_missing_file_is_exit_2(tmp_path):
+    result = run_cli("--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2 and "nope.toml" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_sighup_rereads_the_config_file(tmp_path, echo_tcp):
+    path = tmp_path / "gproxy.toml"
+    path.write_text('socks = ["127.0.0.1:0"]\nuser = ["old:pw"]\n')
+    running = start_gproxy("--config", str(path), "--idle-timeout", "30")
+    try:
+        addr = ("127.0.0.1", running.port("socks5"))
+        dest = ipv4_dest(echo_tcp.host, echo_tcp.port)
+        tunnel, _ = socks5_connect(addr, dest, auth=(b"old", b"pw"))
+        path.write_text('socks = ["127.0.0.1:0"]\nuser = ["new:pw"]\n')
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reloaded" in line for line in running.stderr_lines), what="the reload")
+        sock, reply = socks5_connect(addr, dest, auth=(b"new", b"pw"))
+        assert reply[1] == 0
+        sock.close()
+        assert echo_through(tunnel, b"open") == b"open"  # the old user's tunnel stays
+
+        path.write_text('socks = ["127.0.0.1:0"]\nuser = "new:pw"\nbogus = 1\n')
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload failed" in line for line in running.stderr_lines), what="the error")
+        errors = [line for line in running.stderr_lines if "reload failed" in line]
+        assert len(errors) == 1 and "'bogus'" in errors[0]
+        sock, reply = socks5_connect(addr, dest, auth=(b"new", b"pw"))  # old settings kept
+        assert reply[1] == 0
+        sock.close()
+        tunnel.close()
+        assert running.stop() == 0
+    finally:
+        running.__exit__()

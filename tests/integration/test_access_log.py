@@ -1,0 +1,99 @@
+"""``--access-log``: one logfmt line per finished session, reopened on SIGHUP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+
+from tests.helpers import (
+    echo_through,
+    ipv4_dest,
+    recv_all,
+    socks5_connect,
+    start_gproxy,
+    wait_for,
+)
+
+PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+FIELDS = ["ts", "client", "user", "proto", "cmd", "dest", "up", "down", "dur", "outcome"]
+TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def parse(line: str) -> dict[str, str]:
+    pairs = PAIR.findall(line)
+    assert " ".join(f"{k}={v}" for k, v in pairs) == line.rstrip("\n"), line
+    return {key: value.strip('"') for key, value in pairs}
+
+
+def lines_of(path: Path) -> list[dict[str, str]]:
+    return [parse(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_lines_match_sessions(proxy, echo_tcp, tmp_path):
+    log = tmp_path / "access.log"
+    running = proxy(socks=["127.0.0.1:0"], user=["alice:pw"], access_log=str(log))
+    addr = (running.address("socks5").host, running.address("socks5").port)
+    dest = ipv4_dest(echo_tcp.host, echo_tcp.port)
+
+    sock, reply = socks5_connect(addr, dest, auth=(b"alice", b"pw"))
+    client_port = sock.getsockname()[1]
+    assert echo_through(sock, b"u" * 1234) == b"u" * 1234
+    sock.close()
+    with socket.create_connection(addr, timeout=10) as bad:
+        bad.sendall(b"\x05\x01\x02\x01\x03bob\x05wrong")
+        assert recv_all(bad) == b"\x05\x02\x01\x01"
+
+    entries = wait_for(lambda: len(lines_of(log)) >= 2 and lines_of(log), what="two access-log lines")
+    assert len(entries) == 2
+    ok = next(e for e in entries if e["outcome"] == "ok")
+    failed = next(e for e in entries if e["outcome"] != "ok")
+    assert list(ok) == FIELDS and list(failed) == FIELDS
+    assert TS.fullmatch(ok["ts"])
+    assert ok["client"] == f"127.0.0.1:{client_port}"
+    assert (ok["user"], ok["proto"], ok["cmd"]) == ("alice", "socks5", "connect")
+    assert ok["dest"] == f"{echo_tcp.host}:{echo_tcp.port}"
+    assert (ok["up"], ok["down"]) == ("1234", "1234")
+    assert float(ok["dur"]) >= 0
+    assert (failed["user"], failed["outcome"], failed["up"]) == ("bob", "auth_failed", "0")
+    assert "wrong" not in log.read_text()  # passwords never logged
+
+
+def test_reopened_on_reload_after_rename(proxy, echo_tcp, tmp_path):
+    log = tmp_path / "access.log"
+    running = proxy(socks=["127.0.0.1:0"], access_log=str(log))
+    addr = (running.address("socks5").host, running.address("socks5").port)
+
+    def session() -> None:
+        sock, _ = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port))
+        sock.close()
+
+    session()
+    wait_for(lambda: len(lines_of(log)) == 1, what="the first line")
+    log.rename(tmp_path / "access.log.1")
+    running.reload()
+    session()
+    wait_for(lambda: len(lines_of(log)) == 1, what="a line in the new file")
+    assert len(lines_of(tmp_path / "access.log.1")) == 1
+
+
+def test_sighup_reopens_the_log_in_the_cli(echo_tcp, tmp_path):
+    log = tmp_path / "access.log"
+    running = start_gproxy("--socks", "0", "--access-log", str(log))
+    try:
+        addr = ("127.0.0.1", running.port())
+        sock, _ = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port))
+        sock.close()
+        wait_for(lambda: len(lines_of(log)) == 1, what="the first line")
+        os.rename(log, tmp_path / "rotated")
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reloaded" in line for line in running.stderr_lines), what="the reload")
+        sock, _ = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port))
+        sock.close()
+        wait_for(lambda: len(lines_of(log)) == 1, what="a line in the new file")
+        assert len(lines_of(tmp_path / "rotated")) == 1
+        assert running.stop() == 0
+    finally:
+        running.__exit__()
