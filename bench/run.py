@@ -299,6 +299,9 @@ def table(med: dict[str, dict[str, float]]) -> str:
             continue
         ratios = []
         for g, r in pairs:
+            if key == "idle_echoed":  # counts out of different totals: no ratio
+                ratios.append("-")
+                continue
             mv, ref = med[g].get(key), med[r].get(key)
             ratios.append(f"{mv / ref:.2f}x" if mv is not None and ref else "-")
         lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
@@ -401,7 +404,7 @@ def main() -> int:
     text = table(med)
     print(text)
     if not (args.quick or args.no_write):
-        cmd = "python bench/run.py " + " ".join(sys.argv[1:])
+        cmd = " ".join(["python", "bench/run.py", *sys.argv[1:]])
         notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
         (HERE / "RESULTS.md").write_text(
             f"# Benchmark results\n\nCommand: `{cmd}`  \nDate: {started:%Y-%m-%d %H:%M} UTC  \n"
