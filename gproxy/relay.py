@@ -25,6 +25,7 @@ import os
 import socket
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 from gevent import socket as gsocket
@@ -282,7 +283,7 @@ class _EventTunnel:
         self.up = _Direction(self, a, b, True)
         self.down = _Direction(self, b, a, False)
         self.waiter: Waiter | None = None
-        self.timer = None
+        self.timer: Any = None  # a libev timer watcher
         self._last_total = 0
         self._idle_ticks = 0
         self.finished = False
@@ -291,8 +292,8 @@ class _EventTunnel:
         self.waiter = Waiter()
         if idle_timeout > 0:
             tick = idle_timeout / self.TICKS
-            self.timer = get_hub().loop.timer(tick, tick)
-            self.timer.start(self.on_tick)
+            timer = self.timer = get_hub().loop.timer(tick, tick)
+            timer.start(self.on_tick)
         self.up.start()
         self.down.start()
         try:
