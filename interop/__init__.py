@@ -1,0 +1,1 @@
+"""Cross-client interop suite: run with ``tox -e interop``."""
