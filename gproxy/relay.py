@@ -1,23 +1,46 @@
 """The relay: copy bytes both ways between two connected sockets.
 
-One greenlet per direction, half-close on EOF, an idle timer over both
-directions, and byte counts. This is the hot path: per chunk it does one
-recv_into into a buffer shared by the hub's greenlets and one non-blocking
-send; only a partial send copies the rest out and waits.
+Plain sockets are relayed by callbacks on the event loop, with no greenlet
+per direction: the calling greenlet sleeps until both directions are done,
+and an idle tunnel holds only its two sockets, their watchers and a small
+state object. Per chunk a direction does one ``recv_into`` into a buffer
+shared by the hub and one non-blocking ``send``; only a partial send copies
+the rest out and waits for the destination to drain.
+
+A direction that moves bulk data (a read fills the whole buffer) switches to
+``os.splice`` through a pipe of its own: the bytes never enter user space.
+The pipe is created on that switch and given back once the direction has
+been quiet for a sweep interval, so idle tunnels hold no pipes.
+
+TLS sockets (which cannot be spliced or polled on their raw descriptor)
+take a generic path: one greenlet per direction with ``sendall``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import os
 import socket
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 from gevent import socket as gsocket
-from gevent.hub import Hub, get_hub
+from gevent.hub import Hub, Waiter, get_hub
 
 CHUNK = 65536
+#: pipe capacity asked for a spliced direction, and the most one splice() moves
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: a direction switches to splice() after one read of this many bytes (None: never)
+SPLICE_AFTER: int | None = CHUNK
+#: seconds a spliced direction must stay quiet before its pipe is released
+PIPE_SWEEP = 1.0
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_HAVE_SPLICE = hasattr(os, "splice")
 
 _buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
 
@@ -32,7 +55,7 @@ class RelayStats:
 
 
 def _hub_buffer() -> memoryview:
-    """One receive buffer per hub (thread): a greenlet never yields between
+    """One receive buffer per hub (thread): callbacks never yield between
     filling it and handing its contents to the kernel or to a private copy."""
     hub = get_hub()
     buf = _buffers.get(hub)
@@ -44,18 +67,288 @@ def _hub_buffer() -> memoryview:
 def _raw(sock: socket.socket) -> socket.socket | None:
     """The kernel socket under a plain gevent socket (None for TLS sockets)."""
     raw = getattr(sock, "_sock", None)
-    if raw is None or hasattr(sock, "_sslobj"):
+    if raw is None or hasattr(sock, "_sslobj") or not hasattr(sock, "_read_event"):
         return None
     return raw  # type: ignore[no-any-return]
 
 
-class _Tunnel:
-    __slots__ = ("a", "b", "stats", "ended", "_last_total", "_idle_ticks", "_ticks_allowed")
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, BrokenPipeError):
+        return "broken_pipe"
+    return "error"
 
-    def __init__(self, a: socket.socket, b: socket.socket, idle_timeout: float) -> None:
+
+class _Sweeper:
+    """Gives back the pipes of spliced directions that have gone quiet (one timer per hub)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.directions: set[_Direction] = set()
+        self.timer = hub.loop.timer(PIPE_SWEEP, PIPE_SWEEP)
+
+    def add(self, direction: _Direction) -> None:
+        if not self.directions:
+            self.timer.start(self.sweep)
+        self.directions.add(direction)
+
+    def discard(self, direction: _Direction) -> None:
+        self.directions.discard(direction)
+        if not self.directions:
+            self.timer.stop()
+
+    def sweep(self) -> None:
+        for direction in list(self.directions):
+            if direction.moved:
+                direction.moved = False
+            elif not direction.in_pipe:
+                direction.release_pipe()
+
+
+_sweepers: weakref.WeakKeyDictionary[Hub, _Sweeper] = weakref.WeakKeyDictionary()
+
+
+def _sweeper() -> _Sweeper:
+    hub = get_hub()
+    sweeper = _sweepers.get(hub)
+    if sweeper is None:
+        sweeper = _sweepers[hub] = _Sweeper(hub)
+    return sweeper
+
+
+class _Direction:
+    """One way of a plain tunnel, driven by its source's read watcher."""
+
+    __slots__ = (
+        "tunnel",
+        "src",
+        "dst",
+        "dst_sock",
+        "reader",
+        "writer",
+        "upward",
+        "pending",
+        "pipe",
+        "pipe_size",
+        "in_pipe",
+        "moved",
+        "done",
+        "can_splice",
+        "__weakref__",
+    )
+
+    def __init__(self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+        self.tunnel = tunnel
+        self.src: socket.socket = _raw(src)  # type: ignore[assignment]
+        self.dst: socket.socket = _raw(dst)  # type: ignore[assignment]
+        self.dst_sock = dst
+        self.reader = src._read_event  # type: ignore[attr-defined]
+        self.writer = dst._write_event  # type: ignore[attr-defined]
+        self.upward = upward
+        self.pending: bytes | memoryview = b""  # bytes a partial send left (plain mode)
+        self.pipe: tuple[int, int] | None = None  # (read end, write end) in splice mode
+        self.pipe_size = CHUNK
+        self.in_pipe = 0
+        self.moved = False
+        self.done = False
+        self.can_splice = _HAVE_SPLICE
+
+    def start(self) -> None:
+        self.reader.start(self.on_readable)
+
+    def stop(self) -> None:
+        self.reader.stop()
+        self.writer.stop()
+        self.release_pipe()
+
+    def count(self, n: int) -> None:
+        stats = self.tunnel.stats
+        if self.upward:
+            stats.up += n
+        else:
+            stats.down += n
+
+    def on_readable(self) -> None:
+        try:
+            if self.pipe is not None:
+                self._splice_chunk()
+                return
+            buf = _hub_buffer()
+            n = self.src.recv_into(buf)
+            if not n:
+                self._eof()
+                return
+            self.count(n)
+            sent = self.dst.send(buf[:n])
+            if sent < n:
+                self.pending = buf[sent:n].tobytes()
+                self._wait_writable()
+            elif SPLICE_AFTER is not None and n >= SPLICE_AFTER and self.can_splice:
+                self._take_pipe()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and self.pipe is not None and not self.in_pipe:
+                self.can_splice = False  # a socket type splice() does not take: copy instead
+                self.release_pipe()
+                return
+            self.tunnel.abort(_describe(exc))
+
+    def on_writable(self) -> None:
+        try:
+            if self.pipe is not None:
+                self.in_pipe -= os.splice(self.pipe[0], self.dst.fileno(), self.in_pipe, flags=_SPLICE_FLAGS)
+                if self.in_pipe:
+                    return
+            else:
+                sent = self.dst.send(self.pending)
+                self.pending = self.pending[sent:]
+                if self.pending:
+                    return
+            self.writer.stop()
+            self.reader.start(self.on_readable)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.tunnel.abort(_describe(exc))
+
+    def _splice_chunk(self) -> None:
+        """Socket -> pipe -> socket, a few chunks per wake-up while data keeps coming."""
+        read_end, write_end = self.pipe  # type: ignore[misc]
+        src, dst = self.src.fileno(), self.dst.fileno()
+        size = self.pipe_size
+        for _ in range(4):
+            n = os.splice(src, write_end, size, flags=_SPLICE_FLAGS)
+            if not n:
+                self._eof()
+                return
+            self.count(n)
+            self.moved = True
+            self.in_pipe = n
+            try:  # noqa: SIM105 (the hot path: no context manager per chunk)
+                self.in_pipe -= os.splice(read_end, dst, n, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                pass
+            if self.in_pipe:
+                self._wait_writable()
+                return
+            if n < size:
+                return
+
+    def _wait_writable(self) -> None:
+        self.reader.stop()
+        self.writer.start(self.on_writable)
+
+    def _take_pipe(self) -> None:
+        try:
+            self.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # out of descriptors: keep copying
+            return
+        try:
+            self.pipe_size = fcntl.fcntl(self.pipe[1], _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:  # above /proc/sys/fs/pipe-max-size or the user's pipe quota
+            self.pipe_size = CHUNK
+        self.moved = True
+        _sweeper().add(self)
+
+    def release_pipe(self) -> None:
+        if self.pipe is not None:
+            _sweeper().discard(self)
+            os.close(self.pipe[0])
+            os.close(self.pipe[1])
+            self.pipe = None
+            self.in_pipe = 0
+
+    def _eof(self) -> None:
+        self.reader.stop()
+        self.release_pipe()
+        self.done = True
+        with contextlib.suppress(OSError):
+            self.dst.shutdown(socket.SHUT_WR)
+        if self.tunnel.up.done and self.tunnel.down.done:
+            self.tunnel.finish()
+
+
+class _EventTunnel:
+    """Both directions of a plain tunnel plus the idle timer; wakes the relay() caller when done."""
+
+    __slots__ = ("a", "b", "stats", "up", "down", "waiter", "timer", "_last_total", "_idle_ticks", "finished")
+
+    TICKS = 4
+
+    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats) -> None:
         self.a = a
         self.b = b
-        self.stats = RelayStats()
+        self.stats = stats
+        self.up = _Direction(self, a, b, True)
+        self.down = _Direction(self, b, a, False)
+        self.waiter: Waiter | None = None
+        self.timer: Any = None  # a libev timer watcher
+        self._last_total = 0
+        self._idle_ticks = 0
+        self.finished = False
+
+    def run(self, idle_timeout: float) -> None:
+        self.waiter = Waiter()
+        if idle_timeout > 0:
+            tick = idle_timeout / self.TICKS
+            timer = self.timer = get_hub().loop.timer(tick, tick)
+            timer.start(self.on_tick)
+        self.up.start()
+        self.down.start()
+        try:
+            self.waiter.get()
+        except BaseException:
+            self.waiter = None
+            self.abort("shutdown")
+            raise
+        finally:
+            self.cleanup()
+
+    def on_tick(self) -> None:
+        total = self.stats.up + self.stats.down
+        if total != self._last_total:
+            self._last_total = total
+            self._idle_ticks = 0
+            return
+        self._idle_ticks += 1
+        if self._idle_ticks >= self.TICKS:
+            self.abort("idle_timeout")
+
+    def abort(self, outcome: str) -> None:
+        """An error, the idle timeout or a kill: shut both sockets down and finish."""
+        if self.stats.outcome == "ok":
+            self.stats.outcome = outcome
+        for sock in (self.a, self.b):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.finish()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.cleanup()
+        if self.waiter is not None:
+            self.waiter.switch(None)
+
+    def cleanup(self) -> None:
+        self.up.stop()
+        self.down.stop()
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+
+
+class _Tunnel:
+    """The generic path (TLS sockets): one greenlet per direction."""
+
+    __slots__ = ("a", "b", "stats", "ended", "_last_total", "_idle_ticks", "_ticks_allowed")
+
+    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats) -> None:
+        self.a = a
+        self.b = b
+        self.stats = stats
         self.ended = False
         self._last_total = 0
         self._idle_ticks = 0
@@ -83,11 +376,7 @@ class _Tunnel:
     def pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         """Copy src -> dst until EOF, then half-close dst."""
         stats = self.stats
-        raw_dst = _raw(dst)
-        # A TLS destination may yield inside sendall with our bytes pending,
-        # so only a plain one can use the hub's shared buffer.
-        shared = raw_dst is not None
-        buf = _hub_buffer() if shared else memoryview(bytearray(CHUNK))
+        buf = memoryview(bytearray(CHUNK))
         try:
             while True:
                 n = src.recv_into(buf)
@@ -97,15 +386,7 @@ class _Tunnel:
                     stats.up += n
                 else:
                     stats.down += n
-                if shared:
-                    try:
-                        sent = raw_dst.send(buf[:n])  # type: ignore[union-attr]
-                    except BlockingIOError:
-                        sent = 0
-                    if sent < n:
-                        dst.sendall(buf[sent:n].tobytes())
-                else:
-                    dst.sendall(buf[:n])
+                dst.sendall(buf[:n])
             if hasattr(dst, "_sslobj"):
                 self.end_tls(dst)
             else:
@@ -125,13 +406,23 @@ class _Tunnel:
             with contextlib.suppress(OSError):
                 gsocket.socket.shutdown(sock, socket.SHUT_RDWR)  # the TCP socket under any TLS
 
-
-def _describe(exc: OSError) -> str:
-    if isinstance(exc, ConnectionResetError):
-        return "reset"
-    if isinstance(exc, BrokenPipeError):
-        return "broken_pipe"
-    return "error"
+    def run(self, idle_timeout: float) -> None:
+        timer = None
+        if idle_timeout > 0:
+            tick = idle_timeout / self._ticks_allowed
+            timer = get_hub().loop.timer(tick, tick)
+            timer.start(self.on_tick)
+        downward = gevent.spawn(self.pump, self.b, self.a, False)
+        try:
+            self.pump(self.a, self.b, True)
+            downward.join()
+        except BaseException:
+            self.abort("shutdown")
+            downward.kill()
+            raise
+        finally:
+            if timer is not None:
+                timer.close()
 
 
 def relay(
@@ -147,8 +438,7 @@ def relay(
     ``first_up`` are bytes the client sent early (already read from it);
     ``first_down`` bytes read early from the upstream. Returns the stats.
     """
-    tunnel = _Tunnel(client, upstream, idle_timeout)
-    stats = tunnel.stats
+    stats = RelayStats()
     try:
         if first_up:
             upstream.sendall(first_up)
@@ -157,22 +447,13 @@ def relay(
             client.sendall(first_down)
             stats.down += len(first_down)
     except OSError as exc:
-        tunnel.abort(_describe(exc))
+        stats.outcome = _describe(exc)
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         return stats
-    timer = None
-    if idle_timeout > 0:
-        tick = idle_timeout / tunnel._ticks_allowed
-        timer = get_hub().loop.timer(tick, tick)
-        timer.start(tunnel.on_tick)
-    downward = gevent.spawn(tunnel.pump, upstream, client, False)
-    try:
-        tunnel.pump(client, upstream, True)
-        downward.join()
-    except BaseException:
-        tunnel.abort("shutdown")
-        downward.kill()
-        raise
-    finally:
-        if timer is not None:
-            timer.close()
+    if _raw(client) is not None and _raw(upstream) is not None:
+        _EventTunnel(client, upstream, stats).run(idle_timeout)
+    else:
+        _Tunnel(client, upstream, stats).run(idle_timeout)
     return stats

@@ -321,9 +321,9 @@ class Proxy:
             if proxied is None:
                 return
             client = proxied
-        ip = client.ip
         kind = ctx.listener.kind
-        if ip is not None and not self.clients.permits(ip):
+        rules = self.clients  # no rules: no address parsing per connection
+        if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
             logger.debug("%s: client not allowed", client)
             self.metrics.connection_refused(kind, "client_denied")
             return

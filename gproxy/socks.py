@@ -6,6 +6,7 @@ the outbound connection is up, with its real local address.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -102,10 +103,18 @@ def connect(conn: Conn, ctx: Context, session: Session, dest: Address) -> None:
         conn.sendall(socks5.encode_reply(exc.reply))
         raise
     try:
-        conn.sendall(socks5.encode_reply(ReplyCode.SUCCEEDED, from_sockaddr(upstream.getsockname())))
+        conn.sendall(success_reply(upstream.getsockname()))
         run_tunnel(conn, upstream, ctx, session)
     finally:
         upstream.close()
+
+
+def success_reply(sockname: tuple[object, ...]) -> bytes:
+    """The 0x00 reply carrying the outbound connection's local address (IPv4 without ipaddress parsing)."""
+    host, port = sockname[0], sockname[1]
+    if isinstance(host, str) and ":" not in host and isinstance(port, int):
+        return b"\x05\x00\x00\x01" + socket.inet_aton(host) + port.to_bytes(2, "big")
+    return socks5.encode_reply(ReplyCode.SUCCEEDED, from_sockaddr(sockname))
 
 
 COMMANDS: dict[int, CommandHandler] = {

@@ -67,6 +67,16 @@ class Conn:
         return data
 
     def sendall(self, data: bytes) -> None:
+        """Send it all; a short reply on a plain socket goes out in one direct send()."""
+        raw = getattr(self.sock, "_sock", None)
+        if raw is not None and not hasattr(self.sock, "_sslobj"):
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         self.sock.sendall(data)
 
     def close_politely(self, linger: float = 0.5) -> None:

@@ -156,7 +156,7 @@ def test_proxychains_socks5(dest: Target, auth: str, proxies: Proxies, origins: 
     assert body == expected("GET", path)
 
 
-@case("proxychains4 http + curl", client_bugs={"v6": "proxychains-ng sends CONNECT ::1:PORT unbracketed; gproxy: 400"})
+@case("proxychains4 http + curl")  # sends CONNECT ::1:PORT unbracketed; gproxy accepts that
 def test_proxychains_http(dest: Target, auth: str, proxies: Proxies, origins: Origins, workdir: Path) -> None:
     proxy = proxies.get("http", auth == "auth")
     path = f"/proxychains/{token()}"

@@ -198,9 +198,8 @@ def test_httpx_socks5(dest: Target, auth: str, proxies: Proxies, origins: Origin
     assert text.strip() == expected("GET", path)
 
 
-@case(
-    "httpx http://", client_bugs={"v6": "httpx 0.28 sends the target unbracketed (GET http://::1:PORT/); gproxy: 400"}
-)
+# httpx 0.28 sends GET http://::1:PORT/ unbracketed; gproxy accepts that
+@case("httpx http://")
 def test_httpx_http(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     proxy = proxies.get("http", auth == "auth")
     path = f"/httpx/{token()}"
@@ -210,7 +209,7 @@ def test_httpx_http(dest: Target, auth: str, proxies: Proxies, origins: Origins)
     assert text.strip() == expected("GET", path)
 
 
-@case("httpx http:// CONNECT https", client_bugs={"v6": "httpx 0.28 sends CONNECT ::1:PORT unbracketed; gproxy: 400"})
+@case("httpx http:// CONNECT https")  # httpx 0.28 sends CONNECT ::1:PORT unbracketed; gproxy accepts that
 def test_httpx_http_connect(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     proxy = proxies.get("http", auth == "auth")
     path = f"/httpx/{token()}"

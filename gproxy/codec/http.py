@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gproxy.addr import Address, parse_ip
+from gproxy.addr import Address, format_hostport, parse_ip
 from gproxy.errors import ClientProtocolError
 
 #: request line cap (414 beyond it) and whole-head cap (431), as Squid's defaults go
@@ -154,6 +154,14 @@ def _parse_hostport(text: str, default_port: int | None) -> tuple[str, int]:
         if rest and not rest.startswith(":"):
             raise HttpError(400, "bad request target")
         port_text = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        # An unbracketed IPv6 literal, as httpx and proxychains-ng send it:
+        # the last colon separates the port when what precedes it is an address.
+        host, _, port_text = text.rpartition(":")
+        if not _is_ipv6(host):
+            host, port_text = text, ""
+            if not _is_ipv6(host):
+                raise HttpError(400, "bad host in the request target")
     else:
         host, _, port_text = text.partition(":")
         if not host or not _HOSTNAME.fullmatch(host):
@@ -165,6 +173,11 @@ def _parse_hostport(text: str, default_port: int | None) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise HttpError(400, "bad port in the request target")
     return host, int(port_text)
+
+
+def _is_ipv6(host: str) -> bool:
+    ip = parse_ip(host)
+    return ip is not None and ip.version == 6
 
 
 def parse_authority(target: bytes) -> Address:
@@ -196,6 +209,8 @@ def split_absolute_uri(target: bytes) -> Target:
     if "@" in authority:
         raise HttpError(400, "userinfo in the request URI is not allowed")
     host, port = _parse_hostport(authority, 80)
+    if ":" in host and not authority.startswith("["):
+        authority = format_hostport(host, port)  # the Host header wants brackets
     path = path.partition("#")[0]
     if not path.startswith("/"):
         path = "/" + path

@@ -1,6 +1,7 @@
 """The pytest plugin, used the way its users use it: a test suite of their own."""
 
 import sys
+from importlib.metadata import entry_points
 
 import pytest
 
@@ -8,6 +9,14 @@ from gproxy.server import HANDLERS
 from tests.helpers import ROOT
 
 pytest_plugins = ["pytester"]
+
+#: gproxy installed (tox, pip): its pytest11 entry point loads the plugin, and
+#: naming it again with -p would register it twice. From a source tree: name it.
+PLUGIN = (
+    []
+    if any(ep.value == "gproxy.pytest_plugin" for ep in entry_points(group="pytest11"))
+    else ["-p", "gproxy.pytest_plugin"]
+)
 
 #: an ordinary, unpatched test suite that tests "an application" through the fixtures
 USER_SUITE = """
@@ -77,21 +86,21 @@ def suite(pytester, monkeypatch):
 def test_fixtures_in_an_unpatched_suite(suite):
     """A separate pytest process, as a user runs it (the plugin given with -p, as the entry point would)."""
     suite.makepyfile(test_app=USER_SUITE)
-    result = suite.runpytest_subprocess("-p", "gproxy.pytest_plugin", "-p", "no:cacheprovider", timeout=120)
+    result = suite.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=3)
 
 
 @pytest.mark.skipif("http" not in HANDLERS, reason="the HTTP front end is not in this build")
 def test_http_fixture(suite):
     suite.makepyfile(test_app=USER_SUITE + HTTP_TEST)
-    result = suite.runpytest_subprocess("-p", "gproxy.pytest_plugin", "-k", "http_fixture", timeout=120)
+    result = suite.runpytest_subprocess(*PLUGIN, "-k", "http_fixture", timeout=120)
     result.assert_outcomes(passed=1)
 
 
 def test_plugin_tolerates_a_patched_process(suite):
     """In-process, inside this monkey-patched suite: the proxy runs as a greenlet of our hub."""
     suite.makepyfile(test_app=USER_SUITE.replace("assert not monkey", "assert monkey"))
-    result = suite.runpytest_inprocess("-p", "gproxy.pytest_plugin", "-p", "no:cacheprovider", "-p", "no:anyio")
+    result = suite.runpytest_inprocess(*PLUGIN, "-p", "no:cacheprovider", "-p", "no:anyio")
     result.assert_outcomes(passed=3)
 
 

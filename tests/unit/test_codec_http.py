@@ -161,6 +161,9 @@ def test_bad_absolute_uris_are_400(uri):
         (b"example.com:443", Address("example.com", 443)),
         (b"127.0.0.1:8443", Address("127.0.0.1", 8443)),
         (b"[::1]:443", Address("::1", 443)),
+        # unbracketed IPv6, as httpx and proxychains-ng send it: the last colon is the port's
+        (b"::1:443", Address("::1", 443)),
+        (b"2001:db8::7:8080", Address("2001:db8::7", 8080)),
     ],
 )
 def test_connect_authority(authority, address):
@@ -168,7 +171,8 @@ def test_connect_authority(authority, address):
 
 
 @pytest.mark.parametrize(
-    "authority", [b"example.com", b"example.com:", b"example.com:0", b"::1:443", b"[::1]", b"http://a:1", b"a:1/x"]
+    "authority",
+    [b"example.com", b"example.com:", b"example.com:0", b"2001:db8::1", b"a:b:c", b"[::1]", b"http://a:1", b"a:1/x"],
 )
 def test_bad_connect_authority_is_400(authority):
     with pytest.raises(HttpError) as info:
@@ -225,3 +229,17 @@ def test_error_responses_are_complete_and_close():
     assert (b"connection", b"close") in response.headers
     assert conn.next_event().data.startswith(b"407 Proxy Authentication Required: who are you")
     assert isinstance(conn.next_event(), h11.EndOfMessage)
+
+
+@pytest.mark.parametrize(
+    ("uri", "address", "host_header"),
+    [
+        (b"http://::1:9/x", Address("::1", 9), b"[::1]:9"),
+        (b"http://[::1]:9/x", Address("::1", 9), b"[::1]:9"),
+        (b"http://2001:db8::1/", Address("2001:db8::1", 80), b"[2001:db8::1]:80"),
+    ],
+)
+def test_unbracketed_ipv6_uri_gets_a_bracketed_host_header(uri, address, host_header):
+    target = http.split_absolute_uri(uri)
+    assert target.address == address
+    assert http.host_header(target) == host_header

@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Benchmark gproxy beside a direct connection, microsocks and pproxy, in one run.
+
+    python bench/run.py                 # full run: writes bench/RESULTS.md and bench/results.png
+    python bench/run.py --quick         # 1 repetition, 1 s each, 2,000 idle tunnels; writes nothing
+
+The load generator and the TCP targets are C (bench/loadgen.c, compiled into
+bench/out/ on each run). Every measurement is repeated and the median kept;
+repetitions go round-robin over the servers so that noise hits them alike.
+Ratios are always taken between servers measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+LOADGEN = OUT / "loadgen"
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+BULK = [("down1", "down", 1), ("up1", "up", 1), ("down8", "down", 8), ("up8", "up", 8)]
+
+
+def build_loadgen() -> None:
+    OUT.mkdir(exist_ok=True)
+    src = HERE / "loadgen.c"
+    if not LOADGEN.exists() or LOADGEN.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(LOADGEN), str(src)], check=True)
+
+
+def loadgen(*args: object, timeout: float = 120) -> dict:
+    argv = [str(LOADGEN), *map(str, args)]
+    out = subprocess.run(argv, input="go\n", capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen {args}: {out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_connectable(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and its child processes (workers), recursively."""
+    pids, todo = [], [pid]
+    while todo and len(pids) < 64:
+        p = todo.pop()
+        pids.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * PAGE
+    return total
+
+
+def fd_count(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+    return total
+
+
+class Server:
+    """One SOCKS5 server under test (or the direct connection: port 0)."""
+
+    def __init__(self, name: str, argv: list[str] | None, workers: int = 1) -> None:
+        self.name, self.argv, self.workers = name, argv, workers
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log = OUT / f"{name}.log"
+
+    def start(self) -> bool:
+        if self.argv is None:
+            return True
+        port = free_port()
+        argv = [a.replace("{port}", str(port)) for a in self.argv]
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        try:
+            wait_connectable(port)
+        except RuntimeError:
+            self.stop()
+            return False
+        self.port = port
+        if self.workers > 1:  # all workers up?
+            deadline = time.monotonic() + 10
+            while len(self.pids()) <= self.workers and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if len(self.pids()) <= self.workers:
+                print(f"{self.name}: no worker processes appeared (is --workers implemented?)")
+                self.stop()
+                return False
+        return True
+
+    def pids(self) -> list[int]:
+        return descendants(self.proc.pid) if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+
+
+def servers(args: argparse.Namespace) -> list[Server]:
+    gproxy = [sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:{port}", "-q"]
+    listed = [Server("direct", None), Server("gproxy", gproxy)]
+    help_text = subprocess.run(gproxy[:3] + ["--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    if "--workers" in help_text:
+        listed.append(Server("gproxy-w2", [*gproxy, "--workers", "2"], workers=2))
+    else:
+        print("gproxy has no --workers flag: skipping gproxy-w2")
+    if shutil.which("microsocks"):
+        listed.append(Server("microsocks", ["microsocks", "-i", "127.0.0.1", "-p", "{port}"]))
+    else:
+        print("microsocks not installed: skipping it")
+    if shutil.which("pproxy"):
+        listed.append(Server("pproxy", ["pproxy", "-l", "socks5://127.0.0.1:{port}"]))
+    else:
+        print("pproxy not installed (pip install pproxy): skipping it")
+    return [s for s in listed if s.name in args.servers]
+
+
+@contextlib.contextmanager
+def target() -> Iterator[dict]:
+    proc = subprocess.Popen([str(LOADGEN), "target"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def measure(servers_: list[Server], ports: dict, args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Round-robin repetitions of the throughput, connection-rate and ping-pong scenarios."""
+    res: dict[str, dict[str, list[float]]] = {s.name: {} for s in servers_}
+    gb: dict[str, float] = dict.fromkeys(res, 0.0)
+    cpu: dict[str, float] = dict.fromkeys(res, 0.0)
+    secs = args.secs
+    for rep in range(args.repeat):
+        for server in servers_:
+            r = res[server.name]
+            pids = server.pids()
+            for key, direction, n in BULK:
+                before = cpu_seconds(pids)
+                out = loadgen(
+                    "bulk", direction, n, ports["source" if direction == "down" else "sink"], server.port, secs
+                )
+                cpu[server.name] += cpu_seconds(pids) - before
+                gb[server.name] += out["bytes"] / 1e9
+                r.setdefault(key, []).append(out["gbps"])
+                r.setdefault(key + "_client_cpu", []).append(out["client_cpu"])
+            out = loadgen("connrate", 50, ports["echo"], server.port, secs)
+            for key in ("rate", "p50_us", "p99_us", "errors", "client_cpu"):
+                r.setdefault("conn_" + key, []).append(out[key])
+            out = loadgen("pingpong", ports["echo"], server.port, secs)
+            r.setdefault("ping_p50_us", []).append(out["p50_us"])
+            r.setdefault("ping_p99_us", []).append(out["p99_us"])
+            print(
+                f"  rep {rep + 1}/{args.repeat} {server.name}: " + ", ".join(f"{k}={v[-1]:.4g}" for k, v in r.items())
+            )
+    for name in res:
+        if name != "direct" and gb[name]:
+            res[name]["cpu_s_per_gb"] = [cpu[name] / gb[name]]
+    return res
+
+
+def idle(server: Server, ports: dict, n: int) -> dict[str, float]:
+    """Open n idle tunnels from a separate client process; RSS and fds per tunnel; all must still echo."""
+    if not server.start():
+        return {}
+    try:
+        pids = server.pids()
+        loadgen("idle", 200, ports["echo"], server.port, timeout=60)  # warm up, then measure from here
+        time.sleep(0.5)
+        rss0, fds0 = rss_bytes(pids), fd_count(pids)
+        client = subprocess.Popen(
+            [str(LOADGEN), "idle", str(n), str(ports["echo"]), str(server.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert client.stdin is not None and client.stdout is not None
+        opened = json.loads(client.stdout.readline())["opened"]
+        time.sleep(1.0)  # let the proxy settle
+        pids = server.pids()
+        rss1, fds1 = rss_bytes(pids), fd_count(pids)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        try:
+            done = json.loads(client.stdout.readline())
+        finally:
+            client.wait(120)
+        return {
+            "idle_tunnels": n,
+            "idle_opened": opened,
+            "idle_echoed": done["echoed"],
+            "idle_kib_per_tunnel": (rss1 - rss0) / 1024 / max(opened, 1),
+            "idle_fds_per_tunnel": (fds1 - fds0) / max(opened, 1),
+        }
+    finally:
+        server.stop()
+
+
+# -- report ----------------------------------------------------------------------------
+
+ROWS = [
+    ("down1", "1 tunnel download, Gbit/s", "direct"),
+    ("up1", "1 tunnel upload, Gbit/s", "direct"),
+    ("down8", "8 tunnels download, Gbit/s", "direct"),
+    ("up8", "8 tunnels upload, Gbit/s", "direct"),
+    ("cpu_s_per_gb", "proxy CPU s per GB relayed", None),
+    ("conn_rate", "connections/s (50 clients)", "pproxy"),
+    ("conn_p50_us", "connection p50 latency, us", None),
+    ("conn_p99_us", "connection p99 latency, us", None),
+    ("ping_p50_us", "64 B ping-pong p50, us", "microsocks"),
+    ("ping_p99_us", "64 B ping-pong p99, us", None),
+    ("idle_kib_per_tunnel", "RSS per idle tunnel, KiB", None),
+    ("idle_fds_per_tunnel", "proxy fds per idle tunnel", None),
+    ("idle_echoed", "idle tunnels still echoing", None),
+    ("down1_client_cpu", "load generator CPU, 1 tunnel down (cores)", None),
+    ("up8_client_cpu", "load generator CPU, 8 tunnels up (cores)", None),
+    ("conn_client_cpu", "load generator CPU, conn/s (cores)", None),
+]
+
+
+def medians(res: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {name: {k: statistics.median(v) for k, v in r.items()} for name, r in res.items()}
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def table(med: dict[str, dict[str, float]]) -> str:
+    names = list(med)
+    refs = [n for n in ("direct", "microsocks", "pproxy") if n in med]
+    mine = [n for n in names if n.startswith("gproxy")]
+    pairs = [(g, r) for g in mine for r in refs]
+    head = ["scenario", *names] + [f"{g} / {r}" for g, r in pairs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label, _ in ROWS:
+        cells = [fmt(med[n].get(key)) for n in names]
+        if all(c == "-" for c in cells):
+            continue
+        ratios = []
+        for g, r in pairs:
+            if key == "idle_echoed":  # counts out of different totals: no ratio
+                ratios.append("-")
+                continue
+            mv, ref = med[g].get(key), med[r].get(key)
+            ratios.append(f"{mv / ref:.2f}x" if mv is not None and ref else "-")
+        lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    import gevent
+
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, gevent {gevent.__version__}, loadavg {os.getloadavg()[0]:.2f}"
+    )
+
+
+def chart(med: dict[str, dict[str, float]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing (pip install '.[bench]'): no chart")
+        return
+    panels = [
+        ("throughput vs direct (x)", ["down1", "up1", "down8", "up8"], "direct"),
+        ("connections/s", ["conn_rate"], None),
+        ("ping-pong p50 (us)", ["ping_p50_us"], None),
+        ("RSS per idle tunnel (KiB)", ["idle_kib_per_tunnel"], None),
+        ("CPU s per GB", ["cpu_s_per_gb"], None),
+    ]
+    names = [n for n in med if n != "direct"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
+    for ax, (title, keys, rel) in zip(axes, panels, strict=True):
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            vals = []
+            for key in keys:
+                v = med[name].get(key, 0.0)
+                if rel:
+                    v = v / med[rel][key] if med.get(rel, {}).get(key) else 0.0
+                vals.append(v)
+            ax.bar([k + i * width for k in range(len(keys))], vals, width, label=name)
+        ax.set_xticks([k + width * (len(names) - 1) / 2 for k in range(len(keys))], keys if len(keys) > 1 else [""])
+        ax.set_title(title)
+        if rel:
+            ax.axhline(1.0, color="grey", lw=0.8)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions per scenario (median kept)")
+    parser.add_argument("--secs", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--idle", type=int, default=9000, help="idle tunnels on one process")
+    parser.add_argument("--idle-workers", type=int, default=12000, help="idle tunnels with --workers 2")
+    parser.add_argument("--quick", action="store_true", help="1 repetition, 1 s, 2,000 idle tunnels")
+    parser.add_argument("--servers", default="direct,gproxy,gproxy-w2,microsocks,pproxy")
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle-tunnel scenario")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md and results.png")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.secs, args.idle, args.idle_workers = 1, 1.0, 2000, 2000
+    build_loadgen()
+    # every server gets the same open-file limit: the hard one (9,000 tunnels need 18,000+ descriptors)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < 2 * args.idle + 100:
+        print(f"open-file limit {hard} is too low for {args.idle} idle tunnels: lowering the count")
+        args.idle = args.idle_workers = max((hard - 100) // 2, 100)
+    started = datetime.datetime.now(datetime.UTC)
+    listed = servers(args)
+    with target() as ports:
+        running = []
+        for s in listed:
+            if s.start():
+                running.append(s)
+            else:
+                print(f"{s.name} did not start: skipped")
+        try:
+            res = measure(running, ports, args)
+        finally:
+            for s in running:
+                s.stop()
+        if not args.no_idle:
+            for s in listed:
+                if s.argv is not None:
+                    n = args.idle_workers if s.workers > 1 else args.idle
+                    out = idle(s, ports, n)
+                    print(f"  idle {s.name}: {out or 'did not start'}")
+                    for k, v in out.items():
+                        res.setdefault(s.name, {})[k] = [v]
+    med = medians(res)
+    text = table(med)
+    print(text)
+    if not (args.quick or args.no_write):
+        cmd = " ".join(["python", "bench/run.py", *sys.argv[1:]])
+        notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
+        (HERE / "RESULTS.md").write_text(
+            f"# Benchmark results\n\nCommand: `{cmd}`  \nDate: {started:%Y-%m-%d %H:%M} UTC  \n"
+            f"Machine: {machine()}  \nMedian of {args.repeat} runs of {args.secs:g} s each; "
+            f"idle: {args.idle} tunnels ({args.idle_workers} with --workers 2).\n\n{text}\n\n"
+            f"![results](results.png)\n\nRaw medians:\n\n```json\n{json.dumps(med, indent=1)}\n```\n\n{notes}"
+        )
+        chart(med, HERE / "results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""relay() over socketpairs: both directions, half-close, idle timeout, errors,
+large transfers on the splice path and the plain path, the generic (TLS) path."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import struct
+
+import gevent
+import pytest
+
+from gproxy import relay as relay_mod
+from gproxy.relay import relay
+from tests.helpers import recv_all, recv_exact
+
+
+@pytest.fixture
+def pairs():
+    """(client, proxy_client_side, proxy_upstream_side, upstream); all closed afterwards."""
+    client, proxy_a = socket.socketpair()
+    proxy_b, upstream = socket.socketpair()
+    yield client, proxy_a, proxy_b, upstream
+    for sock in (client, proxy_a, proxy_b, upstream):
+        sock.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def start(proxy_a, proxy_b, **kw):
+    kw.setdefault("idle_timeout", 30)
+    return gevent.spawn(relay, proxy_a, proxy_b, **kw)
+
+
+def test_both_directions_and_counts(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b)
+    client.sendall(b"ping")
+    assert recv_exact(upstream, 4) == b"ping"
+    upstream.sendall(b"pong!")
+    assert recv_exact(client, 5) == b"pong!"
+    client.shutdown(socket.SHUT_WR)
+    upstream.shutdown(socket.SHUT_WR)
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down, stats.outcome) == (4, 5, "ok")
+
+
+def test_client_half_close_keeps_downstream(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b)
+    client.sendall(b"request")
+    client.shutdown(socket.SHUT_WR)
+    assert recv_all(upstream) == b"request"  # EOF reached the upstream
+    assert not g.ready()
+    upstream.sendall(b"late answer")
+    upstream.shutdown(socket.SHUT_WR)
+    assert recv_all(client) == b"late answer"
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down, stats.outcome) == (7, 11, "ok")
+
+
+def test_upstream_half_close_keeps_upstream(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b)
+    upstream.sendall(b"banner")
+    upstream.shutdown(socket.SHUT_WR)
+    assert recv_all(client) == b"banner"
+    client.sendall(b"still talking")
+    assert recv_exact(upstream, 13) == b"still talking"
+    client.shutdown(socket.SHUT_WR)
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down) == (13, 6)
+
+
+def test_idle_timeout_closes_both(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b, idle_timeout=0.2)
+    stats = g.get(timeout=10)
+    assert stats.outcome == "idle_timeout"
+    assert client.recv(10) == b""
+    assert upstream.recv(10) == b""
+
+
+def test_traffic_one_way_keeps_tunnel_alive(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b, idle_timeout=0.4)
+    for _ in range(8):  # 8 x 0.1 s of traffic: longer than the idle timeout
+        client.sendall(b"x")
+        assert recv_exact(upstream, 1) == b"x"
+        gevent.sleep(0.1)
+    assert not g.ready()
+    client.shutdown(socket.SHUT_WR)
+    upstream.shutdown(socket.SHUT_WR)
+    assert g.get(timeout=10).outcome == "ok"
+
+
+def test_write_error_on_one_side_closes_both(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b)
+    client.sendall(b"hello")
+    assert recv_exact(upstream, 5) == b"hello"
+    upstream.close()
+    assert recv_all(client) == b""  # the upstream's EOF reached the client
+    client.sendall(b"more")  # relaying it fails: the upstream is gone
+    stats = g.get(timeout=10)
+    assert stats.outcome in {"broken_pipe", "reset", "error"}
+    assert stats.up >= 5
+
+
+def test_tcp_reset_is_an_error(echo_tcp):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    upstream_user = socket.create_connection(listener.getsockname())
+    proxy_b, _ = listener.accept()
+    client, a = socket.socketpair()
+    try:
+        g = start(a, proxy_b)
+        client.sendall(b"x" * 10)
+        assert recv_exact(upstream_user, 10) == b"x" * 10
+        upstream_user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        upstream_user.close()
+        client.sendall(b"y" * 10)
+        stats = g.get(timeout=10)
+        assert stats.outcome in {"reset", "broken_pipe"}
+        assert recv_all(client) == b""
+    finally:
+        for sock in (listener, proxy_b, client, a):
+            sock.close()
+
+
+def test_first_bytes_go_first(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b, first_up=b"early", first_down=b"banner")
+    assert recv_exact(upstream, 5) == b"early"
+    assert recv_exact(client, 6) == b"banner"
+    client.shutdown(socket.SHUT_WR)
+    upstream.shutdown(socket.SHUT_WR)
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down) == (5, 6)
+
+
+def test_kill_shuts_both_down(pairs):
+    client, a, b, upstream = pairs
+    g = start(a, b)
+    gevent.sleep(0.01)
+    g.kill(timeout=5)
+    assert client.recv(10) == b""
+    assert upstream.recv(10) == b""
+
+
+def _transfer(client, upstream, size):
+    """size bytes each way at once; returns the sha256 of what each side sent and received."""
+    block = os.urandom(65536)
+
+    def send(sock, tag):
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            chunk = block[: min(left, len(block))]
+            chunk = bytes([tag]) + chunk[1:]
+            sock.sendall(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        return digest.hexdigest()
+
+    def receive(sock):
+        digest = hashlib.sha256()
+        while True:
+            chunk = sock.recv(1 << 18)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+
+    jobs = [gevent.spawn(send, client, 1), gevent.spawn(send, upstream, 2)]
+    readers = [gevent.spawn(receive, upstream), gevent.spawn(receive, client)]
+    gevent.joinall(jobs + readers, timeout=60, raise_error=True)
+    return [j.value for j in jobs], [r.value for r in readers]
+
+
+@pytest.mark.parametrize("splice_after", [1, None], ids=["splice", "plain"])
+def test_large_transfer_sha256(pairs, monkeypatch, splice_after):
+    client, a, b, upstream = pairs
+    monkeypatch.setattr(relay_mod, "SPLICE_AFTER", splice_after)
+    pipes = []
+    real_pipe2 = os.pipe2
+
+    def counting_pipe2(flags):
+        pipes.append(flags)
+        return real_pipe2(flags)
+
+    monkeypatch.setattr(relay_mod.os, "pipe2", counting_pipe2)
+    fds = open_fds()
+    size = 8 * 1024 * 1024 + 123
+    g = start(a, b)
+    sent, received = _transfer(client, upstream, size)
+    assert received == sent
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
+    assert bool(pipes) == (splice_after is not None)
+    assert open_fds() == fds  # pipes were given back
+
+
+def test_idle_tunnel_holds_no_pipe_after_bulk(pairs, monkeypatch):
+    client, a, b, upstream = pairs
+    monkeypatch.setattr(relay_mod, "SPLICE_AFTER", 1)
+    fds = open_fds()
+    g = start(a, b)
+    client.sendall(b"z" * 300_000)
+    assert len(recv_exact(upstream, 300_000)) == 300_000
+    assert open_fds() == fds + 2  # one pipe for the busy direction
+    for _ in range(50):  # the sweeper gives it back once the direction is quiet (PIPE_SWEEP)
+        if open_fds() == fds:
+            break
+        gevent.sleep(relay_mod.PIPE_SWEEP / 4)
+    assert open_fds() == fds
+    client.sendall(b"after")  # and the tunnel still relays, copying again
+    assert recv_exact(upstream, 5) == b"after"
+    client.shutdown(socket.SHUT_WR)
+    upstream.shutdown(socket.SHUT_WR)
+    assert g.get(timeout=10).up == 300_005
+
+
+class Wrapped:
+    """A socket-like object without a raw descriptor, as an SSLSocket looks to the relay."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def recv_into(self, buf):
+        return self.sock.recv_into(buf)
+
+    def sendall(self, data):
+        self.sock.sendall(data)
+
+    def shutdown(self, how):
+        self.sock.shutdown(how)
+
+
+def test_generic_path(pairs):
+    client, a, b, upstream = pairs
+    g = start(Wrapped(a), Wrapped(b))
+    size = 1024 * 1024
+    sent, received = _transfer(client, upstream, size)
+    assert received == sent
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
+
+
+def test_generic_path_idle_timeout(pairs):
+    client, a, b, upstream = pairs
+    g = start(Wrapped(a), Wrapped(b), idle_timeout=0.2)
+    assert g.get(timeout=10).outcome == "idle_timeout"
+    assert client.recv(1) == b""
+
+
+def test_splice_refused_falls_back_to_copying(pairs, monkeypatch):
+    client, a, b, upstream = pairs
+    monkeypatch.setattr(relay_mod, "SPLICE_AFTER", 1)
+
+    def no_splice(*args, **kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(relay_mod.os, "splice", no_splice)
+    fds = open_fds()
+    g = start(a, b)
+    size = 2 * 1024 * 1024
+    sent, received = _transfer(client, upstream, size)
+    assert received == sent
+    stats = g.get(timeout=10)
+    assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
+    assert open_fds() == fds
