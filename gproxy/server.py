@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
@@ -316,7 +317,10 @@ class Proxy:
 
     def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
         client = from_sockaddr(peer)
+        accepted = None
         if self.config.proxy_protocol:
+            # The header counts against --handshake-timeout: one clock from accept.
+            accepted = time.monotonic()
             proxied = self._proxied_client(sock, client, ctx)
             if proxied is None:
                 return
@@ -340,6 +344,8 @@ class Proxy:
         self._active += 1
         self._active_by_ip[client.host] = self._active_by_ip.get(client.host, 0) + 1
         session = Session(client, ctx.listener.kind)
+        if accepted is not None:
+            session.started = accepted
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:

@@ -346,6 +346,10 @@ class _Mapping:
         self.loop: gevent.Greenlet | None = None
 
 
+#: seconds between two warnings about mappings that cannot be opened
+WARN_EVERY = 10.0
+
+
 class UdpForwarder:
     """``--udp-forward ADDR=HOST:PORT``: a Service over the bound listener socket.
 
@@ -367,6 +371,7 @@ class UdpForwarder:
         self.clock = 0  # ticks of idle/4 seconds
         self._target: tuple[int, tuple[object, ...], float] | None = None
         self._loops: list[gevent.Greenlet] = []
+        self._last_warning = -WARN_EVERY
 
     def start(self) -> None:
         self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self._reaper)]
@@ -402,6 +407,13 @@ class UdpForwarder:
             mapping.session.up += n
             metrics.udp_datagram("udp-forward", "up")
 
+    def _warn(self, exc: BaseException) -> None:
+        """One warning per WARN_EVERY seconds: under EMFILE every datagram fails."""
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_EVERY:
+            self._last_warning = now
+            logger.warning("udp-forward %s: %s", self.target, exc)
+
     def _open(self, client: tuple[object, ...]) -> _Mapping | None:
         ip = parse_ip(str(client[0]))
         if ip is None or not self.proxy.clients.permits(ip):
@@ -410,13 +422,13 @@ class UdpForwarder:
             family, sockaddr = self._resolve_target()
             sock = _udp_socket(family, "::" if family == socket.AF_INET6 else "0.0.0.0")
         except (OSError, Denied) as exc:
-            logger.warning("udp-forward %s: %s", self.target, exc)
+            self._warn(exc)
             return None
         try:
             sock.connect(sockaddr)  # the kernel now drops datagrams from anyone but the target
         except OSError as exc:
             sock.close()
-            logger.warning("udp-forward %s: %s", self.target, exc)
+            self._warn(exc)
             return None
         if len(self.mappings) >= self.max_mappings:
             idlest = min(self.mappings.values(), key=lambda m: m.last)

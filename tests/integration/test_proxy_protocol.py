@@ -159,3 +159,23 @@ def test_forward_listener_strips_the_header(proxy, echo_tcp, tmp_path):
         assert recv_all(sock) == b""
     assert "client=10.4.4.4:999 " in access_lines(log, 1)[0]
     assert_closed_without_reply(address, encode_v1(Address("192.0.2.1", 1), Address("10.0.0.1", 80)) + b"x")
+
+
+def test_header_counts_against_the_handshake_timeout(proxy, echo_tcp):
+    """One clock from accept: a header sent late, then a slow handshake, is dropped
+    at the handshake timeout, not given a fresh timeout after the header."""
+    timeout = 1.0
+    running = proxy(socks=["127.0.0.1:0"], proxy_protocol=True, handshake_timeout=timeout)
+    address = running.address("socks5")
+    header = encode_v1(Address("10.1.2.3", 40000), Address("127.0.0.1", address.port))
+    sock = socket.create_connection((address.host, address.port), timeout=10)
+    with sock:
+        started = time.monotonic()
+        time.sleep(timeout * 0.75)
+        sock.sendall(header + b"\x05")  # the header, and the first byte of a greeting
+        sock.settimeout(timeout * 3)
+        closed = sock.recv(16) == b""
+        elapsed = time.monotonic() - started
+    assert closed
+    # dropped near 1 x timeout; a clock restarted after the header drops it near 1.75 x
+    assert elapsed < timeout * 1.4, elapsed
