@@ -17,6 +17,7 @@ from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
+from gevent.hub import Waiter, get_hub
 
 from gproxy.addr import Address, IPAddress, parse_ip
 from gproxy.codec.replies import ReplyCode
@@ -124,13 +125,31 @@ def _connect(sock: socket.socket, sockaddr: tuple[object, ...], timeout: float) 
     raw = sock._sock  # type: ignore[attr-defined]
     err = raw.connect_ex(sockaddr)
     if err in _IN_PROGRESS:
-        sock.settimeout(timeout)
-        sock._wait(sock._write_event, timeout_exc=TimeoutError("connect timed out"))  # type: ignore[attr-defined]
-        sock.settimeout(None)
+        _wait_writable(sock, timeout)
         err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _wait_writable(sock: socket.socket, timeout: float) -> None:
+    """Sleep until ``sock`` is writable; TimeoutError after ``timeout`` seconds.
+
+    The socket's own watcher and one timer: no Timeout object, no settimeout().
+    """
+    hub = get_hub()
+    watcher = sock._write_event  # type: ignore[attr-defined]
+    timer = hub.loop.timer(timeout)
+    waiter: Waiter[bool] = Waiter(hub)
+    watcher.start(waiter.switch, True)
+    timer.start(waiter.switch, False)
+    try:
+        ready = waiter.get()
+    finally:
+        watcher.stop()
+        timer.close()
+    if not ready:
+        raise TimeoutError("connect timed out")
 
 
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
