@@ -65,11 +65,14 @@ def _hub_buffer() -> memoryview:
 
 
 def _raw(sock: socket.socket) -> socket.socket | None:
-    """The kernel socket under a plain gevent socket (None for TLS sockets)."""
-    raw = getattr(sock, "_sock", None)
-    if raw is None or hasattr(sock, "_sslobj") or not hasattr(sock, "_read_event"):
+    """The kernel socket under a plain gevent socket (None for TLS sockets and other types).
+
+    An exact type check: ``hasattr(sock, "_sslobj")`` on a plain gevent socket
+    raises and catches an AttributeError inside gevent's ``__getattr__``.
+    """
+    if type(sock) is not gsocket.socket:
         return None
-    return raw  # type: ignore[no-any-return]
+    return sock._sock  # type: ignore[attr-defined,no-any-return]
 
 
 def _describe(exc: OSError) -> str:
@@ -139,8 +142,8 @@ class _Direction:
 
     def __init__(self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         self.tunnel = tunnel
-        self.src: socket.socket = _raw(src)  # type: ignore[assignment]
-        self.dst: socket.socket = _raw(dst)  # type: ignore[assignment]
+        self.src: socket.socket = src._sock  # type: ignore[attr-defined]  # plain gevent sockets (see _raw)
+        self.dst: socket.socket = dst._sock  # type: ignore[attr-defined]
         self.dst_sock = dst
         self.reader = src._read_event  # type: ignore[attr-defined]
         self.writer = dst._write_event  # type: ignore[attr-defined]

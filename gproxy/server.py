@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
-from gevent.pool import Pool
+from gevent.pool import Group
 from gevent.server import StreamServer
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Proxy:
         self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
         self._servers: list[StreamServer] = []
         self._services: list[Service] = []
-        self._sessions = Pool()  # unbounded: --max-conns refuses instead of queueing
+        self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
         self._stopped = Event()
@@ -145,7 +145,7 @@ class Proxy:
                 server = Acceptor(
                     sock,
                     self._handle_for(index, HANDLERS[spec.kind]),
-                    spawn=self._sessions,
+                    spawn=self._sessions.spawn,
                     on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
                 )
                 server.start()
@@ -343,7 +343,7 @@ class Proxy:
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _nodelay(sock)
             if ctx.tls is not None:
                 conn.sock = tls_accept(sock, ctx.tls, self.config.handshake_timeout)
             handler(conn, ctx, session)
@@ -371,6 +371,11 @@ class Proxy:
             self.metrics.session_closed(session)
             if self.access_log is not None:
                 self.access_log.write(session.logfmt())
+
+
+def _nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on the kernel socket (gevent's setsockopt wrapper is Python)."""
+    getattr(sock, "_sock", sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def bind_listener(
