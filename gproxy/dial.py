@@ -8,7 +8,6 @@ Upstream proxies (chaining) implement the same interface in ``upstream.py``.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import socket
 import time
@@ -19,7 +18,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.hub import Waiter, get_hub
 
-from gproxy.addr import Address, IPAddress, parse_ip
+from gproxy.addr import Address, IPAddress, parse_ip_cached
 from gproxy.codec.replies import ReplyCode
 from gproxy.errors import Denied, DialError
 
@@ -33,9 +32,6 @@ ERRNO_TO_REPLY: dict[int, ReplyCode] = {
     errno.ETIMEDOUT: ReplyCode.TTL_EXPIRED,
     errno.EADDRNOTAVAIL: ReplyCode.HOST_UNREACHABLE,
 }
-
-#: parsing an IP string costs microseconds; resolved and literal addresses repeat
-_parse_ip = functools.lru_cache(maxsize=4096)(parse_ip)
 
 #: (family, sockaddr) pairs, as getaddrinfo gives them
 Resolved = list[tuple[int, tuple[object, ...]]]
@@ -73,8 +69,8 @@ def resolve(dest: Address, resolver: Resolver) -> Resolved:
     """Literal IPs skip the resolver (no DNS round trip for them)."""
     ip = dest.ip
     if ip is not None:
-        if ip.version == 4:
-            return [(socket.AF_INET, (str(ip), dest.port))]
+        if ip.version == 4:  # ipaddress takes only the canonical dotted quad: host is str(ip)
+            return [(socket.AF_INET, (dest.host, dest.port))]
         return [(socket.AF_INET6, (dest.host, dest.port, 0, 0))]
     try:
         return resolver(dest.host, dest.port)
@@ -92,7 +88,7 @@ def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, w
     for family, sockaddr in addrs:
         if check is not None:
             try:
-                check(_parse_ip(str(sockaddr[0])), int(sockaddr[1]))  # type: ignore[arg-type, call-overload]
+                check(parse_ip_cached(str(sockaddr[0])), int(sockaddr[1]))  # type: ignore[arg-type, call-overload]
             except Denied as exc:
                 denied = exc
                 continue
