@@ -43,6 +43,8 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _HAVE_SPLICE = hasattr(os, "splice")
 
 _buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
+#: the hub that asked last and its buffer
+_last: tuple[Hub | None, memoryview] = (None, memoryview(b""))
 
 
 @dataclass(slots=True)
@@ -57,10 +59,15 @@ class RelayStats:
 def _hub_buffer() -> memoryview:
     """One receive buffer per hub (thread): callbacks never yield between
     filling it and handing its contents to the kernel or to a private copy."""
+    global _last  # noqa: PLW0603 (the one-hub fast path: no weak-dictionary lookup)
     hub = get_hub()
+    last = _last  # read once: another thread's hub may replace it
+    if last[0] is hub:
+        return last[1]
     buf = _buffers.get(hub)
     if buf is None:
         buf = _buffers[hub] = memoryview(bytearray(CHUNK))
+    _last = (hub, buf)
     return buf
 
 
