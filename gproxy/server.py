@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
@@ -70,6 +71,8 @@ SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
 DATAGRAM_KINDS = frozenset({"udp-forward"})
 
 LISTEN_BACKLOG = 1024
+#: Linux hands accepted sockets the listener's TCP_NODELAY: no setsockopt per client
+NODELAY_INHERITED = sys.platform.startswith("linux")
 
 
 class Proxy:
@@ -343,7 +346,8 @@ class Proxy:
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
-            _nodelay(sock)
+            if not NODELAY_INHERITED:
+                _nodelay(sock)
             if ctx.tls is not None:
                 conn.sock = tls_accept(sock, ctx.tls, self.config.handshake_timeout)
             handler(conn, ctx, session)
@@ -400,6 +404,7 @@ def bind_listener(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
         if listen and not datagram:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
             sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
