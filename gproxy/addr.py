@@ -9,7 +9,6 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
-from functools import cached_property
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -27,9 +26,13 @@ class Address:
     host: str
     port: int
 
-    @cached_property
+    @property
     def ip(self) -> IPAddress | None:
-        """The host as an IP address, or None when it is a name."""
+        """The host as an IP address, or None when it is a name.
+
+        From the LRU cache: Python 3.11's cached_property takes a lock (a
+        Python-level gevent RLock once monkey-patched) on every first access.
+        """
         return parse_ip_cached(self.host)
 
     @property

@@ -80,8 +80,11 @@ def resolve(dest: Address, resolver: Resolver) -> Resolved:
         raise DialError(f"cannot resolve {dest.host}: {exc}", ReplyCode.HOST_UNREACHABLE) from None
 
 
-def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, what: str = "") -> socket.socket:
-    """Connect to the first address that answers, within ``timeout`` overall."""
+def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, what: object = "") -> socket.socket:
+    """Connect to the first address that answers, within ``timeout`` overall.
+
+    ``what`` names the destination in errors (formatted only when one is raised).
+    """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     denied: Denied | None = None
@@ -160,10 +163,10 @@ class DirectDialer:
 
     def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
         if dest.ip is not None:  # a literal: nothing to resolve, no timer needed
-            return connect_any(resolve(dest, self.resolver), timeout, check or self.check, str(dest))
+            return connect_any(resolve(dest, self.resolver), timeout, check or self.check, dest)
         deadline = time.monotonic() + timeout
         timed_out = DialError(f"resolving {dest.host} timed out", ReplyCode.TTL_EXPIRED)
         with gevent.Timeout(timeout, timed_out):
             addrs = resolve(dest, self.resolver)
         remaining = max(deadline - time.monotonic(), 0.001)
-        return connect_any(addrs, remaining, check or self.check, str(dest))
+        return connect_any(addrs, remaining, check or self.check, dest)
