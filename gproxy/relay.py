@@ -273,8 +273,10 @@ class _Direction:
         self.reader.stop()
         self.release_pipe()
         self.done = True
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (once per direction: no context manager object)
             self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         if self.tunnel.up.done and self.tunnel.down.done:
             self.tunnel.finish()
 
@@ -313,7 +315,8 @@ class _EventTunnel:
             self.abort("shutdown")
             raise
         finally:
-            self.cleanup()
+            if not self.finished:  # finish() has cleaned up already
+                self.cleanup()
 
     def on_tick(self) -> None:
         total = self.stats.up + self.stats.down
