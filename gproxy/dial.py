@@ -99,7 +99,11 @@ def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, w
         if remaining <= 0:
             last = TimeoutError("connect timed out")
             break
-        sock: socket.socket = gsocket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock: socket.socket = gsocket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # EMFILE/ENFILE: a failed dial, answered like any other
+            last = exc
+            continue
         try:
             _connect(sock, sockaddr, remaining)
         except BaseException as exc:

@@ -52,7 +52,7 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
     session.proto = "https" if ctx.listener.kind == "https" else "http"
     first = True
     while True:
-        head = _read_head(conn, ctx, first)
+        head = _read_head(conn, ctx, session if first else None)
         if head is None:
             return
         first = False
@@ -76,16 +76,20 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
             raise GproxyError(f"cannot frame the message: {exc}", reason="http_error") from None
 
 
-def _read_head(conn: Conn, ctx: Context, first: bool) -> bytes | None:
-    """The next request head; None when a kept-alive client is done or idle."""
-    if not first:
+def _read_head(conn: Conn, ctx: Context, session: Session | None) -> bytes | None:
+    """The next request head; None when a kept-alive client is done or idle.
+
+    ``session`` for the first request (its clock started at accept), None for
+    the next ones on a kept-alive connection (their clock starts at their first byte).
+    """
+    if session is None:
         try:
             with gevent.Timeout(ctx.config.idle_timeout or None, IdleTimeout):
                 conn.peek_byte()
         except (ClientClosed, IdleTimeout):
             return None
     try:
-        with handshake_deadline(ctx):
+        with handshake_deadline(ctx, session):
             return conn.read_message(http.parse_head, _HEAD_LIMIT)
     except HttpError as exc:
         raise _fail(conn, exc) from None

@@ -16,7 +16,8 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from gevent.pywsgi import WSGIServer
+import gevent
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -129,12 +130,25 @@ class PrometheusMetrics(Metrics):
         return bytes(generate_latest(self.registry))
 
 
+class _BoundedHandler(WSGIHandler):  # type: ignore[misc]
+    """pywsgi's handler, but each request (read to answered) within ``timeout``:
+    a client that never finishes its request is dropped, not kept forever."""
+
+    timeout = 10.0
+
+    def handle_one_request(self) -> Any:
+        with gevent.Timeout(self.timeout, False):
+            return super().handle_one_request()
+        return None  # timed out: pywsgi closes the connection
+
+
 class MetricsService:
     """``GET /metrics`` over HTTP/1.1 (gevent's pywsgi), on a listener bound by the Proxy."""
 
-    def __init__(self, metrics: PrometheusMetrics, sock: socket.socket) -> None:
+    def __init__(self, metrics: PrometheusMetrics, sock: socket.socket, timeout: float = 10.0) -> None:
         self.metrics = metrics
-        self.server = WSGIServer(sock, self._app, log=None, error_log=logger)
+        handler = type("MetricsHandler", (_BoundedHandler,), {"timeout": timeout})
+        self.server = WSGIServer(sock, self._app, log=None, error_log=logger, handler_class=handler)
 
     @classmethod
     def build(cls, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> MetricsService:
@@ -142,7 +156,7 @@ class MetricsService:
             from gproxy.errors import ConfigError
 
             raise ConfigError(f"--metrics {spec}: this Proxy was given a Metrics that is not PrometheusMetrics")
-        return cls(proxy.metrics, sock)
+        return cls(proxy.metrics, sock, proxy.config.handshake_timeout)
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("PATH_INFO") != "/metrics":

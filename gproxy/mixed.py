@@ -15,7 +15,7 @@ from gproxy.stream import Conn
 
 def serve_mixed(conn: Conn, ctx: Context, session: Session) -> None:
     """Hand the client to the front end its first byte names."""
-    with handshake_deadline(ctx):
+    with handshake_deadline(ctx, session):
         first = conn.peek_byte()
     if first in (4, 5):
         serve_socks(conn, ctx, session)

@@ -7,6 +7,7 @@ the outbound connection is up, with its real local address.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,9 +55,17 @@ class Deadline:
             self.timer = None
 
 
-def handshake_deadline(ctx: Context) -> Deadline:
-    """``with handshake_deadline(ctx):`` bounds everything the client must send."""
-    return Deadline(ctx.config.handshake_timeout)
+def handshake_deadline(ctx: Context, session: Session | None = None) -> Deadline:
+    """``with handshake_deadline(ctx, session):`` bounds everything the client must send.
+
+    With the session, the clock started when the connection was accepted, so a
+    front end that sniffs a first byte and then reads the rest under a second
+    ``with`` does not give a slow client a fresh timeout.
+    """
+    timeout = ctx.config.handshake_timeout
+    if session is not None:
+        timeout = max(timeout - (time.monotonic() - session.started), 0.001)
+    return Deadline(timeout)
 
 
 def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
@@ -64,7 +73,7 @@ def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
 
     One deadline covers the SOCKS5 client's first byte, greeting and request.
     """
-    with handshake_deadline(ctx):
+    with handshake_deadline(ctx, session):
         version = conn.peek_byte()
         request = _handshake5(conn, ctx, session) if version == socks5.VERSION else None
     if request is not None:
@@ -79,7 +88,7 @@ def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
 
 def serve_socks5(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one SOCKS5 client: handshake under --handshake-timeout, then its command."""
-    with handshake_deadline(ctx):
+    with handshake_deadline(ctx, session):
         request = _handshake5(conn, ctx, session)
     _dispatch5(conn, ctx, session, request)
 

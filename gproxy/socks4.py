@@ -29,7 +29,7 @@ Socks4Handler = Callable[[Conn, Context, Session, socks4.Request], None]
 def serve_socks4(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one SOCKS4/4a client: read the request, check, dispatch."""
     session.proto = "socks4"
-    with handshake_deadline(ctx):
+    with handshake_deadline(ctx, session):
         try:
             request = conn.read_message(socks4.parse_request, socks4.MAX_REQUEST)
         except ClientProtocolError:
