@@ -5,10 +5,10 @@ Pure data; no socket I/O and no name resolution here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
-from functools import cached_property
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -26,10 +26,14 @@ class Address:
     host: str
     port: int
 
-    @cached_property
+    @property
     def ip(self) -> IPAddress | None:
-        """The host as an IP address, or None when it is a name."""
-        return parse_ip(self.host)
+        """The host as an IP address, or None when it is a name.
+
+        From the LRU cache: Python 3.11's cached_property takes a lock (a
+        Python-level gevent RLock once monkey-patched) on every first access.
+        """
+        return parse_ip_cached(self.host)
 
     @property
     def kind(self) -> AddrKind:
@@ -48,6 +52,10 @@ def parse_ip(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
     except ValueError:
         return None
+
+
+#: parsing an IP string costs microseconds; destinations and resolved addresses repeat
+parse_ip_cached = functools.lru_cache(maxsize=4096)(parse_ip)
 
 
 def unmap_ip(ip: IPAddress) -> IPAddress:

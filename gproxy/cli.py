@@ -6,6 +6,7 @@ Exit 0 after a clean stop, 2 with one line on stderr for a user's mistake.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -83,8 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise(config, argv)  # a plain process: the workers run gevent
     from gevent import monkey
 
+    fast_greenlets()
     monkey.patch_all()
     return run(config, argv)
+
+
+def fast_greenlets() -> None:
+    """Spawn greenlets without recording their spawning stack and tree (a stack walk
+    per connection); GEVENT_TRACK_GREENLET_TREE=1 turns it back on for debugging."""
+    import gevent
+
+    if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
+        gevent.config.track_greenlet_tree = False
 
 
 def run(config: Config, argv: Sequence[str] | None = None) -> int:

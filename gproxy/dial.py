@@ -8,7 +8,6 @@ Upstream proxies (chaining) implement the same interface in ``upstream.py``.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import socket
 import time
@@ -17,8 +16,9 @@ from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
+from gevent.hub import Waiter, get_hub
 
-from gproxy.addr import Address, IPAddress, parse_ip
+from gproxy.addr import Address, IPAddress, parse_ip_cached
 from gproxy.codec.replies import ReplyCode
 from gproxy.errors import Denied, DialError
 
@@ -32,9 +32,6 @@ ERRNO_TO_REPLY: dict[int, ReplyCode] = {
     errno.ETIMEDOUT: ReplyCode.TTL_EXPIRED,
     errno.EADDRNOTAVAIL: ReplyCode.HOST_UNREACHABLE,
 }
-
-#: parsing an IP string costs microseconds; resolved and literal addresses repeat
-_parse_ip = functools.lru_cache(maxsize=4096)(parse_ip)
 
 #: (family, sockaddr) pairs, as getaddrinfo gives them
 Resolved = list[tuple[int, tuple[object, ...]]]
@@ -72,8 +69,8 @@ def resolve(dest: Address, resolver: Resolver) -> Resolved:
     """Literal IPs skip the resolver (no DNS round trip for them)."""
     ip = dest.ip
     if ip is not None:
-        if ip.version == 4:
-            return [(socket.AF_INET, (str(ip), dest.port))]
+        if ip.version == 4:  # ipaddress takes only the canonical dotted quad: host is str(ip)
+            return [(socket.AF_INET, (dest.host, dest.port))]
         return [(socket.AF_INET6, (dest.host, dest.port, 0, 0))]
     try:
         return resolver(dest.host, dest.port)
@@ -83,15 +80,18 @@ def resolve(dest: Address, resolver: Resolver) -> Resolved:
         raise DialError(f"cannot resolve {dest.host}: {exc}", ReplyCode.HOST_UNREACHABLE) from None
 
 
-def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, what: str = "") -> socket.socket:
-    """Connect to the first address that answers, within ``timeout`` overall."""
+def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, what: object = "") -> socket.socket:
+    """Connect to the first address that answers, within ``timeout`` overall.
+
+    ``what`` names the destination in errors (formatted only when one is raised).
+    """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     denied: Denied | None = None
     for family, sockaddr in addrs:
         if check is not None:
             try:
-                check(_parse_ip(str(sockaddr[0])), int(sockaddr[1]))  # type: ignore[arg-type, call-overload]
+                check(parse_ip_cached(str(sockaddr[0])), int(sockaddr[1]))  # type: ignore[arg-type, call-overload]
             except Denied as exc:
                 denied = exc
                 continue
@@ -128,13 +128,31 @@ def _connect(sock: socket.socket, sockaddr: tuple[object, ...], timeout: float) 
     raw = sock._sock  # type: ignore[attr-defined]
     err = raw.connect_ex(sockaddr)
     if err in _IN_PROGRESS:
-        sock.settimeout(timeout)
-        sock._wait(sock._write_event, timeout_exc=TimeoutError("connect timed out"))  # type: ignore[attr-defined]
-        sock.settimeout(None)
+        _wait_writable(sock, timeout)
         err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _wait_writable(sock: socket.socket, timeout: float) -> None:
+    """Sleep until ``sock`` is writable; TimeoutError after ``timeout`` seconds.
+
+    The socket's own watcher and one timer: no Timeout object, no settimeout().
+    """
+    hub = get_hub()
+    watcher = sock._write_event  # type: ignore[attr-defined]
+    timer = hub.loop.timer(timeout)
+    waiter: Waiter[bool] = Waiter(hub)
+    watcher.start(waiter.switch, True)
+    timer.start(waiter.switch, False)
+    try:
+        ready = waiter.get()
+    finally:
+        watcher.stop()
+        timer.close()
+    if not ready:
+        raise TimeoutError("connect timed out")
 
 
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
@@ -149,10 +167,10 @@ class DirectDialer:
 
     def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
         if dest.ip is not None:  # a literal: nothing to resolve, no timer needed
-            return connect_any(resolve(dest, self.resolver), timeout, check or self.check, str(dest))
+            return connect_any(resolve(dest, self.resolver), timeout, check or self.check, dest)
         deadline = time.monotonic() + timeout
         timed_out = DialError(f"resolving {dest.host} timed out", ReplyCode.TTL_EXPIRED)
         with gevent.Timeout(timeout, timed_out):
             addrs = resolve(dest, self.resolver)
         remaining = max(deadline - time.monotonic(), 0.001)
-        return connect_any(addrs, remaining, check or self.check, str(dest))
+        return connect_any(addrs, remaining, check or self.check, dest)

@@ -43,6 +43,8 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _HAVE_SPLICE = hasattr(os, "splice")
 
 _buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
+#: the hub that asked last and its buffer
+_last: tuple[Hub | None, memoryview] = (None, memoryview(b""))
 
 
 @dataclass(slots=True)
@@ -57,19 +59,27 @@ class RelayStats:
 def _hub_buffer() -> memoryview:
     """One receive buffer per hub (thread): callbacks never yield between
     filling it and handing its contents to the kernel or to a private copy."""
+    global _last  # noqa: PLW0603 (the one-hub fast path: no weak-dictionary lookup)
     hub = get_hub()
+    last = _last  # read once: another thread's hub may replace it
+    if last[0] is hub:
+        return last[1]
     buf = _buffers.get(hub)
     if buf is None:
         buf = _buffers[hub] = memoryview(bytearray(CHUNK))
+    _last = (hub, buf)
     return buf
 
 
 def _raw(sock: socket.socket) -> socket.socket | None:
-    """The kernel socket under a plain gevent socket (None for TLS sockets)."""
-    raw = getattr(sock, "_sock", None)
-    if raw is None or hasattr(sock, "_sslobj") or not hasattr(sock, "_read_event"):
+    """The kernel socket under a plain gevent socket (None for TLS sockets and other types).
+
+    An exact type check: ``hasattr(sock, "_sslobj")`` on a plain gevent socket
+    raises and catches an AttributeError inside gevent's ``__getattr__``.
+    """
+    if type(sock) is not gsocket.socket:
         return None
-    return raw  # type: ignore[no-any-return]
+    return sock._sock  # type: ignore[attr-defined,no-any-return]
 
 
 def _describe(exc: OSError) -> str:
@@ -139,8 +149,8 @@ class _Direction:
 
     def __init__(self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         self.tunnel = tunnel
-        self.src: socket.socket = _raw(src)  # type: ignore[assignment]
-        self.dst: socket.socket = _raw(dst)  # type: ignore[assignment]
+        self.src: socket.socket = src._sock  # type: ignore[attr-defined]  # plain gevent sockets (see _raw)
+        self.dst: socket.socket = dst._sock  # type: ignore[attr-defined]
         self.dst_sock = dst
         self.reader = src._read_event  # type: ignore[attr-defined]
         self.writer = dst._write_event  # type: ignore[attr-defined]
@@ -263,8 +273,10 @@ class _Direction:
         self.reader.stop()
         self.release_pipe()
         self.done = True
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (once per direction: no context manager object)
             self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         if self.tunnel.up.done and self.tunnel.down.done:
             self.tunnel.finish()
 
@@ -303,7 +315,8 @@ class _EventTunnel:
             self.abort("shutdown")
             raise
         finally:
-            self.cleanup()
+            if not self.finished:  # finish() has cleaned up already
+                self.cleanup()
 
     def on_tick(self) -> None:
         total = self.stats.up + self.stats.down

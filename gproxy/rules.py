@@ -22,6 +22,8 @@ from gproxy.errors import ConfigError, Denied
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPCheck = Callable[[IPAddress, int], None]
 
+#: how many passed (ip, port) pairs a policy remembers before it starts over
+_PASSED_MAX = 4096
 _LOCAL_NETWORKS: tuple[Network, ...] = tuple(
     ipaddress.ip_network(net) for net in ("127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
 )
@@ -195,6 +197,7 @@ class DestinationPolicy:
         self.layers = _layers if _layers is not None else (rules,)
         self.users = dict(users or {})
         self._per_user: dict[str, DestinationPolicy] = {}
+        self._passed: set[tuple[IPAddress, int]] = set()  # (ip, port) that check_ip let through
 
     @cached_property
     def host_ips(self) -> frozenset[IPAddress]:
@@ -240,8 +243,17 @@ class DestinationPolicy:
         return check_resolved
 
     def check_ip(self, ip: IPAddress, port: int) -> None:
-        """Check one address (an IP the client gave, or one a name resolved to); raises Denied."""
+        """Check one address (an IP the client gave, or one a name resolved to); raises Denied.
+
+        Addresses that passed are remembered (a bounded set): the policy never changes.
+        """
+        key = (ip, port)
+        if key in self._passed:
+            return
         self._check_ip(ip, port, (False,) * len(self.layers))
+        if len(self._passed) >= _PASSED_MAX:
+            self._passed.clear()
+        self._passed.add(key)
 
     def _check_ip(self, ip: IPAddress, port: int, named: tuple[bool, ...]) -> None:
         ip = unmap_ip(ip)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
-from gevent.pool import Pool
+from gevent.pool import Group
 from gevent.server import StreamServer
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
 DATAGRAM_KINDS = frozenset({"udp-forward"})
 
 LISTEN_BACKLOG = 1024
+#: Linux hands accepted sockets the listener's TCP_NODELAY: no setsockopt per client
+NODELAY_INHERITED = sys.platform.startswith("linux")
 
 
 class Proxy:
@@ -101,7 +104,7 @@ class Proxy:
         self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
         self._servers: list[StreamServer] = []
         self._services: list[Service] = []
-        self._sessions = Pool()  # unbounded: --max-conns refuses instead of queueing
+        self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
         self._stopped = Event()
@@ -146,7 +149,7 @@ class Proxy:
                 server = Acceptor(
                     sock,
                     self._handle_for(index, HANDLERS[spec.kind]),
-                    spawn=self._sessions,
+                    spawn=self._sessions.spawn,
                     on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
                 )
                 server.start()
@@ -349,7 +352,8 @@ class Proxy:
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not NODELAY_INHERITED:
+                _nodelay(sock)
             if ctx.tls is not None:
                 conn.sock = tls_accept(sock, ctx.tls, self.config.handshake_timeout)
             handler(conn, ctx, session)
@@ -379,6 +383,11 @@ class Proxy:
                 self.access_log.write(session.logfmt())
 
 
+def _nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on the kernel socket (gevent's setsockopt wrapper is Python)."""
+    getattr(sock, "_sock", sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def bind_listener(
     spec: ListenerSpec, *, datagram: bool = False, reuse_port: bool = False, listen: bool = True
 ) -> socket.socket:
@@ -401,6 +410,7 @@ def bind_listener(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
         if listen and not datagram:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
             sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()

@@ -10,11 +10,15 @@ import socket
 from collections.abc import Callable
 from typing import TypeVar
 
+from gevent import socket as gsocket
+
 from gproxy.errors import ClientClosed, ClientProtocolError
 
 T = TypeVar("T")
 Parser = Callable[[bytearray], "tuple[T, int] | None"]
 
+#: gevent's plain socket class (the one the server hands out when monkey-patched)
+_PLAIN = gsocket.socket
 #: how much one handshake recv() asks for; pipelined messages arrive together
 _RECV_SIZE = 4096
 
@@ -68,8 +72,8 @@ class Conn:
 
     def sendall(self, data: bytes) -> None:
         """Send it all; a short reply on a plain socket goes out in one direct send()."""
-        raw = getattr(self.sock, "_sock", None)
-        if raw is not None and not hasattr(self.sock, "_sslobj"):
+        if type(self.sock) is _PLAIN:  # not TLS (an exact check: hasattr would raise inside gevent)
+            raw = self.sock._sock  # type: ignore[attr-defined]
             try:
                 sent = raw.send(data)
             except BlockingIOError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from gproxy.addr import Address
+from gproxy.addr import Address, IPAddress
 from gproxy.context import Context
 from gproxy.relay import relay
 from gproxy.session import Session
@@ -19,7 +19,13 @@ def open_upstream(ctx: Context, dest: Address, user: str | None = None) -> socke
     """Check the destination rules (with ``user``'s own, once authenticated) and
     connect; every address a name resolves to is checked too. Raises Denied or DialError."""
     check_resolved = ctx.destinations.for_user(user).check(dest)
+    if dest.ip is not None:  # a literal resolves to itself, and check() has just checked it
+        check_resolved = _checked
     return ctx.dialer.dial(dest, ctx.config.connect_timeout, check=check_resolved)
+
+
+def _checked(ip: IPAddress, port: int) -> None:
+    """The per-address check for a literal destination that check() has passed."""
 
 
 def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session) -> None:

@@ -304,6 +304,9 @@ def worker_main() -> int:
     config, argv, ready_fd = _read_settings()
     from gevent import monkey
 
+    from gproxy.cli import fast_greenlets
+
+    fast_greenlets()
     monkey.patch_all()
     import gevent
     from gevent.os import make_nonblocking, nb_read

@@ -85,7 +85,7 @@ def parse_address(buf: Buffer, offset: int) -> tuple[Address, int] | None:
         end = offset + 7
         if len(buf) < end:
             return None
-        host = str(ipaddress.IPv4Address(bytes(buf[offset + 1 : offset + 5])))
+        host = f"{buf[offset + 1]}.{buf[offset + 2]}.{buf[offset + 3]}.{buf[offset + 4]}"  # str(IPv4Address)
     elif atyp == AddressType.IPV6:
         end = offset + 19
         if len(buf) < end:
