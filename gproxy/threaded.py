@@ -52,6 +52,15 @@ class ProxyThread:
         return self
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # before ready: handed to the caller by start()
+            if self._ready.is_set():
+                raise
+            self._error = exc
+            self._ready.set()
+
+    def _serve(self) -> None:
         import gevent
         from gevent import monkey
         from gevent.event import Event
@@ -60,23 +69,21 @@ class ProxyThread:
 
         own_hub = not monkey.is_module_patched("threading")  # a real thread, not a greenlet
         hub = gevent.get_hub()
-        proxy = Proxy(self.config)
         try:
-            proxy.start()
-        except BaseException as exc:  # handed to the caller by start()
-            proxy.stop(0)
-            self._error = exc
+            proxy = Proxy(self.config)
+            try:
+                proxy.start()
+            except BaseException:
+                proxy.stop(0)
+                raise
+            self._stopped = Event()
+            self._proxy, self._loop = proxy, hub.loop
+            self.addresses = proxy.addresses
             self._ready.set()
+            self._stopped.wait()
+        finally:
             if own_hub:
                 hub.destroy(destroy_loop=True)
-            return
-        self._stopped = Event()
-        self._proxy, self._loop = proxy, hub.loop
-        self.addresses = proxy.addresses
-        self._ready.set()
-        self._stopped.wait()
-        if own_hub:
-            hub.destroy(destroy_loop=True)
 
     def _stop_in_hub(self, drain_timeout: float) -> None:
         try:

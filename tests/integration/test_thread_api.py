@@ -9,6 +9,7 @@ import pytest
 import socks
 
 from gproxy import Config, ConfigError, serve_in_thread
+from gproxy.threaded import ProxyThread
 from tests.helpers import ROOT, gproxy_env, recv_exact
 
 #: an ordinary program: no monkey-patching, real threads, requests and socket
@@ -104,6 +105,19 @@ def test_bind_error_is_raised_in_the_caller():
             serve_in_thread(Config.build(socks=[f"127.0.0.1:{port}"]))
     finally:
         taken.close()
+
+
+def test_any_failure_in_the_thread_is_raised_at_once(monkeypatch):
+    """Not only start()'s errors: a failure before it (an import, the constructor) reaches the
+    caller as itself, not as a timeout after 30 seconds."""
+
+    class Broken:
+        def __init__(self, config):
+            raise RuntimeError("broken before start")
+
+    monkeypatch.setattr("gproxy.server.Proxy", Broken)
+    with pytest.raises(RuntimeError, match="broken before start"):
+        ProxyThread(Config.build(socks=["127.0.0.1:0"])).start(timeout=10)
 
 
 def test_config_and_settings_are_exclusive():
