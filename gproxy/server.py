@@ -107,6 +107,9 @@ class Proxy:
         self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
+        #: client socket -> abort(outcome) of the sessions that went on without a greenlet
+        self._detached: dict[socket.socket, Callable[[str], None]] = {}
+        self._detached_done = Event()
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
         self._load_users()
@@ -151,6 +154,7 @@ class Proxy:
                     self._handle_for(index, HANDLERS[spec.kind]),
                     spawn=self._sessions.spawn,
                     on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
+                    keep=self._detached.__contains__,
                 )
                 server.start()
                 self._servers.append(server)
@@ -177,7 +181,13 @@ class Proxy:
             service.stop()
         for _, sock in self._sockets:
             sock.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._sessions.join(timeout=timeout)
+        if self._detached:
+            self._detached_done.clear()
+            self._detached_done.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        for abort in list(self._detached.values()):
+            abort("shutdown")  # ends the session: logged, sockets closed
         self._sessions.kill(block=True, timeout=1)
         if self.access_log is not None:
             self.access_log.close()
@@ -351,6 +361,16 @@ class Proxy:
             session.started = accepted
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
+        detached = False
+
+        def detach(abort: Callable[[str], None]) -> Callable[[], None]:
+            """The session outlives this greenlet: a relay on the event loop ends it."""
+            nonlocal detached
+            detached = True
+            self._detached[sock] = abort
+            return lambda: self._end_detached(sock, session, conn)
+
+        session.detach = detach
         try:
             if not NODELAY_INHERITED:
                 _nodelay(sock)
@@ -370,17 +390,31 @@ class Proxy:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
         finally:
-            if conn.sock is not sock:
-                conn.sock.close()  # the TLS wrapper owns the descriptor now
-            self._active -= 1
-            remaining = self._active_by_ip[client.host] - 1
-            if remaining:
-                self._active_by_ip[client.host] = remaining
-            else:
-                del self._active_by_ip[client.host]
-            self.metrics.session_closed(session)
-            if self.access_log is not None:
-                self.access_log.write(session.logfmt())
+            if not detached:
+                self._end_session(sock, session, conn)
+
+    def _end_session(self, sock: socket.socket, session: Session, conn: Conn) -> None:
+        """Counters, metrics and the access-log line; the client socket is closed by the caller."""
+        session.detach = None  # (a reference cycle through the closure)
+        if conn.sock is not sock:
+            conn.sock.close()  # the TLS wrapper owns the descriptor now
+        self._active -= 1
+        host = session.client.host
+        remaining = self._active_by_ip[host] - 1
+        if remaining:
+            self._active_by_ip[host] = remaining
+        else:
+            del self._active_by_ip[host]
+        self.metrics.session_closed(session)
+        if self.access_log is not None:
+            self.access_log.write(session.logfmt())
+
+    def _end_detached(self, sock: socket.socket, session: Session, conn: Conn) -> None:
+        del self._detached[sock]
+        sock.close()
+        self._end_session(sock, session, conn)
+        if not self._detached:
+            self._detached_done.set()
 
 
 def _nodelay(sock: socket.socket) -> None:

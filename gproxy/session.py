@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,6 +29,9 @@ class Session:
     down: int = 0
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)
+    #: set by the server when the session may outlive its greenlet: run_tunnel() calls
+    #: ``detach(abort)`` and gets the function that ends the session once the tunnel is done
+    detach: Callable[[Callable[[str], None]], Callable[[], None]] | None = field(default=None, repr=False)
 
     def logfmt(self) -> str:
         """``ts=... client=... user=... proto=... cmd=... dest=... up= down= dur= outcome=``"""

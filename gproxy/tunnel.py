@@ -7,10 +7,11 @@ a destination into a connected socket and then relays it to the client.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from gproxy.addr import Address, IPAddress
 from gproxy.context import Context
-from gproxy.relay import relay
+from gproxy.relay import RelayStats, relay, start_relay
 from gproxy.session import Session
 from gproxy.stream import Conn
 
@@ -28,17 +29,53 @@ def _checked(ip: IPAddress, port: int) -> None:
     """The per-address check for a literal destination that check() has passed."""
 
 
-def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session) -> None:
-    """Relay client <-> upstream until both sides are done; records bytes and outcome.
+def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session, reply: bytes = b"") -> None:
+    """Send ``reply`` (the front end's success reply), then relay client <-> upstream
+    until both sides are done; records bytes and outcome, and closes ``upstream``.
 
-    Bytes the client sent early (still in ``conn``'s buffer) go first.
+    Bytes the client sent early (still in ``conn``'s buffer) go first. When the
+    server lets the session outlive its greenlet (``session.detach``), the
+    sockets are plain and there are no early bytes, this returns as soon as
+    the relay runs on the event loop alone: the record is completed and the
+    upstream closed when the tunnel ends.
     """
-    stats = relay(
-        conn.sock,
-        upstream,
-        idle_timeout=ctx.config.idle_timeout,
-        first_up=conn.take_buffered(),
-    )
+    try:
+        if reply:
+            conn.sendall(reply)
+        first_up = conn.take_buffered()
+        idle_timeout = ctx.config.idle_timeout
+        if session.detach is not None and not first_up:
+            ended = _Ended(session, upstream)
+            abort = start_relay(conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended)
+            if abort is not None:
+                ended.end = session.detach(abort)
+                return
+        stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up)
+    except BaseException:
+        upstream.close()
+        raise
+    _record(session, stats)
+    upstream.close()
+
+
+def _record(session: Session, stats: RelayStats) -> None:
     session.up += stats.up
     session.down += stats.down
     session.outcome = stats.outcome
+
+
+class _Ended:
+    """A detached tunnel's end: record, close the upstream, hand the session back to the server."""
+
+    __slots__ = ("session", "upstream", "end")
+
+    def __init__(self, session: Session, upstream: socket.socket) -> None:
+        self.session = session
+        self.upstream = upstream
+        self.end: Callable[[], None] | None = None
+
+    def __call__(self, stats: RelayStats) -> None:
+        _record(self.session, stats)
+        self.upstream.close()
+        if self.end is not None:
+            self.end()
