@@ -361,16 +361,7 @@ class Proxy:
             session.started = accepted
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
-        detached = False
-
-        def detach(abort: Callable[[str], None]) -> Callable[[], None]:
-            """The session outlives this greenlet: a relay on the event loop ends it."""
-            nonlocal detached
-            detached = True
-            self._detached[sock] = abort
-            return lambda: self._end_detached(sock, session, conn)
-
-        session.detach = detach
+        session.owner = self
         try:
             if not NODELAY_INHERITED:
                 _nodelay(sock)
@@ -390,12 +381,11 @@ class Proxy:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
         finally:
-            if not detached:
+            if sock not in self._detached:
                 self._end_session(sock, session, conn)
 
     def _end_session(self, sock: socket.socket, session: Session, conn: Conn) -> None:
         """Counters, metrics and the access-log line; the client socket is closed by the caller."""
-        session.detach = None  # (a reference cycle through the closure)
         if conn.sock is not sock:
             conn.sock.close()  # the TLS wrapper owns the descriptor now
         self._active -= 1
@@ -409,7 +399,13 @@ class Proxy:
         if self.access_log is not None:
             self.access_log.write(session.logfmt())
 
-    def _end_detached(self, sock: socket.socket, session: Session, conn: Conn) -> None:
+    def detach(self, session: Session, conn: Conn, abort: Callable[[str], None]) -> None:
+        """SessionOwner: the handler returns, the client socket stays open (see Acceptor's ``keep``)."""
+        self._detached[conn.sock] = abort
+
+    def end_detached(self, session: Session, conn: Conn) -> None:
+        """SessionOwner: close the client socket and end the session as _serve_client would."""
+        sock = conn.sock  # plain: only plain sockets are detached
         del self._detached[sock]
         sock.close()
         self._end_session(sock, session, conn)

@@ -7,12 +7,11 @@ a destination into a connected socket and then relays it to the client.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 
 from gproxy.addr import Address, IPAddress
 from gproxy.context import Context
 from gproxy.relay import RelayStats, relay, start_relay
-from gproxy.session import Session
+from gproxy.session import Session, SessionOwner
 from gproxy.stream import Conn
 
 
@@ -34,7 +33,7 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
     until both sides are done; records bytes and outcome, and closes ``upstream``.
 
     Bytes the client sent early (still in ``conn``'s buffer) go first. When the
-    server lets the session outlive its greenlet (``session.detach``), the
+    server lets the session outlive its greenlet (``session.owner``), the
     sockets are plain and there are no early bytes, this returns as soon as
     the relay runs on the event loop alone: the record is completed and the
     upstream closed when the tunnel ends.
@@ -44,11 +43,12 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
             conn.sendall(reply)
         first_up = conn.take_buffered()
         idle_timeout = ctx.config.idle_timeout
-        if session.detach is not None and not first_up:
-            ended = _Ended(session, upstream)
+        owner = session.owner
+        if owner is not None and not first_up:
+            ended = _Ended(owner, session, conn, upstream)
             abort = start_relay(conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended)
             if abort is not None:
-                ended.end = session.detach(abort)
+                owner.detach(session, conn, abort)
                 return
         stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up)
     except BaseException:
@@ -65,17 +65,17 @@ def _record(session: Session, stats: RelayStats) -> None:
 
 
 class _Ended:
-    """A detached tunnel's end: record, close the upstream, hand the session back to the server."""
+    """A detached tunnel's end: record, close the upstream, hand the session back to its owner."""
 
-    __slots__ = ("session", "upstream", "end")
+    __slots__ = ("owner", "session", "conn", "upstream")
 
-    def __init__(self, session: Session, upstream: socket.socket) -> None:
+    def __init__(self, owner: SessionOwner, session: Session, conn: Conn, upstream: socket.socket) -> None:
+        self.owner = owner
         self.session = session
+        self.conn = conn
         self.upstream = upstream
-        self.end: Callable[[], None] | None = None
 
     def __call__(self, stats: RelayStats) -> None:
         _record(self.session, stats)
         self.upstream.close()
-        if self.end is not None:
-            self.end()
+        self.owner.end_detached(self.session, self.conn)
