@@ -3,6 +3,7 @@
 
     python bench/run.py                 # full run: writes bench/RESULTS.md and bench/results.png
     python bench/run.py --quick         # 1 repetition, 1 s each, 2,000 idle tunnels; writes nothing
+    python bench/run.py --idle-only     # only the idle-tunnel scenario; writes nothing
 
 The load generator and the TCP targets are C (bench/loadgen.c, compiled into
 bench/out/ on each run). Every measurement is repeated and the median kept;
@@ -367,6 +368,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 s, 2,000 idle tunnels")
     parser.add_argument("--servers", default="direct,gproxy,gproxy-w2,microsocks,pproxy")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-tunnel scenario")
+    parser.add_argument("--idle-only", action="store_true", help="run only the idle-tunnel scenario")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md and results.png")
     args = parser.parse_args()
     if args.quick:
@@ -382,7 +384,7 @@ def main() -> int:
     listed = servers(args)
     with target() as ports:
         running = []
-        for s in listed:
+        for s in [] if args.idle_only else listed:
             if s.start():
                 running.append(s)
             else:
@@ -403,7 +405,7 @@ def main() -> int:
     med = medians(res)
     text = table(med)
     print(text)
-    if not (args.quick or args.no_write):
+    if not (args.quick or args.no_write or args.idle_only):
         cmd = " ".join(["python", "bench/run.py", *sys.argv[1:]])
         notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
         (HERE / "RESULTS.md").write_text(

@@ -47,12 +47,21 @@ class _Reserve:
 
 
 class Acceptor(StreamServer):  # type: ignore[misc]
-    """StreamServer with descriptor-exhaustion handling; ``on_shed()`` counts shed clients."""
+    """StreamServer with descriptor-exhaustion handling; ``on_shed()`` counts shed clients.
 
-    def __init__(self, *args: Any, on_shed: Any = None, **kwargs: Any) -> None:
+    A client socket for which ``keep(sock)`` is true is left open when its
+    handler returns: its session goes on without a greenlet and closes it.
+    """
+
+    def __init__(self, *args: Any, on_shed: Any = None, keep: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_shed = on_shed
+        self._keep = keep
         self._fd_delay = 0.0
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        if self._keep is None or not self._keep(sock):
+            sock.close()
 
     def start_accepting(self) -> None:
         _Reserve.ensure()

@@ -65,10 +65,11 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: Repl
     finally:
         listener.close()
     try:
-        conn.sendall(encode(ReplyCode.SUCCEEDED, from_sockaddr(peer.getpeername())))
-        run_tunnel(conn, peer, ctx, session)
-    finally:
+        announced = encode(ReplyCode.SUCCEEDED, from_sockaddr(peer.getpeername()))
+    except BaseException:
         peer.close()
+        raise
+    run_tunnel(conn, peer, ctx, session, announced)  # closes peer
 
 
 def _listen(conn: Conn, addrs: Resolved) -> socket.socket:

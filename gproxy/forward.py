@@ -20,7 +20,4 @@ def serve_forward(conn: Conn, ctx: Context, session: Session) -> None:
     session.cmd = "forward"
     session.dest = str(target)
     upstream = ctx.dialer.dial(target, ctx.config.connect_timeout)  # DialError: logged, client closed
-    try:
-        run_tunnel(conn, upstream, ctx, session)
-    finally:
-        upstream.close()
+    run_tunnel(conn, upstream, ctx, session)  # closes upstream

@@ -138,11 +138,7 @@ def _connect(conn: Conn, ctx: Context, session: Session, request: h11.Request) -
         raise _fail(conn, exc) from None
     session.dest = str(dest)
     upstream = _dial(conn, ctx, dest, session.user)
-    try:
-        conn.sendall(_CONNECTED)
-        run_tunnel(conn, upstream, ctx, session)
-    finally:
-        upstream.close()
+    run_tunnel(conn, upstream, ctx, session, _CONNECTED)  # closes upstream
 
 
 # -- forwarding ----------------------------------------------------------------------

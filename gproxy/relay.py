@@ -1,9 +1,10 @@
 """The relay: copy bytes both ways between two connected sockets.
 
 Plain sockets are relayed by callbacks on the event loop, with no greenlet
-per direction: the calling greenlet sleeps until both directions are done,
-and an idle tunnel holds only its two sockets, their watchers and a small
-state object. Per chunk a direction does one ``recv_into`` into a buffer
+per direction: relay() sleeps until both directions are done, and
+start_relay() returns at once (the session's greenlet ends), so an idle
+tunnel holds only its two sockets, their watchers, a timer and a small state
+object. Per chunk a direction does one ``recv_into`` into a buffer
 shared by the hub and one non-blocking ``send``; only a partial send copies
 the rest out and waits for the destination to drain.
 
@@ -24,6 +25,7 @@ import fcntl
 import os
 import socket
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,9 +284,22 @@ class _Direction:
 
 
 class _EventTunnel:
-    """Both directions of a plain tunnel plus the idle timer; wakes the relay() caller when done."""
+    """Both directions of a plain tunnel plus the idle timer; when done, wakes the relay()
+    caller or calls ``on_done(stats)`` (start_relay())."""
 
-    __slots__ = ("a", "b", "stats", "up", "down", "waiter", "timer", "_last_total", "_idle_ticks", "finished")
+    __slots__ = (
+        "a",
+        "b",
+        "stats",
+        "up",
+        "down",
+        "waiter",
+        "on_done",
+        "timer",
+        "_last_total",
+        "_idle_ticks",
+        "finished",
+    )
 
     TICKS = 4
 
@@ -295,19 +310,23 @@ class _EventTunnel:
         self.up = _Direction(self, a, b, True)
         self.down = _Direction(self, b, a, False)
         self.waiter: Waiter | None = None
+        self.on_done: Callable[[RelayStats], object] | None = None
         self.timer: Any = None  # a libev timer watcher
         self._last_total = 0
         self._idle_ticks = 0
         self.finished = False
 
-    def run(self, idle_timeout: float) -> None:
-        self.waiter = Waiter()
+    def start(self, idle_timeout: float) -> None:
         if idle_timeout > 0:
             tick = idle_timeout / self.TICKS
             timer = self.timer = get_hub().loop.timer(tick, tick)
             timer.start(self.on_tick)
         self.up.start()
         self.down.start()
+
+    def run(self, idle_timeout: float) -> None:
+        self.waiter = Waiter()
+        self.start(idle_timeout)
         try:
             self.waiter.get()
         except BaseException:
@@ -344,6 +363,9 @@ class _EventTunnel:
         self.cleanup()
         if self.waiter is not None:
             self.waiter.switch(None)
+        elif self.on_done is not None:
+            on_done, self.on_done = self.on_done, None
+            on_done(self.stats)
 
     def cleanup(self) -> None:
         self.up.stop()
@@ -470,3 +492,27 @@ def relay(
     else:
         _Tunnel(client, upstream, stats).run(idle_timeout)
     return stats
+
+
+def start_relay(
+    client: socket.socket,
+    upstream: socket.socket,
+    *,
+    idle_timeout: float,
+    on_done: Callable[[RelayStats], object],
+) -> Callable[[str], None] | None:
+    """relay() without blocking the caller, for two plain sockets; None (and nothing
+    done) for any other kind.
+
+    The relay runs on event-loop callbacks alone, so an idle tunnel holds no
+    greenlet (a parked greenlet's stack costs more memory than the rest of the
+    tunnel). ``on_done(stats)`` is called once both directions are done, from
+    the event loop (or from the caller of the returned ``abort(outcome)``).
+    Never closes the sockets.
+    """
+    if _raw(client) is None or _raw(upstream) is None:
+        return None
+    tunnel = _EventTunnel(client, upstream, RelayStats())
+    tunnel.on_done = on_done
+    tunnel.start(idle_timeout)
+    return tunnel.abort

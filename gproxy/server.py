@@ -107,6 +107,9 @@ class Proxy:
         self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}
+        #: client socket -> abort(outcome) of the sessions that went on without a greenlet
+        self._detached: dict[socket.socket, Callable[[str], None]] = {}
+        self._detached_done = Event()
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
         self._load_users()
@@ -151,6 +154,7 @@ class Proxy:
                     self._handle_for(index, HANDLERS[spec.kind]),
                     spawn=self._sessions.spawn,
                     on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
+                    keep=self._detached.__contains__,
                 )
                 server.start()
                 self._servers.append(server)
@@ -177,7 +181,13 @@ class Proxy:
             service.stop()
         for _, sock in self._sockets:
             sock.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._sessions.join(timeout=timeout)
+        if self._detached:
+            self._detached_done.clear()
+            self._detached_done.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        for abort in list(self._detached.values()):
+            abort("shutdown")  # ends the session: logged, sockets closed
         self._sessions.kill(block=True, timeout=1)
         if self.access_log is not None:
             self.access_log.close()
@@ -351,6 +361,7 @@ class Proxy:
             session.started = accepted
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
+        session.owner = self
         try:
             if not NODELAY_INHERITED:
                 _nodelay(sock)
@@ -370,17 +381,36 @@ class Proxy:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
         finally:
-            if conn.sock is not sock:
-                conn.sock.close()  # the TLS wrapper owns the descriptor now
-            self._active -= 1
-            remaining = self._active_by_ip[client.host] - 1
-            if remaining:
-                self._active_by_ip[client.host] = remaining
-            else:
-                del self._active_by_ip[client.host]
-            self.metrics.session_closed(session)
-            if self.access_log is not None:
-                self.access_log.write(session.logfmt())
+            if sock not in self._detached:
+                self._end_session(sock, session, conn)
+
+    def _end_session(self, sock: socket.socket, session: Session, conn: Conn) -> None:
+        """Counters, metrics and the access-log line; the client socket is closed by the caller."""
+        if conn.sock is not sock:
+            conn.sock.close()  # the TLS wrapper owns the descriptor now
+        self._active -= 1
+        host = session.client.host
+        remaining = self._active_by_ip[host] - 1
+        if remaining:
+            self._active_by_ip[host] = remaining
+        else:
+            del self._active_by_ip[host]
+        self.metrics.session_closed(session)
+        if self.access_log is not None:
+            self.access_log.write(session.logfmt())
+
+    def detach(self, session: Session, conn: Conn, abort: Callable[[str], None]) -> None:
+        """SessionOwner: the handler returns, the client socket stays open (see Acceptor's ``keep``)."""
+        self._detached[conn.sock] = abort
+
+    def end_detached(self, session: Session, conn: Conn) -> None:
+        """SessionOwner: close the client socket and end the session as _serve_client would."""
+        sock = conn.sock  # plain: only plain sockets are detached
+        del self._detached[sock]
+        sock.close()
+        self._end_session(sock, session, conn)
+        if not self._detached:
+            self._detached_done.set()
 
 
 def _nodelay(sock: socket.socket) -> None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 from gproxy.addr import Address
+
+if TYPE_CHECKING:
+    from gproxy.stream import Conn
 
 #: printable ASCII but space, quote, equals and backslash: safe unquoted
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")
@@ -28,6 +33,8 @@ class Session:
     down: int = 0
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)
+    #: set by a server that lets the session outlive its greenlet (see run_tunnel())
+    owner: SessionOwner | None = field(default=None, repr=False)
 
     def logfmt(self) -> str:
         """``ts=... client=... user=... proto=... cmd=... dest=... up= down= dur= outcome=``"""
@@ -46,6 +53,16 @@ class Session:
             ("outcome", self.outcome),
         )
         return " ".join(f"{key}={_quote(value)}" for key, value in pairs)
+
+
+class SessionOwner(Protocol):
+    """The server side of a session that outlives its greenlet (a tunnel on the event loop)."""
+
+    def detach(self, session: Session, conn: Conn, abort: Callable[[str], None]) -> None:
+        """The handler returns while the tunnel runs: keep the client open; ``abort(outcome)`` ends it early."""
+
+    def end_detached(self, session: Session, conn: Conn) -> None:
+        """The tunnel is done (its record is complete): close the client, count and log the session."""
 
 
 def _quote(value: str) -> str:

@@ -144,10 +144,11 @@ def connect(conn: Conn, ctx: Context, session: Session, dest: Address) -> None:
         conn.sendall(socks5.encode_reply(exc.reply))
         raise
     try:
-        conn.sendall(success_reply(upstream.getsockname()))
-        run_tunnel(conn, upstream, ctx, session)
-    finally:
+        reply = success_reply(upstream.getsockname())
+    except BaseException:
         upstream.close()
+        raise
+    run_tunnel(conn, upstream, ctx, session, reply)  # closes upstream
 
 
 def success_reply(sockname: tuple[object, ...]) -> bytes:

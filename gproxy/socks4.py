@@ -69,10 +69,11 @@ def connect(conn: Conn, ctx: Context, session: Session, request: socks4.Request)
         reply(conn, Reply.REJECTED)
         raise
     try:
-        reply(conn, Reply.GRANTED, from_sockaddr(upstream.getsockname()))
-        run_tunnel(conn, upstream, ctx, session)
-    finally:
+        granted = socks4.encode_reply(Reply.GRANTED, from_sockaddr(upstream.getsockname()))
+    except BaseException:
         upstream.close()
+        raise
+    run_tunnel(conn, upstream, ctx, session, granted)  # closes upstream
 
 
 def bind4(conn: Conn, ctx: Context, session: Session, request: socks4.Request) -> None:

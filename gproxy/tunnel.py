@@ -10,8 +10,8 @@ import socket
 
 from gproxy.addr import Address, IPAddress
 from gproxy.context import Context
-from gproxy.relay import relay
-from gproxy.session import Session
+from gproxy.relay import RelayStats, relay, start_relay
+from gproxy.session import Session, SessionOwner
 from gproxy.stream import Conn
 
 
@@ -28,17 +28,54 @@ def _checked(ip: IPAddress, port: int) -> None:
     """The per-address check for a literal destination that check() has passed."""
 
 
-def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session) -> None:
-    """Relay client <-> upstream until both sides are done; records bytes and outcome.
+def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session, reply: bytes = b"") -> None:
+    """Send ``reply`` (the front end's success reply), then relay client <-> upstream
+    until both sides are done; records bytes and outcome, and closes ``upstream``.
 
-    Bytes the client sent early (still in ``conn``'s buffer) go first.
+    Bytes the client sent early (still in ``conn``'s buffer) go first. When the
+    server lets the session outlive its greenlet (``session.owner``), the
+    sockets are plain and there are no early bytes, this returns as soon as
+    the relay runs on the event loop alone: the record is completed and the
+    upstream closed when the tunnel ends.
     """
-    stats = relay(
-        conn.sock,
-        upstream,
-        idle_timeout=ctx.config.idle_timeout,
-        first_up=conn.take_buffered(),
-    )
+    try:
+        if reply:
+            conn.sendall(reply)
+        first_up = conn.take_buffered()
+        idle_timeout = ctx.config.idle_timeout
+        owner = session.owner
+        if owner is not None and not first_up:
+            ended = _Ended(owner, session, conn, upstream)
+            abort = start_relay(conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended)
+            if abort is not None:
+                owner.detach(session, conn, abort)
+                return
+        stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up)
+    except BaseException:
+        upstream.close()
+        raise
+    _record(session, stats)
+    upstream.close()
+
+
+def _record(session: Session, stats: RelayStats) -> None:
     session.up += stats.up
     session.down += stats.down
     session.outcome = stats.outcome
+
+
+class _Ended:
+    """A detached tunnel's end: record, close the upstream, hand the session back to its owner."""
+
+    __slots__ = ("owner", "session", "conn", "upstream")
+
+    def __init__(self, owner: SessionOwner, session: Session, conn: Conn, upstream: socket.socket) -> None:
+        self.owner = owner
+        self.session = session
+        self.conn = conn
+        self.upstream = upstream
+
+    def __call__(self, stats: RelayStats) -> None:
+        _record(self.session, stats)
+        self.upstream.close()
+        self.owner.end_detached(self.session, self.conn)

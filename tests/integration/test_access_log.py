@@ -97,3 +97,19 @@ def test_sighup_reopens_the_log_in_the_cli(echo_tcp, tmp_path):
         assert running.stop() == 0
     finally:
         running.__exit__()
+
+
+def test_stop_ends_an_open_tunnel_with_its_bytes(proxy, echo_tcp, tmp_path):
+    """An idle tunnel outlives its session greenlet: stop() still drains it, then ends
+    it (client closed, outcome=shutdown, bytes counted, logged once)."""
+    log = tmp_path / "access.log"
+    running = proxy(socks=["127.0.0.1:0"], access_log=str(log))
+    addr = (running.address("socks5").host, running.address("socks5").port)
+    sock, _ = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port))
+    assert echo_through(sock, b"d" * 321) == b"d" * 321
+    running.stop(0.2)
+    assert recv_all(sock) == b""
+    sock.close()
+    (entry,) = lines_of(log)
+    assert (entry["outcome"], entry["up"], entry["down"]) == ("shutdown", "321", "321")
+    assert float(entry["dur"]) >= 0.2  # drained for the whole timeout first
