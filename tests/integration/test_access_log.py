@@ -113,3 +113,23 @@ def test_stop_ends_an_open_tunnel_with_its_bytes(proxy, echo_tcp, tmp_path):
     (entry,) = lines_of(log)
     assert (entry["outcome"], entry["up"], entry["down"]) == ("shutdown", "321", "321")
     assert float(entry["dur"]) >= 0.2  # drained for the whole timeout first
+
+
+def test_an_open_tunnel_holds_no_greenlet_and_ends_logged(proxy, echo_tcp, tmp_path):
+    """A running plain tunnel lives on the event loop alone (its session greenlet has ended);
+    when the client closes, the session is counted down, logged once and its sockets closed."""
+    log = tmp_path / "access.log"
+    running = proxy(socks=["127.0.0.1:0"], access_log=str(log))
+    addr = (running.address("socks5").host, running.address("socks5").port)
+    sock, _ = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port))
+    assert echo_through(sock, b"a" * 100) == b"a" * 100
+    wait_for(lambda: len(running._sessions) == 0)
+    assert running._active == 1 and len(running._detached) == 1
+    assert echo_through(sock, b"b" * 50) == b"b" * 50  # still relaying without a greenlet
+    sock.shutdown(socket.SHUT_WR)
+    assert recv_all(sock) == b""  # half-close passed on; the echo server closed its side
+    sock.close()
+    wait_for(lambda: running._active == 0)
+    assert not running._detached and not running._active_by_ip
+    (entry,) = lines_of(log)
+    assert (entry["outcome"], entry["up"], entry["down"]) == ("ok", "150", "150")
