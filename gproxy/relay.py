@@ -283,23 +283,14 @@ class _Direction:
             self.tunnel.finish()
 
 
-class _EventTunnel:
-    """Both directions of a plain tunnel plus the idle timer; when done, wakes the relay()
-    caller or calls ``on_done(stats)`` (start_relay())."""
+class _IdleClock:
+    """What both tunnel kinds share: the idle check and shutting both sockets down.
 
-    __slots__ = (
-        "a",
-        "b",
-        "stats",
-        "up",
-        "down",
-        "waiter",
-        "on_done",
-        "timer",
-        "_last_total",
-        "_idle_ticks",
-        "finished",
-    )
+    The idle timeout is checked by a hub timer every quarter of it (no per-chunk
+    clock reads): a tunnel whose byte total did not move for four ticks ends.
+    """
+
+    __slots__ = ("a", "b", "stats", "_last_total", "_idle_ticks")
 
     TICKS = 4
 
@@ -307,13 +298,41 @@ class _EventTunnel:
         self.a = a
         self.b = b
         self.stats = stats
+        self._last_total = 0
+        self._idle_ticks = 0
+
+    def on_tick(self) -> None:
+        total = self.stats.up + self.stats.down
+        if total != self._last_total:
+            self._last_total = total
+            self._idle_ticks = 0
+            return
+        self._idle_ticks += 1
+        if self._idle_ticks >= self.TICKS:
+            self.abort("idle_timeout")
+
+    def abort(self, outcome: str) -> None:
+        """Keep the first reason it ended and shut both sockets down."""
+        if self.stats.outcome == "ok":
+            self.stats.outcome = outcome
+        for sock in (self.a, self.b):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _EventTunnel(_IdleClock):
+    """Both directions of a plain tunnel plus the idle timer; when done, wakes the relay()
+    caller or calls ``on_done(stats)`` (start_relay())."""
+
+    __slots__ = ("up", "down", "waiter", "on_done", "timer", "finished")
+
+    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats) -> None:
+        super().__init__(a, b, stats)
         self.up = _Direction(self, a, b, True)
         self.down = _Direction(self, b, a, False)
         self.waiter: Waiter | None = None
         self.on_done: Callable[[RelayStats], object] | None = None
         self.timer: Any = None  # a libev timer watcher
-        self._last_total = 0
-        self._idle_ticks = 0
         self.finished = False
 
     def start(self, idle_timeout: float) -> None:
@@ -337,23 +356,9 @@ class _EventTunnel:
             if not self.finished:  # finish() has cleaned up already
                 self.cleanup()
 
-    def on_tick(self) -> None:
-        total = self.stats.up + self.stats.down
-        if total != self._last_total:
-            self._last_total = total
-            self._idle_ticks = 0
-            return
-        self._idle_ticks += 1
-        if self._idle_ticks >= self.TICKS:
-            self.abort("idle_timeout")
-
     def abort(self, outcome: str) -> None:
         """An error, the idle timeout or a kill: shut both sockets down and finish."""
-        if self.stats.outcome == "ok":
-            self.stats.outcome = outcome
-        for sock in (self.a, self.b):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        super().abort(outcome)
         self.finish()
 
     def finish(self) -> None:
@@ -375,38 +380,15 @@ class _EventTunnel:
             self.timer = None
 
 
-class _Tunnel:
-    """The generic path (TLS sockets): one greenlet per direction."""
+class _Tunnel(_IdleClock):
+    """The generic path (TLS sockets): one greenlet per direction; abort() wakes
+    their blocked recv() calls with EOF."""
 
-    __slots__ = ("a", "b", "stats", "ended", "_last_total", "_idle_ticks", "_ticks_allowed")
+    __slots__ = ("ended",)
 
     def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats) -> None:
-        self.a = a
-        self.b = b
-        self.stats = stats
+        super().__init__(a, b, stats)
         self.ended = False
-        self._last_total = 0
-        self._idle_ticks = 0
-        self._ticks_allowed = 4
-
-    def on_tick(self) -> None:
-        """Idle check, run by the hub's timer (no per-chunk clock reads)."""
-        total = self.stats.up + self.stats.down
-        if total != self._last_total:
-            self._last_total = total
-            self._idle_ticks = 0
-            return
-        self._idle_ticks += 1
-        if self._idle_ticks >= self._ticks_allowed:
-            self.abort("idle_timeout")
-
-    def abort(self, outcome: str) -> None:
-        """Stop both directions: their blocked recv() calls wake with EOF."""
-        if self.stats.outcome == "ok":
-            self.stats.outcome = outcome
-        for sock in (self.a, self.b):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     def pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         """Copy src -> dst until EOF, then half-close dst."""
@@ -444,7 +426,7 @@ class _Tunnel:
     def run(self, idle_timeout: float) -> None:
         timer = None
         if idle_timeout > 0:
-            tick = idle_timeout / self._ticks_allowed
+            tick = idle_timeout / self.TICKS
             timer = get_hub().loop.timer(tick, tick)
             timer.start(self.on_tick)
         downward = gevent.spawn(self.pump, self.b, self.a, False)
