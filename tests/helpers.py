@@ -126,9 +126,12 @@ class GproxyProcess:
         try:
             return self.proc.wait(timeout)
         finally:
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                if pipe:
-                    pipe.close()
+            self.close_pipes()
+
+    def close_pipes(self) -> None:
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe:
+                pipe.close()
 
     def __enter__(self) -> GproxyProcess:
         return self

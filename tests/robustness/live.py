@@ -594,6 +594,12 @@ class DrainedGproxy(GproxyProcess):
         for line in self.proc.stderr:
             self.stderr_lines.append(line.decode(errors="replace"))
 
+    def close_pipes(self) -> None:
+        """The reader first: closing the pipe under its pending read raises in both."""
+        self.reader.join(5)  # EOF: the process has exited or been killed
+        self.reader.kill()
+        super().close_pipes()
+
     def stop_and_read(self) -> tuple[int, str]:
         """SIGTERM, wait, and everything gproxy wrote on stderr."""
         self.proc.terminate()
