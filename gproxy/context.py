@@ -12,7 +12,7 @@ from gproxy.access import ClientRules, Users
 from gproxy.config import Config, ListenerSpec
 from gproxy.dial import Dialer, Resolver, system_resolve
 from gproxy.rules import DestinationPolicy
-from gproxy.session import Session
+from gproxy.session import Session, SessionOwner
 
 if TYPE_CHECKING:
     import ssl  # imported lazily (gproxy.tls): gevent patches it at start
@@ -48,3 +48,5 @@ class Context:
     metrics: Metrics
     resolver: Resolver = system_resolve  # UDP resolves names itself
     tls: ssl.SSLContext | None = None  # --https / --socks-tls listeners
+    #: a server that lets a tunnel outlive its session's greenlet (see run_tunnel())
+    owner: SessionOwner | None = None

@@ -289,6 +289,7 @@ class Proxy:
             metrics=self.metrics,
             resolver=self.resolver,
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
+            owner=self,
         )
 
     def _check_upstream(self, own: list[tuple[IPAddress, int]]) -> None:
@@ -361,7 +362,6 @@ class Proxy:
             session.started = accepted
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
-        session.owner = self
         try:
             if not NODELAY_INHERITED:
                 _nodelay(sock)
@@ -399,7 +399,7 @@ class Proxy:
         if self.access_log is not None:
             self.access_log.write(session.logfmt())
 
-    def detach(self, session: Session, conn: Conn, abort: Callable[[str], None]) -> None:
+    def detach(self, conn: Conn, abort: Callable[[str], None]) -> None:
         """SessionOwner: the handler returns, the client socket stays open (see Acceptor's ``keep``)."""
         self._detached[conn.sock] = abort
 

@@ -33,8 +33,6 @@ class Session:
     down: int = 0
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)
-    #: set by a server that lets the session outlive its greenlet (see run_tunnel())
-    owner: SessionOwner | None = field(default=None, repr=False)
 
     def logfmt(self) -> str:
         """``ts=... client=... user=... proto=... cmd=... dest=... up= down= dur= outcome=``"""
@@ -58,7 +56,7 @@ class Session:
 class SessionOwner(Protocol):
     """The server side of a session that outlives its greenlet (a tunnel on the event loop)."""
 
-    def detach(self, session: Session, conn: Conn, abort: Callable[[str], None]) -> None:
+    def detach(self, conn: Conn, abort: Callable[[str], None]) -> None:
         """The handler returns while the tunnel runs: keep the client open; ``abort(outcome)`` ends it early."""
 
     def end_detached(self, session: Session, conn: Conn) -> None:

@@ -33,7 +33,7 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
     until both sides are done; records bytes and outcome, and closes ``upstream``.
 
     Bytes the client sent early (still in ``conn``'s buffer) go first. When the
-    server lets the session outlive its greenlet (``session.owner``), the
+    server lets the session outlive its greenlet (``ctx.owner``), the
     sockets are plain and there are no early bytes, this returns as soon as
     the relay runs on the event loop alone: the record is completed and the
     upstream closed when the tunnel ends.
@@ -43,12 +43,12 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
             conn.sendall(reply)
         first_up = conn.take_buffered()
         idle_timeout = ctx.config.idle_timeout
-        owner = session.owner
+        owner = ctx.owner
         if owner is not None and not first_up:
             ended = _Ended(owner, session, conn, upstream)
             abort = start_relay(conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended)
             if abort is not None:
-                owner.detach(session, conn, abort)
+                owner.detach(conn, abort)
                 return
         stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up)
     except BaseException:
