@@ -29,11 +29,10 @@ import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 
 def serve(argv: list[str]) -> int:
-    """gproxy's own main, plus the SIGUSR1 dump hook (installed with gproxy's signals)."""
+    """gproxy's own main, plus the SIGUSR1 dump hook."""
     out = Path(os.environ["LEAK_DIR"])
     trace = os.environ.get("LEAK_TRACE") == "1"
     if trace:
@@ -50,17 +49,11 @@ def serve(argv: list[str]) -> int:
             tracemalloc.take_snapshot().dump(str(out / f"snap{n}.tm"))
         (out / f"done{n}").write_text(str(tracemalloc.get_traced_memory()[0] if trace else -1))
 
+    # Installed before gproxy starts, so a SIGUSR1 can never arrive unhandled (which would
+    # end the process); a plain Python handler, run by the interpreter on the main thread.
+    signal.signal(signal.SIGUSR1, lambda *_: dump())
     import gproxy.cli as cli
 
-    install = cli.install_signals
-
-    def install_with_hook(proxy: Any, args: Any) -> None:
-        import gevent
-
-        install(proxy, args)
-        gevent.signal_handler(signal.SIGUSR1, dump)
-
-    cli.install_signals = install_with_hook
     return cli.main(argv)
 
 
@@ -107,7 +100,6 @@ def drive(opts: argparse.Namespace) -> None:
                 ctx.addresses[kind] = (host.strip("[]"), int(port))
             stderr = proc.stderr
             gevent.spawn(lambda: [None for _ in stderr])
-            gevent.sleep(1)  # the hook is installed after the "listening" lines
             pid = proc.pid
             fds_before = fd_count(pid)
 
