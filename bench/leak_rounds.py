@@ -52,7 +52,7 @@ def serve(argv: list[str]) -> int:
     # Installed before gproxy starts, so a SIGUSR1 can never arrive unhandled (which would
     # end the process); a plain Python handler, run by the interpreter on the main thread.
     signal.signal(signal.SIGUSR1, lambda *_: dump())
-    import gproxy.cli as cli
+    import gproxy.ops.cli as cli
 
     return cli.main(argv)
 
@@ -62,7 +62,7 @@ def drive(opts: argparse.Namespace) -> None:
     from gevent import monkey
 
     monkey.patch_all()
-    from gproxy.addr import Address
+    from gproxy.core.addr import Address
     from tests.helpers import ROOT, EchoServer, UdpEchoServer, WsgiOrigin, gproxy_env
     from tests.robustness import test_soak as soak
     from tests.robustness.live import fd_count, rss_kib

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from gproxy.config import Config, ListenerSpec  # noqa: E402
-from gproxy.errors import (  # noqa: E402
+from gproxy.core.config import Config, ListenerSpec  # noqa: E402
+from gproxy.core.errors import (  # noqa: E402
     AuthFailed,
     ClientProtocolError,
     ConfigError,
@@ -28,10 +28,10 @@ from gproxy.errors import (  # noqa: E402
     GproxyError,
     HandshakeTimeout,
 )
-from gproxy.threaded import ProxyThread, serve_in_thread  # noqa: E402
+from gproxy.ops.threaded import ProxyThread, serve_in_thread  # noqa: E402
 
 if TYPE_CHECKING:
-    from gproxy.server import Proxy
+    from gproxy.server.proxy import Proxy
 
 
 __all__ = [
@@ -55,7 +55,7 @@ def __getattr__(name: str) -> Any:
     """``gproxy.Proxy`` is imported on first use: ``import gproxy`` (and the pytest
     plugin, which every pytest run loads) must not import gevent."""
     if name == "Proxy":
-        from gproxy.server import Proxy
+        from gproxy.server.proxy import Proxy
 
         return Proxy
     raise AttributeError(f"module 'gproxy' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m gproxy``"""
 
-from gproxy.cli import main
+from gproxy.ops.cli import main
 
 raise SystemExit(main())

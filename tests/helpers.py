@@ -527,7 +527,7 @@ class FakeHttpUpstream:
         self.server = StreamServer(("127.0.0.1", 0), self._handle)
 
     def _handle(self, sock: socket.socket, _addr: object) -> None:
-        from gproxy.relay import relay
+        from gproxy.core.relay import relay
 
         head = b""
         while b"\r\n\r\n" not in head:

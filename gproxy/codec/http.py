@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gproxy.addr import Address, format_hostport, parse_ip
-from gproxy.errors import ClientProtocolError
+from gproxy.core.addr import Address, format_hostport, parse_ip
+from gproxy.core.errors import ClientProtocolError
 
 #: request line cap (414 beyond it) and whole-head cap (431), as Squid's defaults go
 MAX_REQUEST_LINE = 8192

@@ -14,8 +14,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from gproxy.addr import Address, parse_ip
-from gproxy.errors import ClientProtocolError
+from gproxy.core.addr import Address, parse_ip
+from gproxy.core.errors import ClientProtocolError
 
 V1_PREFIX = b"PROXY "
 #: the longest v1 line, CRLF included ("PROXY UNKNOWN" + two IPv6 addresses and ports)

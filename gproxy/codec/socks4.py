@@ -12,8 +12,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from gproxy.addr import Address, parse_ip, unmap_ip
-from gproxy.errors import ClientProtocolError
+from gproxy.core.addr import Address, parse_ip, unmap_ip
+from gproxy.core.errors import ClientProtocolError
 
 VERSION = 4
 #: the version byte of a reply (SOCKS4 replies carry 0, not 4)

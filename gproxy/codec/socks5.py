@@ -12,9 +12,9 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from gproxy.addr import Address, parse_ip, unmap_ip
 from gproxy.codec.replies import ReplyCode
-from gproxy.errors import ClientProtocolError
+from gproxy.core.addr import Address, parse_ip, unmap_ip
+from gproxy.core.errors import ClientProtocolError
 
 VERSION = 5
 AUTH_VERSION = 1

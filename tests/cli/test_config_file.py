@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 
-from gproxy.cli import load_config
-from gproxy.config import OPTIONS, Address, ListenerSpec
+from gproxy.core.config import OPTIONS, Address, ListenerSpec
+from gproxy.ops.cli import load_config
 from tests.helpers import (
     ROOT,
     echo_through,

@@ -7,10 +7,10 @@ import socket
 import pytest
 
 from gproxy import Config, Proxy
-from gproxy.addr import Address
-from gproxy.config import ListenerSpec
-from gproxy.errors import Denied
-from gproxy.tunnel import open_upstream
+from gproxy.core.addr import Address
+from gproxy.core.config import ListenerSpec
+from gproxy.core.errors import Denied
+from gproxy.core.tunnel import open_upstream
 from tests.helpers import ipv4_dest, name_dest, recv_exact, socks5_connect
 
 AUTH = (b"u", b"p")

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from gproxy import Config, Proxy
-from gproxy.context import Metrics
+from gproxy.core.context import Metrics
 from tests.helpers import RecordingOrigin, big_body_sha256, recv_all, recv_exact
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

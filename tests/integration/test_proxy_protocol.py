@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from gproxy.addr import Address
 from gproxy.codec.proxy_protocol import encode_v1, encode_v2
+from gproxy.core.addr import Address
 from tests.helpers import recv_all, recv_exact
 
 GREETING = b"\x05\x01\x00"

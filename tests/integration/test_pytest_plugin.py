@@ -5,7 +5,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from gproxy.server import HANDLERS
+from gproxy.server.proxy import HANDLERS
 from tests.helpers import ROOT
 
 pytest_plugins = ["pytester"]
@@ -106,10 +106,10 @@ def test_plugin_tolerates_a_patched_process(suite):
 
 def test_import_costs_only_pytest(suite):
     """Loaded in every pytest run of anyone who installs gproxy: no gevent, no gproxy until used."""
-    code = "import sys, gproxy.pytest_plugin; print([m for m in sys.modules if m.startswith(('gevent', 'gproxy.s'))])"
+    code = "import sys, gproxy.pytest_plugin; print([m for m in sys.modules if m.startswith(('gevent', 'gproxy.server', 'gproxy.frontends', 'gproxy.services'))])"
     result = suite.run(sys.executable, "-c", code)
     assert result.ret == 0
-    assert result.outlines[-1] == "[]"  # no gevent, no gproxy.server / gproxy.socks
+    assert result.outlines[-1] == "[]"  # no gevent, no gproxy.server.proxy / gproxy.frontends.socks5
 
 
 def test_entry_point_is_declared():

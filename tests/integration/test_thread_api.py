@@ -9,7 +9,7 @@ import pytest
 import socks
 
 from gproxy import Config, ConfigError, serve_in_thread
-from gproxy.threaded import ProxyThread
+from gproxy.ops.threaded import ProxyThread
 from tests.helpers import ROOT, gproxy_env, recv_exact
 
 #: an ordinary program: no monkey-patching, real threads, requests and socket
@@ -115,7 +115,7 @@ def test_any_failure_in_the_thread_is_raised_at_once(monkeypatch):
         def __init__(self, config):
             raise RuntimeError("broken before start")
 
-    monkeypatch.setattr("gproxy.server.Proxy", Broken)
+    monkeypatch.setattr("gproxy.server.proxy.Proxy", Broken)
     with pytest.raises(RuntimeError, match="broken before start"):
         ProxyThread(Config.build(socks=["127.0.0.1:0"])).start(timeout=10)
 

@@ -206,7 +206,7 @@ def test_upstream_pointing_at_ourselves_is_refused_at_start():
 
 @pytest.mark.parametrize("step", [1, 3, 1000])
 def test_read_head_takes_the_head_and_not_a_byte_more(step):
-    from gproxy.upstream import read_head
+    from gproxy.core.upstream import read_head
 
     head = b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n"
     ours, theirs = socket.socketpair()
@@ -228,8 +228,8 @@ def test_read_head_takes_the_head_and_not_a_byte_more(step):
 
 
 def test_read_head_is_bounded():
-    from gproxy.errors import ClientProtocolError
-    from gproxy.upstream import read_head
+    from gproxy.core.errors import ClientProtocolError
+    from gproxy.core.upstream import read_head
 
     ours, theirs = socket.socketpair()
     try:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gproxy.errors import ClientProtocolError
+from gproxy.core.errors import ClientProtocolError
 
 Parse = Callable[[bytearray], Any]
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gproxy.addr import Address
+from gproxy.core.addr import Address
 from tests.robustness.live import Probe, available_probes, sandbox_proxy
 
 

@@ -28,12 +28,12 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from gproxy import Config, Proxy
-from gproxy.addr import Address
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
-from gproxy.context import Metrics
-from gproxy.errors import ClientProtocolError, DialError
-from gproxy.session import Session
+from gproxy.core.addr import Address
+from gproxy.core.context import Metrics
+from gproxy.core.errors import ClientProtocolError, DialError
+from gproxy.core.session import Session
 from tests.helpers import ROOT, GproxyProcess, gproxy_env
 
 USER, PASSWORD = b"u", b"p"
@@ -223,10 +223,10 @@ PROBES: tuple[Probe, ...] = (
 
 
 def available_probes() -> list[Probe]:
-    from gproxy.server import HANDLERS
+    from gproxy.server.proxy import HANDLERS
 
     found = [probe for probe in PROBES if probe.kind in HANDLERS]
-    if importlib.util.find_spec("gproxy.proxy_header") is None:
+    if importlib.util.find_spec("gproxy.server.proxy_header") is None:
         found = [probe for probe in found if not dict(probe.more_settings).get("proxy_protocol")]
     return found
 
@@ -611,12 +611,12 @@ class DrainedGproxy(GproxyProcess):
 def socks4_missing() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("gproxy.socks4") is None
+    return importlib.util.find_spec("gproxy.frontends.socks4") is None
 
 
 def without_known_gaps(stderr: str) -> str:
     """``stderr`` minus tracebacks for a front end not merged yet (first byte 0x04
-    on a SOCKS port imports gproxy.socks4). Inert once that module exists."""
+    on a SOCKS port imports gproxy.frontends.socks4). Inert once that module exists."""
     if not socks4_missing():
         return stderr
     import re

@@ -11,7 +11,7 @@ import time
 import gevent
 import pytest
 
-from gproxy.addr import Address
+from gproxy.core.addr import Address
 from tests.helpers import EchoServer
 from tests.robustness.live import PROBES, DrainedGproxy, fd_count, good_session
 

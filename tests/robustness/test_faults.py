@@ -11,8 +11,8 @@ import struct
 import gevent
 import pytest
 
-from gproxy.addr import Address
 from gproxy.codec.replies import ReplyCode
+from gproxy.core.addr import Address
 from tests.helpers import EchoServer
 from tests.robustness.live import (
     PROBES,
@@ -181,7 +181,7 @@ def _read_reply(sock: socket.socket, probe) -> bytes:  # type: ignore[no-untyped
 def test_upstream_proxy_dies(probe, sandbox, proxy):
     """A chains through B; B dies mid-transfer: A's client sees a clean close,
     and later requests get a refusal instead of hanging."""
-    pytest.importorskip("gproxy.upstream")
+    pytest.importorskip("gproxy.core.upstream")
     log = SessionLog()
     upstream = proxy(socks=["127.0.0.1:0"])
     b = upstream.address("socks5")
@@ -216,7 +216,7 @@ def test_out_of_fds_when_dialing_gets_a_reply(probe, sandbox, monkeypatch):
     import errno
     import types
 
-    from gproxy import dial
+    from gproxy.core import dial
 
     def no_fds(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(errno.EMFILE, "Too many open files")

@@ -8,7 +8,7 @@ import collections
 import functools
 import os
 
-from gproxy.addr import Address
+from gproxy.core.addr import Address
 from tests.robustness.live import (
     attack,
     fd_count,
@@ -54,7 +54,7 @@ def test_garbage_handshakes_end_fast_and_leak_nothing(probe, sandbox, echo_tcp, 
         assert attempt.elapsed < HANDSHAKE_TIMEOUT + 1 + SLACK, (category, data[:100], attempt)
     print(f"{probe.kind}: {len(cases)} handshakes: {dict(outcomes)}")
     if socks4_missing():  # first byte 0x04 imports the SOCKS4 front end, not merged yet
-        tracebacks = [t for t in tracebacks if "gproxy.socks4" not in t]
+        tracebacks = [t for t in tracebacks if "gproxy.frontends.socks4" not in t]
     assert not tracebacks, tracebacks[:5]
     assert not gproxy_warnings, [r.getMessage() for r in gproxy_warnings[:5]]
 

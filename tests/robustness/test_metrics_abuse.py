@@ -13,7 +13,7 @@ import pytest
 
 from tests.robustness.live import attack, fd_count, greenlet_count, hub_errors, run_all, settle, steady
 
-pytest.importorskip("gproxy.metrics")
+pytest.importorskip("gproxy.services.metrics")
 
 HANDSHAKE_TIMEOUT = 0.5
 SLACK = 8.0
@@ -22,7 +22,7 @@ SLACK = 8.0
 @pytest.fixture
 def metrics_proxy():
     from gproxy import Config, Proxy
-    from gproxy.metrics import PrometheusMetrics
+    from gproxy.services.metrics import PrometheusMetrics
 
     running = Proxy(
         Config.build(socks=["127.0.0.1:0"], metrics=["127.0.0.1:0"], handshake_timeout=HANDSHAKE_TIMEOUT),

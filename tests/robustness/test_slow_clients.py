@@ -12,7 +12,7 @@ from pathlib import Path
 import gevent
 import pytest
 
-from gproxy.addr import Address
+from gproxy.core.addr import Address
 from tests.helpers import EchoServer, GproxyProcess
 from tests.robustness.live import (
     PROBES,

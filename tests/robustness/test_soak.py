@@ -22,7 +22,7 @@ import gevent
 import pytest
 import requests
 
-from gproxy.addr import Address
+from gproxy.core.addr import Address
 from tests.helpers import (
     EchoServer,
     UdpEchoServer,
@@ -275,7 +275,7 @@ class SoakContext:
 
 
 def _available() -> list[SoakListener]:
-    from gproxy.server import HANDLERS, SERVICES
+    from gproxy.server.proxy import HANDLERS, SERVICES
 
     return [listener for listener in SOAK_LISTENERS if listener.kind in HANDLERS or listener.kind in SERVICES]
 

@@ -13,7 +13,7 @@ import ssl
 
 import pytest
 
-from gproxy.addr import Address
+from gproxy.core.addr import Address
 from tests.helpers import make_cert
 from tests.robustness.live import (
     attack,
@@ -91,7 +91,7 @@ def tls_session(cert_file: str, address: tuple[str, int], kind: str, dest: Addre
 
 @pytest.mark.parametrize("kind", sorted(TLS_KINDS))
 def test_tls_listener_survives_junk(kind, cert, echo_tcp):
-    from gproxy.server import HANDLERS
+    from gproxy.server.proxy import HANDLERS
 
     if kind not in HANDLERS:
         pytest.skip(f"{kind} listeners are not on this branch")

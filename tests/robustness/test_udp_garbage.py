@@ -12,11 +12,11 @@ import gevent
 import pytest
 
 from gproxy.codec import socks5
-from gproxy.errors import ClientProtocolError
+from gproxy.core.errors import ClientProtocolError
 from tests.helpers import UdpEchoServer, parse_socks5_udp_datagram, socks5_handshake, socks5_udp_datagram
 from tests.robustness.live import fd_count, greenlet_count, sandbox_proxy, settle, steady
 
-pytest.importorskip("gproxy.udp")
+pytest.importorskip("gproxy.frontends.udp")
 
 COUNT = 3000
 

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from gproxy.access import ClientRules, Users, parse_network, read_users_file
-from gproxy.errors import ConfigError
+from gproxy.core.access import ClientRules, Users, parse_network, read_users_file
+from gproxy.core.errors import ConfigError
 
 
 def test_users_check():

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gproxy.addr import Address
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
+from gproxy.core.addr import Address
 
 GET = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
 

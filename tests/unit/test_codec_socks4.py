@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gproxy.addr import Address
 from gproxy.codec import socks4
-from gproxy.errors import ClientProtocolError
+from gproxy.core.addr import Address
+from gproxy.core.errors import ClientProtocolError
 
 REQUESTS = {
     "connect-ipv4": (

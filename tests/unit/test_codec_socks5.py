@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gproxy.addr import Address, unmap_ip
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
-from gproxy.errors import ClientProtocolError
+from gproxy.core.addr import Address, unmap_ip
+from gproxy.core.errors import ClientProtocolError
 
 GREETING = b"\x05\x02\x00\x02"
 AUTH = b"\x01\x05alice\x06secret"

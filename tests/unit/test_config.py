@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gproxy.config import Config, load_toml, parse_hostport
-from gproxy.errors import ConfigError
+from gproxy.core.config import Config, load_toml, parse_hostport
+from gproxy.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

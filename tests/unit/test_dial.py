@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from gproxy.codec.replies import ReplyCode
-from gproxy.dial import connect_any, reply_for
-from gproxy.errors import DialError
+from gproxy.core.dial import connect_any, reply_for
+from gproxy.core.errors import DialError
 
 
 @pytest.mark.parametrize(

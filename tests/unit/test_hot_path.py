@@ -10,17 +10,17 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from gproxy.addr import Address
-from gproxy.cli import fast_greenlets
 from gproxy.codec import socks5
-from gproxy.config import ListenerSpec
-from gproxy.dial import _wait_writable
-from gproxy.errors import Denied, HandshakeTimeout
-from gproxy.relay import _raw
-from gproxy.rules import DestinationPolicy, RuleSet, parse_dest_rule
-from gproxy.server import NODELAY_INHERITED, bind_listener
-from gproxy.socks import Deadline
-from gproxy.stream import Conn
+from gproxy.core.addr import Address
+from gproxy.core.config import ListenerSpec
+from gproxy.core.dial import _wait_writable
+from gproxy.core.errors import Denied, HandshakeTimeout
+from gproxy.core.relay import _raw
+from gproxy.core.rules import DestinationPolicy, RuleSet, parse_dest_rule
+from gproxy.core.stream import Conn
+from gproxy.frontends.socks5 import Deadline
+from gproxy.ops.cli import fast_greenlets
+from gproxy.server.proxy import NODELAY_INHERITED, bind_listener
 
 
 @pytest.mark.parametrize("packed", [b"\0\0\0\0", b"\x7f\0\0\x01", b"\x0a\x00\xff\x09", b"\xff\xff\xff\xff"])
@@ -57,7 +57,7 @@ def test_check_ip_remembers_only_what_passed():
 
 
 def test_check_ip_memory_is_bounded(monkeypatch):
-    monkeypatch.setattr("gproxy.rules._PASSED_MAX", 8)
+    monkeypatch.setattr("gproxy.core.rules._PASSED_MAX", 8)
     policy = DestinationPolicy()
     for n in range(50):
         policy.check_ip(ipaddress.ip_address(f"192.0.2.{n + 1}"), 80)

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gproxy.addr import Address
 from gproxy.codec.proxy_protocol import (
     MAX_HEADER,
     V1_MAX,
@@ -18,7 +17,8 @@ from gproxy.codec.proxy_protocol import (
     encode_v2,
     parse_header,
 )
-from gproxy.errors import ClientProtocolError
+from gproxy.core.addr import Address
+from gproxy.core.errors import ClientProtocolError
 
 SRC4, DST4 = Address("192.0.2.7", 50312), Address("198.51.100.1", 1080)
 SRC6, DST6 = Address("2001:db8::7", 65535), Address("2001:db8::1", 0)

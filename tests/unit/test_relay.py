@@ -12,8 +12,8 @@ import struct
 import gevent
 import pytest
 
-from gproxy import relay as relay_mod
-from gproxy.relay import relay
+from gproxy.core import relay as relay_mod
+from gproxy.core.relay import relay
 from tests.helpers import recv_all, recv_exact
 
 

@@ -6,10 +6,10 @@ import ipaddress
 
 import pytest
 
-from gproxy.addr import Address
-from gproxy.config import Config, load_toml
-from gproxy.errors import ConfigError, Denied
-from gproxy.rules import DestinationPolicy, RuleSet, host_addresses, parse_dest_rule, parse_users_table
+from gproxy.core.addr import Address
+from gproxy.core.config import Config, load_toml
+from gproxy.core.errors import ConfigError, Denied
+from gproxy.core.rules import DestinationPolicy, RuleSet, host_addresses, parse_dest_rule, parse_users_table
 
 ip = ipaddress.ip_address
 

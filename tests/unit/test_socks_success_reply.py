@@ -2,10 +2,10 @@
 
 import pytest
 
-from gproxy.addr import from_sockaddr
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
-from gproxy.socks import success_reply
+from gproxy.core.addr import from_sockaddr
+from gproxy.frontends.socks5 import success_reply
 
 
 @pytest.mark.parametrize(

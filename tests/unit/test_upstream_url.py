@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gproxy import Config
-from gproxy.errors import ConfigError
-from gproxy.upstream_url import parse_upstream, redact_url
+from gproxy.core.errors import ConfigError
+from gproxy.core.upstream_url import parse_upstream, redact_url
 
 
 @pytest.mark.parametrize(

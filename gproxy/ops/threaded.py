@@ -17,9 +17,9 @@ import threading
 from typing import Any
 from urllib.parse import quote
 
-from gproxy.addr import Address, format_hostport
-from gproxy.config import Config
-from gproxy.errors import GproxyError
+from gproxy.core.addr import Address, format_hostport
+from gproxy.core.config import Config
+from gproxy.core.errors import GproxyError
 
 #: listener kind -> URL scheme a client library understands (name resolution on the proxy)
 URL_SCHEMES = {"socks5": "socks5h", "mixed": "socks5h", "http": "http", "https": "https"}
@@ -65,7 +65,7 @@ class ProxyThread:
         from gevent import monkey
         from gevent.event import Event
 
-        from gproxy.server import Proxy
+        from gproxy.server.proxy import Proxy
 
         own_hub = not monkey.is_module_patched("threading")  # a real thread, not a greenlet
         hub = gevent.get_hub()

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from gproxy.addr import Address
+from gproxy.core.addr import Address
 
 if TYPE_CHECKING:
-    from gproxy.stream import Conn
+    from gproxy.core.stream import Conn
 
 #: printable ASCII but space, quote, equals and backslash: safe unquoted
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")

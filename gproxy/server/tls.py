@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from gproxy.errors import ConfigError, GproxyError, HandshakeTimeout
+from gproxy.core.errors import ConfigError, GproxyError, HandshakeTimeout
 
 if TYPE_CHECKING:
     import ssl

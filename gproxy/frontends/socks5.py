@@ -13,17 +13,17 @@ from typing import Any
 
 from gevent.hub import get_hub, getcurrent
 
-from gproxy.addr import Address, from_sockaddr
-from gproxy.bind import bind
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
-from gproxy.context import Context
-from gproxy.errors import AuthFailed, ClientProtocolError, Denied, DialError, HandshakeTimeout
-from gproxy.session import Session
-from gproxy.stream import Conn
-from gproxy.tunnel import open_upstream, run_tunnel
-from gproxy.udp import udp_associate
+from gproxy.core.addr import Address, from_sockaddr
+from gproxy.core.context import Context
+from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError, HandshakeTimeout
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
+from gproxy.core.tunnel import open_upstream, run_tunnel
+from gproxy.frontends.bind import bind
+from gproxy.frontends.udp import udp_associate
 
 #: command -> handler, run after the handshake with the request's address
 CommandHandler = Callable[[Conn, Context, Session, Address], None]
@@ -79,7 +79,7 @@ def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
     if request is not None:
         _dispatch5(conn, ctx, session, request)
     elif version == 4:
-        from gproxy.socks4 import serve_socks4  # noqa: PLC0415 (optional front end)
+        from gproxy.frontends.socks4 import serve_socks4  # noqa: PLC0415 (optional front end)
 
         serve_socks4(conn, ctx, session)
     else:

@@ -6,10 +6,10 @@ for byte with the shared relay (half-close, idle timeout).
 
 from __future__ import annotations
 
-from gproxy.context import Context
-from gproxy.session import Session
-from gproxy.stream import Conn
-from gproxy.tunnel import run_tunnel
+from gproxy.core.context import Context
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
+from gproxy.core.tunnel import run_tunnel
 
 
 def serve_forward(conn: Conn, ctx: Context, session: Session) -> None:

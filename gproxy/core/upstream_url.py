@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from gproxy.addr import Address, format_hostport, parse_ip
-from gproxy.errors import ConfigError
+from gproxy.core.addr import Address, format_hostport, parse_ip
+from gproxy.core.errors import ConfigError
 
 SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http")
 

@@ -6,11 +6,11 @@ it is peeked, not consumed, so the chosen front end reads the whole request.
 
 from __future__ import annotations
 
-from gproxy.context import Context
-from gproxy.http_proxy import serve_http
-from gproxy.session import Session
-from gproxy.socks import handshake_deadline, serve_socks
-from gproxy.stream import Conn
+from gproxy.core.context import Context
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
+from gproxy.frontends.http import serve_http
+from gproxy.frontends.socks5 import handshake_deadline, serve_socks
 
 
 def serve_mixed(conn: Conn, ctx: Context, session: Session) -> None:

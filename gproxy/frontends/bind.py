@@ -18,16 +18,16 @@ import gevent
 from gevent import select
 from gevent import socket as gsocket
 
-from gproxy.addr import Address, from_sockaddr, parse_ip, unmap_ip
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
-from gproxy.context import Context
-from gproxy.dial import IPCheck, Resolved, resolve
-from gproxy.errors import ClientClosed, ClientProtocolError, Denied, DialError, GproxyError
-from gproxy.log import logger
-from gproxy.session import Session
-from gproxy.stream import Conn
-from gproxy.tunnel import run_tunnel
+from gproxy.core.addr import Address, from_sockaddr, parse_ip, unmap_ip
+from gproxy.core.context import Context
+from gproxy.core.dial import IPCheck, Resolved, resolve
+from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError, GproxyError
+from gproxy.core.log import logger
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
+from gproxy.core.tunnel import run_tunnel
 
 #: bytes a client may send before the peer connects (relayed once it has)
 EARLY_LIMIT = 65536

@@ -15,16 +15,16 @@ import socket
 import gevent
 import h11
 
-from gproxy.addr import Address
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
-from gproxy.context import Context
-from gproxy.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError
-from gproxy.session import Session
-from gproxy.socks import handshake_deadline
-from gproxy.stream import Conn
-from gproxy.tunnel import open_upstream, run_tunnel
+from gproxy.core.addr import Address
+from gproxy.core.context import Context
+from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
+from gproxy.core.tunnel import open_upstream, run_tunnel
+from gproxy.frontends.socks5 import handshake_deadline
 
 CHUNK = 65536
 #: backstop for Conn.read_message; parse_head raises 414/431 well before it

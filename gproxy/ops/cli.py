@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from gproxy import __version__
-from gproxy.config import OPTIONS, Config, load_toml
-from gproxy.errors import ConfigError
+from gproxy.core.config import OPTIONS, Config, load_toml
+from gproxy.core.errors import ConfigError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gproxy: {exc}", file=sys.stderr)
         return 2
     if config.workers > 1:
-        from gproxy.workers import supervise
+        from gproxy.ops.workers import supervise
 
         return supervise(config, argv)  # a plain process: the workers run gevent
     from gevent import monkey
@@ -99,8 +99,8 @@ def fast_greenlets() -> None:
 
 
 def run(config: Config, argv: Sequence[str] | None = None) -> int:
-    from gproxy.log import setup_logging
-    from gproxy.server import Proxy
+    from gproxy.core.log import setup_logging
+    from gproxy.server.proxy import Proxy
 
     setup_logging(config.to_logging_level())
     raise_fd_limit()
@@ -122,7 +122,7 @@ def install_signals(proxy: Any, argv: Sequence[str] | None) -> None:
     """SIGTERM/SIGINT drain and stop; SIGHUP re-reads flags and --config and reloads."""
     import gevent
 
-    from gproxy.server import spawn_stop
+    from gproxy.server.proxy import spawn_stop
 
     gevent.signal_handler(signal.SIGTERM, spawn_stop, proxy)
     gevent.signal_handler(signal.SIGINT, spawn_stop, proxy)
@@ -131,7 +131,7 @@ def install_signals(proxy: Any, argv: Sequence[str] | None) -> None:
 
 def reread(argv: Sequence[str]) -> Config | None:
     """The settings as the flags and the --config file give them now; None after one error line."""
-    from gproxy.log import logger
+    from gproxy.core.log import logger
 
     try:
         return load_config(argv)

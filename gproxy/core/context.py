@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gproxy.access import ClientRules, Users
-from gproxy.config import Config, ListenerSpec
-from gproxy.dial import Dialer, Resolver, system_resolve
-from gproxy.rules import DestinationPolicy
-from gproxy.session import Session, SessionOwner
+from gproxy.core.access import ClientRules, Users
+from gproxy.core.config import Config, ListenerSpec
+from gproxy.core.dial import Dialer, Resolver, system_resolve
+from gproxy.core.rules import DestinationPolicy
+from gproxy.core.session import Session, SessionOwner
 
 if TYPE_CHECKING:
-    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
+    import ssl  # imported lazily (gproxy.server.tls): gevent patches it at start
 
 
 class Metrics:

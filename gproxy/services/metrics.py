@@ -21,14 +21,14 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gproxy.config import ListenerSpec
-from gproxy.context import Metrics
-from gproxy.errors import AuthFailed, ClientClosed, ClientProtocolError, Denied, DialError, HandshakeTimeout
-from gproxy.log import logger
-from gproxy.session import Session
+from gproxy.core.config import ListenerSpec
+from gproxy.core.context import Metrics
+from gproxy.core.errors import AuthFailed, ClientClosed, ClientProtocolError, Denied, DialError, HandshakeTimeout
+from gproxy.core.log import logger
+from gproxy.core.session import Session
 
 if TYPE_CHECKING:
-    from gproxy.server import Proxy
+    from gproxy.server.proxy import Proxy
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -153,7 +153,7 @@ class MetricsService:
     @classmethod
     def build(cls, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> MetricsService:
         if not isinstance(proxy.metrics, PrometheusMetrics):
-            from gproxy.errors import ConfigError
+            from gproxy.core.errors import ConfigError
 
             raise ConfigError(f"--metrics {spec}: this Proxy was given a Metrics that is not PrometheusMetrics")
         return cls(proxy.metrics, sock, proxy.config.handshake_timeout)
@@ -177,7 +177,7 @@ class MetricsService:
 
 
 def _register() -> None:
-    from gproxy.server import SERVICES
+    from gproxy.server.proxy import SERVICES
 
     SERVICES["metrics"] = MetricsService.build
 

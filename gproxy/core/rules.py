@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from gproxy.addr import Address, IPAddress, parse_ip, unmap_ip
-from gproxy.errors import ConfigError, Denied
+from gproxy.core.addr import Address, IPAddress, parse_ip, unmap_ip
+from gproxy.core.errors import ConfigError, Denied
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPCheck = Callable[[IPAddress, int], None]

@@ -11,8 +11,8 @@ import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 
-from gproxy.addr import IPAddress, unmap_ip
-from gproxy.errors import ConfigError
+from gproxy.core.addr import IPAddress, unmap_ip
+from gproxy.core.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

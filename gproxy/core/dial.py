@@ -18,9 +18,9 @@ import gevent
 from gevent import socket as gsocket
 from gevent.hub import Waiter, get_hub
 
-from gproxy.addr import Address, IPAddress, parse_ip_cached
 from gproxy.codec.replies import ReplyCode
-from gproxy.errors import Denied, DialError
+from gproxy.core.addr import Address, IPAddress, parse_ip_cached
+from gproxy.core.errors import Denied, DialError
 
 #: errno -> SOCKS5 reply code (microsocks' connect_socks_target table)
 ERRNO_TO_REPLY: dict[int, ReplyCode] = {

@@ -18,19 +18,19 @@ import gevent
 from gevent import socket as gsocket
 from gevent.hub import Hub, get_hub
 
-from gproxy.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_ip
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
-from gproxy.config import ListenerSpec
-from gproxy.context import Context
-from gproxy.dial import resolve
-from gproxy.errors import ClientProtocolError, Denied, DialError, GproxyError
-from gproxy.log import logger
-from gproxy.session import Session
-from gproxy.stream import Conn
+from gproxy.core.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_ip
+from gproxy.core.config import ListenerSpec
+from gproxy.core.context import Context
+from gproxy.core.dial import resolve
+from gproxy.core.errors import ClientProtocolError, Denied, DialError, GproxyError
+from gproxy.core.log import logger
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
 
 if TYPE_CHECKING:
-    from gproxy.server import Proxy
+    from gproxy.server.proxy import Proxy
 
 #: room in front of a received reply for the largest reply header (IPv6 source)
 HEADROOM = 22

@@ -11,9 +11,9 @@ import socket
 
 import gevent
 
-from gproxy.addr import Address
 from gproxy.codec.proxy_protocol import MAX_HEADER, parse_header
-from gproxy.errors import ClientClosed, HandshakeTimeout
+from gproxy.core.addr import Address
+from gproxy.core.errors import ClientClosed, HandshakeTimeout
 
 
 def read_proxy_header(sock: socket.socket, timeout: float) -> tuple[Address | None, Address | None]:

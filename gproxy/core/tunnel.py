@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import socket
 
-from gproxy.addr import Address, IPAddress
-from gproxy.context import Context
-from gproxy.relay import RelayStats, relay, start_relay
-from gproxy.session import Session, SessionOwner
-from gproxy.stream import Conn
+from gproxy.core.addr import Address, IPAddress
+from gproxy.core.context import Context
+from gproxy.core.relay import RelayStats, relay, start_relay
+from gproxy.core.session import Session, SessionOwner
+from gproxy.core.stream import Conn
 
 
 def open_upstream(ctx: Context, dest: Address, user: str | None = None) -> socket.socket:

@@ -7,7 +7,7 @@ listening (the kernel hands connections only to listening sockets), which
 also fixes a ``:0`` port to one number every worker then binds.
 
 Workers are started with ``subprocess`` (a fresh ``python -m
-gproxy.workers``), not ``fork``: forking a process that has a gevent hub,
+gproxy.ops.workers``), not ``fork``: forking a process that has a gevent hub,
 its libev loop and resolver threads needs ``gevent.reinit`` and careful
 ordering, and a restarted worker would inherit whatever state the parent
 had. A fresh interpreter is patched first and starts clean every time. The
@@ -39,9 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gproxy.config import Config, ListenerSpec
-from gproxy.errors import ConfigError
-from gproxy.log import announce, logger, setup_logging
+from gproxy.core.config import Config, ListenerSpec
+from gproxy.core.errors import ConfigError
+from gproxy.core.log import announce, logger, setup_logging
 
 START_TIMEOUT = 30.0
 MIN_BACKOFF = 0.1
@@ -80,7 +80,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         payload = pickle.dumps((self.config, list(self.argv), write_fd))
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "gproxy.workers"],
+            [sys.executable, "-m", "gproxy.ops.workers"],
             stdin=subprocess.PIPE,
             pass_fds=(write_fd,),
         )
@@ -171,13 +171,13 @@ class Supervisor:
                 self.reload()
 
     def reload(self) -> None:
-        from gproxy.cli import reread
+        from gproxy.ops.cli import reread
 
         config = reread(self.argv)  # logs the one error line itself
         if config is None:
             return
         if config.users_file:
-            from gproxy.access import read_users_file
+            from gproxy.core.access import read_users_file
 
             try:
                 read_users_file(config.users_file)
@@ -212,7 +212,7 @@ def _how(returncode: int) -> str:
 
 def reserve(config: Config) -> tuple[list[Any], Config]:
     """Bind every listener in this process; the config with the ports actually bound."""
-    from gproxy.server import DATAGRAM_KINDS, bind_listener
+    from gproxy.server.proxy import DATAGRAM_KINDS, bind_listener
 
     sockets: list[Any] = []
     specs: list[ListenerSpec] = []
@@ -230,8 +230,8 @@ def reserve(config: Config) -> tuple[list[Any], Config]:
 
 def supervise(config: Config, argv: Sequence[str]) -> int:
     """Run ``config.workers`` workers until SIGTERM/SIGINT; the exit code."""
-    from gproxy.cli import raise_fd_limit
-    from gproxy.server import DATAGRAM_KINDS, Proxy
+    from gproxy.ops.cli import raise_fd_limit
+    from gproxy.server.proxy import DATAGRAM_KINDS, Proxy
 
     setup_logging(config.to_logging_level())
     raise_fd_limit()
@@ -244,7 +244,7 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
     if any(spec.kind == "metrics" for spec in bound.listeners):
         sup.metrics_dir = tempfile.mkdtemp(prefix="gproxy-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = sup.metrics_dir  # before prometheus_client is imported
-        from gproxy.metrics import worker_restarts
+        from gproxy.services.metrics import worker_restarts
 
         sup.restarts = worker_restarts(None)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -304,15 +304,15 @@ def worker_main() -> int:
     config, argv, ready_fd = _read_settings()
     from gevent import monkey
 
-    from gproxy.cli import fast_greenlets
+    from gproxy.ops.cli import fast_greenlets
 
     fast_greenlets()
     monkey.patch_all()
     import gevent
     from gevent.os import make_nonblocking, nb_read
 
-    from gproxy.cli import install_signals
-    from gproxy.server import Proxy
+    from gproxy.ops.cli import install_signals
+    from gproxy.server.proxy import Proxy
 
     setup_logging(config.to_logging_level())
     proxy = Proxy(config, reuse_port=True, announce=False)

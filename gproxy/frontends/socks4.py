@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gproxy.addr import Address, from_sockaddr
-from gproxy.bind import bind
 from gproxy.codec import socks4
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks4 import Command, Reply
-from gproxy.context import Context
-from gproxy.errors import AuthFailed, ClientProtocolError, Denied, DialError
-from gproxy.session import Session
-from gproxy.socks import handshake_deadline
-from gproxy.stream import Conn
-from gproxy.tunnel import open_upstream, run_tunnel
+from gproxy.core.addr import Address, from_sockaddr
+from gproxy.core.context import Context
+from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
+from gproxy.core.tunnel import open_upstream, run_tunnel
+from gproxy.frontends.bind import bind
+from gproxy.frontends.socks5 import handshake_deadline
 
 #: command -> handler(conn, ctx, session, request), run after the request is accepted
 Socks4Handler = Callable[[Conn, Context, Session, socks4.Request], None]

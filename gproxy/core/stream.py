@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from gevent import socket as gsocket
 
-from gproxy.errors import ClientClosed, ClientProtocolError
+from gproxy.core.errors import ClientClosed, ClientProtocolError
 
 T = TypeVar("T")
 Parser = Callable[[bytearray], "tuple[T, int] | None"]

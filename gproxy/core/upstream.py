@@ -16,14 +16,14 @@ from typing import TypeVar
 import gevent
 import h11
 
-from gproxy.addr import Address, parse_ip
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
-from gproxy.dial import DirectDialer, IPCheck, Resolver, resolve, system_resolve
-from gproxy.errors import ClientClosed, ClientProtocolError, Denied, DialError
-from gproxy.stream import Conn
-from gproxy.upstream_url import Upstream
+from gproxy.core.addr import Address, parse_ip
+from gproxy.core.dial import DirectDialer, IPCheck, Resolver, resolve, system_resolve
+from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError
+from gproxy.core.stream import Conn
+from gproxy.core.upstream_url import Upstream
 
 T = TypeVar("T")
 #: the largest HTTP response head we read from an HTTP upstream

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gproxy.access import Network, parse_network, parse_user
-from gproxy.addr import Address, format_hostport, parse_ip
-from gproxy.errors import ConfigError
-from gproxy.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
-from gproxy.upstream_url import Upstream, parse_upstream
+from gproxy.core.access import Network, parse_network, parse_user
+from gproxy.core.addr import Address, format_hostport, parse_ip
+from gproxy.core.errors import ConfigError
+from gproxy.core.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
+from gproxy.core.upstream_url import Upstream, parse_upstream
 
 
 @dataclass(frozen=True)

@@ -21,28 +21,28 @@ from gevent.pool import Group
 from gevent.server import StreamServer
 
 if TYPE_CHECKING:
-    import ssl  # imported lazily (gproxy.tls): gevent patches it at start
+    import ssl  # imported lazily (gproxy.server.tls): gevent patches it at start
 
-from gproxy.acceptor import Acceptor
-from gproxy.access import ClientRules, Users, read_users_file
-from gproxy.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
-from gproxy.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
-from gproxy.context import Context, Metrics
-from gproxy.dial import DirectDialer, Resolver, system_resolve
-from gproxy.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
-from gproxy.forward import serve_forward
-from gproxy.http_proxy import serve_http
-from gproxy.log import AccessLog, announce, logger
-from gproxy.mixed import serve_mixed
-from gproxy.proxy_header import read_proxy_header
-from gproxy.rules import DestinationPolicy, RuleSet
-from gproxy.session import Session
-from gproxy.socks import serve_socks
-from gproxy.stream import Conn
-from gproxy.tls import accept as tls_accept
-from gproxy.tls import server_context
-from gproxy.udp import UdpForwarder
-from gproxy.upstream import upstream_dialer
+from gproxy.core.access import ClientRules, Users, read_users_file
+from gproxy.core.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
+from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
+from gproxy.core.context import Context, Metrics
+from gproxy.core.dial import DirectDialer, Resolver, system_resolve
+from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
+from gproxy.core.log import AccessLog, announce, logger
+from gproxy.core.rules import DestinationPolicy, RuleSet
+from gproxy.core.session import Session
+from gproxy.core.stream import Conn
+from gproxy.core.upstream import upstream_dialer
+from gproxy.frontends.forward import serve_forward
+from gproxy.frontends.http import serve_http
+from gproxy.frontends.mixed import serve_mixed
+from gproxy.frontends.socks5 import serve_socks
+from gproxy.frontends.udp import UdpForwarder
+from gproxy.server.acceptor import Acceptor
+from gproxy.server.proxy_header import read_proxy_header
+from gproxy.server.tls import accept as tls_accept
+from gproxy.server.tls import server_context
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -90,7 +90,7 @@ class Proxy:
     ) -> None:
         self.config = config
         if metrics is None and any(spec.kind == "metrics" for spec in config.listeners):
-            from gproxy.metrics import PrometheusMetrics  # registers the "metrics" service
+            from gproxy.services.metrics import PrometheusMetrics  # registers the "metrics" service
 
             metrics = PrometheusMetrics()
         self.metrics = metrics or Metrics()

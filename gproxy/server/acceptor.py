@@ -18,7 +18,7 @@ from typing import Any
 from gevent import monkey
 from gevent.server import StreamServer
 
-from gproxy.log import logger
+from gproxy.core.log import logger
 
 OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: the real close(2): gevent's patched os.close defers closing to the next loop
