@@ -191,7 +191,10 @@ class _Direction:
                 self._eof()
                 return
             self.count(n)
-            sent = self.dst.send(buf[:n])
+            try:  # noqa: SIM105 (the hot path: no context manager per chunk)
+                sent = self.dst.send(buf[:n])
+            except BlockingIOError:  # the destination's buffer is full: the chunk waits, never dropped
+                sent = 0
             if sent < n:
                 self.pending = buf[sent:n].tobytes()
                 self._wait_writable()

@@ -100,6 +100,54 @@ def connect(proxy_host: str, proxy_port: str, host: str, port: str) -> None:
     print(json.dumps({"reply": head[1] if len(head) > 1 else None}), flush=True)
 
 
+def _bulk(sock: socket.socket, size: int) -> None:
+    """Send SIZE random bytes to an echo server while reading the echo; print the sha256
+    of what was sent and of what came back."""
+    import hashlib
+    import os
+
+    payload = os.urandom(size)
+
+    def send() -> None:  # in pieces smaller than the relay's chunk: the copy path, not splice
+        view = memoryview(payload)
+        for start in range(0, size, 8192):
+            sock.sendall(view[start : start + 8192])
+        sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    echoed = hashlib.sha256()
+    received = 0
+    while data := sock.recv(2048):  # a slow reader: the proxy's buffers toward it fill up
+        echoed.update(data)
+        received += len(data)
+    sender.join()
+    sock.close()
+    sent = hashlib.sha256(payload).hexdigest()
+    print(json.dumps({"sent": sent, "echoed": echoed.hexdigest(), "received": received}), flush=True)
+
+
+def bulk(proxy_host: str, proxy_port: str, host: str, port: str, size: str) -> None:
+    """``_bulk`` through a SOCKS5 CONNECT."""
+    sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=60)
+    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + socks5_address(host, int(port)))
+    assert sock.recv(2, socket.MSG_WAITALL) == b"\x05\x00"
+    read_socks5_bound(sock)
+    _bulk(sock, int(size))
+
+
+def bulk_direct(host: str, port: str, size: str) -> None:
+    """``_bulk`` over a plain connection (a forwarder in between)."""
+    _bulk(socket.create_connection((host, int(port)), timeout=60), int(size))
+
+
 if __name__ == "__main__":
-    commands = {"echo": echo, "udp-associate": udp_associate, "udp-intruders": udp_intruders, "connect": connect}
+    commands = {
+        "echo": echo,
+        "udp-associate": udp_associate,
+        "udp-intruders": udp_intruders,
+        "connect": connect,
+        "bulk": bulk,
+        "bulk-direct": bulk_direct,
+    }
     commands[sys.argv[1]](*sys.argv[2:])
