@@ -369,9 +369,7 @@ class DnsResolver:
         greenlet.start()
         return result
 
-    def _run_query(
-        self, key: tuple[str, dns.rdatatype.RdataType], qname: dns.name.Name, result: AsyncResult
-    ) -> None:
+    def _run_query(self, key: tuple[str, dns.rdatatype.RdataType], qname: dns.name.Name, result: AsyncResult) -> None:
         try:
             answer = self.query(qname, key[1])
         except Exception as exc:  # noqa: BLE001 (handed to the waiting callers, never printed by gevent)
