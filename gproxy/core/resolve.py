@@ -193,14 +193,13 @@ class Answer:
 
     addresses: tuple[str, ...]
     ttl: float
-    nxdomain: bool = False
 
 
 def interpret(response: dns.message.Message, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Answer:
     """The addresses in ``response``, following CNAMEs; ServerFailed for SERVFAIL, REFUSED and the like."""
     rcode = response.rcode()
     if rcode == dns.rcode.NXDOMAIN:
-        return Answer((), _negative_ttl(response), nxdomain=True)
+        return Answer((), _negative_ttl(response))
     if rcode != dns.rcode.NOERROR:
         raise ServerFailed(f"answered {dns.rcode.to_text(rcode)}")
     name, ttl = qname, MAX_POSITIVE_TTL
@@ -403,9 +402,14 @@ class DnsResolver:
             return exchange_stream(_connect(server), query)  # truncated: again over TCP
         if server.transport == "tcp":
             return exchange_stream(_connect(server), query)
-        tls = self._contexts[server.transport].wrap_socket(
-            _connect(server), server_hostname=server.host, do_handshake_on_connect=False
-        )
+        raw = _connect(server)
+        try:
+            tls = self._contexts[server.transport].wrap_socket(
+                raw, server_hostname=server.host, do_handshake_on_connect=False
+            )
+        except BaseException:
+            raw.close()
+            raise
         try:
             tls.do_handshake()  # the certificate is checked against server.host here
         except BaseException:

@@ -57,6 +57,8 @@ class FakeDns:
         self.delay = 0.0
         self.queries: Counter[tuple[str, str]] = Counter()
         self.transports: Counter[str] = Counter()
+        self.http_status = 200
+        self.http_body: bytes | None = None  # replaces the DNS answer in the HTTP response
         self.http_requests: list[tuple[bytes, bytes, dict[bytes, bytes]]] = []
         self._greenlets: list[gevent.Greenlet] = []
         self.udp: socket.socket | None = None
@@ -173,9 +175,11 @@ class FakeDns:
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 break
         reply = self.answer(body, "https") or b""
+        if self.http_body is not None:
+            reply = self.http_body
         headers = [("Content-Type", "application/dns-message"), ("Content-Length", str(len(reply)))]
         sock.sendall(
-            conn.send(h11.Response(status_code=200, headers=headers))
+            conn.send(h11.Response(status_code=self.http_status, headers=headers))
             + conn.send(h11.Data(data=reply))
             + conn.send(h11.EndOfMessage())
         )
@@ -631,3 +635,21 @@ def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         DnsResolver([parse_resolver_url("tls://127.0.0.1")], ca_files=[str(missing)])
     assert str(caught.value).startswith(f"--ca {missing}: ")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [(503, None, "HTTP status 503"), (200, b"x" * 70000, "larger than 64 KiB")],
+    ids=["status", "oversized"],
+)
+def test_doh_failure_falls_back_to_the_next_server(
+    test_ca: dict[str, Any], make_resolver: Any, dns_server: FakeDns, status: int, body: bytes | None, error: str
+) -> None:
+    with _secure_server(test_ca["right"], doh=True) as server:
+        server.http_status, server.http_body = status, body
+        resolver = make_resolver(_url(server, True), ca_files=[test_ca["ca_file"]])
+        with pytest.raises(socket.gaierror) as caught:
+            resolver("svc.test", 443)
+        assert error in str(caught.value)
+        fallback = make_resolver(_url(server, True), udp_url(dns_server), ca_files=[test_ca["ca_file"]])
+        assert len(fallback("svc.test", 443)) == 3
