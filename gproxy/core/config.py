@@ -40,10 +40,14 @@ LISTENER_KINDS = {
     "forward": "forward",
     "udp-forward": "udp-forward",
     "metrics": "metrics",
+    "redirect": "redirect",
+    "tproxy": "tproxy",
 }
 #: kinds that relay for whoever asks, and so must not be open by accident
-PROXY_KINDS = frozenset({"socks5", "http", "mixed", "https", "socks5-tls"})
+PROXY_KINDS = frozenset({"socks5", "http", "mixed", "https", "socks5-tls", "redirect", "tproxy"})
 TLS_KINDS = frozenset({"https", "socks5-tls"})
+#: kinds that serve connections a firewall diverted to them: no credentials, ever
+TRANSPARENT_KINDS = frozenset({"redirect", "tproxy"})
 
 OPTIONS: tuple[Option, ...] = (
     Option("socks", str, "SOCKS4/4a/5 listener", True, "ADDR"),
@@ -54,6 +58,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("forward", str, "plain TCP forwarder", True, "ADDR=HOST:PORT"),
     Option("udp-forward", str, "plain UDP relay", True, "ADDR=HOST:PORT"),
     Option("metrics", str, "Prometheus metrics at http://ADDR/metrics", True, "ADDR"),
+    Option("redirect", str, "transparent TCP: connections a firewall redirected (SO_ORIGINAL_DST)", True, "ADDR"),
+    Option("tproxy", str, "transparent TCP and UDP through TPROXY (IP_TRANSPARENT)", True, "ADDR"),
     Option("user", str, "require this user (repeats)", True, "USER:PASS"),
     Option("users-file", str, "users, one USER:PASS a line; reloaded on SIGHUP", metavar="FILE"),
     Option("allow", str, "only clients in this network may connect (repeats)", True, "CIDR"),
@@ -80,6 +86,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("key", str, "TLS private key (PEM) for --https/--socks-tls", metavar="FILE"),
     Option("proxy-protocol", bool, "expect a PROXY protocol v1/v2 header from a load balancer", default=False),
     Option("udp-advertise", str, "announce this IP for UDP ASSOCIATE (behind NAT)", metavar="IP"),
+    Option("mark", int, "SO_MARK on every outbound socket (0: none), to exempt gproxy from redirects", metavar="N"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -166,6 +173,7 @@ class Config:
     key: str | None = None
     proxy_protocol: bool = False
     udp_advertise: str | None = None
+    mark: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # TOML-only tables (may hold passwords)
 
     @classmethod
@@ -225,6 +233,14 @@ class Config:
             raise ConfigError(
                 f"--{'https' if tls[0].kind == 'https' else 'socks-tls'} needs --cert FILE and --key FILE"
             )
+        if not 0 <= self.mark < 1 << 32:
+            raise ConfigError("--mark must be a number from 0 to 4294967295")
+        for spec in self.listeners:
+            if spec.kind in TRANSPARENT_KINDS and not spec.is_loopback and not self.allow:
+                raise ConfigError(
+                    f"refusing to run an open proxy: {spec.kind} on {spec} carries no credentials; "
+                    f"add --allow CIDR for the clients whose traffic is diverted to it"
+                )
         if not self.has_auth and not self.allow:
             for spec in self.listeners:
                 if spec.kind in PROXY_KINDS and not spec.is_loopback:

@@ -20,7 +20,7 @@ from gevent.hub import Waiter, get_hub
 
 from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address, IPAddress, parse_ip_cached
-from gproxy.core.errors import Denied, DialError
+from gproxy.core.errors import ConfigError, Denied, DialError
 
 #: errno -> SOCKS5 reply code (microsocks' connect_socks_target table)
 ERRNO_TO_REPLY: dict[int, ReplyCode] = {
@@ -38,6 +38,8 @@ Resolved = list[tuple[int, tuple[object, ...]]]
 Resolver = Callable[[str, int], Resolved]
 #: called for every resolved IP before connecting; raises Denied to refuse it
 IPCheck = Callable[[IPAddress, int], None]
+#: called on every new outbound socket before it connects (--mark, --outgoing)
+Prepare = Callable[[socket.socket], None]
 
 
 class Dialer(Protocol):
@@ -80,7 +82,13 @@ def resolve(dest: Address, resolver: Resolver) -> Resolved:
         raise DialError(f"cannot resolve {dest.host}: {exc}", ReplyCode.HOST_UNREACHABLE) from None
 
 
-def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, what: object = "") -> socket.socket:
+def connect_any(
+    addrs: Resolved,
+    timeout: float,
+    check: IPCheck | None = None,
+    what: object = "",
+    prepare: Prepare | None = None,
+) -> socket.socket:
     """Connect to the first address that answers, within ``timeout`` overall.
 
     ``what`` names the destination in errors (formatted only when one is raised).
@@ -105,6 +113,8 @@ def connect_any(addrs: Resolved, timeout: float, check: IPCheck | None = None, w
             last = exc
             continue
         try:
+            if prepare is not None:
+                prepare(sock)
             _connect(sock, sockaddr, remaining)
         except BaseException as exc:
             sock.close()
@@ -161,16 +171,41 @@ _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
 class DirectDialer:
     """Connect straight to the destination, trying every resolved address."""
 
-    def __init__(self, resolver: Resolver = system_resolve, check: IPCheck | None = None) -> None:
+    def __init__(
+        self, resolver: Resolver = system_resolve, check: IPCheck | None = None, prepare: Prepare | None = None
+    ) -> None:
         self.resolver = resolver
         self.check = check
+        self.prepare = prepare
 
     def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
         if dest.ip is not None:  # a literal: nothing to resolve, no timer needed
-            return connect_any(resolve(dest, self.resolver), timeout, check or self.check, dest)
+            return connect_any(resolve(dest, self.resolver), timeout, check or self.check, dest, self.prepare)
         deadline = time.monotonic() + timeout
         timed_out = DialError(f"resolving {dest.host} timed out", ReplyCode.TTL_EXPIRED)
         with gevent.Timeout(timeout, timed_out):
             addrs = resolve(dest, self.resolver)
         remaining = max(deadline - time.monotonic(), 0.001)
-        return connect_any(addrs, remaining, check or self.check, dest)
+        return connect_any(addrs, remaining, check or self.check, dest, self.prepare)
+
+
+def mark_sockets(mark: int) -> Prepare | None:
+    """``--mark N``: SO_MARK on each outbound socket; None for 0.
+
+    Raises:
+        ConfigError: the process may not set marks (SO_MARK needs CAP_NET_ADMIN).
+    """
+    if not mark:
+        return None
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    except PermissionError:
+        raise ConfigError("--mark: SO_MARK needs CAP_NET_ADMIN (run as root or grant it)") from None
+    finally:
+        probe.close()
+
+    def prepare(sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+
+    return prepare

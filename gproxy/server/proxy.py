@@ -27,7 +27,7 @@ from gproxy.core.access import ClientRules, Users, read_users_file
 from gproxy.core.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
 from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.core.context import Context, Metrics
-from gproxy.core.dial import DirectDialer, Resolver, system_resolve
+from gproxy.core.dial import DirectDialer, Prepare, Resolver, mark_sockets, system_resolve
 from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.core.log import AccessLog, announce, logger
 from gproxy.core.rules import DestinationPolicy, RuleSet
@@ -38,6 +38,7 @@ from gproxy.frontends.forward import serve_forward
 from gproxy.frontends.http import serve_http
 from gproxy.frontends.mixed import serve_mixed
 from gproxy.frontends.socks5 import serve_socks
+from gproxy.frontends.transparent import serve_redirect, serve_tproxy
 from gproxy.frontends.udp import UdpForwarder
 from gproxy.server.acceptor import Acceptor
 from gproxy.server.proxy_header import read_proxy_header
@@ -63,6 +64,8 @@ HANDLERS: dict[str, Handler] = {
     "mixed": serve_mixed,
     "socks5-tls": serve_socks,
     "forward": serve_forward,
+    "redirect": serve_redirect,
+    "tproxy": serve_tproxy,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
 SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
@@ -112,6 +115,7 @@ class Proxy:
         self._detached_done = Event()
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
+        self._prepare: Prepare | None = None  # what every outbound socket gets (--mark)
         self._load_users()
 
     # -- life cycle -------------------------------------------------------------
@@ -123,7 +127,10 @@ class Proxy:
         try:
             for spec in self.config.listeners:
                 datagram = spec.kind in DATAGRAM_KINDS
-                self._sockets.append((spec, bind_listener(spec, datagram=datagram, reuse_port=self.reuse_port)))
+                sock = bind_listener(
+                    spec, datagram=datagram, reuse_port=self.reuse_port, transparent=spec.kind == "tproxy"
+                )
+                self._sockets.append((spec, sock))
         except BaseException:
             for _, sock in self._sockets:
                 sock.close()
@@ -140,6 +147,7 @@ class Proxy:
                 raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
         own = [(ip, port) for _, ip, port in self._bound_ips()]
         self._check_upstream(own)
+        self._prepare = mark_sockets(self.config.mark)
         if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
             self._tls_context()  # bad --cert/--key fail before anything serves
         for index, (spec, sock) in enumerate(self._sockets):
@@ -284,7 +292,7 @@ class Proxy:
             dialer=(
                 upstream_dialer(upstream, self.resolver)
                 if upstream is not None
-                else DirectDialer(self.resolver, check=policy.check_ip)
+                else DirectDialer(self.resolver, check=policy.check_ip, prepare=self._prepare)
             ),
             metrics=self.metrics,
             resolver=self.resolver,
@@ -419,11 +427,17 @@ def _nodelay(sock: socket.socket) -> None:
 
 
 def bind_listener(
-    spec: ListenerSpec, *, datagram: bool = False, reuse_port: bool = False, listen: bool = True
+    spec: ListenerSpec,
+    *,
+    datagram: bool = False,
+    reuse_port: bool = False,
+    listen: bool = True,
+    transparent: bool = False,
 ) -> socket.socket:
     """A listening TCP (or bound UDP) socket for ``spec``; ConfigError if it cannot be bound.
 
     ``listen=False`` only binds: the supervisor holds ports that way for its workers.
+    ``transparent`` (TPROXY) sets IP_TRANSPARENT, which needs CAP_NET_ADMIN.
     """
     kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
     try:
@@ -438,6 +452,8 @@ def bind_listener(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if transparent:
+            set_transparent(sock, spec)
         sock.bind(sockaddr)
         if listen and not datagram:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
@@ -446,6 +462,24 @@ def bind_listener(
         sock.close()
         raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
     return sock
+
+
+#: linux/in.h and linux/in6.h
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+
+
+def set_transparent(sock: socket.socket, spec: ListenerSpec) -> None:
+    """IP_TRANSPARENT (TPROXY): ConfigError with one line when the capability is missing."""
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+    except PermissionError:
+        raise ConfigError(
+            f"--{spec.kind} {spec}: IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant it)"
+        ) from None
 
 
 def spawn_stop(proxy: Proxy) -> None:

@@ -1,0 +1,267 @@
+"""--redirect and --tproxy: the original destination, and end to end through nftables in
+network namespaces this test creates:
+
+    client ns  10.233.1.1 / fd33:1::1 --- 10.233.1.2 / fd33:1::2  router ns (gproxy)
+    router ns  10.233.2.1 / fd33:2::1 --- 10.233.2.2 / fd33:2::2  server ns
+
+The router does not forward packets: only gproxy gets the client across.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from gproxy.core.config import Config
+from gproxy.core.errors import ConfigError
+from gproxy.frontends.transparent import parse_sockaddr
+from tests.helpers import ROOT, gproxy_env
+from tests.robustness.live import DrainedGproxy
+
+C4, R4C, R4S, S4 = "10.233.1.1", "10.233.1.2", "10.233.2.1", "10.233.2.2"
+C6, R6C, R6S, S6 = "fd33:1::1", "fd33:1::2", "fd33:2::1", "fd33:2::2"
+
+
+def test_parse_sockaddr_in_and_in6():
+    raw4 = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 7000) + socket.inet_aton("10.1.2.3") + bytes(8)
+    assert str(parse_sockaddr(raw4)) == "10.1.2.3:7000"
+    raw6 = (
+        struct.pack("=H", socket.AF_INET6)
+        + struct.pack("!H", 443)
+        + bytes(4)
+        + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+        + bytes(4)
+    )
+    assert str(parse_sockaddr(raw6)) == "[2001:db8::1]:443"
+    with pytest.raises(ValueError):
+        parse_sockaddr(b"\x01\x00")
+    with pytest.raises(ValueError):
+        parse_sockaddr(struct.pack("=H", socket.AF_UNIX) + bytes(14))
+
+
+@pytest.mark.parametrize("kind", ["redirect", "tproxy"])
+def test_open_proxy_rule_applies_whatever_the_users(kind):
+    with pytest.raises(ConfigError, match="open proxy"):
+        Config.build(**{kind: ["0.0.0.0:0"]}, user=["u:p"])
+    Config.build(**{kind: ["0.0.0.0:0"]}, allow=["10.0.0.0/8"])
+    Config.build(**{kind: ["127.0.0.1:0"]})
+
+
+@pytest.mark.parametrize("args", [["--mark", "x"], ["--mark", "-1"], ["--mark", "4294967296"]])
+def test_bad_mark_is_exit_2(args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gproxy", "--redirect", "0", *args],
+        capture_output=True,
+        text=True,
+        env=gproxy_env(),
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--mark" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# -- end to end, in network namespaces --------------------------------------------------
+
+
+@dataclass
+class Net:
+    client: str
+    router: str
+    server: str
+    dev: str  # the router's interface toward the client
+
+    def ns(self, name: str) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", name)
+
+    def sh(self, name: str, *args: str, stdin: str | None = None) -> None:
+        subprocess.run([*self.ns(name), *args], check=True, capture_output=True, timeout=20, input=stdin, text=True)
+
+    def nft(self, script: str) -> None:
+        self.sh(self.router, "nft", "-f", "-", stdin=script)
+
+    def peer(self, name: str, *args: str) -> dict[str, object]:
+        proc = subprocess.run(
+            [*self.ns(name), sys.executable, "-m", "tests.frontends.transparent_peer", *args],
+            capture_output=True,
+            text=True,
+            env=gproxy_env(),
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+    def gproxy(self, *args: str, listeners: int = 1) -> DrainedGproxy:
+        return DrainedGproxy(*args, listeners=listeners, prefix=self.ns(self.router))
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Net]:
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
+        pytest.skip("needs root, iproute2 and nftables (.ci/run installs them)")
+    tag = f"gtp{os.getpid()}"
+    names = Net(f"{tag}c", f"{tag}r", f"{tag}s", f"{tag}a1")
+    created: list[str] = []
+    server = None
+    try:
+        for ns in (names.client, names.router, names.server):
+            try:
+                _ip("netns", "add", ns)
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"cannot create network namespaces: {exc.stderr.decode().strip()}")
+            created.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        links = (
+            (names.client, f"{tag}a0", C4, C6, names.router, f"{tag}a1", R4C, R6C),
+            (names.router, f"{tag}b0", R4S, R6S, names.server, f"{tag}b1", S4, S6),
+        )
+        for a_ns, a_dev, a4, a6, b_ns, b_dev, b4, b6 in links:
+            _ip("link", "add", a_dev, "netns", a_ns, "type", "veth", "peer", "name", b_dev, "netns", b_ns)
+            for ns, dev, v4, v6 in ((a_ns, a_dev, a4, a6), (b_ns, b_dev, b4, b6)):
+                _ip("-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
+                _ip("-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+                _ip("-n", ns, "link", "set", dev, "up")
+        for ns, via4, via6 in ((names.client, R4C, R6C), (names.server, R4S, R6S)):
+            _ip("-n", ns, "route", "add", "default", "via", via4)
+            _ip("-n", ns, "-6", "route", "add", "default", "via", via6)
+        server = subprocess.Popen(
+            [*names.ns(names.server), sys.executable, "-m", "tests.frontends.transparent_peer", "server", S4, S6],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=gproxy_env(),
+            cwd=ROOT,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield names
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(10)
+            assert server.stdout is not None
+            server.stdout.close()
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def clean_nft(net: Net) -> Iterator[None]:
+    yield
+    net.sh(net.router, "nft", "flush", "ruleset")
+
+
+ALLOW = ("--allow", "10.233.1.0/24", "--allow", "fd33:1::/64")
+
+
+def _redirect_rules(net: Net, port4: int, port6: int) -> str:
+    return f"""
+table inet gproxy {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat;
+    iifname "{net.dev}" meta nfproto ipv4 tcp dport 7000 redirect to :{port4}
+    iifname "{net.dev}" meta nfproto ipv6 tcp dport 7000 redirect to :{port6}
+  }}
+}}
+"""
+
+
+@pytest.mark.netns
+def test_redirect_ipv4_and_ipv6_reach_the_server_from_gproxys_address(net, clean_nft, tmp_path):
+    log = tmp_path / "access.log"
+    with net.gproxy(
+        "--redirect", "0.0.0.0:0", "--redirect", "[::]:0", *ALLOW, "--access-log", str(log), listeners=2
+    ) as gp:
+        (_, port4), (_, port6) = gp.listening["redirect"]
+        net.nft(_redirect_rules(net, port4, port6))
+        seen4 = net.peer(net.client, "bulk", S4, "7000", str(1 << 20))
+        seen6 = net.peer(net.client, "bulk", S6, "7000", str(1 << 20))
+        direct = net.peer(net.client, "direct", R4C, str(port4))  # straight at the port: closed
+    assert seen4["peer"] == f"peer={R4S}" and seen4["echoed"] == seen4["sent"], seen4
+    assert seen6["peer"] == f"peer={R6S}" and seen6["echoed"] == seen6["sent"], seen6
+    assert direct == {"received": ""}
+    lines = log.read_text().splitlines()
+    assert any("proto=redirect" in line and f"dest={S4}:7000" in line and "outcome=ok" in line for line in lines)
+    assert any("proto=redirect" in line and f"dest=[{S6}]:7000" in line for line in lines)
+    assert any("outcome=not_redirected" in line for line in lines), lines
+
+
+@pytest.mark.netns
+def test_redirect_through_an_upstream(net, clean_nft, tmp_path):
+    upstream_log = tmp_path / "upstream.log"
+    with net.gproxy("--socks", "127.0.0.1:0", "--access-log", str(upstream_log)) as upstream:
+        url = f"socks5://127.0.0.1:{upstream.port()}"
+        with net.gproxy("--redirect", "0.0.0.0:0", *ALLOW, "--upstream", url) as gp:
+            port = gp.listening["redirect"][0][1]
+            net.nft(_redirect_rules(net, port, port))
+            seen = net.peer(net.client, "bulk", S4, "7000", "65536")
+    assert seen["peer"] == f"peer={R4S}" and seen["echoed"] == seen["sent"], seen
+    assert f"dest={S4}:7000" in upstream_log.read_text()
+
+
+@pytest.mark.netns
+def test_mark_exempts_gproxys_own_connections_from_the_hosts_redirect(net, clean_nft):
+    """The recipe for a host's own outgoing TCP: redirect everything but gproxy's marked sockets."""
+    with net.gproxy("--redirect", "127.0.0.1:0", "--mark", "42") as gp:
+        port = gp.listening["redirect"][0][1]
+        net.nft(f"""
+table ip gproxy {{
+  chain output {{
+    type nat hook output priority -100;
+    tcp dport 7000 meta mark != 42 redirect to :{port}
+  }}
+}}
+""")
+        seen = net.peer(net.router, "bulk", S4, "7000", "65536")
+    assert seen["peer"] == f"peer={R4S}" and seen["echoed"] == seen["sent"], seen
+
+
+def _tproxy_setup(net: Net, port4: int, port6: int) -> None:
+    for family in ("-4", "-6"):
+        net.sh(net.router, "ip", family, "rule", "add", "fwmark", "1", "lookup", "100")
+        default = "0.0.0.0/0" if family == "-4" else "::/0"
+        net.sh(net.router, "ip", family, "route", "add", "local", default, "dev", "lo", "table", "100")
+    net.nft(f"""
+table inet gproxy {{
+  chain prerouting {{
+    type filter hook prerouting priority mangle;
+    iifname "{net.dev}" meta l4proto {{ tcp, udp }} th dport 8000 tproxy ip to :{port4} meta mark set 1 accept
+    iifname "{net.dev}" meta l4proto {{ tcp, udp }} th dport 8000 tproxy ip6 to :{port6} meta mark set 1 accept
+  }}
+}}
+""")
+
+
+@pytest.fixture
+def tproxy_routes(net: Net) -> Iterator[None]:
+    yield
+    for family in ("-4", "-6"):
+        subprocess.run([*net.ns(net.router), "ip", family, "rule", "del", "fwmark", "1", "lookup", "100"], timeout=20)
+        subprocess.run([*net.ns(net.router), "ip", family, "route", "flush", "table", "100"], timeout=20)
+
+
+@pytest.mark.netns
+def test_tproxy_tcp_ipv4_and_ipv6(net, clean_nft, tproxy_routes, tmp_path):
+    log = tmp_path / "access.log"
+    with net.gproxy("--tproxy", "0.0.0.0:0", "--tproxy", "[::]:0", *ALLOW, "--access-log", str(log), listeners=2) as gp:
+        (_, port4), (_, port6) = gp.listening["tproxy"]
+        _tproxy_setup(net, port4, port6)
+        seen4 = net.peer(net.client, "bulk", S4, "8000", str(1 << 20))
+        seen6 = net.peer(net.client, "bulk", S6, "8000", str(1 << 20))
+    assert seen4["peer"] == f"peer={R4S}" and seen4["echoed"] == seen4["sent"], seen4
+    assert seen6["peer"] == f"peer={R6S}" and seen6["echoed"] == seen6["sent"], seen6
+    text = log.read_text()
+    assert f"dest={S4}:8000" in text and f"dest=[{S6}]:8000" in text and "proto=tproxy" in text
