@@ -73,6 +73,10 @@ def load_config(argv: Sequence[str] | None) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run gproxy; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["top"]:
+        from gproxy.ops.top import main as top
+
+        return top(argv[1:])
     try:
         config = load_config(argv)
     except ConfigError as exc:

@@ -32,6 +32,8 @@ socks-tls = ["1443"]
 forward = ["2222=example.com:22"]
 udp-forward = ["5353=127.0.0.1:53"]
 metrics = ["9100"]
+redirect = ["12345"]
+tproxy = ["127.0.0.1:12346"]
 user = ["alice:s3cret", "bob:pw:with:colons"]
 users-file = "{users}"
 allow = ["10.0.0.0/8", "192.168.1.0/24"]
@@ -52,6 +54,7 @@ cert = "/etc/gproxy/cert.pem"
 key = "/etc/gproxy/key.pem"
 proxy-protocol = true
 udp-advertise = "203.0.113.7"
+mark = 42
 """
 
 
@@ -75,6 +78,8 @@ def test_a_config_with_every_key(tmp_path):
         ("forward", "127.0.0.1", 2222),
         ("udp-forward", "127.0.0.1", 5353),
         ("metrics", "127.0.0.1", 9100),
+        ("redirect", "127.0.0.1", 12345),
+        ("tproxy", "127.0.0.1", 12346),
     ]
     assert config.listeners[6] == ListenerSpec("forward", "127.0.0.1", 2222, Address("example.com", 22))
     assert config.users == (("alice", "s3cret"), ("bob", "pw:with:colons"))
@@ -96,6 +101,7 @@ def test_a_config_with_every_key(tmp_path):
     assert (config.cert, config.key) == ("/etc/gproxy/cert.pem", "/etc/gproxy/key.pem")
     assert config.proxy_protocol is True
     assert config.udp_advertise == "203.0.113.7"
+    assert config.mark == 42
 
 
 def test_flags_win_over_the_file(tmp_path, echo_tcp):
