@@ -24,7 +24,8 @@ import bcrypt
 BCRYPT_MAX_PASSWORD = 72
 BCRYPT_COST = 12
 _BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
-_ARGON2 = re.compile(r"\$argon2(id|i|d)\$")
+# PHC string format as libargon2 writes it; salt >= 8 bytes, hash >= 4 bytes, unpadded base64
+_ARGON2 = re.compile(r"\$argon2(id|i|d)\$(v=\d+\$)?m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]{11,}\$[A-Za-z0-9+/]{6,}")
 _ARGON2_VERIFIER = argon2.PasswordHasher()  # verify() reads the type and costs from the hash itself
 
 
@@ -54,7 +55,7 @@ class Secret:
                 raise ValueError("malformed bcrypt hash (expected $2a$, $2b$ or $2y$, cost 04-31, 53 characters)")
             return cls(SecretKind.BCRYPT, ("$2b$" + text[4:]).encode("ascii"))  # one algorithm, three names
         if text.startswith("$argon2"):
-            if _ARGON2.match(text) is None:
+            if _ARGON2.fullmatch(text) is None:
                 raise ValueError("malformed Argon2 hash (expected $argon2id$, $argon2i$ or $argon2d$)")
             try:
                 argon2.extract_parameters(text)
