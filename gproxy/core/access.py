@@ -1,18 +1,25 @@
 """Who may use the proxy: users with passwords, and client address rules.
 
-Credentials are compared in constant time. The users table is swapped whole
-on reload, so sessions in flight never see a half-read file.
+Credentials are compared in constant time; hashed ones (bcrypt, Argon2) are
+checked in gevent's threadpool and remembered a while (core.passwords). The
+users table is swapped whole on reload, so sessions in flight never see a
+half-read file.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import gevent
+
+from gproxy.core import passwords
 from gproxy.core.addr import IPAddress, unmap_ip
 from gproxy.core.errors import ConfigError
+from gproxy.core.passwords import AuthCache, Secret
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -24,7 +31,15 @@ def parse_user(spec: str, where: str = "--user") -> tuple[str, str]:
         raise ConfigError(f"{where}: expected USER:PASS, got {_redact(spec)!r}")
     if len(user.encode()) > 255 or len(password.encode()) > 255:
         raise ConfigError(f"{where}: user names and passwords are at most 255 bytes (RFC 1929)")
+    _parse_secret(user, password, where)
     return user, password
+
+
+def _parse_secret(user: str, text: str, where: str) -> Secret:
+    try:
+        return Secret.parse(text)
+    except ValueError as exc:  # the message names the hash kind, never the secret
+        raise ConfigError(f"{where}: user {user!r}: {exc}") from None
 
 
 def _redact(spec: str) -> str:
@@ -47,10 +62,22 @@ def read_users_file(path: str) -> list[tuple[str, str]]:
 
 
 class Users:
-    """The configured users; empty means authentication is off."""
+    """The configured users; empty means authentication is off.
 
-    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
-        self._table = {user.encode(): password.encode() for user, password in pairs}
+    Hashed secrets are verified in gevent's threadpool (a bcrypt check takes
+    ~0.25 s of CPU), and successes are kept in an AuthCache for
+    ``cache_seconds``; a reload starts a fresh cache.
+    """
+
+    def __init__(
+        self,
+        pairs: Iterable[tuple[str, str]] = (),
+        cache_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._cache = AuthCache(cache_seconds, clock=clock)
+        self.replace(pairs)
 
     def __bool__(self) -> bool:
         return bool(self._table)
@@ -58,16 +85,36 @@ class Users:
     def __len__(self) -> int:
         return len(self._table)
 
-    def replace(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self._table = {user.encode(): password.encode() for user, password in pairs}
+    def replace(self, pairs: Iterable[tuple[str, str]], cache_seconds: float | None = None) -> None:
+        """A new table (and a new, empty cache: a changed password must not stay good)."""
+        table = {user.encode(): _parse_secret(user, text, "users") for user, text in pairs}
+        seconds = self._cache.seconds if cache_seconds is None else cache_seconds
+        # an unknown user's password is checked against a real hash too, so timing does not tell who exists
+        self._decoy = next((secret for secret in table.values() if secret.is_hash), None)
+        self._table, self._cache = table, AuthCache(seconds, clock=self._clock)
 
     def check(self, user: bytes, password: bytes) -> bool:
         """True if the pair matches, in time independent of the password."""
-        expected = self._table.get(user)
-        if expected is None:
-            hmac.compare_digest(password, password)  # same work as a real compare
+        secret, cache = self._table.get(user), self._cache
+        if secret is None:
+            if self._decoy is not None:
+                _verify_off_loop(self._decoy, password)
+            else:
+                hmac.compare_digest(password, password)  # same work as a real compare
             return False
-        return hmac.compare_digest(password, expected)
+        if not secret.is_hash:
+            return passwords.verify(secret, password)
+        if cache.hit(user, password):
+            return True
+        if not _verify_off_loop(secret, password):
+            return False
+        cache.remember(user, password)
+        return True
+
+
+def _verify_off_loop(secret: Secret, password: bytes) -> bool:
+    """A slow hash check in the hub's threadpool, so other connections keep moving."""
+    return bool(gevent.get_hub().threadpool.apply(passwords.verify, (secret, password)))
 
 
 def parse_network(spec: str, flag: str) -> Network:

@@ -8,6 +8,7 @@ can never drift apart. ``Config.build(**settings)`` is the Python API.
 from __future__ import annotations
 
 import logging
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tproxy", str, "transparent TCP and UDP through TPROXY (IP_TRANSPARENT)", True, "ADDR"),
     Option("user", str, "require this user (repeats)", True, "USER:PASS"),
     Option("users-file", str, "users, one USER:PASS a line; reloaded on SIGHUP", metavar="FILE"),
+    Option("auth-cache", float, "remember a good hashed password this long (0: off)", metavar="SECONDS", default=300.0),
     Option("allow", str, "only clients in this network may connect (repeats)", True, "CIDR"),
     Option("deny", str, "clients in this network may not connect (repeats)", True, "CIDR"),
     Option("allow-dest", str, "destinations that may be reached (repeats)", True, "CIDR|HOST"),
@@ -154,6 +156,7 @@ class Config:
     listeners: tuple[ListenerSpec, ...] = ()
     users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     users_file: str | None = None
+    auth_cache: float = 300.0
     allow: tuple[Network, ...] = ()
     deny: tuple[Network, ...] = ()
     allow_dest: tuple[DestRule, ...] = ()
@@ -222,6 +225,8 @@ class Config:
         for name in ("idle_timeout", "drain_timeout", "max_conns", "max_conns_per_ip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} may not be negative")
+        if not 0 <= self.auth_cache < math.inf:
+            raise ConfigError("--auth-cache must be a number of seconds, 0 or more")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.log_level not in LOG_LEVELS:

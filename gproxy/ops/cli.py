@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gproxy",
         description="SOCKS4/4a/5 and HTTP proxy, TCP and UDP forwarder, on gevent.",
+        epilog="gproxy passwd FILE USER writes a bcrypt password hash into a users file (see gproxy passwd --help).",
         argument_default=argparse.SUPPRESS,  # only flags actually given override the file
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file with the same settings as the flags")
@@ -77,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gproxy.ops.top import main as top
 
         return top(argv[1:])
+    if argv[:1] == ["passwd"]:
+        from gproxy.ops.passwd import main as passwd
+
+        return passwd(argv[1:])
     try:
         config = load_config(argv)
     except ConfigError as exc:

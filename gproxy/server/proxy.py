@@ -268,7 +268,7 @@ class Proxy:
         pairs = list(self.config.users)
         if self.config.users_file:
             pairs += read_users_file(self.config.users_file)
-        self.users.replace(pairs)
+        self.users.replace(pairs, cache_seconds=self.config.auth_cache)
 
     def context(self, spec: ListenerSpec, own: list[tuple[IPAddress, int]] | None = None) -> Context:
         """The Context that front ends and services of listener ``spec`` use."""

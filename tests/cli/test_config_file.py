@@ -36,6 +36,7 @@ redirect = ["12345"]
 tproxy = ["127.0.0.1:12346"]
 user = ["alice:s3cret", "bob:pw:with:colons"]
 users-file = "{users}"
+auth-cache = 30
 allow = ["10.0.0.0/8", "192.168.1.0/24"]
 deny = ["10.9.0.0/16"]
 allow-dest = ["example.com"]
@@ -84,6 +85,7 @@ def test_a_config_with_every_key(tmp_path):
     assert config.listeners[6] == ListenerSpec("forward", "127.0.0.1", 2222, Address("example.com", 22))
     assert config.users == (("alice", "s3cret"), ("bob", "pw:with:colons"))
     assert config.users_file == str(users)
+    assert config.auth_cache == 30.0
     assert config.allow == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.0/24"))
     assert config.deny == (ipaddress.ip_network("10.9.0.0/16"),)
     assert tuple(map(str, config.allow_dest)) == ("example.com",)  # parsed rules print as written
