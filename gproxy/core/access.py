@@ -1,7 +1,9 @@
 """Who may use the proxy: users with passwords, and client address rules.
 
 Credentials are compared in constant time. The users table is swapped whole
-on reload, so sessions in flight never see a half-read file.
+on reload, so sessions in flight never see a half-read file. Error messages
+name where a bad entry is (flag, file and line), never its text: it may hold
+a password.
 """
 
 from __future__ import annotations
@@ -18,48 +20,74 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_user(spec: str, where: str = "--user") -> tuple[str, str]:
-    """``USER:PASS`` (the password may contain colons; the name may not)."""
+    """``USER:PASS`` (the password may contain colons; the name may not).
+
+    The message of the ConfigError never quotes ``spec``: a typo (a space or
+    ``=`` for the colon) would print the password.
+    """
     user, sep, password = spec.partition(":")
     if not sep or not user:
-        raise ConfigError(f"{where}: expected USER:PASS, got {_redact(spec)!r}")
+        raise ConfigError(f"{where}: expected USER:PASS (the entry is not shown: it may hold a password)")
     if len(user.encode()) > 255 or len(password.encode()) > 255:
         raise ConfigError(f"{where}: user names and passwords are at most 255 bytes (RFC 1929)")
     return user, password
 
 
-def _redact(spec: str) -> str:
-    user, sep, _ = spec.partition(":")
-    return f"{user}:***" if sep else spec
+def parse_users(specs: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """Every ``--user USER:PASS``; errors say which one (``--user #2``), not what it says."""
+    specs = tuple(specs)
+    if len(specs) == 1:
+        return (parse_user(specs[0]),)
+    return tuple(parse_user(spec, f"--user #{number}") for number, spec in enumerate(specs, 1))
 
 
 def read_users_file(path: str) -> list[tuple[str, str]]:
-    """One ``USER:PASS`` a line; blank lines and ``#`` comments are skipped."""
+    """One ``USER:PASS`` a line; blank lines and ``#`` comments are skipped.
+
+    A file with no users is an error: a users file given means authentication
+    is on, and an empty table must never read as "no authentication".
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--users-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"--users-file {path}: {reason}") from None
     users = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#"):
-            users.append(parse_user(line, f"{path}:{number}"))
+            users.append(parse_user(line, f"--users-file {path}:{number}"))
+    if not users:
+        raise ConfigError(f"--users-file {path}: no users in the file (one USER:PASS a line)")
     return users
 
 
 class Users:
-    """The configured users; empty means authentication is off."""
+    """The users table, and whether authentication is on.
 
-    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
-        self._table = {user.encode(): password.encode() for user, password in pairs}
+    ``bool(users)`` answers "must clients authenticate?": it comes from the
+    configuration (``required``), never from how many entries the table has,
+    so a table that ends up empty refuses everyone instead of opening the proxy.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = (), *, required: bool | None = None) -> None:
+        self._table = self.table(pairs)
+        self.required = bool(self._table) if required is None else required
 
     def __bool__(self) -> bool:
-        return bool(self._table)
+        return self.required
 
     def __len__(self) -> int:
         return len(self._table)
 
-    def replace(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self._table = {user.encode(): password.encode() for user, password in pairs}
+    @staticmethod
+    def table(pairs: Iterable[tuple[str, str]]) -> dict[bytes, bytes]:
+        """The lookup table for ``pairs`` (build it off the event loop for big files)."""
+        return {user.encode(): password.encode() for user, password in pairs}
+
+    def replace(self, table: dict[bytes, bytes], *, required: bool) -> None:
+        """Swap in a table from ``Users.table`` (one assignment: no half-read state)."""
+        self._table, self.required = table, required
 
     def check(self, user: bytes, password: bytes) -> bool:
         """True if the pair matches, in time independent of the password."""

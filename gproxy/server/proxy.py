@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
+from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.server import StreamServer
 
@@ -98,7 +99,7 @@ class Proxy:
         self.announce = announce  # the supervisor prints the "listening" lines instead
         self._contexts: dict[int, Context] = {}  # listener index -> Context for new clients
         self.resolver = resolver
-        self.users = Users()
+        self.users = Users(required=config.has_auth)
         self.clients = ClientRules(config.allow, config.deny)
         self.access_log: AccessLog | None = None
         self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
@@ -112,7 +113,8 @@ class Proxy:
         self._detached_done = Event()
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
-        self._load_users()
+        self._reloading = Semaphore()  # one reload at a time: SIGHUPs apply in the order they came
+        self.users.replace(users_table(config), required=config.has_auth)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -198,25 +200,26 @@ class Proxy:
 
         Users, client and destination rules, timeouts and limits apply to new
         clients; open sessions keep going untouched. Listeners, workers and the
-        access-log path need a restart. On a bad users file, logs one error,
-        keeps the old settings and returns False.
+        access-log path need a restart. On a bad (or empty) users file, logs one
+        error, keeps the old settings and returns False. The users file is read
+        in gevent's threadpool: a big file does not freeze the open tunnels.
         """
-        new = self.config if config is None else replace(config, listeners=self.config.listeners)
-        old = self.config
-        try:
+        with self._reloading:
+            new = self.config if config is None else replace(config, listeners=self.config.listeners)
+            try:
+                table = gevent.get_hub().threadpool.apply(users_table, (new,))
+            except ConfigError as exc:
+                logger.error("reload failed, keeping the old settings: %s", exc)
+                return False
+            finally:
+                if self.access_log is not None:
+                    self.access_log.reopen()
             self.config = new
-            self._load_users()
-        except ConfigError as exc:
-            self.config = old
-            logger.error("reload failed, keeping the old settings: %s", exc)
-            return False
-        finally:
-            if self.access_log is not None:
-                self.access_log.reopen()
-        self.clients = ClientRules(new.allow, new.deny)
-        own = [(ip, port) for _, ip, port in self._bound_ips()]
-        for index in self._contexts:
-            self._contexts[index] = self.context(self._sockets[index][0], own)
+            self.users.replace(table, required=new.has_auth)
+            self.clients = ClientRules(new.allow, new.deny)
+            own = [(ip, port) for _, ip, port in self._bound_ips()]
+            for index in self._contexts:
+                self._contexts[index] = self.context(self._sockets[index][0], own)
         logger.info("reloaded")
         return True
 
@@ -255,12 +258,6 @@ class Proxy:
         return bound
 
     # -- serving --------------------------------------------------------------------
-
-    def _load_users(self) -> None:
-        pairs = list(self.config.users)
-        if self.config.users_file:
-            pairs += read_users_file(self.config.users_file)
-        self.users.replace(pairs)
 
     def context(self, spec: ListenerSpec, own: list[tuple[IPAddress, int]] | None = None) -> Context:
         """The Context that front ends and services of listener ``spec`` use."""
@@ -411,6 +408,14 @@ class Proxy:
         self._end_session(sock, session, conn)
         if not self._detached:
             self._detached_done.set()
+
+
+def users_table(config: Config) -> dict[bytes, bytes]:
+    """The users of ``--user`` and ``--users-file``; ConfigError for a bad or empty file."""
+    pairs = list(config.users)
+    if config.users_file:
+        pairs += read_users_file(config.users_file)
+    return Users.table(pairs)
 
 
 def _nodelay(sock: socket.socket) -> None:
