@@ -206,14 +206,13 @@ class Proxy:
         """
         with self._reloading:
             new = self.config if config is None else replace(config, listeners=self.config.listeners)
-            try:
-                table = gevent.get_hub().threadpool.apply(users_table, (new,))
-            except ConfigError as exc:
-                logger.error("reload failed, keeping the old settings: %s", exc)
+            # the error comes back as a value: raised in the pool, gevent would print a traceback
+            table = gevent.get_hub().threadpool.apply(_users_table_or_error, (new,))
+            if self.access_log is not None:
+                self.access_log.reopen()
+            if isinstance(table, ConfigError):
+                logger.error("reload failed, keeping the old settings: %s", table)
                 return False
-            finally:
-                if self.access_log is not None:
-                    self.access_log.reopen()
             self.config = new
             self.users.replace(table, required=new.has_auth)
             self.clients = ClientRules(new.allow, new.deny)
@@ -416,6 +415,13 @@ def users_table(config: Config) -> dict[bytes, bytes]:
     if config.users_file:
         pairs += read_users_file(config.users_file)
     return Users.table(pairs)
+
+
+def _users_table_or_error(config: Config) -> dict[bytes, bytes] | ConfigError:
+    try:
+        return users_table(config)
+    except ConfigError as exc:
+        return exc
 
 
 def _nodelay(sock: socket.socket) -> None:
