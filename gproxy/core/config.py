@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gproxy.core.access import Network, parse_network, parse_user
+from gproxy.core.access import Network, parse_network, parse_users
 from gproxy.core.addr import Address, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
 from gproxy.core.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
@@ -194,7 +194,7 @@ class Config:
         listeners = tuple(parse_listener(key, spec) for key in LISTENER_KINDS for spec in values.get(key, ()))
         kwargs: dict[str, Any] = {
             "listeners": listeners,
-            "users": tuple(parse_user(spec) for spec in values.get("user", ())),
+            "users": parse_users(values.get("user", ())),
             "allow": tuple(parse_network(s, "--allow") for s in values.get("allow", ())),
             "deny": tuple(parse_network(s, "--deny") for s in values.get("deny", ())),
             "allow_dest": tuple(parse_dest_rule(s, "--allow-dest") for s in values.get("allow-dest", ())),
@@ -213,6 +213,7 @@ class Config:
 
     @property
     def has_auth(self) -> bool:
+        """Whether clients must authenticate: any --user, or a users file (even one that turns out empty)."""
         return bool(self.users) or self.users_file is not None
 
     def validate(self) -> None:

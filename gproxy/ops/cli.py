@@ -1,6 +1,8 @@
 """The command line: flags and config file -> Config -> Proxy, with exit codes.
 
 Exit 0 after a clean stop, 2 with one line on stderr for a user's mistake.
+Signals are caught from the first line of ``main``: one that arrives while
+gproxy starts is acted on once it serves, never a traceback.
 """
 
 from __future__ import annotations
@@ -71,8 +73,40 @@ def load_config(argv: Sequence[str] | None) -> Config:
     return Config.from_settings(settings, extra)
 
 
+class StartSignals:
+    """SIGTERM/SIGINT/SIGHUP that arrive while gproxy starts: recorded, then replayed.
+
+    Installed before anything else, so a Ctrl-C during start is no
+    KeyboardInterrupt traceback and a SIGHUP (whose default is to kill) is
+    not fatal; ``replay`` acts on them once the real handlers are in place.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._record)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+
+    def replay(self, proxy: Any, argv: Sequence[str] | None) -> None:
+        """In a serving process: stop if asked to, else reload if asked to."""
+        import gevent
+
+        from gproxy.server.proxy import spawn_stop
+
+        if signal.SIGTERM in self.received or signal.SIGINT in self.received:
+            spawn_stop(proxy)
+        elif signal.SIGHUP in self.received:
+            gevent.spawn(reload, proxy, argv)
+        self.received.clear()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run gproxy; returns the exit code."""
+    early = StartSignals()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["top"]:
         from gproxy.ops.top import main as top
@@ -90,12 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1:
         from gproxy.ops.workers import supervise
 
-        return supervise(config, argv)  # a plain process: the workers run gevent
+        return supervise(config, argv, early)  # a plain process: the workers run gevent
     from gevent import monkey
 
     fast_greenlets()
     monkey.patch_all()
-    return run(config, argv)
+    return run(config, argv, early)
 
 
 def fast_greenlets() -> None:
@@ -107,10 +141,11 @@ def fast_greenlets() -> None:
         gevent.config.track_greenlet_tree = False
 
 
-def run(config: Config, argv: Sequence[str] | None = None) -> int:
+def run(config: Config, argv: Sequence[str] | None = None, early: StartSignals | None = None) -> int:
     from gproxy.core.log import setup_logging
     from gproxy.server.proxy import Proxy
 
+    early = early or StartSignals()
     setup_logging(config.to_logging_level())
     raise_fd_limit()
     proxy = None
@@ -123,6 +158,7 @@ def run(config: Config, argv: Sequence[str] | None = None) -> int:
             proxy.stop(0)
         return 2
     install_signals(proxy, argv)
+    early.replay(proxy, argv)
     proxy.serve_forever()
     return 0
 

@@ -6,7 +6,7 @@ any worker starts, and keeps holding the ports: TCP ports bound but not
 listening (the kernel hands connections only to listening sockets), which
 also fixes a ``:0`` port to one number every worker then binds.
 
-Workers are started with ``subprocess`` (a fresh ``python -m
+Workers are started with ``subprocess`` (a fresh ``python -P -m
 gproxy.ops.workers``), not ``fork``: forking a process that has a gevent hub,
 its libev loop and resolver threads needs ``gevent.reinit`` and careful
 ordering, and a restarted worker would inherit whatever state the parent
@@ -14,13 +14,20 @@ had. A fresh interpreter is patched first and starts clean every time. The
 worker's settings arrive pickled on stdin; stdin stays open, and its EOF
 tells a worker that the supervisor is gone. A worker writes one byte to a
 pipe once it serves; then, and only once, the supervisor prints the
-"listening" lines.
+"listening" lines. ``-P`` and a PYTHONPATH of absolute directories only
+keep the current directory off the worker's ``sys.path``: started from a
+directory others can write to, a planted ``gevent/`` or ``h11.py`` must not
+run as gproxy's user.
 
 Signals: SIGTERM/SIGINT are passed on (workers drain, the supervisor exits 0
 when all have exited); SIGHUP re-reads the settings, and only if they are
 valid is it passed on (so a broken file logs one error, not one per
 worker). A worker that dies is restarted, after a delay that doubles while
-workers keep dying young, so a crash loop does not spin.
+workers keep dying young, so a crash loop does not spin. A worker starts
+with SIGTERM, SIGINT and SIGHUP blocked (the supervisor blocks them around
+the spawn; the mask survives exec) and unblocks them once it can handle
+them: a SIGHUP sent to a worker that is still importing waits, it does not
+kill it.
 """
 
 from __future__ import annotations
@@ -35,13 +42,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.errors import ConfigError
 from gproxy.core.log import announce, logger, setup_logging
+
+if TYPE_CHECKING:
+    from gproxy.ops.cli import StartSignals
 
 START_TIMEOUT = 30.0
 MIN_BACKOFF = 0.1
@@ -79,12 +90,14 @@ class Supervisor:
     def spawn(self, slot: _Slot) -> None:
         read_fd, write_fd = os.pipe()
         payload = pickle.dumps((self.config, list(self.argv), write_fd))
-        slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "gproxy.ops.workers"],
-            stdin=subprocess.PIPE,
-            pass_fds=(write_fd,),
-        )
-        os.close(write_fd)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)  # the worker inherits the mask
+        try:
+            slot.proc = subprocess.Popen(
+                worker_command(), stdin=subprocess.PIPE, pass_fds=(write_fd,), env=worker_env()
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            os.close(write_fd)
         assert slot.proc.stdin is not None
         slot.proc.stdin.write(len(payload).to_bytes(8, "big") + payload)
         slot.proc.stdin.flush()
@@ -201,6 +214,29 @@ class Supervisor:
             time.sleep(0.05)
 
 
+#: signals a worker holds (blocked) until it has handlers for them
+WORKER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def worker_command() -> list[str]:
+    """``python -P -m gproxy.ops.workers``: ``-P`` keeps the current directory off ``sys.path``."""
+    return [sys.executable, "-P", "-m", "gproxy.ops.workers"]
+
+
+def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The supervisor's environment with a PYTHONPATH a worker can trust.
+
+    Relative and empty PYTHONPATH entries (an empty one means the current
+    directory) are dropped; the directory this gproxy was imported from comes
+    first, so a worker runs the same code as its supervisor.
+    """
+    env = dict(os.environ if environ is None else environ)
+    here = str(Path(__file__).resolve().parents[2])  # holds the gproxy package
+    entries = [here, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p) and p != here)]
+    env["PYTHONPATH"] = os.pathsep.join(entries)
+    return env
+
+
 def _how(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -228,14 +264,15 @@ def reserve(config: Config) -> tuple[list[Any], Config]:
     return sockets, dataclasses.replace(config, listeners=tuple(specs))
 
 
-def supervise(config: Config, argv: Sequence[str]) -> int:
+def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = None) -> int:
     """Run ``config.workers`` workers until SIGTERM/SIGINT; the exit code."""
     from gproxy.ops.cli import raise_fd_limit
-    from gproxy.server.proxy import DATAGRAM_KINDS, Proxy
+    from gproxy.server.proxy import DATAGRAM_KINDS, Proxy, users_table
 
     setup_logging(config.to_logging_level())
     raise_fd_limit()
     try:
+        users_table(config)  # a bad or empty users file: exit 2 here, not once per worker
         sockets, bound = reserve(config)
     except ConfigError as exc:
         print(f"gproxy: {exc}", file=sys.stderr)
@@ -249,6 +286,8 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
         sup.restarts = worker_restarts(None)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, sup.on_signal)
+    if early is not None:
+        sup._pending.extend(early.received)  # arrived while starting: handled by the main loop
     try:
         sup.slots = [_Slot(index) for index in range(config.workers)]
         for slot in sup.slots:
@@ -301,6 +340,10 @@ def _read_settings() -> tuple[Config, list[str], int]:
 
 def worker_main() -> int:
     """One worker: serve the supervisor's listeners until told to stop."""
+    from gproxy.ops.cli import StartSignals
+
+    early = StartSignals()  # record, then let in the signals the supervisor held back
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
     config, argv, ready_fd = _read_settings()
     from gevent import monkey
 
@@ -323,6 +366,7 @@ def worker_main() -> int:
         proxy.stop(0)
         return 2
     install_signals(proxy, argv)
+    early.replay(proxy, argv)
     os.write(ready_fd, b"R")
     os.close(ready_fd)
 

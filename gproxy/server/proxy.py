@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
+from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.server import StreamServer
 
@@ -30,6 +31,7 @@ from gproxy.core.context import Context, Metrics
 from gproxy.core.dial import DirectDialer, Prepare, Resolver, mark_sockets, system_resolve
 from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.core.log import AccessLog, announce, logger
+from gproxy.core.passwords import Secret
 from gproxy.core.rules import DestinationPolicy, RuleSet
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
@@ -101,7 +103,7 @@ class Proxy:
         self.announce = announce  # the supervisor prints the "listening" lines instead
         self._contexts: dict[int, Context] = {}  # listener index -> Context for new clients
         self.resolver = resolver
-        self.users = Users()
+        self.users = Users(required=config.has_auth)
         self.clients = ClientRules(config.allow, config.deny)
         self.access_log: AccessLog | None = None
         self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
@@ -116,7 +118,8 @@ class Proxy:
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
         self._prepare: Prepare | None = None  # what every outbound socket gets (--mark)
-        self._load_users()
+        self._reloading = Semaphore()  # one reload at a time: SIGHUPs apply in the order they came
+        self.users.replace(users_table(config), required=config.has_auth, cache_seconds=config.auth_cache)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -206,25 +209,25 @@ class Proxy:
 
         Users, client and destination rules, timeouts and limits apply to new
         clients; open sessions keep going untouched. Listeners, workers and the
-        access-log path need a restart. On a bad users file, logs one error,
-        keeps the old settings and returns False.
+        access-log path need a restart. On a bad (or empty) users file, logs one
+        error, keeps the old settings and returns False. The users file is read
+        in gevent's threadpool: a big file does not freeze the open tunnels.
         """
-        new = self.config if config is None else replace(config, listeners=self.config.listeners)
-        old = self.config
-        try:
-            self.config = new
-            self._load_users()
-        except ConfigError as exc:
-            self.config = old
-            logger.error("reload failed, keeping the old settings: %s", exc)
-            return False
-        finally:
+        with self._reloading:
+            new = self.config if config is None else replace(config, listeners=self.config.listeners)
+            # the error comes back as a value: raised in the pool, gevent would print a traceback
+            table = gevent.get_hub().threadpool.apply(_users_table_or_error, (new,))
             if self.access_log is not None:
                 self.access_log.reopen()
-        self.clients = ClientRules(new.allow, new.deny)
-        own = [(ip, port) for _, ip, port in self._bound_ips()]
-        for index in self._contexts:
-            self._contexts[index] = self.context(self._sockets[index][0], own)
+            if isinstance(table, ConfigError):
+                logger.error("reload failed, keeping the old settings: %s", table)
+                return False
+            self.config = new
+            self.users.replace(table, required=new.has_auth, cache_seconds=new.auth_cache)
+            self.clients = ClientRules(new.allow, new.deny)
+            own = [(ip, port) for _, ip, port in self._bound_ips()]
+            for index in self._contexts:
+                self._contexts[index] = self.context(self._sockets[index][0], own)
         logger.info("reloaded")
         return True
 
@@ -263,12 +266,6 @@ class Proxy:
         return bound
 
     # -- serving --------------------------------------------------------------------
-
-    def _load_users(self) -> None:
-        pairs = list(self.config.users)
-        if self.config.users_file:
-            pairs += read_users_file(self.config.users_file)
-        self.users.replace(pairs, cache_seconds=self.config.auth_cache)
 
     def context(self, spec: ListenerSpec, own: list[tuple[IPAddress, int]] | None = None) -> Context:
         """The Context that front ends and services of listener ``spec`` use."""
@@ -419,6 +416,21 @@ class Proxy:
         self._end_session(sock, session, conn)
         if not self._detached:
             self._detached_done.set()
+
+
+def users_table(config: Config) -> dict[bytes, Secret]:
+    """The users of ``--user`` and ``--users-file``; ConfigError for a bad or empty file."""
+    pairs = list(config.users)
+    if config.users_file:
+        pairs += read_users_file(config.users_file)
+    return Users.table(pairs)
+
+
+def _users_table_or_error(config: Config) -> dict[bytes, Secret] | ConfigError:
+    try:
+        return users_table(config)
+    except ConfigError as exc:
+        return exc
 
 
 def _nodelay(sock: socket.socket) -> None:

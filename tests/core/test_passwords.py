@@ -160,10 +160,10 @@ def test_cache_zero_is_off(monkeypatch):
 def test_reload_forgets_the_cache(monkeypatch):
     users = Users([("alice", BCRYPT_PW)], cache_seconds=300, clock=Clock())
     assert users.check(b"alice", b"right horse")
-    users.replace([("alice", bcrypt.hashpw(b"new horse", bcrypt.gensalt(4)).decode())])
+    users.replace(Users.table([("alice", bcrypt.hashpw(b"new horse", bcrypt.gensalt(4)).decode())]), required=True)
     assert not users.check(b"alice", b"right horse")  # the old password no longer works
     assert users.check(b"alice", b"new horse")
-    users.replace([("bob", "pw")])
+    users.replace(Users.table([("bob", "pw")]), required=True)
     assert not users.check(b"alice", b"new horse")  # a removed user is gone at once
 
 
