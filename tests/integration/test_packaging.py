@@ -73,7 +73,7 @@ def test_dockerfile_runs_gproxy_as_a_user():
 
 
 @pytest.mark.slow
-def test_install_as_the_dockerfile_does(tmp_path):
+def test_install_as_the_dockerfile_does(tmp_path, monkeypatch):
     """``pip install .`` of exactly the files the Dockerfile copies, into a fresh venv:
     the ``gproxy`` command works and pytest loads the plugin through its entry point."""
     src = tmp_path / "src"
@@ -86,6 +86,8 @@ def test_install_as_the_dockerfile_does(tmp_path):
                 else:
                     shutil.copy(ROOT / source, src / source)
     venv = tmp_path / "venv"
+    # as a user's shell has it: a PYTHONPATH pointing at this checkout would hide what pip installed
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     # A venv of its own with gproxy's declared dependencies only (plus pytest for the user's suite):
     # a dependency missing from pyproject.toml fails here, as it would for a user.
