@@ -103,9 +103,9 @@ class UdpAssociation:
         self.conn = conn
         self.ctx = ctx
         self.session = session
-        local = conn.sock.getsockname()
-        peer = conn.sock.getpeername()
-        self.client_ip = str(peer[0])
+        # The session's client: the peer, or the address a --proxy-protocol header carried
+        # (then the peer is the balancer, and the client sends its datagrams to us directly).
+        self.client_ip = session.client.host
         self.client_port: int | None = None
         if declared.port and parse_ip(declared.host) == parse_ip(self.client_ip):
             # The client named its own address: trust the port it gave. A zero
@@ -113,7 +113,12 @@ class UdpAssociation:
             # first datagram fixes it instead.
             self.client_port = declared.port
         self.client_addr: tuple[object, ...] | None = None
-        self.client_sock = _udp_socket(conn.sock.family, str(local[0]))
+        family, host = conn.sock.family, str(conn.sock.getsockname()[0])
+        client_ip = parse_ip(self.client_ip)
+        if client_ip is not None and (client_ip.version == 6) != (family == socket.AF_INET6):
+            # A balancer reached over the other family: listen on the client's, all addresses.
+            family, host = (socket.AF_INET6, "::") if client_ip.version == 6 else (socket.AF_INET, "0.0.0.0")
+        self.client_sock = _udp_socket(family, host)
         self._outbound: dict[int, socket.socket] = {}
         self._by_header: dict[bytes, _Peer | Denied] = {}  # keyed by the address bytes the client sent
         self._by_source: dict[tuple[str, int], _Peer] = {}  # replies are accepted from these only
