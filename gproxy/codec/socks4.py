@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from gproxy.core.addr import Address, parse_ip, unmap_ip
+from gproxy.core.addr import Address, canonical_host, parse_ip, unmap_ip
 from gproxy.core.errors import ClientProtocolError
 
 VERSION = 4
@@ -95,7 +95,7 @@ def parse_request(buf: Buffer) -> tuple[Request, int] | None:
             raise ClientProtocolError("SOCKS4a hostname is not ASCII", reason="bad_request") from None
         if not host:
             raise ClientProtocolError("empty SOCKS4a hostname", reason="bad_request")
-        return Request(command, Address(host, port), userid, True), name_end + 1
+        return Request(command, Address(canonical_host(host), port), userid, True), name_end + 1
     host = str(ipaddress.IPv4Address(raw_ip))
     return Request(command, Address(host, port), userid, False), userid_end + 1
 

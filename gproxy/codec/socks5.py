@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from gproxy.codec.replies import ReplyCode
-from gproxy.core.addr import Address, parse_ip, unmap_ip
+from gproxy.core.addr import Address, canonical_host, parse_ip, unmap_ip
 from gproxy.core.errors import ClientProtocolError
 
 VERSION = 5
@@ -104,6 +104,7 @@ def parse_address(buf: Buffer, offset: int) -> tuple[Address, int] | None:
             raise ClientProtocolError("domain name is not UTF-8", ReplyCode.HOST_UNREACHABLE) from None
         if not host:
             raise ClientProtocolError("empty domain name", ReplyCode.HOST_UNREACHABLE)
+        host = canonical_host(host)  # rules and resolver see one spelling
     else:
         raise ClientProtocolError(f"address type {atyp:#04x} not supported", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED)
     (port,) = struct.unpack_from("!H", buf, end - 2)

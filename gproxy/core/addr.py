@@ -1,16 +1,26 @@
 """Addresses: a host (IP literal or name) and a port, and how to print them.
 
-Pure data; no socket I/O and no name resolution here.
+Pure data; no socket I/O and no name resolution here. ``canonical_host`` turns
+a name a client sent into the ASCII form the resolver will look up.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 from enum import Enum
 
+from gproxy.codec.replies import ReplyCode
+from gproxy.core.errors import ClientProtocolError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: one DNS label in its ASCII (IDNA) form, lower case: 1 to 63 bytes
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+#: the longest name, without its trailing dot (RFC 1035 2.3.4)
+MAX_NAME = 253
 
 
 class AddrKind(Enum):
@@ -56,6 +66,36 @@ def parse_ip(host: str) -> IPAddress | None:
 
 #: parsing an IP string costs microseconds; destinations and resolved addresses repeat
 parse_ip_cached = functools.lru_cache(maxsize=4096)(parse_ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_host(host: str) -> str:
+    """A client-supplied host as the resolver will see it: an IP literal unchanged, a name
+    in lower-case ASCII (IDNA 2003, what ``getaddrinfo`` applies: NFKC, case folding,
+    U+3002/U+FF0E/U+FF61 as dots), so rules compare what is looked up.
+
+    Raises ClientProtocolError (SOCKS5 reply 0x04) for a name no resolver would take:
+    over 253 bytes, an empty or over-63-byte label, a character outside ``a-z 0-9 _ -``.
+    """
+    if parse_ip(host) is not None:
+        return host
+    try:
+        name = (host if host.isascii() else host.encode("idna").decode("ascii")).lower()
+    except UnicodeError:
+        raise _bad_name(host, "not a valid international name") from None
+    if parse_ip(name) is not None:  # full-width digits: an IP literal after all
+        return name
+    body = name[:-1] if name.endswith(".") else name
+    if not body or len(body) > MAX_NAME:
+        raise _bad_name(host, f"names are 1 to {MAX_NAME} bytes")
+    if not all(_LABEL.fullmatch(label) for label in body.split(".")):
+        raise _bad_name(host, "a label is empty, over 63 bytes or has a character outside a-z 0-9 _ -")
+    return name
+
+
+def _bad_name(host: str, why: str) -> ClientProtocolError:
+    shown = host if len(host) <= 80 else host[:80] + "..."
+    return ClientProtocolError(f"bad destination name {shown!r}: {why}", ReplyCode.HOST_UNREACHABLE, reason="bad_name")
 
 
 def unmap_ip(ip: IPAddress) -> IPAddress:

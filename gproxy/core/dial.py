@@ -19,8 +19,8 @@ from gevent import socket as gsocket
 from gevent.hub import Waiter, get_hub
 
 from gproxy.codec.replies import ReplyCode
-from gproxy.core.addr import Address, IPAddress, parse_ip_cached
-from gproxy.core.errors import ConfigError, Denied, DialError
+from gproxy.core.addr import Address, IPAddress, canonical_host, parse_ip_cached
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
 
 #: errno -> SOCKS5 reply code (microsocks' connect_socks_target table)
 ERRNO_TO_REPLY: dict[int, ReplyCode] = {
@@ -68,14 +68,17 @@ def system_resolve(host: str, port: int) -> Resolved:
 
 
 def resolve(dest: Address, resolver: Resolver) -> Resolved:
-    """Literal IPs skip the resolver (no DNS round trip for them)."""
+    """Literal IPs skip the resolver (no DNS round trip for them); a name reaches it only
+    in its canonical ASCII form (a malformed one never does: HOST_UNREACHABLE)."""
     ip = dest.ip
     if ip is not None:
         if ip.version == 4:  # ipaddress takes only the canonical dotted quad: host is str(ip)
             return [(socket.AF_INET, (dest.host, dest.port))]
         return [(socket.AF_INET6, (dest.host, dest.port, 0, 0))]
     try:
-        return resolver(dest.host, dest.port)
+        return resolver(canonical_host(dest.host), dest.port)
+    except ClientProtocolError as exc:
+        raise DialError(str(exc), ReplyCode.HOST_UNREACHABLE) from None
     except DialError:
         raise
     except (OSError, UnicodeError) as exc:

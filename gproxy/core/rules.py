@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from gproxy.core.addr import Address, IPAddress, parse_ip, unmap_ip
-from gproxy.core.errors import ConfigError, Denied
+from gproxy.core.addr import Address, IPAddress, canonical_host, parse_ip, unmap_ip
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPCheck = Callable[[IPAddress, int], None]
@@ -95,12 +95,14 @@ def parse_dest_rule(spec: str, flag: str) -> DestRule:
         return DestRule(text, name="", ports=ports)
     with contextlib.suppress(ValueError):
         return DestRule(text, network=ipaddress.ip_network(host, strict=False), ports=ports)
-    name = host.rstrip(".").lower()
-    if name.startswith("*."):
-        name = name[1:]
-    if not name or "*" in name or "/" in name or ":" in name or any(not label for label in name.lstrip(".").split(".")):
+    suffix = host.startswith("*.")
+    try:  # the form client names are matched in (canonical_host): a Unicode rule matches its IDNA spelling
+        name = canonical_host(host[2:] if suffix else host).rstrip(".")
+    except ClientProtocolError:
+        raise bad from None
+    if not name or ":" in name:
         raise bad
-    return DestRule(text, name=name, ports=ports)
+    return DestRule(text, name="." + name if suffix else name, ports=ports)
 
 
 def _parse_ports(text: str, bad: ConfigError) -> tuple[int, int]:

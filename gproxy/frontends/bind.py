@@ -20,7 +20,7 @@ from gevent import socket as gsocket
 
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
-from gproxy.core.addr import Address, from_sockaddr, parse_ip, unmap_ip
+from gproxy.core.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_ip
 from gproxy.core.context import Context
 from gproxy.core.dial import IPCheck, Resolved, resolve
 from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError, GproxyError
@@ -46,8 +46,10 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: Repl
     check_peer: IPCheck = policy.check_ip
     try:
         if expected is not None:
-            if expected.port:  # 0 is common here: the peer's port is rarely known
+            if expected.port:
                 check_peer = policy.check(expected)  # knows whether a rule allowed the name
+            elif expected.ip is None:  # port 0 is common (the peer's is rarely known): the name's rules apply later
+                check_peer = _name_check(policy.check, expected.host)
             timed_out = DialError(f"resolving {expected.host} timed out", ReplyCode.TTL_EXPIRED)
             with gevent.Timeout(ctx.config.connect_timeout, timed_out):
                 addrs = resolve(expected, ctx.resolver)
@@ -70,6 +72,16 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: Repl
         peer.close()
         raise
     run_tunnel(conn, peer, ctx, session, announced)  # closes peer
+
+
+def _name_check(check: Callable[[Address], IPCheck], host: str) -> IPCheck:
+    """The check for a peer of a BIND that named ``host`` with port 0: the name's rules
+    (and their port ranges) with the port the peer connects from, then its address's."""
+
+    def check_peer(ip: IPAddress, port: int) -> None:
+        check(Address(host, port))(ip, port)
+
+    return check_peer
 
 
 def _listen(conn: Conn, addrs: Resolved) -> socket.socket:

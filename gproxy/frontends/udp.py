@@ -24,8 +24,9 @@ from gproxy.core.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
 from gproxy.core.dial import resolve
-from gproxy.core.errors import ClientProtocolError, Denied, DialError, GproxyError
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError
 from gproxy.core.log import logger
+from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 
@@ -103,9 +104,9 @@ class UdpAssociation:
         self.conn = conn
         self.ctx = ctx
         self.session = session
-        local = conn.sock.getsockname()
-        peer = conn.sock.getpeername()
-        self.client_ip = str(peer[0])
+        # The session's client: the peer, or the address a --proxy-protocol header carried
+        # (then the peer is the balancer, and the client sends its datagrams to us directly).
+        self.client_ip = session.client.host
         self.client_port: int | None = None
         if declared.port and parse_ip(declared.host) == parse_ip(self.client_ip):
             # The client named its own address: trust the port it gave. A zero
@@ -113,7 +114,12 @@ class UdpAssociation:
             # first datagram fixes it instead.
             self.client_port = declared.port
         self.client_addr: tuple[object, ...] | None = None
-        self.client_sock = _udp_socket(conn.sock.family, str(local[0]))
+        family, host = conn.sock.family, str(conn.sock.getsockname()[0])
+        client_ip = parse_ip(self.client_ip)
+        if client_ip is not None and (client_ip.version == 6) != (family == socket.AF_INET6):
+            # A balancer reached over the other family: listen on the client's, all addresses.
+            family, host = (socket.AF_INET6, "::") if client_ip.version == 6 else (socket.AF_INET, "0.0.0.0")
+        self.client_sock = _udp_socket(family, host)
         self._outbound: dict[int, socket.socket] = {}
         self._by_header: dict[bytes, _Peer | Denied] = {}  # keyed by the address bytes the client sent
         self._by_source: dict[tuple[str, int], _Peer] = {}  # replies are accepted from these only
@@ -204,8 +210,9 @@ class UdpAssociation:
             self.datagrams += 1
             try:
                 _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
-            except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only
+            except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only, never counted as sent
                 self._drop(f"send to {peer.sockaddr}: {exc}")
+                metrics.udp_datagram(kind, "up", dropped="send_failed")
                 continue
             self.session.up += len(data)
             metrics.udp_datagram(kind, "up")
@@ -278,8 +285,9 @@ class UdpAssociation:
             buf[start:HEADROOM] = header
             try:
                 client.sendto(buf[start : HEADROOM + n], self.client_addr)
-            except OSError as exc:
+            except OSError as exc:  # EAGAIN included: dropped, never counted as sent
                 self._drop(f"send to client: {exc}")
+                metrics.udp_datagram(kind, "down", dropped="send_failed")
                 continue
             self.datagrams += 1
             self.session.down += n
@@ -372,6 +380,16 @@ class UdpForwarder:
         self._target: tuple[int, tuple[object, ...], float] | None = None
         self._loops: list[gevent.Greenlet] = []
         self._last_warning = -WARN_EVERY
+        # Our own UDP listeners: a target among them turns one datagram into a storm
+        # (each one relayed comes back from a new source port: a new mapping).
+        own = (addr for kind, addr in proxy.addresses if kind == spec.kind)
+        self.own = DestinationPolicy((ip, addr.port) for addr in own if (ip := addr.ip) is not None)
+        ip = self.target.ip
+        if ip is not None:
+            try:
+                self.own.check_ip(ip, self.target.port)
+            except Denied as exc:
+                raise ConfigError(f"--udp-forward target {self.target}: {exc}: datagrams would loop") from None
 
     def start(self) -> None:
         self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self._reaper)]
@@ -402,7 +420,8 @@ class UdpForwarder:
             mapping.last = self.clock
             try:
                 mapping.raw.send(data)
-            except OSError:  # EAGAIN, or ECONNREFUSED from an earlier ICMP: this datagram only
+            except OSError:  # EAGAIN, or ECONNREFUSED from an earlier ICMP: this datagram only, never counted
+                metrics.udp_datagram("udp-forward", "up", dropped="send_failed")
                 continue
             mapping.session.up += n
             metrics.udp_datagram("udp-forward", "up")
@@ -446,11 +465,24 @@ class UdpForwarder:
             timed_out = DialError(f"resolving {self.target.host} timed out", ReplyCode.TTL_EXPIRED)
             with gevent.Timeout(self.proxy.config.connect_timeout, timed_out):
                 addrs = resolve(self.target, self.ctx.resolver)
-            if not addrs:
-                raise Denied(f"{self.target.host} has no address")
-            family, sockaddr = addrs[0]
+            family, sockaddr = self._first_not_own(addrs)
             self._target = (family, sockaddr, now + NAME_TTL)
         return self._target[0], self._target[1]
+
+    def _first_not_own(self, addrs: list[tuple[int, tuple[object, ...]]]) -> tuple[int, tuple[object, ...]]:
+        """The first resolved address that is not one of our own UDP listeners; Denied if none."""
+        refused: Denied = Denied(f"{self.target.host} has no address")
+        for family, sockaddr in addrs:
+            ip = parse_ip(str(sockaddr[0]))
+            try:
+                if ip is None:
+                    raise Denied(f"{self.target.host} resolved to {sockaddr[0]!r}")
+                self.own.check_ip(ip, self.target.port)
+            except Denied as exc:
+                refused = exc
+                continue
+            return family, sockaddr
+        raise refused
 
     def _reply_loop(self, mapping: _Mapping) -> None:
         buf = _hub_buffer()
@@ -466,7 +498,8 @@ class UdpForwarder:
             mapping.last = self.clock
             try:
                 listener.sendto(buf[:n], mapping.client)
-            except OSError:
+            except OSError:  # EAGAIN included: dropped, never counted as sent
+                metrics.udp_datagram("udp-forward", "down", dropped="send_failed")
                 continue
             mapping.session.down += n
             metrics.udp_datagram("udp-forward", "down")

@@ -57,11 +57,17 @@ def test_0_0_0_0_is_an_address_not_4a():
 
 
 def test_userid_and_hostname_at_their_caps():
-    userid, host = b"u" * socks4.MAX_USERID, "h" * socks4.MAX_HOSTNAME
+    # The longest valid name is 253 bytes and a trailing dot; a 255-byte one is framed, then refused as a name.
+    userid, host = b"u" * socks4.MAX_USERID, ("h" * 63 + ".") * 3 + "h" * 61 + "."
     raw = b"\x04\x01\x00\x50\x00\x00\x00\x01" + userid + b"\0" + host.encode() + b"\0"
-    assert len(raw) == socks4.MAX_REQUEST
+    assert len(raw) == socks4.MAX_REQUEST - 1
     request = feed_every_split(socks4.parse_request, raw)
     assert request.userid == userid and request.address.host == host
+    too_long = raw[:-2] + b"hh\0"
+    assert len(too_long) == socks4.MAX_REQUEST
+    with pytest.raises(ClientProtocolError) as caught:
+        socks4.parse_request(too_long)
+    assert caught.value.reason == "bad_name"
 
 
 @pytest.mark.parametrize(
