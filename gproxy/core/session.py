@@ -33,9 +33,10 @@ class Session:
     down: int = 0
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)
+    via: str | None = None  # the upstream dialled through, or "direct"; None: no dial
 
     def logfmt(self) -> str:
-        """``ts=... client=... user=... proto=... cmd=... dest=... up= down= dur= outcome=``"""
+        """``ts=... client=... user=... proto=... cmd=... dest=... up= down= dur= outcome= [via=]``"""
         now = datetime.now(UTC)
         ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
         pairs = (
@@ -50,7 +51,8 @@ class Session:
             ("dur", f"{time.monotonic() - self.started:.3f}"),
             ("outcome", self.outcome),
         )
-        return " ".join(f"{key}={_quote(value)}" for key, value in pairs)
+        line = " ".join(f"{key}={_quote(value)}" for key, value in pairs)
+        return line if self.via is None else f"{line} via={_quote(self.via)}"
 
 
 class SessionOwner(Protocol):
