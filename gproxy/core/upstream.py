@@ -100,12 +100,12 @@ class UpstreamDialer:
         except ClientProtocolError as exc:
             sock.close()
             raise UpstreamDown(f"upstream {up}: {exc}", ReplyCode.GENERAL_FAILURE) from None
+        except OSError as exc:  # reset, TLS failure (SSLCertVerificationError is a ValueError too)
+            sock.close()
+            raise UpstreamDown(f"upstream {up}: {exc}", reply_for(exc)) from None
         except (ValueError, h11.LocalProtocolError) as exc:  # a destination this protocol cannot carry
             sock.close()
             raise DialError(f"upstream {up}: {exc}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED) from None
-        except OSError as exc:  # reset, TLS failure, ...
-            sock.close()
-            raise UpstreamDown(f"upstream {up}: {exc}", reply_for(exc)) from None
         except BaseException:
             sock.close()
             raise
