@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from gevent.server import StreamServer
 
 from gproxy.core.config import Config
 from gproxy.core.errors import ConfigError
@@ -24,6 +25,7 @@ from tests.helpers import (
     make_cert,
     metric,
     name_dest,
+    recv_exact,
     scrape_metrics,
     socks5_connect,
     wait_for,
@@ -249,3 +251,37 @@ def test_bad_upstream_flags_exit_2_with_one_line(args, flag):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and flag in result.stderr, result.stderr
     assert "SECRET" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_banner_sent_right_after_the_connect_reply_arrives_through_an_https_upstream(
+    proxy, tmp_path, cert, tls_upstream
+):
+    """The HTTP head is read byte by byte over TLS: the destination's first bytes stay for the relay."""
+
+    def banner(sock, _addr):
+        sock.sendall(b"220 hello\r\n")
+        sock.recv(1)
+
+    server = StreamServer(("127.0.0.1", 0), banner)
+    server.start()
+    try:
+        front = front_of(proxy, [socks_url(tls_upstream, scheme="https", kind="https")], tmp_path, ca=[cert[0]])
+        address = front.address("socks5")
+        sock, reply = socks5_connect((address.host, address.port), ipv4_dest("127.0.0.1", server.address[1]))
+        with sock:
+            assert reply[1] == 0
+            assert recv_exact(sock, 11) == b"220 hello\r\n"
+    finally:
+        server.stop(timeout=1)
+
+
+def test_reload_with_other_upstreams_uses_them_for_new_connections(proxy, echo_tcp, tmp_path, two_upstreams):
+    first, second = two_upstreams
+    front = front_of(proxy, [socks_url(first)], tmp_path)
+    assert echo_once(front, echo_tcp) == 0
+    new = Config.build(
+        socks=["127.0.0.1:0"], metrics=["127.0.0.1:0"], upstream=[socks_url(second)], access_log=front.config.access_log
+    )
+    assert front.reload(new)
+    assert echo_once(front, echo_tcp) == 0
+    assert via_of(tmp_path / "front.log", 2) == [socks_url(first, "b:***"), socks_url(second, "b:***")]
