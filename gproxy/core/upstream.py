@@ -56,7 +56,8 @@ class UpstreamDialer:
         self.upstream = upstream
         self.resolver = resolver
         self._direct = DirectDialer(resolver)  # the upstream itself is the operator's: no rules
-        self.tls = tls if tls is not None or not upstream.tls else client_context(())
+        #: the TLS schemes only; the system's store when no context is given
+        self.tls = (tls or client_context(())) if upstream.tls else None
 
     def dial(
         self, dest: Address, timeout: float, check: IPCheck | None = None, *, reach_timeout: float | None = None

@@ -311,7 +311,7 @@ class Proxy:
         settings = (config.upstream, config.upstream_strategy, config.upstream_cooldown, config.ca)
         if settings != self._upstreams_built_from:
             tls = client_context(config.ca) if config.ca or any(up.tls for up in config.upstream) else None
-            dialers = [(str(up), upstream_dialer(up, self.resolver, tls if up.tls else None)) for up in config.upstream]
+            dialers = [(str(up), upstream_dialer(up, self.resolver, tls)) for up in config.upstream]
             self._upstreams = (
                 UpstreamGroup(dialers, config.upstream_strategy, config.upstream_cooldown, self.metrics)
                 if dialers
