@@ -36,9 +36,10 @@ class Session:
     via: str | None = None  # the upstream dialled through, or "direct"; None: no dial
 
     def logfmt(self) -> str:
-        """``ts=... client=... user=... proto=... cmd=... dest=... up= down= dur= outcome= [via=]``"""
+        """``ts=... client=... user=... proto=... cmd=... dest=... [via=] up= down= dur= outcome=``"""
         now = datetime.now(UTC)
         ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+        via = () if self.via is None else (("via", self.via),)
         pairs = (
             ("ts", ts),
             ("client", str(self.client)),
@@ -46,13 +47,13 @@ class Session:
             ("proto", self.proto),
             ("cmd", self.cmd),
             ("dest", self.dest),
+            *via,
             ("up", str(self.up)),
             ("down", str(self.down)),
             ("dur", f"{time.monotonic() - self.started:.3f}"),
             ("outcome", self.outcome),
         )
-        line = " ".join(f"{key}={_quote(value)}" for key, value in pairs)
-        return line if self.via is None else f"{line} via={_quote(self.via)}"
+        return " ".join(f"{key}={_quote(value)}" for key, value in pairs)
 
 
 class SessionOwner(Protocol):

@@ -7,6 +7,7 @@ metrics, and the CLI's answer to bad upstream flags.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from tests.helpers import (
     socks5_connect,
     wait_for,
 )
+
+VIA = re.compile(r' via=("[^"]*"|\S+)')
 
 
 def socks_url(running, user="b:2", scheme="socks5", kind="socks5", host=None):
@@ -60,13 +63,12 @@ def samples(front):
 def via_of(log_path, count):
     """The via= of the first ``count`` access-log lines, once there are that many."""
 
-    def lines():
+    def routes():
         text = log_path.read_text() if log_path.exists() else ""
-        found = [line for line in text.splitlines() if " via=" in line]
+        found = [match.strip('"') for match in VIA.findall(text)]
         return len(found) >= count and found
 
-    found = wait_for(lines, what=f"{count} access-log lines with via=")
-    return [line.rpartition(" via=")[2].strip('"') for line in found[:count]]
+    return wait_for(routes, what=f"{count} access-log lines with via=")[:count]
 
 
 @pytest.fixture
