@@ -68,7 +68,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("deny", str, "clients in this network may not connect (repeats)", True, "CIDR"),
     Option("allow-dest", str, "destinations that may be reached (repeats)", True, "CIDR|HOST"),
     Option("deny-dest", str, "destinations that may not be reached (repeats)", True, "CIDR|HOST"),
-    Option("upstream", str, "chain outbound connections through this proxy", metavar="URL"),
+    Option("upstream", str, "chain outbound connections through this proxy (repeats: a group)", True, "URL"),
+    Option(
+        "upstream-strategy",
+        str,
+        "failover, round-robin, random or least-conns",
+        metavar="STRATEGY",
+        default="failover",
+    ),
+    Option("upstream-cooldown", float, "an upstream that failed is skipped this long", metavar="SECONDS", default=30.0),
+    Option("bypass", str, "destinations reached directly even with --upstream (repeats)", True, "CIDR|HOST"),
+    Option("ca", str, "extra CA certificates (PEM) for outbound TLS (repeats)", True, "FILE"),
     Option("connect-timeout", float, "outbound connect timeout", metavar="SECONDS", default=10.0),
     Option("idle-timeout", float, "close tunnels idle this long (0: never)", metavar="SECONDS", default=300.0),
     Option("handshake-timeout", float, "drop clients slower than this to ask", metavar="SECONDS", default=10.0),
@@ -92,6 +102,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 LOG_LEVELS = ("debug", "info", "warning", "error")
+UPSTREAM_STRATEGIES = ("failover", "round-robin", "random", "least-conns")
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,11 @@ class Config:
     allow_dest: tuple[DestRule, ...] = ()
     deny_dest: tuple[DestRule, ...] = ()
     user_rules: Mapping[str, RuleSet] = field(default_factory=dict)  # from [users.NAME] tables
-    upstream: Upstream | None = None
+    upstream: tuple[Upstream, ...] = ()
+    upstream_strategy: str = "failover"
+    upstream_cooldown: float = 30.0
+    bypass: tuple[DestRule, ...] = ()
+    ca: tuple[str, ...] = ()
     connect_timeout: float = 10.0
     idle_timeout: float = 300.0
     handshake_timeout: float = 10.0
@@ -199,13 +214,14 @@ class Config:
             "deny": tuple(parse_network(s, "--deny") for s in values.get("deny", ())),
             "allow_dest": tuple(parse_dest_rule(s, "--allow-dest") for s in values.get("allow-dest", ())),
             "deny_dest": tuple(parse_dest_rule(s, "--deny-dest") for s in values.get("deny-dest", ())),
+            "upstream": tuple(parse_upstream(s) for s in values.get("upstream", ())),
+            "bypass": tuple(parse_dest_rule(s, "--bypass") for s in values.get("bypass", ())),
+            "ca": values.get("ca", ()),
             "extra": dict(extra or {}),
         }
         for option in OPTIONS:
             if not option.repeat and option.key in values and values[option.key] is not None:
                 kwargs[option.key.replace("-", "_")] = values[option.key]
-        if kwargs.get("upstream") is not None:
-            kwargs["upstream"] = parse_upstream(kwargs["upstream"])
         _add_user_tables(kwargs, (extra or {}).get("users"))
         config = cls(**kwargs)
         config.validate()
@@ -223,13 +239,15 @@ class Config:
         for name in ("connect_timeout", "handshake_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")
-        for name in ("idle_timeout", "drain_timeout", "max_conns", "max_conns_per_ip"):
+        for name in ("idle_timeout", "drain_timeout", "max_conns", "max_conns_per_ip", "upstream_cooldown"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} may not be negative")
         if not 0 <= self.auth_cache < math.inf:
             raise ConfigError("--auth-cache must be a number of seconds, 0 or more")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.upstream_strategy not in UPSTREAM_STRATEGIES:
+            raise ConfigError(f"--upstream-strategy must be one of {', '.join(UPSTREAM_STRATEGIES)}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if self.udp_advertise is not None and parse_ip(self.udp_advertise) is None:

@@ -36,6 +36,13 @@ class Metrics:
     def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
         """A UDP datagram ``up`` (from the client) or ``down``: relayed, or ``dropped`` and why."""
 
+    def upstream_state(self, upstream: str, up: bool) -> None:
+        """An upstream (password redacted) is up (it answered) or down (it failed itself)."""
+
+    def upstream_dial(self, upstream: str, result: str) -> None:
+        """A dial through an upstream: ``ok``, ``failed`` (the upstream itself) or ``refused``
+        (it reported that the destination failed)."""
+
 
 @dataclass
 class Context:

@@ -33,11 +33,13 @@ class Session:
     down: int = 0
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)
+    via: str | None = None  # the upstream dialled through, or "direct"; None: no dial
 
     def logfmt(self) -> str:
-        """``ts=... client=... user=... proto=... cmd=... dest=... up= down= dur= outcome=``"""
+        """``ts=... client=... user=... proto=... cmd=... dest=... [via=] up= down= dur= outcome=``"""
         now = datetime.now(UTC)
         ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+        via = () if self.via is None else (("via", self.via),)
         pairs = (
             ("ts", ts),
             ("client", str(self.client)),
@@ -45,6 +47,7 @@ class Session:
             ("proto", self.proto),
             ("cmd", self.cmd),
             ("dest", self.dest),
+            *via,
             ("up", str(self.up)),
             ("down", str(self.down)),
             ("dur", f"{time.monotonic() - self.started:.3f}"),

@@ -1,8 +1,9 @@
 """``--upstream URL``: chain every outbound connection through another proxy.
 
-The dialers speak the client side of SOCKS5, SOCKS4/4a and HTTP CONNECT with
-the same sans-I/O codecs the server side uses (URLs are parsed once, at
-config time, by ``upstream_url``). Messages name the upstream redacted.
+The dialers speak the client side of SOCKS5, SOCKS4/4a and HTTP CONNECT (over
+TLS for https:// and socks5+tls://) with the same sans-I/O codecs the server
+side uses (URLs are parsed once, at config time, by ``upstream_url``; groups
+of upstreams are ``upstream_group``). Messages name the upstream redacted.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import base64
 import socket
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 import gevent
 import h11
@@ -20,66 +21,151 @@ from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
 from gproxy.core.addr import Address, parse_ip
-from gproxy.core.dial import DirectDialer, IPCheck, Resolver, resolve, system_resolve
-from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError
+from gproxy.core.dial import DirectDialer, IPCheck, Resolver, reply_for, resolve, system_resolve
+from gproxy.core.errors import ClientClosed, ClientProtocolError, ConfigError, Denied, DialError
 from gproxy.core.stream import Conn
 from gproxy.core.upstream_url import Upstream
+
+if TYPE_CHECKING:
+    import ssl  # imported lazily (see client_context): gevent patches it at start
 
 T = TypeVar("T")
 #: the largest HTTP response head we read from an HTTP upstream
 MAX_HEAD = 16384
 
 
+class UpstreamDown(DialError):
+    """The upstream itself failed: unreachable, its own handshake (credentials, TLS,
+    protocol garbage) or no answer to it. Not a destination error that it reports:
+    a group marks the upstream down and moves on to the next one."""
+
+
 class UpstreamDialer:
-    """Connect to the upstream proxy, then ask it for the destination.
+    """Connect to the upstream proxy (TLS for https:// and socks5+tls://), then ask it for the destination.
 
     Failing to reach the upstream maps through the usual dial table; the
     upstream's own refusals map to the reply code it gave (SOCKS5), 0x5B
     -> 0x01 (SOCKS4), or its HTTP status (403 -> 0x02, 502 -> 0x04,
-    504 -> 0x06, anything else -> 0x01).
+    504 -> 0x06, anything else -> 0x01). Failures of the upstream itself
+    raise UpstreamDown; the destination's, plain DialError.
     """
 
-    def __init__(self, upstream: Upstream, resolver: Resolver = system_resolve) -> None:
+    def __init__(
+        self, upstream: Upstream, resolver: Resolver = system_resolve, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.upstream = upstream
         self.resolver = resolver
         self._direct = DirectDialer(resolver)  # the upstream itself is the operator's: no rules
+        #: the TLS schemes only; the system's store when no context is given
+        self.tls = (tls or client_context(())) if upstream.tls else None
 
-    def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
-        deadline = time.monotonic() + timeout
+    def dial(
+        self, dest: Address, timeout: float, check: IPCheck | None = None, *, reach_timeout: float | None = None
+    ) -> socket.socket:
+        """``reach_timeout`` bounds reaching the upstream and its own handshake (a group
+        leaves time for the next upstream); ``timeout`` bounds the whole dial."""
+        up = self.upstream
+        started = time.monotonic()
+        deadline = started + timeout
+        reach = timeout if reach_timeout is None else min(reach_timeout, timeout)
         try:
-            sock = self._direct.dial(self.upstream.address, timeout)
+            sock = self._direct.dial(up.address, reach)
         except DialError as exc:
-            raise DialError(f"upstream {self.upstream}: {exc}", exc.reply) from None
-        remaining = max(deadline - time.monotonic(), 0.001)
-        timed_out = DialError(f"upstream {self.upstream}: no answer in time", ReplyCode.TTL_EXPIRED)
+            raise UpstreamDown(f"upstream {up}: {exc}", exc.reply) from None
+        requested = False  # past the upstream's own handshake: what fails now is the destination's
+        timer = gevent.Timeout(max(started + reach - time.monotonic(), 0.001))
+        timer.start()
         try:
-            with gevent.Timeout(remaining, timed_out):
-                self.handshake(Conn(sock), dest, check)
+            if self.tls is not None:
+                sock = tls_connect(sock, self.tls, up.host)
+            conn = Conn(sock)
+            self.greet(conn)
+            timer.close()
+            timer = gevent.Timeout(max(deadline - time.monotonic(), 0.001))
+            timer.start()
+            requested = True
+            self.request(conn, dest, check)
+        except gevent.Timeout as exc:
+            sock.close()
+            if exc is not timer:
+                raise
+            if requested:
+                raise DialError(f"upstream {up}: no answer for {dest} in time", ReplyCode.TTL_EXPIRED) from None
+            raise UpstreamDown(f"upstream {up}: no answer in time", ReplyCode.TTL_EXPIRED) from None
+        except (DialError, Denied):  # already says whose fault it is
+            sock.close()
+            raise
         except ClientClosed:
             sock.close()
-            raise DialError(f"upstream {self.upstream} closed the connection", ReplyCode.GENERAL_FAILURE) from None
+            raise UpstreamDown(f"upstream {up} closed the connection", ReplyCode.GENERAL_FAILURE) from None
         except ClientProtocolError as exc:
             sock.close()
-            raise DialError(f"upstream {self.upstream}: {exc}", ReplyCode.GENERAL_FAILURE) from None
+            raise UpstreamDown(f"upstream {up}: {exc}", ReplyCode.GENERAL_FAILURE) from None
+        except OSError as exc:  # reset, TLS failure (SSLCertVerificationError is a ValueError too)
+            sock.close()
+            raise UpstreamDown(f"upstream {up}: {exc}", reply_for(exc)) from None
         except (ValueError, h11.LocalProtocolError) as exc:  # a destination this protocol cannot carry
             sock.close()
-            raise DialError(f"upstream {self.upstream}: {exc}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED) from None
+            raise DialError(f"upstream {up}: {exc}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED) from None
         except BaseException:
             sock.close()
             raise
+        finally:
+            timer.close()
         return sock
 
-    def handshake(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
+    def greet(self, conn: Conn) -> None:
+        """The upstream's own handshake (methods, credentials); nothing about the destination yet."""
+
+    def request(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
         raise NotImplementedError
 
     def refused(self, why: str, reply: ReplyCode) -> DialError:
+        """The upstream works and reports that the destination failed."""
         return DialError(f"upstream {self.upstream}: {why}", reply)
+
+    def broken(self, why: str) -> UpstreamDown:
+        """The upstream itself failed its handshake."""
+        return UpstreamDown(f"upstream {self.upstream}: {why}", ReplyCode.GENERAL_FAILURE)
+
+
+def client_context(cafiles: Iterable[str]) -> ssl.SSLContext:
+    """gproxy's outbound TLS context: the system's store plus ``--ca`` files; TLS 1.2+,
+    certificate and host name always checked. ConfigError naming --ca for a bad file."""
+    from gevent import ssl as gssl  # noqa: PLC0415 (gevent wants to patch ssl before anyone imports it)
+
+    context: ssl.SSLContext = gssl.create_default_context()
+    context.minimum_version = gssl.TLSVersion.TLSv1_2
+    for path in cafiles:
+        try:
+            context.load_verify_locations(cafile=path)
+        except OSError as exc:
+            raise ConfigError(f"--ca {path}: {exc.strerror or exc}") from None
+        except gssl.SSLError:
+            raise ConfigError(f"--ca {path}: not a PEM certificate file") from None
+    return context
+
+
+def tls_connect(sock: socket.socket, context: ssl.SSLContext, host: str) -> socket.socket:
+    """Wrap a connected socket and finish the client handshake (the caller bounds its time);
+    the certificate is checked against ``host``, a name or an IP. Closes ``sock`` on failure."""
+    try:
+        tls: socket.socket = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        tls.do_handshake()  # type: ignore[attr-defined]
+    except BaseException:
+        tls.close()
+        raise
+    return tls
 
 
 class Socks5Upstream(UpstreamDialer):
     """RFC 1928 CONNECT through a SOCKS5 proxy; names go as names (remote DNS)."""
 
-    def handshake(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
+    def greet(self, conn: Conn) -> None:
         up = self.upstream
         methods: list[int] = [AuthMethod.NO_AUTH]
         if up.username is not None:
@@ -89,9 +175,11 @@ class Socks5Upstream(UpstreamDialer):
         if method == AuthMethod.USERNAME_PASSWORD and up.username is not None:
             conn.sendall(socks5.encode_auth(up.username.encode(), (up.password or "").encode()))
             if not _parse_all(socks5.parse_auth_reply, conn.read_exact(2)):
-                raise self.refused("it rejected our user name or password", ReplyCode.GENERAL_FAILURE)
+                raise self.broken("it rejected our user name or password")
         elif method != AuthMethod.NO_AUTH:
-            raise self.refused(f"it wants authentication method {method:#04x}", ReplyCode.GENERAL_FAILURE)
+            raise self.broken(f"it wants authentication method {method:#04x}")
+
+    def request(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
         conn.sendall(socks5.encode_request(Command.CONNECT, dest))
         head = conn.read_exact(5)  # VER REP RSV ATYP and the first address byte
         rest = {int(socks5.AddressType.IPV4): 5, int(socks5.AddressType.IPV6): 17}.get(head[3], head[4] + 2)
@@ -104,7 +192,7 @@ class Socks5Upstream(UpstreamDialer):
 class Socks4Upstream(UpstreamDialer):
     """SOCKS4 (names resolved here, and checked) or SOCKS4a (names sent as names)."""
 
-    def handshake(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
+    def request(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
         from gproxy.codec import socks4  # noqa: PLC0415 (the SOCKS4 codec lives with its front end)
 
         address = dest
@@ -114,6 +202,8 @@ class Socks4Upstream(UpstreamDialer):
             raise self.refused(f"SOCKS4 cannot carry the IPv6 address {dest}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED)
         conn.sendall(socks4.encode_request(Command.CONNECT, address, (self.upstream.username or "").encode()))
         reply = _parse_all(socks4.parse_reply, conn.read_exact(8))
+        if reply.code in (socks4.Reply.NO_IDENTD, socks4.Reply.IDENTD_MISMATCH):
+            raise self.broken(f"it answered {reply.code:#04x} (identd) for our user id")
         if reply.code != socks4.Reply.GRANTED:
             raise self.refused(f"it answered {reply.code:#04x} for {dest}", ReplyCode.GENERAL_FAILURE)
 
@@ -146,7 +236,7 @@ HTTP_STATUS_REPLY = {
 class HttpUpstream(UpstreamDialer):
     """``CONNECT host:port`` through an HTTP proxy, with Basic auth if given."""
 
-    def handshake(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
+    def request(self, conn: Conn, dest: Address, check: IPCheck | None) -> None:
         up = self.upstream
         target = str(dest).encode()
         headers = [(b"Host", target)]
@@ -155,29 +245,33 @@ class HttpUpstream(UpstreamDialer):
             headers.append((b"Proxy-Authorization", f"Basic {token}".encode()))
         http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         conn.sendall(http.send(h11.Request(method=b"CONNECT", target=target, headers=headers)))
-        http.receive_data(read_head(conn.sock, MAX_HEAD))
+        peek = self.tls is None  # TLS cannot peek: the head is read a byte at a time instead
+        http.receive_data(read_head(conn.sock, MAX_HEAD, peek))
         try:
             event = http.next_event()
             while isinstance(event, h11.InformationalResponse):
-                http.receive_data(read_head(conn.sock, MAX_HEAD))
+                http.receive_data(read_head(conn.sock, MAX_HEAD, peek))
                 event = http.next_event()
         except h11.RemoteProtocolError as exc:
-            raise self.refused(f"bad HTTP response: {exc}", ReplyCode.GENERAL_FAILURE) from None
+            raise self.broken(f"bad HTTP response: {exc}") from None
         if not isinstance(event, h11.Response):
-            raise self.refused("no HTTP response", ReplyCode.GENERAL_FAILURE)
+            raise self.broken("no HTTP response")
+        if event.status_code == 407:
+            raise self.broken("it answered HTTP 407 (our credentials were missing or wrong)")
         if not 200 <= event.status_code < 300:
             why = f"it answered HTTP {event.status_code} for {dest}"
-            if event.status_code == 407:
-                why += " (our credentials were missing or wrong)"
             raise self.refused(why, HTTP_STATUS_REPLY.get(event.status_code, ReplyCode.GENERAL_FAILURE))
 
 
-def read_head(sock: socket.socket, limit: int) -> bytes:
+def read_head(sock: socket.socket, limit: int, peek: bool = True) -> bytes:
     """Read one HTTP head (through the blank line) and not a byte more.
 
     Peeks, then consumes only what belongs to the head, so bytes the
     destination sends right after the 200 stay in the socket for the relay.
+    Without ``peek`` (TLS), reads one byte at a time.
     """
+    if not peek:
+        return _read_head_bytewise(sock, limit)
     head = bytearray()
     while True:
         peeked = sock.recv(limit, socket.MSG_PEEK)
@@ -198,6 +292,18 @@ def read_head(sock: socket.socket, limit: int) -> bytes:
             raise ClientProtocolError(f"HTTP response head larger than {limit} bytes")
 
 
+def _read_head_bytewise(sock: socket.socket, limit: int) -> bytes:
+    head = bytearray()
+    while not head.endswith(b"\r\n\r\n"):
+        if len(head) >= limit:
+            raise ClientProtocolError(f"HTTP response head larger than {limit} bytes")
+        byte = sock.recv(1)  # TLS: from the record already decrypted, no syscall
+        if not byte:
+            raise ClientClosed("upstream closed the connection")
+        head += byte
+    return bytes(head)
+
+
 def _parse_all(parse: Callable[[bytes], tuple[T, int] | None], buf: bytes) -> T:
     """Run a codec parser on a buffer that must hold exactly one whole message."""
     parsed = parse(buf)
@@ -206,10 +312,12 @@ def _parse_all(parse: Callable[[bytes], tuple[T, int] | None], buf: bytes) -> T:
     return parsed[0]
 
 
-def upstream_dialer(upstream: Upstream, resolver: Resolver = system_resolve) -> UpstreamDialer:
-    """The dialer for an upstream URL's scheme."""
-    if upstream.scheme == "http":
-        return HttpUpstream(upstream, resolver)
+def upstream_dialer(
+    upstream: Upstream, resolver: Resolver = system_resolve, tls: ssl.SSLContext | None = None
+) -> UpstreamDialer:
+    """The dialer for an upstream URL's scheme; ``tls`` (see client_context()) for the TLS schemes."""
+    if upstream.scheme in ("http", "https"):
+        return HttpUpstream(upstream, resolver, tls)
     if upstream.scheme.startswith("socks4"):
         return Socks4Upstream(upstream, resolver)
-    return Socks5Upstream(upstream, resolver)
+    return Socks5Upstream(upstream, resolver, tls)

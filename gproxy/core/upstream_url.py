@@ -6,13 +6,18 @@ out of every message, repr and log line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from gproxy.core.addr import Address, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
 
-SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http")
+SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http", "https", "socks5+tls")
+#: schemes spoken over TLS to the upstream (what gproxy's --https and --socks-tls listeners speak)
+TLS_SCHEMES = frozenset({"https", "socks5+tls"})
+#: a DNS name: dot-separated labels of letters, digits, '-' and '_' (no leading or trailing '-')
+_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,11 @@ class Upstream:
     def address(self) -> Address:
         return Address(self.host, self.port)
 
+    @property
+    def tls(self) -> bool:
+        """Whether the upstream is spoken to over TLS (certificate checked against ``host``)."""
+        return self.scheme in TLS_SCHEMES
+
 
 def redact_url(url: str) -> str:
     """``scheme://user:***@rest`` for messages about a URL we could not parse."""
@@ -48,7 +58,8 @@ def redact_url(url: str) -> str:
 
 def parse_upstream(url: str) -> Upstream:
     """``socks5://[user:pass@]host:port``, ``socks4://host:port``, ``socks4a://...``,
-    ``http://[user:pass@]host:port``; ConfigError (with the password hidden) otherwise."""
+    ``http://[user:pass@]host:port``, and over TLS ``https://...`` and ``socks5+tls://...``;
+    ConfigError (with the password hidden) otherwise."""
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
@@ -71,4 +82,6 @@ def parse_upstream(url: str) -> Upstream:
     host = parts.hostname
     if ":" in host and parse_ip(host) is None:
         raise ConfigError(f"--upstream: {shown!r} has a bad IPv6 address")
+    if parse_ip(host) is None and (len(host) > 253 or not _NAME.fullmatch(host)):
+        raise ConfigError(f"--upstream: {shown!r} has a bad host name")
     return Upstream("socks5" if scheme == "socks5h" else scheme, host, port, username, password)

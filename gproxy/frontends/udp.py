@@ -321,7 +321,7 @@ def _remember(table: dict[K, T], key: K, value: T) -> None:
 
 def udp_associate(conn: Conn, ctx: Context, session: Session, declared: Address) -> None:
     """SOCKS5 UDP ASSOCIATE: open the relay, answer with its address, relay until done."""
-    if ctx.config.upstream is not None:  # datagrams cannot follow TCP chaining: say so (0x07)
+    if ctx.config.upstream:  # datagrams cannot follow TCP chaining: say so (0x07)
         conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
         raise ClientProtocolError("UDP ASSOCIATE is not available with --upstream", reason="bad_command")
     try:

@@ -35,7 +35,8 @@ from gproxy.core.passwords import Secret
 from gproxy.core.rules import DestinationPolicy, RuleSet
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
-from gproxy.core.upstream import upstream_dialer
+from gproxy.core.upstream import client_context, upstream_dialer
+from gproxy.core.upstream_group import Router, UpstreamGroup, dialled_via
 from gproxy.frontends.forward import serve_forward
 from gproxy.frontends.http import serve_http
 from gproxy.frontends.mixed import serve_mixed
@@ -119,6 +120,8 @@ class Proxy:
         self._tls: ssl.SSLContext | None = None
         self._prepare: Prepare | None = None  # what every outbound socket gets (--mark)
         self._reloading = Semaphore()  # one reload at a time: SIGHUPs apply in the order they came
+        self._upstreams: UpstreamGroup | None = None  # shared by every listener: one health record
+        self._upstreams_built_from: tuple[object, ...] | None = None
         self.users.replace(users_table(config), required=config.has_auth, cache_seconds=config.auth_cache)
 
     # -- life cycle -------------------------------------------------------------
@@ -151,6 +154,7 @@ class Proxy:
         own = [(ip, port) for _, ip, port in self._bound_ips()]
         self._check_upstream(own)
         self._prepare = mark_sockets(self.config.mark)
+        self._upstream_group()  # a bad --ca fails before anything serves
         if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
             self._tls_context()  # bad --cert/--key fail before anything serves
         for index, (spec, sock) in enumerate(self._sockets):
@@ -222,7 +226,14 @@ class Proxy:
             if isinstance(table, ConfigError):
                 logger.error("reload failed, keeping the old settings: %s", table)
                 return False
-            self.config = new
+            old, self.config = self.config, new
+            try:
+                self._check_upstream([(ip, port) for _, ip, port in self._bound_ips()])
+                self._upstream_group()
+            except ConfigError as exc:
+                self.config = old
+                logger.error("reload failed, keeping the old settings: %s", exc)
+                return False
             self.users.replace(table, required=new.has_auth, cache_seconds=new.auth_cache)
             self.clients = ClientRules(new.allow, new.deny)
             own = [(ip, port) for _, ip, port in self._bound_ips()]
@@ -279,18 +290,14 @@ class Proxy:
             rules=self.config.dest_rules if proxying else RuleSet(),
             users=self.config.user_rules,
         )
-        upstream = self.config.upstream
+        direct = DirectDialer(self.resolver, check=policy.check_ip, prepare=self._prepare)
         return Context(
             config=self.config,
             listener=spec,
             users=self.users,
             clients=self.clients,
             destinations=policy,
-            dialer=(
-                upstream_dialer(upstream, self.resolver)
-                if upstream is not None
-                else DirectDialer(self.resolver, check=policy.check_ip, prepare=self._prepare)
-            ),
+            dialer=Router(direct, self._upstream_group(), self.config.bypass),
             metrics=self.metrics,
             resolver=self.resolver,
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
@@ -299,16 +306,29 @@ class Proxy:
 
     def _check_upstream(self, own: list[tuple[IPAddress, int]]) -> None:
         """Refuse an --upstream that is one of our own listeners (every connection would loop)."""
-        upstream = self.config.upstream
-        if upstream is None:
-            return
-        ip = upstream.address.ip
-        try:
-            if ip is not None:
-                DestinationPolicy(own).check_ip(ip, upstream.port)
-        except Denied:
-            raise ConfigError(f"--upstream {upstream} is this gproxy's own listener: that would loop") from None
-        logger.debug("outbound connections go through %s", upstream)
+        for upstream in self.config.upstream:
+            ip = upstream.address.ip
+            try:
+                if ip is not None:
+                    DestinationPolicy(own).check_ip(ip, upstream.port)
+            except Denied:
+                raise ConfigError(f"--upstream {upstream} is this gproxy's own listener: that would loop") from None
+            logger.debug("outbound connections go through %s", upstream)
+
+    def _upstream_group(self) -> UpstreamGroup | None:
+        """The --upstream group, built once (and again when a reload changes it); ConfigError for a bad --ca."""
+        config = self.config
+        settings = (config.upstream, config.upstream_strategy, config.upstream_cooldown, config.ca)
+        if settings != self._upstreams_built_from:
+            tls = client_context(config.ca) if config.ca or any(up.tls for up in config.upstream) else None
+            dialers = [(str(up), upstream_dialer(up, self.resolver, tls)) for up in config.upstream]
+            self._upstreams = (
+                UpstreamGroup(dialers, config.upstream_strategy, config.upstream_cooldown, self.metrics)
+                if dialers
+                else None
+            )
+            self._upstreams_built_from = settings
+        return self._upstreams
 
     def _tls_context(self) -> ssl.SSLContext:
         """One server context for every TLS listener; ConfigError for bad --cert/--key."""
@@ -386,6 +406,8 @@ class Proxy:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
         finally:
+            session.via = dialled_via.get()
+            dialled_via.set(None)
             if sock not in self._detached:
                 self._end_session(sock, session, conn)
 

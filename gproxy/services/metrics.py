@@ -81,6 +81,16 @@ class PrometheusMetrics(Metrics):
         self.dial_failures = counter("gproxy_dial_failures", "outbound connects that failed, by reply", ["reply"])
         self.udp_datagrams = counter("gproxy_udp_datagrams", "UDP datagrams relayed", ["listener", "direction"])
         self.udp_drops = counter("gproxy_udp_dropped", "UDP datagrams dropped", ["listener", "direction", "reason"])
+        self.upstream_up = Gauge(
+            "gproxy_upstream_up",
+            "1 while an upstream answers, 0 after it failed itself",
+            ["upstream"],
+            registry=reg,
+            multiprocess_mode="livemostrecent",
+        )
+        self.upstream_dials = counter(
+            "gproxy_upstream_dials", "dials through an upstream: ok, failed, refused", ["upstream", "result"]
+        )
         self.worker_restarts = worker_restarts(reg)
 
     # -- Metrics ------------------------------------------------------------------
@@ -118,6 +128,12 @@ class PrometheusMetrics(Metrics):
             self.udp_datagrams.labels(listener, direction).inc()
         else:
             self.udp_drops.labels(listener, direction, dropped).inc()
+
+    def upstream_state(self, upstream: str, up: bool) -> None:
+        self.upstream_up.labels(upstream).set(1 if up else 0)
+
+    def upstream_dial(self, upstream: str, result: str) -> None:
+        self.upstream_dials.labels(upstream, result).inc()
 
     # -- exposition -----------------------------------------------------------------
 

@@ -42,6 +42,10 @@ deny = ["10.9.0.0/16"]
 allow-dest = ["example.com"]
 deny-dest = ["169.254.0.0/16", "internal.example"]
 upstream = "socks5://u:p@127.0.0.1:9050"
+upstream-strategy = "round-robin"
+upstream-cooldown = 5
+bypass = ["*.internal.example"]
+ca = ["/etc/gproxy/ca.pem"]
 connect-timeout = 3
 idle-timeout = 60.5
 handshake-timeout = 4
@@ -90,8 +94,10 @@ def test_a_config_with_every_key(tmp_path):
     assert config.deny == (ipaddress.ip_network("10.9.0.0/16"),)
     assert tuple(map(str, config.allow_dest)) == ("example.com",)  # parsed rules print as written
     assert tuple(map(str, config.deny_dest)) == ("169.254.0.0/16", "internal.example")
-    assert config.upstream is not None and (config.upstream.username, config.upstream.password) == ("u", "p")
-    assert str(config.upstream) == "socks5://u:***@127.0.0.1:9050"
+    assert [(up.username, up.password) for up in config.upstream] == [("u", "p")]
+    assert tuple(map(str, config.upstream)) == ("socks5://u:***@127.0.0.1:9050",)
+    assert (config.upstream_strategy, config.upstream_cooldown) == ("round-robin", 5.0)
+    assert (tuple(map(str, config.bypass)), config.ca) == (("*.internal.example",), ("/etc/gproxy/ca.pem",))
     assert (config.connect_timeout, config.idle_timeout, config.handshake_timeout, config.drain_timeout) == (
         3.0,
         60.5,

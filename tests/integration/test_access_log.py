@@ -50,7 +50,9 @@ def test_lines_match_sessions(proxy, echo_tcp, tmp_path):
     assert len(entries) == 2
     ok = next(e for e in entries if e["outcome"] == "ok")
     failed = next(e for e in entries if e["outcome"] != "ok")
-    assert list(ok) == FIELDS and list(failed) == FIELDS
+    assert list(ok) == [*FIELDS[:6], "via", *FIELDS[6:]]  # via= only when the session dialled
+    assert list(failed) == FIELDS
+    assert ok["via"] == "direct"
     assert TS.fullmatch(ok["ts"])
     assert ok["client"] == f"127.0.0.1:{client_port}"
     assert (ok["user"], ok["proto"], ok["cmd"]) == ("alice", "socks5", "connect")

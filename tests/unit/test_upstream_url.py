@@ -18,6 +18,12 @@ from gproxy.core.upstream_url import parse_upstream, redact_url
         ("socks4a://h:1080", ("socks4a", "h", 1080, None, None), "socks4a://h:1080"),
         ("http://u:pw@[::1]:3128", ("http", "::1", 3128, "u", "pw"), "http://u:***@[::1]:3128"),
         ("HTTP://h:3128/", ("http", "h", 3128, None, None), "http://h:3128"),
+        (
+            "https://u:pw@proxy.example:8443",
+            ("https", "proxy.example", 8443, "u", "pw"),
+            "https://u:***@proxy.example:8443",
+        ),
+        ("socks5+tls://10.0.0.1:1443", ("socks5+tls", "10.0.0.1", 1443, None, None), "socks5+tls://10.0.0.1:1443"),
     ],
 )
 def test_parse_upstream(url, parts, shown):
@@ -37,12 +43,25 @@ def test_parse_upstream(url, parts, shown):
         "socks4://u:SECRET@h:1080",
         "socks5://u:SECRET@:1080",
         "u:SECRET@h:1080",
+        "socks5+tls://u:SECRET@h",
+        "https://u:SECRET@bad_host!:443",
+        "https://u:SECRET@-h.example:443",
+        "ss://u:SECRET@h:8388",
     ],
 )
 def test_bad_upstream_is_a_config_error_without_the_password(url):
     with pytest.raises(ConfigError, match="--upstream") as info:
         Config.build(socks=["0"], upstream=url)
     assert "SECRET" not in str(info.value)
+
+
+def test_tls_schemes_say_so():
+    assert [parse_upstream(url).tls for url in ("https://h:1", "socks5+tls://h:1", "http://h:1", "socks5://h:1")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_config_repr_hides_upstream_password():
