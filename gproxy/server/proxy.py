@@ -37,12 +37,14 @@ from gproxy.core.upstream import upstream_dialer
 from gproxy.frontends.forward import serve_forward
 from gproxy.frontends.http import serve_http
 from gproxy.frontends.mixed import serve_mixed
+from gproxy.frontends.shadowsocks import serve_ss
 from gproxy.frontends.socks5 import serve_socks
 from gproxy.frontends.udp import UdpForwarder
 from gproxy.server.acceptor import Acceptor
 from gproxy.server.proxy_header import read_proxy_header
 from gproxy.server.tls import accept as tls_accept
 from gproxy.server.tls import server_context
+from gproxy.services.shadowsocks_udp import ShadowsocksUdp
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -63,13 +65,17 @@ HANDLERS: dict[str, Handler] = {
     "mixed": serve_mixed,
     "socks5-tls": serve_socks,
     "forward": serve_forward,
+    "ss": serve_ss,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
 SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
     "udp-forward": UdpForwarder,
+    "ss-udp": ShadowsocksUdp,
 }
 #: listener kinds bound as UDP sockets
-DATAGRAM_KINDS = frozenset({"udp-forward"})
+DATAGRAM_KINDS = frozenset({"udp-forward", "ss-udp"})
+#: listener kind -> the UDP kind bound on the same port number after it (announced with it, not apart)
+SAME_PORT_UDP = {"ss": "ss-udp"}
 
 LISTEN_BACKLOG = 1024
 #: Linux hands accepted sockets the listener's TCP_NODELAY: no setsockopt per client
@@ -122,6 +128,9 @@ class Proxy:
             return
         try:
             for spec in self.config.listeners:
+                if spec.kind in SAME_PORT_UDP:
+                    self._sockets += bind_same_port(spec, SAME_PORT_UDP[spec.kind], self.reuse_port)
+                    continue
                 datagram = spec.kind in DATAGRAM_KINDS
                 self._sockets.append((spec, bind_listener(spec, datagram=datagram, reuse_port=self.reuse_port)))
         except BaseException:
@@ -160,7 +169,7 @@ class Proxy:
                 self._servers.append(server)
             else:
                 raise ConfigError(f"{spec.kind} listeners are not available in this version")
-            if self.announce:
+            if self.announce and spec.kind not in SAME_PORT_UDP.values():
                 announce(spec.kind, self.address_of(sock))
         return self
 
@@ -446,6 +455,23 @@ def bind_listener(
         sock.close()
         raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
     return sock
+
+
+def bind_same_port(
+    spec: ListenerSpec, udp_kind: str, reuse_port: bool = False, tries: int = 32
+) -> list[tuple[ListenerSpec, socket.socket]]:
+    """TCP first (port 0 picks the number), then UDP on the same number; with port 0, a number
+    whose UDP side is taken is given up and another one picked."""
+    for attempt in range(tries if spec.port == 0 else 1):
+        tcp = bind_listener(spec, reuse_port=reuse_port)
+        udp_spec = replace(spec, kind=udp_kind, port=int(tcp.getsockname()[1]))
+        try:
+            return [(spec, tcp), (udp_spec, bind_listener(udp_spec, datagram=True, reuse_port=reuse_port))]
+        except ConfigError:
+            tcp.close()
+            if attempt == tries - 1 or spec.port != 0:
+                raise
+    raise AssertionError("unreachable")
 
 
 def spawn_stop(proxy: Proxy) -> None:
