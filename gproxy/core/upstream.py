@@ -11,7 +11,7 @@ import base64
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import gevent
 import h11
@@ -208,6 +208,10 @@ def _parse_all(parse: Callable[[bytes], tuple[T, int] | None], buf: bytes) -> T:
 
 def upstream_dialer(upstream: Upstream, resolver: Resolver = system_resolve) -> UpstreamDialer:
     """The dialer for an upstream URL's scheme."""
+    if upstream.scheme == "ss":
+        from gproxy.core.upstream_ss import SsUpstreamDialer  # noqa: PLC0415
+
+        return cast(UpstreamDialer, SsUpstreamDialer(upstream, resolver))  # the same dial() interface
     if upstream.scheme == "http":
         return HttpUpstream(upstream, resolver)
     if upstream.scheme.startswith("socks4"):

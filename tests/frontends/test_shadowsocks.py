@@ -259,3 +259,58 @@ def test_users_file_with_only_hashed_users_exits_2(tmp_path: Path) -> None:
     done = run_cli("--ss", "127.0.0.1:0", users_file=users)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "clear-text" in done.stderr
+
+
+# -- ss:// upstreams ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "method", "password"),
+    [
+        ("ss://YWVzLTI1Ni1nY206cGFzcw@h.example:8388", "aes-256-gcm", "pass"),  # SIP002, no padding
+        ("ss://YWVzLTEyOC1nY206cDpx@h.example:8388/", "aes-128-gcm", "p:q"),  # padding-free, colon in password
+        ("ss://Y2hhY2hhMjAtaWV0Zi1wb2x5MTMwNTp3b3Jk@[::1]:8388", "chacha20-ietf-poly1305", "word"),
+        ("ss://aes-256-gcm:p%40ss@h.example:8388", "aes-256-gcm", "p@ss"),
+    ],
+)
+def test_parse_ss_url(url: str, method: str, password: str) -> None:
+    from gproxy.core.upstream_url import parse_upstream
+
+    upstream = parse_upstream(url)
+    assert (upstream.scheme, upstream.username, upstream.password) == ("ss", method, password)
+    assert password not in str(upstream) and password not in repr(upstream)
+
+
+def socks5_connect(port: int, dest: Address) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    sock.sendall(b"\x05\x01\x00" + encode_address(dest))
+    reply = sock.recv(10)
+    assert reply[:2] == b"\x05\x00", reply
+    return sock
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_socks_through_ss_upstream(tmp_path: Path, echo: EchoServer, method: str) -> None:
+    server = start(tmp_path, method)
+    try:
+        url = f"ss://{method}:alice-pw@127.0.0.1:{server.address('ss').port}"
+        with Proxy(Config.build(socks=["127.0.0.1:0"], upstream=url, handshake_timeout=5)).start() as chain:
+            sock = socks5_connect(chain.address("socks5").port, Address(echo.host, echo.port))
+            data = os.urandom(200_000)
+            sender = gevent.spawn(sock.sendall, data)
+            received = bytearray()
+            while len(received) < len(data):
+                chunk = sock.recv(65536)
+                assert chunk
+                received += chunk
+            sender.get(timeout=10)
+            assert bytes(received) == data
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == b""
+            sock.close()
+        (line,) = log_lines(tmp_path, 1)
+        assert "user=alice" in line and "proto=ss" in line and f"up={len(data)}" in line
+    finally:
+        server.stop(0)
