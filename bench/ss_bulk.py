@@ -114,7 +114,9 @@ def through_socks(port: int, dest: int, direction: str, size: int) -> float:
         return time.perf_counter() - started
 
 
-def measure(server: subprocess.Popen[bytes], local: int, dest: int, size: int, rounds: int) -> dict[str, tuple[float, float]]:
+def measure(
+    server: subprocess.Popen[bytes], local: int, dest: int, size: int, rounds: int
+) -> dict[str, tuple[float, float]]:
     """direction -> (MB/s, server CPU s/GB) over ``rounds`` transfers (best MB/s)."""
     results = {}
     for direction in ("D", "U"):
@@ -148,7 +150,7 @@ def main() -> None:
     size = args.mb * 1_000_000
     listener, dest = origin()
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
-    print(f"| method | server | download MB/s | download CPU s/GB | upload MB/s | upload CPU s/GB |")
+    print("| method | server | download MB/s | download CPU s/GB | upload MB/s | upload CPU s/GB |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     procs: list[subprocess.Popen[bytes]] = []
     try:

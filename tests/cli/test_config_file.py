@@ -52,6 +52,8 @@ cert = "/etc/gproxy/cert.pem"
 key = "/etc/gproxy/key.pem"
 proxy-protocol = true
 udp-advertise = "203.0.113.7"
+ss = ["8388"]
+ss-method = "aes-256-gcm"
 """
 
 
@@ -75,7 +77,9 @@ def test_a_config_with_every_key(tmp_path):
         ("forward", "127.0.0.1", 2222),
         ("udp-forward", "127.0.0.1", 5353),
         ("metrics", "127.0.0.1", 9100),
+        ("ss", "127.0.0.1", 8388),
     ]
+    assert config.ss_method == "aes-256-gcm"
     assert config.listeners[6] == ListenerSpec("forward", "127.0.0.1", 2222, Address("example.com", 22))
     assert config.users == (("alice", "s3cret"), ("bob", "pw:with:colons"))
     assert config.users_file == str(users)
