@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gproxy.core.access import Network, parse_network, parse_users
+from gproxy.core.access import Network, parse_network, parse_users, read_users_file
 from gproxy.core.addr import Address, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
 from gproxy.core.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
@@ -43,9 +43,10 @@ LISTENER_KINDS = {
     "metrics": "metrics",
     "redirect": "redirect",
     "tproxy": "tproxy",
+    "ss": "ss",
 }
 #: kinds that relay for whoever asks, and so must not be open by accident
-PROXY_KINDS = frozenset({"socks5", "http", "mixed", "https", "socks5-tls", "redirect", "tproxy"})
+PROXY_KINDS = frozenset({"socks5", "http", "mixed", "https", "socks5-tls", "redirect", "tproxy", "ss"})
 TLS_KINDS = frozenset({"https", "socks5-tls"})
 #: kinds that serve connections a firewall diverted to them: no credentials, ever
 TRANSPARENT_KINDS = frozenset({"redirect", "tproxy"})
@@ -99,6 +100,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("proxy-protocol", bool, "expect a PROXY protocol v1/v2 header from a load balancer", default=False),
     Option("udp-advertise", str, "announce this IP for UDP ASSOCIATE (behind NAT)", metavar="IP"),
     Option("mark", int, "SO_MARK on every outbound socket (0: none), to exempt gproxy from redirects", metavar="N"),
+    Option("ss", str, "Shadowsocks AEAD listener, TCP and UDP on one port (users are the keys)", True, "ADDR"),
+    Option("ss-method", str, "Shadowsocks cipher for --ss", metavar="NAME", default="chacha20-ietf-poly1305"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -192,6 +195,7 @@ class Config:
     proxy_protocol: bool = False
     udp_advertise: str | None = None
     mark: int = 0
+    ss_method: str = "chacha20-ietf-poly1305"
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # TOML-only tables (may hold passwords)
 
     @classmethod
@@ -252,6 +256,8 @@ class Config:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if self.udp_advertise is not None and parse_ip(self.udp_advertise) is None:
             raise ConfigError(f"--udp-advertise: {self.udp_advertise!r} is not an IP address")
+        if any(spec.kind == "ss" for spec in self.listeners):
+            _check_ss(self)
         tls = [spec for spec in self.listeners if spec.kind in TLS_KINDS]
         if tls and not (self.cert and self.key):
             raise ConfigError(
@@ -279,6 +285,17 @@ class Config:
 
     def to_logging_level(self) -> int:
         return int(getattr(logging, self.log_level.upper()))
+
+
+def _check_ss(config: Config) -> None:
+    """--ss needs a known --ss-method and a user whose password is in clear (the key)."""
+    from gproxy.codec.shadowsocks import method_by_name  # noqa: PLC0415 (only --ss needs cryptography)
+    from gproxy.core.ss_keys import clear_text_users  # noqa: PLC0415
+
+    method_by_name(config.ss_method)
+    pairs = list(config.users) + (read_users_file(config.users_file) if config.users_file else [])
+    if not clear_text_users(pairs):
+        raise ConfigError("--ss needs a user with a clear-text password (--user USER:PASS): the password is the key")
 
 
 def _add_user_tables(kwargs: dict[str, Any], table: Any) -> None:

@@ -12,7 +12,7 @@ import base64
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import gevent
 import h11
@@ -316,6 +316,10 @@ def upstream_dialer(
     upstream: Upstream, resolver: Resolver = system_resolve, tls: ssl.SSLContext | None = None
 ) -> UpstreamDialer:
     """The dialer for an upstream URL's scheme; ``tls`` (see client_context()) for the TLS schemes."""
+    if upstream.scheme == "ss":
+        from gproxy.core.upstream_ss import SsUpstreamDialer
+
+        return cast(UpstreamDialer, SsUpstreamDialer(upstream, resolver))  # the same dial() interface
     if upstream.scheme in ("http", "https"):
         return HttpUpstream(upstream, resolver, tls)
     if upstream.scheme.startswith("socks4"):

@@ -60,6 +60,10 @@ def parse_upstream(url: str) -> Upstream:
     """``socks5://[user:pass@]host:port``, ``socks4://host:port``, ``socks4a://...``,
     ``http://[user:pass@]host:port``, and over TLS ``https://...`` and ``socks5+tls://...``;
     ConfigError (with the password hidden) otherwise."""
+    if url[:5].lower() == "ss://":  # Shadowsocks: SIP002 userinfo is not user:pass
+        from gproxy.core.upstream_ss import parse_ss_url  # noqa: PLC0415 (the codec needs cryptography)
+
+        return parse_ss_url(url).to_upstream()
     shown = redact_url(url)
     try:
         parts = urlsplit(url)

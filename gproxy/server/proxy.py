@@ -40,6 +40,7 @@ from gproxy.core.upstream_group import Router, UpstreamGroup, dialled_via
 from gproxy.frontends.forward import serve_forward
 from gproxy.frontends.http import serve_http
 from gproxy.frontends.mixed import serve_mixed
+from gproxy.frontends.shadowsocks import serve_ss
 from gproxy.frontends.socks5 import serve_socks
 from gproxy.frontends.transparent import serve_redirect, serve_tproxy
 from gproxy.frontends.udp import UdpForwarder
@@ -47,6 +48,7 @@ from gproxy.server.acceptor import Acceptor
 from gproxy.server.proxy_header import read_proxy_header
 from gproxy.server.tls import accept as tls_accept
 from gproxy.server.tls import server_context
+from gproxy.services.shadowsocks_udp import ShadowsocksUdp
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -69,13 +71,17 @@ HANDLERS: dict[str, Handler] = {
     "forward": serve_forward,
     "redirect": serve_redirect,
     "tproxy": serve_tproxy,
+    "ss": serve_ss,
 }
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
 SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
     "udp-forward": UdpForwarder,
+    "ss-udp": ShadowsocksUdp,
 }
 #: listener kinds bound as UDP sockets
-DATAGRAM_KINDS = frozenset({"udp-forward"})
+DATAGRAM_KINDS = frozenset({"udp-forward", "ss-udp"})
+#: listener kind -> the UDP kind bound on the same port number after it (announced with it, not apart)
+SAME_PORT_UDP = {"ss": "ss-udp"}
 
 LISTEN_BACKLOG = 1024
 #: Linux hands accepted sockets the listener's TCP_NODELAY: no setsockopt per client
@@ -132,6 +138,9 @@ class Proxy:
             return
         try:
             for spec in self.config.listeners:
+                if spec.kind in SAME_PORT_UDP:
+                    self._sockets += bind_same_port(spec, SAME_PORT_UDP[spec.kind], self.reuse_port)
+                    continue
                 datagram = spec.kind in DATAGRAM_KINDS
                 sock = bind_listener(
                     spec, datagram=datagram, reuse_port=self.reuse_port, transparent=spec.kind == "tproxy"
@@ -175,7 +184,7 @@ class Proxy:
                 self._servers.append(server)
             else:
                 raise ConfigError(f"{spec.kind} listeners are not available in this version")
-            if self.announce:
+            if self.announce and spec.kind not in SAME_PORT_UDP.values():
                 announce(spec.kind, self.address_of(sock))
         return self
 
@@ -514,6 +523,23 @@ def set_transparent(sock: socket.socket, spec: ListenerSpec) -> None:
         raise ConfigError(
             f"--{spec.kind} {spec}: IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant it)"
         ) from None
+
+
+def bind_same_port(
+    spec: ListenerSpec, udp_kind: str, reuse_port: bool = False, tries: int = 32
+) -> list[tuple[ListenerSpec, socket.socket]]:
+    """TCP first (port 0 picks the number), then UDP on the same number; with port 0, a number
+    whose UDP side is taken is given up and another one picked."""
+    for attempt in range(tries if spec.port == 0 else 1):
+        tcp = bind_listener(spec, reuse_port=reuse_port)
+        udp_spec = replace(spec, kind=udp_kind, port=int(tcp.getsockname()[1]))
+        try:
+            return [(spec, tcp), (udp_spec, bind_listener(udp_spec, datagram=True, reuse_port=reuse_port))]
+        except ConfigError:
+            tcp.close()
+            if attempt == tries - 1 or spec.port != 0:
+                raise
+    raise AssertionError("unreachable")
 
 
 def spawn_stop(proxy: Proxy) -> None:

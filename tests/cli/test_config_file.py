@@ -60,6 +60,8 @@ key = "/etc/gproxy/key.pem"
 proxy-protocol = true
 udp-advertise = "203.0.113.7"
 mark = 42
+ss = ["8388"]
+ss-method = "aes-256-gcm"
 """
 
 
@@ -85,7 +87,9 @@ def test_a_config_with_every_key(tmp_path):
         ("metrics", "127.0.0.1", 9100),
         ("redirect", "127.0.0.1", 12345),
         ("tproxy", "127.0.0.1", 12346),
+        ("ss", "127.0.0.1", 8388),
     ]
+    assert config.ss_method == "aes-256-gcm"
     assert config.listeners[6] == ListenerSpec("forward", "127.0.0.1", 2222, Address("example.com", 22))
     assert config.users == (("alice", "s3cret"), ("bob", "pw:with:colons"))
     assert config.users_file == str(users)

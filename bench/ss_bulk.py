@@ -1,0 +1,188 @@
+"""Shadowsocks bulk: ss-local -> gproxy --ss against ss-local -> ss-server (C), same run, per method.
+
+    PYTHONPATH=$PWD python bench/ss_bulk.py [--mb 200] [--rounds 2]
+
+For each method, both servers get the same ss-local, origin and client: a download (the origin
+sends --mb MB) and an upload (the client sends --mb MB). Prints MB/s (1 MB = 10^6 bytes, the best
+of --rounds) and the server process's CPU seconds per GB (utime + stime from /proc, the round
+with the best MB/s). Everything runs on 127.0.0.1; every process is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm")
+PASSWORD = "bench-pw"
+BLOCK = memoryview(os.urandom(1 << 20))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def origin() -> tuple[socket.socket, int]:
+    """A TCP origin: ``D`` + size: sends size bytes; ``U`` + size: reads size bytes, answers ``k``."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def serve(sock: socket.socket) -> None:
+        with sock:
+            head = b""
+            while len(head) < 9:
+                head += sock.recv(9 - len(head))
+            size = int.from_bytes(head[1:], "big")
+            if head[:1] == b"D":
+                while size > 0:
+                    size -= sock.send(BLOCK[: min(size, len(BLOCK))])
+                sock.shutdown(socket.SHUT_WR)
+                sock.recv(1)
+            else:
+                buf = bytearray(1 << 18)
+                while size > 0:
+                    n = sock.recv_into(buf)
+                    if not n:
+                        return
+                    size -= n
+                sock.sendall(b"k")
+
+    def accept() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def through_socks(port: int, dest: int, direction: str, size: int) -> float:
+    """One transfer through ss-local's SOCKS5 port; returns the seconds it took."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    with sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert sock.recv(2) == b"\x05\x00"
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + dest.to_bytes(2, "big"))
+        reply = b""
+        while len(reply) < 10:
+            reply += sock.recv(10 - len(reply))
+        assert reply[1] == 0
+        started = time.perf_counter()
+        sock.sendall(direction.encode() + size.to_bytes(8, "big"))
+        if direction == "D":
+            buf = bytearray(1 << 18)
+            got = 0
+            while got < size:
+                n = sock.recv_into(buf)
+                assert n, f"EOF after {got} bytes"
+                got += n
+        else:
+            left = size
+            while left > 0:
+                left -= sock.send(BLOCK[: min(left, len(BLOCK))])
+            assert sock.recv(1) == b"k"
+        return time.perf_counter() - started
+
+
+def measure(
+    server: subprocess.Popen[bytes], local: int, dest: int, size: int, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """direction -> (MB/s, server CPU s/GB) over ``rounds`` transfers (best MB/s)."""
+    results = {}
+    for direction in ("D", "U"):
+        best: tuple[float, float] | None = None
+        for _ in range(rounds):
+            cpu0 = cpu_seconds(server.pid)
+            took = through_socks(local, dest, direction, size)
+            time.sleep(0.2)  # the server's last chunks
+            cpu = cpu_seconds(server.pid) - cpu0
+            row = (size / took / 1e6, cpu / (size / 1e9))
+            if best is None or row[0] > best[0]:
+                best = row
+        assert best is not None
+        results["download" if direction == "D" else "upload"] = best
+    return results
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=200, help="MB per transfer (default 200)")
+    parser.add_argument("--rounds", type=int, default=2, help="transfers per case; the best counts (default 2)")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    args = parser.parse_args()
+    size = args.mb * 1_000_000
+    listener, dest = origin()
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    print("| method | server | download MB/s | download CPU s/GB | upload MB/s | upload CPU s/GB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for method in args.methods:
+            for name in ("gproxy", "ss-server"):
+                port = free_port()
+                if name == "gproxy":
+                    cmd = [sys.executable, "-m", "gproxy", "--ss", f"127.0.0.1:{port}", "--ss-method", method,
+                           "--user", f"bench:{PASSWORD}", "--log-level", "error"]  # fmt: skip
+                else:
+                    cmd = ["ss-server", "-s", "127.0.0.1", "-p", str(port), "-k", PASSWORD, "-m", method]
+                server = start(cmd, logs / f"ss_bulk-{name}.log")
+                procs.append(server)
+                wait_port(port)
+                local = free_port()
+                ss_local = start(["ss-local", "-s", "127.0.0.1", "-p", str(port), "-b", "127.0.0.1", "-l", str(local),
+                                  "-k", PASSWORD, "-m", method], logs / "ss_bulk-ss-local.log")  # fmt: skip
+                procs.append(ss_local)
+                wait_port(local)
+                result = measure(server, local, dest, size, args.rounds)
+                (dl, dl_cpu), (ul, ul_cpu) = result["download"], result["upload"]
+                print(f"| {method} | {name} | {dl:.0f} | {dl_cpu:.2f} | {ul:.0f} | {ul_cpu:.2f} |", flush=True)
+                for proc in (ss_local, server):
+                    proc.terminate()
+                    proc.wait(10)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        listener.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""``--ss ADDR``, UDP: Shadowsocks AEAD datagrams on the TCP listener's port number.
+
+Each packet is ``salt seal(address header + payload)``; the user is whoever's key opens it (the
+key that opened a client address's last packet is tried first). Destination rules apply to every
+packet. Each (client address, user) gets its own outbound socket (a mapping, expired when idle);
+replies come back sealed with that user's key, headed with their source address. Only
+destinations the mapping sent to may answer.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import gevent
+
+from gproxy.codec import socks5
+from gproxy.codec.replies import ReplyCode
+from gproxy.codec.shadowsocks import ShadowsocksError, decrypt_udp, encrypt_udp, method_by_name
+from gproxy.core.addr import Address, from_sockaddr, parse_ip
+from gproxy.core.config import ListenerSpec
+from gproxy.core.dial import resolve
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
+from gproxy.core.log import logger
+from gproxy.core.session import Session
+from gproxy.core.ss_keys import keyring_for, users_generation
+from gproxy.frontends.udp import (
+    BUFFER_SIZE,
+    DEFAULT_MAPPING_IDLE,
+    MAX_MAPPINGS,
+    MAX_PEERS,
+    NAME_TTL,
+    _canonical,
+    _raw,
+    _remember,
+    _udp_socket,
+)
+
+if TYPE_CHECKING:
+    from gproxy.server.proxy import Proxy
+
+Sockaddr = tuple[object, ...]
+
+
+class _Mapping:
+    """One (client address, user): outbound sockets per family, the destinations it sent to."""
+
+    __slots__ = ("client", "user", "key", "session", "outbound", "by_dest", "by_source", "last", "loops")
+
+    def __init__(self, client: Sockaddr, user: str, key: bytes, session: Session, now: int) -> None:
+        self.client = client
+        self.user = user
+        self.key = key
+        self.session = session
+        self.outbound: dict[int, socket.socket] = {}
+        self.by_dest: dict[bytes, tuple[int, Sockaddr, float] | Denied] = {}  # address header -> where
+        self.by_source: dict[tuple[str, int], bytes] = {}  # a destination that may answer -> its header
+        self.last = now
+        self.loops: list[gevent.Greenlet] = []
+
+
+class ShadowsocksUdp:
+    """The UDP half of an --ss listener: a Service over its bound UDP socket."""
+
+    def __init__(self, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> None:
+        self.proxy = proxy
+        self.spec = replace(spec, kind="ss")  # rules, sessions and metrics of the ss listener
+        self.sock = sock
+        self.ctx = proxy.context(self.spec)
+        self.method = method_by_name(proxy.config.ss_method)
+        self.keyring = keyring_for(self.method)
+        if not self._keys():
+            raise ConfigError("--ss needs a user with a clear-text password: the password is the key")
+        self.idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
+        self.mappings: dict[tuple[Sockaddr, str], _Mapping] = {}
+        self.last_user: dict[Sockaddr, str] = {}  # client address -> the user its last packet opened with
+        self.clock = 0
+        self._loops: list[gevent.Greenlet] = []
+        self._buf = memoryview(bytearray(BUFFER_SIZE))
+
+    def _keys(self) -> tuple[tuple[str, bytes], ...]:
+        return self.keyring.keys(self.proxy.config, users_generation(self.proxy.users))
+
+    def start(self) -> None:
+        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self._reaper)]
+
+    def stop(self) -> None:
+        gevent.killall(self._loops)
+        for key in list(self.mappings):
+            self._close(key, "shutdown")
+
+    # -- client -> destinations ---------------------------------------------------------------
+
+    def _open(self, packet: memoryview) -> tuple[str, bytes, bytes] | None:
+        """(user, key, plaintext) of the first key that opens ``packet``, the client's last one first."""
+        keys = self._keys()
+        for user, key in keys:
+            try:
+                return user, key, decrypt_udp(key, self.method, packet)
+            except ShadowsocksError:
+                continue
+        return None
+
+    def _listen_loop(self) -> None:
+        buf = self._buf
+        sock = self.sock
+        metrics = self.proxy.metrics
+        while True:
+            try:
+                n, client = sock.recvfrom_into(buf)
+            except OSError:
+                if sock.fileno() < 0:
+                    return
+                continue
+            ip = parse_ip(str(client[0]))
+            if ip is None or not self.proxy.clients.permits(ip):
+                continue
+            packet = buf[:n]
+            opened = None
+            last = self.last_user.get(client)
+            if last is not None:
+                mapping = self.mappings.get((client, last))
+                if mapping is not None:
+                    try:
+                        opened = last, mapping.key, decrypt_udp(mapping.key, self.method, packet)
+                    except ShadowsocksError:
+                        opened = None
+            if opened is None:
+                opened = self._open(packet)
+            if opened is None:
+                metrics.udp_datagram("ss", "up", dropped="ss_probe")
+                continue
+            user, key, plain = opened
+            try:
+                parsed = socks5.parse_address(plain, 0)
+            except ClientProtocolError:
+                parsed = None
+            if parsed is None:
+                metrics.udp_datagram("ss", "up", dropped="malformed")
+                continue
+            dest, start = parsed
+            mapping = self._mapping(client, user, key)
+            if mapping is None:
+                continue
+            header = plain[:start]
+            peer = mapping.by_dest.get(header)
+            if peer is None or (not isinstance(peer, Denied) and peer[2] < time.monotonic()):
+                peer = self._lookup(mapping, header, dest)
+            if isinstance(peer, Denied):
+                logger.debug("%s: ss udp datagram dropped: %s", mapping.session.client, peer)
+                metrics.udp_datagram("ss", "up", dropped="denied")
+                continue
+            family, sockaddr, _ = peer
+            data = memoryview(plain)[start:]
+            try:
+                _raw(self._outbound(mapping, family)).sendto(data, sockaddr)
+            except OSError:
+                metrics.udp_datagram("ss", "up", dropped="send_failed")
+                continue
+            mapping.last = self.clock
+            mapping.session.up += len(data)
+            metrics.udp_datagram("ss", "up")
+
+    def _mapping(self, client: Sockaddr, user: str, key: bytes) -> _Mapping | None:
+        self.last_user[client] = user
+        mapping = self.mappings.get((client, user))
+        if mapping is not None:
+            return mapping
+        if len(self.mappings) >= MAX_MAPPINGS:
+            idlest = min(self.mappings, key=lambda k: self.mappings[k].last)
+            self._close(idlest, "evicted")
+        session = Session(from_sockaddr(client), "ss", proto="ss", user=user, cmd="udp")
+        self.proxy.metrics.session_opened("ss")
+        mapping = self.mappings[(client, user)] = _Mapping(client, user, key, session, self.clock)
+        return mapping
+
+    def _lookup(self, mapping: _Mapping, header: bytes, dest: Address) -> tuple[int, Sockaddr, float] | Denied:
+        """Check (with the user's rules) and resolve a destination; remembered for NAME_TTL."""
+        result: tuple[int, Sockaddr, float] | Denied
+        try:
+            check_resolved = self.ctx.destinations.for_user(mapping.user).check(dest)
+            timed_out = DialError("resolving timed out", ReplyCode.TTL_EXPIRED)
+            with gevent.Timeout(self.proxy.config.connect_timeout, timed_out):
+                addrs = resolve(dest, self.ctx.resolver)
+            result = Denied(f"{dest}: no address")
+            for _family, sockaddr in addrs:
+                ip = parse_ip(str(sockaddr[0]))
+                if ip is None:
+                    continue
+                try:
+                    check_resolved(ip, dest.port)
+                except Denied as exc:
+                    result = exc
+                    continue
+                family, canonical = _canonical(ip, dest.port)
+                result = (family, canonical, time.monotonic() + NAME_TTL)
+                _remember(mapping.by_source, (str(canonical[0]), dest.port), header)
+                break
+        except Denied as exc:
+            result = exc
+        except DialError as exc:
+            return Denied(str(exc))  # not remembered: resolution may work next time
+        _remember(mapping.by_dest, header, result)
+        if mapping.session.dest == "-":
+            mapping.session.dest = str(dest)
+        return result
+
+    def _outbound(self, mapping: _Mapping, family: int) -> socket.socket:
+        sock = mapping.outbound.get(family)
+        if sock is None:
+            sock = mapping.outbound[family] = _udp_socket(family, "::" if family == socket.AF_INET6 else "0.0.0.0")
+            mapping.loops.append(gevent.spawn(self._reply_loop, mapping, sock))
+        return sock
+
+    # -- destinations -> client -----------------------------------------------------------------
+
+    def _reply_loop(self, mapping: _Mapping, sock: socket.socket) -> None:
+        buf = memoryview(bytearray(BUFFER_SIZE))
+        listener = _raw(self.sock)
+        metrics = self.proxy.metrics
+        while True:
+            try:
+                n, source = sock.recvfrom_into(buf)
+            except OSError:
+                if sock.fileno() < 0:
+                    return
+                continue
+            header = mapping.by_source.get((str(source[0]), int(source[1])))
+            if header is None:
+                metrics.udp_datagram("ss", "down", dropped="unknown_source")
+                continue
+            # the source as it really is (a name the client sent is answered with the address)
+            reply = socks5.encode_address(from_sockaddr(source)) + buf[:n]
+            try:
+                listener.sendto(encrypt_udp(mapping.key, self.method, reply), mapping.client)
+            except OSError:
+                continue
+            mapping.last = self.clock
+            mapping.session.down += n
+            metrics.udp_datagram("ss", "down")
+
+    # -- expiry -------------------------------------------------------------------------------
+
+    def _reaper(self) -> None:
+        ticks = 4
+        while True:
+            gevent.sleep(self.idle / ticks)
+            self.clock += 1
+            for key, mapping in list(self.mappings.items()):
+                if self.clock - mapping.last > ticks:
+                    self._close(key, "ok")
+            if len(self.last_user) > MAX_PEERS * 4:
+                self.last_user = {client: user for client, user in self.mappings}
+
+    def _close(self, key: tuple[Sockaddr, str], outcome: str) -> None:
+        mapping = self.mappings.pop(key, None)
+        if mapping is None:
+            return
+        gevent.killall(mapping.loops, block=False)
+        for sock in mapping.outbound.values():
+            sock.close()
+        mapping.session.outcome = outcome
+        self.proxy.metrics.session_closed(mapping.session)
+        if self.proxy.access_log is not None:
+            self.proxy.access_log.write(mapping.session.logfmt())
