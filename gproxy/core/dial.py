@@ -7,8 +7,8 @@ Upstream proxies (chaining) implement the same interface in ``upstream.py``.
 
 from __future__ import annotations
 
+import _socket
 import errno
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -16,9 +16,9 @@ from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
-from gevent.hub import Waiter, get_hub
 
 from gproxy.codec.replies import ReplyCode
+from gproxy.core import happy_eyeballs
 from gproxy.core.addr import Address, IPAddress, canonical_host, parse_ip_cached
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
 
@@ -39,7 +39,7 @@ Resolver = Callable[[str, int], Resolved]
 #: called for every resolved IP before connecting; raises Denied to refuse it
 IPCheck = Callable[[IPAddress, int], None]
 #: called on every new outbound socket before it connects (--mark, --outgoing)
-Prepare = Callable[[socket.socket], None]
+Prepare = happy_eyeballs.Prepare
 
 
 class Dialer(Protocol):
@@ -92,83 +92,30 @@ def connect_any(
     what: object = "",
     prepare: Prepare | None = None,
 ) -> socket.socket:
-    """Connect to the first address that answers, within ``timeout`` overall.
+    """Connect to the first address that answers, Happy Eyeballs style (RFC 8305), within
+    ``timeout`` overall; addresses ``check`` refuses are left out.
 
     ``what`` names the destination in errors (formatted only when one is raised).
     """
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
     denied: Denied | None = None
-    for family, sockaddr in addrs:
-        if check is not None:
+    if check is not None:
+        allowed = []
+        for family, sockaddr in addrs:
             try:
                 check(parse_ip_cached(str(sockaddr[0])), int(sockaddr[1]))  # type: ignore[arg-type, call-overload]
             except Denied as exc:
                 denied = exc
                 continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            last = TimeoutError("connect timed out")
-            break
-        try:
-            sock: socket.socket = gsocket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:  # EMFILE/ENFILE: a failed dial, answered like any other
-            last = exc
-            continue
-        try:
-            if prepare is not None:
-                prepare(sock)
-            _connect(sock, sockaddr, remaining)
-        except BaseException as exc:
-            sock.close()
-            if not isinstance(exc, OSError):
-                raise
-            last = exc
-            continue
-        return sock
-    if last is None and denied is not None:
-        raise denied
-    if last is None:
+            allowed.append((family, sockaddr))
+        addrs = allowed
+    if not addrs:
+        if denied is not None:
+            raise denied
         raise DialError(f"{what}: no address to connect to", ReplyCode.HOST_UNREACHABLE)
-    raise DialError(f"{what}: {last}", reply_for(last)) from None
-
-
-def _connect(sock: socket.socket, sockaddr: tuple[object, ...], timeout: float) -> None:
-    """One non-blocking connect(), a wait for writability, one SO_ERROR read; then TCP_NODELAY.
-
-    gevent's own connect() costs two more syscalls and a resolver check per call.
-    """
-    raw = sock._sock  # type: ignore[attr-defined]
-    err = raw.connect_ex(sockaddr)
-    if err in _IN_PROGRESS:
-        _wait_writable(sock, timeout)
-        err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _wait_writable(sock: socket.socket, timeout: float) -> None:
-    """Sleep until ``sock`` is writable; TimeoutError after ``timeout`` seconds.
-
-    The socket's own watcher and one timer: no Timeout object, no settimeout().
-    """
-    hub = get_hub()
-    watcher = sock._write_event  # type: ignore[attr-defined]
-    timer = hub.loop.timer(timeout)
-    waiter: Waiter[bool] = Waiter(hub)
-    watcher.start(waiter.switch, True)
-    timer.start(waiter.switch, False)
     try:
-        ready = waiter.get()
-    finally:
-        watcher.stop()
-        timer.close()
-    if not ready:
-        raise TimeoutError("connect timed out")
-
-
-_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
+        return happy_eyeballs.race(happy_eyeballs.interleave(addrs), timeout, prepare)
+    except OSError as exc:
+        raise DialError(f"{what}: {exc}", reply_for(exc)) from None
 
 
 class DirectDialer:
@@ -208,7 +155,7 @@ def mark_sockets(mark: int) -> Prepare | None:
     finally:
         probe.close()
 
-    def prepare(sock: socket.socket) -> None:
+    def prepare(sock: _socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
 
     return prepare

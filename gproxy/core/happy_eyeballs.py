@@ -1,0 +1,169 @@
+"""Happy Eyeballs (RFC 8305): race connection attempts, one more every 250 ms.
+
+Addresses are interleaved by family (IPv6 first when the answer has both). The
+first attempt starts at once; while none has connected or failed, another one
+starts every ``ATTEMPT_DELAY``; a failure starts the next one at once. The first
+to connect wins, the others are closed. Everything runs on event-loop watchers of
+raw non-blocking sockets (public gevent API: ``loop.io``, ``loop.timer``), with no
+greenlet per attempt; the winner is handed back as a gevent socket.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from gevent import socket as gsocket
+from gevent.hub import Waiter, get_hub
+
+#: RFC 8305 section 5: the recommended Connection Attempt Delay
+ATTEMPT_DELAY = 0.25
+_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
+_FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_WRITE = 2  # libev EV_WRITE
+
+#: (family, sockaddr) pairs, as getaddrinfo gives them
+Addresses = list[tuple[int, tuple[object, ...]]]
+#: called on every new socket before it connects (--mark, --outgoing)
+Prepare = Callable[[_socket.socket], None]
+
+
+def interleave(addrs: Addresses) -> Addresses:
+    """RFC 8305 section 4: alternate the families, IPv6 first when there are both."""
+    v6 = [a for a in addrs if a[0] == socket.AF_INET6]
+    v4 = [a for a in addrs if a[0] != socket.AF_INET6]
+    if not v6 or not v4:
+        return list(addrs)
+    out: Addresses = []
+    for index in range(max(len(v6), len(v4))):
+        out.extend(family[index] for family in (v6, v4) if index < len(family))
+    return out
+
+
+class _Attempt:
+    __slots__ = ("race", "raw", "family", "watcher")
+
+    def __init__(self, race: _Race, raw: Any, family: int) -> None:
+        self.race = race
+        self.raw = raw
+        self.family = family
+        self.watcher: Any = None
+
+    def on_writable(self) -> None:
+        self.race.settled(self)
+
+
+class _Race:
+    """One dial: the attempts in flight, the next addresses, and the waiting caller."""
+
+    __slots__ = ("addrs", "prepare", "loop", "waiter", "pending", "errors", "winner", "done", "timed_out")
+
+    def __init__(self, addrs: Addresses, prepare: Prepare | None) -> None:
+        self.addrs = addrs
+        self.prepare = prepare
+        self.loop = get_hub().loop
+        self.waiter: Waiter[None] = Waiter()
+        self.pending: list[_Attempt] = []
+        self.errors: list[OSError] = []
+        self.winner: _Attempt | None = None
+        self.done = False
+        self.timed_out = False
+
+    def run(self, timeout: float) -> socket.socket:
+        """The connected socket; raises the last OSError, or TimeoutError after ``timeout``."""
+        self.start_next()
+        if not self.done:
+            stagger = self.loop.timer(ATTEMPT_DELAY, ATTEMPT_DELAY)
+            deadline = self.loop.timer(timeout)
+            stagger.start(self.start_next)
+            deadline.start(self.time_out)
+            try:
+                self.waiter.get()
+            finally:
+                stagger.close()
+                deadline.close()
+                if not self.done:  # killed while waiting
+                    self.finish()
+        winner = self.winner
+        if winner is None:
+            if self.timed_out or not self.errors:
+                raise TimeoutError(errno.ETIMEDOUT, "connect timed out")
+            raise self.errors[-1]
+        raw = winner.raw
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return gsocket.socket(winner.family, socket.SOCK_STREAM, 0, raw.detach())  # type: ignore[no-any-return]
+
+    def start_next(self) -> None:
+        """Start one more attempt (from the stagger timer, or at once after a failure)."""
+        while self.addrs and not self.done:
+            family, sockaddr = self.addrs.pop(0)
+            raw = None
+            try:
+                raw = _socket.socket(family, _FLAGS)
+                if self.prepare is not None:
+                    self.prepare(raw)
+                err = raw.connect_ex(sockaddr)
+            except OSError as exc:  # EMFILE, EPERM from prepare, a bad address: next one
+                if raw is not None:
+                    raw.close()
+                self.errors.append(exc)
+                continue
+            attempt = _Attempt(self, raw, family)
+            if err == 0:
+                self.win(attempt)
+                return
+            if err not in _IN_PROGRESS:
+                raw.close()
+                self.errors.append(OSError(err, os.strerror(err)))
+                continue
+            attempt.watcher = self.loop.io(raw.fileno(), _WRITE)
+            attempt.watcher.start(attempt.on_writable)
+            self.pending.append(attempt)
+            return
+        if not self.addrs and not self.pending and not self.done:
+            self.finish()
+
+    def settled(self, attempt: _Attempt) -> None:
+        """An attempt's connect() has finished, one way or the other."""
+        attempt.watcher.close()
+        attempt.watcher = None
+        self.pending.remove(attempt)
+        err = attempt.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not err:
+            self.win(attempt)
+            return
+        attempt.raw.close()
+        self.errors.append(OSError(err, os.strerror(err)))
+        self.start_next()  # a failure does not wait for the stagger
+
+    def time_out(self) -> None:
+        self.timed_out = True
+        self.finish()
+
+    def win(self, attempt: _Attempt) -> None:
+        self.winner = attempt
+        self.finish()
+
+    def finish(self) -> None:
+        """Close every attempt but the winner and wake the caller (once)."""
+        if self.done:
+            return
+        self.done = True
+        for other in self.pending:
+            other.watcher.close()
+            other.raw.close()
+        self.pending.clear()
+        self.waiter.switch(None)
+
+
+def race(addrs: Addresses, timeout: float, prepare: Prepare | None = None) -> socket.socket:
+    """Connect to the first of ``addrs`` (already interleaved) that answers, within ``timeout``.
+
+    Raises:
+        OSError: the last attempt's error when every one failed; TimeoutError when time ran out.
+    """
+    return _Race(list(addrs), prepare).run(timeout)

@@ -1,0 +1,148 @@
+"""Happy Eyeballs (RFC 8305): interleaving, racing with a black-holed IPv6 address beside a
+working IPv4 one on the same port, failures moving on at once, the deadline, no leaks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gproxy import Config
+from gproxy.codec.replies import ReplyCode
+from gproxy.core import happy_eyeballs
+from gproxy.core.dial import DirectDialer, connect_any
+from gproxy.core.errors import DialError
+from gproxy.core.happy_eyeballs import interleave
+from gproxy.server.proxy import Proxy
+from tests.helpers import name_dest, recv_exact, socks5_connect
+
+V6 = socket.AF_INET6
+V4 = socket.AF_INET
+
+
+def test_interleave_alternates_families_ipv6_first():
+    addrs = [(V4, ("192.0.2.1", 1)), (V4, ("192.0.2.2", 1)), (V6, ("2001:db8::1", 1, 0, 0)), (V4, ("192.0.2.3", 1))]
+    assert [a[1][0] for a in interleave(addrs)] == ["2001:db8::1", "192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    only4 = [(V4, ("192.0.2.1", 1)), (V4, ("192.0.2.2", 1))]
+    assert interleave(only4) == only4
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def black_hole_v6_working_v4() -> Iterator[tuple[int, socket.socket]]:
+    """[::1]:P drops SYNs (its accept queue is full), 127.0.0.1:P accepts: a host whose
+    IPv6 address is unreachable but still answers AAAA."""
+    hole = socket.socket(V6, socket.SOCK_STREAM)
+    hole.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    hole.bind(("::1", 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fillers = []
+    for _ in range(2):  # a backlog of 0 holds one; the next SYNs are dropped
+        filler = socket.socket(V6, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        filler.connect_ex(("::1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    good = socket.socket(V4, socket.SOCK_STREAM)
+    good.bind(("127.0.0.1", port))
+    good.listen(16)
+    try:
+        yield port, good
+    finally:
+        for sock in (hole, good, *fillers):
+            sock.close()
+
+
+def _both(port: int) -> list[tuple[int, tuple[object, ...]]]:
+    return [(V6, ("::1", port, 0, 0)), (V4, ("127.0.0.1", port))]
+
+
+def test_a_black_holed_ipv6_address_falls_back_to_ipv4_in_about_the_attempt_delay(black_hole_v6_working_v4):
+    port, good = black_hole_v6_working_v4
+    before = _open_fds()
+    started = time.monotonic()
+    sock = connect_any(_both(port), timeout=10)
+    took = time.monotonic() - started
+    try:
+        assert sock.family == V4 and sock.getpeername() == ("127.0.0.1", port)
+        assert 0.2 <= took < 3, took  # the stagger (0.25 s), never --connect-timeout (10 s)
+    finally:
+        sock.close()
+    assert _open_fds() == before  # the losing attempt was closed
+
+
+def test_a_refused_attempt_moves_on_at_once(closed_port):
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = server.getsockname()[1]
+        addrs = [(V6, ("::1", closed_port, 0, 0)), (V4, ("127.0.0.1", port))]
+        sock = connect_any(addrs, timeout=10)
+        assert sock.getpeername() == ("127.0.0.1", port)
+        sock.close()
+    finally:
+        server.close()
+
+
+def test_every_attempt_refused_gives_the_refused_reply(closed_port):
+    with pytest.raises(DialError) as info:
+        connect_any([(V6, ("::1", closed_port, 0, 0)), (V4, ("127.0.0.1", closed_port))], timeout=5, what="x")
+    assert info.value.reply == ReplyCode.CONNECTION_REFUSED
+
+
+def test_the_whole_race_is_bounded_by_the_timeout(black_hole_v6_working_v4):
+    port, _ = black_hole_v6_working_v4
+    before = _open_fds()
+    started = time.monotonic()
+    with pytest.raises(DialError) as info:
+        connect_any([(V6, ("::1", port, 0, 0))] * 3, timeout=0.8, what="x")
+    assert info.value.reply == ReplyCode.TTL_EXPIRED
+    assert time.monotonic() - started < 5
+    assert _open_fds() == before
+
+
+def test_prepare_runs_on_every_attempt(black_hole_v6_working_v4):
+    port, _ = black_hole_v6_working_v4
+    prepared = []
+    sock = happy_eyeballs.race(_both(port), 10, prepare=lambda raw: prepared.append(raw.family))
+    sock.close()
+    assert prepared == [V6, V4]
+
+
+def test_socks5_connect_by_name_through_a_black_holed_ipv6(black_hole_v6_working_v4):
+    """End to end: a name whose AAAA is black-holed answers over IPv4 well before --connect-timeout."""
+    port, good = black_hole_v6_working_v4
+
+    def resolver(host: str, p: int) -> list[tuple[int, tuple[object, ...]]]:
+        assert host == "dual.example"
+        return _both(p)
+
+    proxy = Proxy(Config.build(socks=["127.0.0.1:0"], connect_timeout=10), resolver=resolver).start()
+    try:
+        started = time.monotonic()
+        client, reply = socks5_connect(("127.0.0.1", proxy.address().port), name_dest("dual.example", port))
+        took = time.monotonic() - started
+        assert reply[1] == 0 and took < 3, (reply, took)
+        accepted, _ = good.accept()
+        client.sendall(b"ping")
+        assert recv_exact(accepted, 4) == b"ping"
+        accepted.close()
+        client.close()
+    finally:
+        proxy.stop(0)
+
+
+def test_direct_dialer_uses_the_race(black_hole_v6_working_v4):
+    port, _ = black_hole_v6_working_v4
+    dialer = DirectDialer(lambda host, p: _both(p))
+    from gproxy.core.addr import Address
+
+    sock = dialer.dial(Address("dual.example", port), 10)
+    assert sock.family == V4
+    sock.close()
