@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import gevent
-
 from gproxy.core import passwords
 from gproxy.core.addr import IPAddress, unmap_ip
 from gproxy.core.errors import ConfigError
@@ -141,7 +139,9 @@ class Users:
 
 def _verify_off_loop(secret: Secret, password: bytes) -> bool:
     """A slow hash check in the hub's threadpool, so other connections keep moving."""
-    return bool(gevent.get_hub().threadpool.apply(passwords.verify, (secret, password)))
+    from gevent import get_hub  # here: config (and so `import gproxy`) needs no gevent
+
+    return bool(get_hub().threadpool.apply(passwords.verify, (secret, password)))
 
 
 def parse_network(spec: str, flag: str) -> Network:

@@ -78,3 +78,9 @@ class DialError(GproxyError, OSError):
     def __init__(self, message: str, reply: ReplyCode) -> None:
         super().__init__(message, reason=reply.name.lower())
         self.reply = reply
+
+
+class UpstreamDown(DialError):
+    """The upstream itself failed: unreachable, its own handshake (credentials, TLS,
+    protocol garbage) or no answer to it. Not a destination error that it reports:
+    a group marks the upstream down and moves on to the next one."""

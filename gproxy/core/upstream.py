@@ -22,7 +22,7 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
 from gproxy.core.addr import Address, parse_ip
 from gproxy.core.dial import DirectDialer, IPCheck, Resolver, reply_for, resolve, system_resolve
-from gproxy.core.errors import ClientClosed, ClientProtocolError, ConfigError, Denied, DialError
+from gproxy.core.errors import ClientClosed, ClientProtocolError, ConfigError, Denied, DialError, UpstreamDown
 from gproxy.core.stream import Conn
 from gproxy.core.upstream_url import Upstream
 
@@ -32,12 +32,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 #: the largest HTTP response head we read from an HTTP upstream
 MAX_HEAD = 16384
-
-
-class UpstreamDown(DialError):
-    """The upstream itself failed: unreachable, its own handshake (credentials, TLS,
-    protocol garbage) or no answer to it. Not a destination error that it reports:
-    a group marks the upstream down and moves on to the next one."""
 
 
 class UpstreamDialer:

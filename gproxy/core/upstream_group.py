@@ -19,10 +19,9 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address
 from gproxy.core.context import Metrics
 from gproxy.core.dial import Dialer, IPCheck
-from gproxy.core.errors import DialError
+from gproxy.core.errors import DialError, UpstreamDown
 from gproxy.core.log import logger
 from gproxy.core.rules import DestRule
-from gproxy.core.upstream import UpstreamDown
 
 #: the route of the latest dial in this greenlet: ``direct`` or an upstream (password
 #: redacted). Each greenlet has its own context, so sessions never see each other's.

@@ -76,7 +76,11 @@ def parse_ss_url(url: str) -> SsUrl:
     host = parts.hostname
     if ":" in host and parse_ip(host) is None:
         raise bad
-    return SsUrl(method_by_name(method_name), host, port, password)
+    try:
+        method = method_by_name(method_name)
+    except ConfigError as exc:
+        raise ConfigError(f"--upstream: {exc}") from None
+    return SsUrl(method, host, port, password)
 
 
 class SsUpstreamDialer:
@@ -94,14 +98,18 @@ class SsUpstreamDialer:
         self.key = derive_key(upstream.password or "", self.method)
         self._direct = DirectDialer(resolver or system_resolve)  # the server is the operator's: no rules
 
-    def dial(self, dest: Address, timeout: float, check: IPCheck | None = None) -> socket.socket:
-        from gproxy.core.errors import DialError  # noqa: PLC0415
+    def dial(
+        self, dest: Address, timeout: float, check: IPCheck | None = None, *, reach_timeout: float | None = None
+    ) -> socket.socket:
+        """``reach_timeout`` bounds reaching the server (a group gives each member a share)."""
+        from gproxy.core.errors import DialError, UpstreamDown  # noqa: PLC0415
         from gproxy.core.ss_stream import SsSocket  # noqa: PLC0415
 
+        reach = timeout if reach_timeout is None else min(reach_timeout, timeout)
         try:
-            sock = self._direct.dial(self.upstream.address, timeout)
-        except DialError as exc:
-            raise DialError(f"upstream {self.upstream}: {exc}", exc.reply) from None
+            sock = self._direct.dial(self.upstream.address, reach)
+        except DialError as exc:  # the server itself is unreachable: a group moves on
+            raise UpstreamDown(f"upstream {self.upstream}: {exc}", exc.reply) from None
         try:
             wrapped = SsSocket(sock, TcpDecryptor(self.key, self.method), TcpEncryptor(self.key, self.method))
             wrapped.sendall(socks5.encode_address(dest))  # salt and the address header, before any data

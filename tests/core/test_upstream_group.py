@@ -14,9 +14,8 @@ import pytest
 from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address
 from gproxy.core.context import Metrics
-from gproxy.core.errors import DialError
+from gproxy.core.errors import DialError, UpstreamDown
 from gproxy.core.rules import parse_dest_rule
-from gproxy.core.upstream import UpstreamDown
 from gproxy.core.upstream_group import PRUNE_EVERY, Router, UpstreamGroup, dialled_via
 
 DEST = Address("example.com", 443)
