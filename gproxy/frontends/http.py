@@ -27,7 +27,7 @@ from gproxy.core.tunnel import open_upstream, run_tunnel
 from gproxy.frontends.socks5 import handshake_deadline
 
 CHUNK = 65536
-#: backstop for Conn.read_message; parse_head raises 414/431 well before it
+#: backstop for Conn.read_message; the head parser raises 414/431 well before it
 _HEAD_LIMIT = http.MAX_HEAD + http.MAX_REQUEST_LINE + 2
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="gproxy"')]
@@ -90,7 +90,7 @@ def _read_head(conn: Conn, ctx: Context, session: Session | None) -> bytes | Non
             return None
     try:
         with handshake_deadline(ctx, session):
-            return conn.read_message(http.parse_head, _HEAD_LIMIT)
+            return conn.read_message(http.HeadParser(), _HEAD_LIMIT)
     except HttpError as exc:
         raise _fail(conn, exc) from None
 
