@@ -396,6 +396,15 @@ class Proxy:
         else:
             del self._active_by_ip[host]
         self.metrics.session_closed(session)
+        if self.access_log is not None and not session.quiet:
+            self.access_log.write(session.logfmt())
+
+    def latest(self, ctx: Context) -> Context:
+        """SessionOwner: the context a new client of ``ctx``'s listener would get now."""
+        return next((new for new in self._contexts.values() if new.listener is ctx.listener), ctx)
+
+    def log_request(self, session: Session) -> None:
+        """SessionOwner: the access-log line of one request on a kept-alive HTTP connection."""
         if self.access_log is not None:
             self.access_log.write(session.logfmt())
 
