@@ -227,11 +227,16 @@ class Config:
             )
         if not self.has_auth and not self.allow:
             for spec in self.listeners:
-                if spec.kind in PROXY_KINDS and not spec.is_loopback:
+                if spec.kind in PROXY_KINDS and self.exposes(spec):
                     raise ConfigError(
                         f"refusing to run an open proxy: {spec.kind} on {spec} has no users and no "
                         f"--allow; add --user USER:PASS, or --allow CIDR for the clients that may use it"
                     )
+
+    def exposes(self, spec: ListenerSpec) -> bool:
+        """Whether ``spec`` may serve other hosts' clients: not bound to loopback, or
+        behind a load balancer (--proxy-protocol: HAProxy on this host relays remote clients)."""
+        return self.proxy_protocol or not spec.is_loopback
 
     @property
     def dest_rules(self) -> RuleSet:

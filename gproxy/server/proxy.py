@@ -270,7 +270,7 @@ class Proxy:
         proxying = spec.kind in PROXY_KINDS
         policy = DestinationPolicy(
             own,
-            deny_local=not spec.is_loopback and proxying,
+            deny_local=self.config.exposes(spec) and proxying,
             rules=self.config.dest_rules if proxying else RuleSet(),
             users=self.config.user_rules,
         )
