@@ -73,6 +73,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
         default=0,
     ),
+    Option(
+        "ipv6-prefix",
+        int,
+        "--max-conns-per-ip counts IPv6 clients per network of this prefix length",
+        metavar="BITS",
+        default=64,
+    ),
     Option("workers", int, "worker processes sharing each port (SO_REUSEPORT)", metavar="N", default=1),
     Option("access-log", str, "one logfmt line per session to FILE, or - for stdout", metavar="FILE|-"),
     Option("log-level", str, "debug, info, warning or error", metavar="LEVEL", default="info"),
@@ -159,6 +166,7 @@ class Config:
     drain_timeout: float = 10.0
     max_conns: int = 0
     max_conns_per_ip: int = 0
+    ipv6_prefix: int = 64
     workers: int = 1
     access_log: str | None = None
     log_level: str = "info"
@@ -214,6 +222,8 @@ class Config:
         for name in ("idle_timeout", "drain_timeout", "max_conns", "max_conns_per_ip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} may not be negative")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ConfigError("--ipv6-prefix must be between 1 and 128")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.log_level not in LOG_LEVELS:

@@ -7,6 +7,7 @@ Everything is bound before anything serves, so a bad address fails fast.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import sys
 import time
@@ -106,7 +107,8 @@ class Proxy:
         self._services: list[Service] = []
         self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
         self._active = 0
-        self._active_by_ip: dict[str, int] = {}
+        self._active_by_ip: dict[str, int] = {}  # --max-conns-per-ip key -> open connections
+        self._counted: dict[socket.socket, list[str]] = {}  # client socket -> its keys there
         #: client socket -> abort(outcome) of the sessions that went on without a greenlet
         self._detached: dict[socket.socket, Callable[[str], None]] = {}
         self._detached_done = Event()
@@ -331,32 +333,39 @@ class Proxy:
 
     def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
         client = from_sockaddr(peer)
-        accepted = None
-        if self.config.proxy_protocol:
-            # The header counts against --handshake-timeout: one clock from accept.
-            accepted = time.monotonic()
-            proxied = self._proxied_client(sock, client, ctx)
-            if proxied is None:
-                return
-            client = proxied
         kind = ctx.listener.kind
-        rules = self.clients  # no rules: no address parsing per connection
-        if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
-            logger.debug("%s: client not allowed", client)
-            self.metrics.connection_refused(kind, "client_denied")
+        # Counted from accept, before any PROXY header: --max-conns, and the per-ip limit for
+        # the TCP peer while its header is awaited, so that phase cannot pile up past them.
+        # Once the header is read, the connection counts under the address it carries.
+        keys = [self._limit_key(client)]
+        if not self._admit(keys[0], kind, client, new=True):
             return
-        limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
-        refused = None
-        if limit and self._active >= limit:
-            refused = "max_conns"
-        elif per_ip and self._active_by_ip.get(client.host, 0) >= per_ip:
-            refused = "max_conns_per_ip"
-        if refused:  # closed at once (by StreamServer when we return), never queued
-            logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
-            self.metrics.connection_refused(kind, refused)
-            return
-        self._active += 1
-        self._active_by_ip[client.host] = self._active_by_ip.get(client.host, 0) + 1
+        admitted = False
+        try:
+            accepted = None
+            if self.config.proxy_protocol:
+                # The header counts against --handshake-timeout: one clock from accept.
+                accepted = time.monotonic()
+                proxied = self._proxied_client(sock, client, ctx)
+                if proxied is None:
+                    return
+                client = proxied
+                key = self._limit_key(client)
+                if key != keys[0]:
+                    if not self._admit(key, kind, client, new=False):
+                        return
+                    self._release([keys[0]], total=False)
+                    keys[0] = key
+            rules = self.clients  # no rules: no address parsing per connection
+            if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
+                logger.debug("%s: client not allowed", client)
+                self.metrics.connection_refused(kind, "client_denied")
+                return
+            admitted = True
+        finally:
+            if not admitted:
+                self._release(keys)
+        self._counted[sock] = keys
         session = Session(client, ctx.listener.kind)
         if accepted is not None:
             session.started = accepted
@@ -384,17 +393,49 @@ class Proxy:
             if sock not in self._detached:
                 self._end_session(sock, session, conn)
 
+    def _limit_key(self, client: Address) -> str:
+        """What --max-conns-per-ip counts: the IPv4 address, or the IPv6 client's network
+        (--ipv6-prefix, a /64 by default: one host owns a whole /64)."""
+        ip = client.ip
+        if ip is None or ip.version == 4:
+            return client.host
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{self.config.ipv6_prefix}", strict=False))
+
+    def _admit(self, key: str, kind: str, client: Address, *, new: bool) -> bool:
+        """Count one more connection for ``key`` (and, if ``new``, in the total); False: refused."""
+        limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
+        refused = None
+        if new and limit and self._active >= limit:
+            refused = "max_conns"
+        elif per_ip and self._active_by_ip.get(key, 0) >= per_ip:
+            refused = "max_conns_per_ip"
+        if refused:  # closed at once (by StreamServer when we return), never queued
+            logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
+            self.metrics.connection_refused(kind, refused)
+            return False
+        if new:
+            self._active += 1
+        self._active_by_ip[key] = self._active_by_ip.get(key, 0) + 1
+        return True
+
+    def _release(self, keys: list[str], *, total: bool = True) -> None:
+        """Undo _admit for a connection counted under ``keys`` (and in the total)."""
+        if total:
+            self._active -= 1
+        for key in keys:
+            remaining = self._active_by_ip[key] - 1
+            if remaining:
+                self._active_by_ip[key] = remaining
+            else:
+                del self._active_by_ip[key]
+
     def _end_session(self, sock: socket.socket, session: Session, conn: Conn) -> None:
         """Counters, metrics and the access-log line; the client socket is closed by the caller."""
         if conn.sock is not sock:
             conn.sock.close()  # the TLS wrapper owns the descriptor now
-        self._active -= 1
-        host = session.client.host
-        remaining = self._active_by_ip[host] - 1
-        if remaining:
-            self._active_by_ip[host] = remaining
-        else:
-            del self._active_by_ip[host]
+        self._release(self._counted.pop(sock))
         self.metrics.session_closed(session)
         if self.access_log is not None and not session.quiet:
             self.access_log.write(session.logfmt())
