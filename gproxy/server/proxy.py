@@ -320,55 +320,64 @@ class Proxy:
 
         return handle
 
-    def _proxied_client(self, sock: socket.socket, peer: Address, ctx: Context) -> Address | None:
+    def _proxied_client(self, sock: socket.socket, peer: Address, kind: str) -> Address | None:
         """--proxy-protocol: the client address from the load balancer's header; None: drop."""
         try:
             source, _ = read_proxy_header(sock, self.config.handshake_timeout)
         except (GproxyError, OSError) as exc:
             logger.debug("%s: proxy_protocol: %s", peer, exc)
             if self.access_log is not None:
-                self.access_log.write(Session(peer, ctx.listener.kind, outcome="proxy_protocol").logfmt())
+                self.access_log.write(Session(peer, kind, outcome="proxy_protocol").logfmt())
             return None
         return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
 
-    def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
+    def admit_client(self, sock: socket.socket, peer: tuple[object, ...], kind: str) -> tuple[Address, float] | None:
+        """Client rules, limits and the PROXY header for a new connection on a ``kind`` listener:
+        (the client's address, when it was accepted), counted until release_client(); None: drop it."""
         client = from_sockaddr(peer)
-        kind = ctx.listener.kind
+        accepted = time.monotonic()  # the PROXY header counts against --handshake-timeout: one clock
         # Counted from accept, before any PROXY header: --max-conns, and the per-ip limit for
         # the TCP peer while its header is awaited, so that phase cannot pile up past them.
         # Once the header is read, the connection counts under the address it carries.
         keys = [self._limit_key(client)]
         if not self._admit(keys[0], kind, client, new=True):
-            return
+            return None
         admitted = False
         try:
-            accepted = None
             if self.config.proxy_protocol:
-                # The header counts against --handshake-timeout: one clock from accept.
-                accepted = time.monotonic()
-                proxied = self._proxied_client(sock, client, ctx)
+                proxied = self._proxied_client(sock, client, kind)
                 if proxied is None:
-                    return
+                    return None
                 client = proxied
                 key = self._limit_key(client)
                 if key != keys[0]:
                     if not self._admit(key, kind, client, new=False):
-                        return
+                        return None
                     self._release([keys[0]], total=False)
                     keys[0] = key
             rules = self.clients  # no rules: no address parsing per connection
             if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
                 logger.debug("%s: client not allowed", client)
                 self.metrics.connection_refused(kind, "client_denied")
-                return
+                return None
             admitted = True
         finally:
             if not admitted:
                 self._release(keys)
         self._counted[sock] = keys
+        return client, accepted
+
+    def release_client(self, sock: socket.socket) -> None:
+        """The connection admit_client() counted is over."""
+        self._release(self._counted.pop(sock))
+
+    def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
+        admitted = self.admit_client(sock, peer, ctx.listener.kind)
+        if admitted is None:
+            return
+        client, accepted = admitted
         session = Session(client, ctx.listener.kind)
-        if accepted is not None:
-            session.started = accepted
+        session.started = accepted
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
@@ -435,7 +444,7 @@ class Proxy:
         """Counters, metrics and the access-log line; the client socket is closed by the caller."""
         if conn.sock is not sock:
             conn.sock.close()  # the TLS wrapper owns the descriptor now
-        self._release(self._counted.pop(sock))
+        self.release_client(sock)
         self.metrics.session_closed(session)
         if self.access_log is not None and not session.quiet:
             self.access_log.write(session.logfmt())
