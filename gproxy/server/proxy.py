@@ -108,7 +108,8 @@ class Proxy:
         self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}  # --max-conns-per-ip key -> open connections
-        self._counted: dict[socket.socket, list[str]] = {}  # client socket -> its keys there
+        #: client socket -> its keys in _active_by_ip, and whether it counts in _active
+        self._counted: dict[socket.socket, tuple[list[str], bool]] = {}
         #: client socket -> abort(outcome) of the sessions that went on without a greenlet
         self._detached: dict[socket.socket, Callable[[str], None]] = {}
         self._detached_done = Event()
@@ -331,16 +332,22 @@ class Proxy:
             return None
         return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
 
-    def admit_client(self, sock: socket.socket, peer: tuple[object, ...], kind: str) -> tuple[Address, float] | None:
+    def admit_client(
+        self, sock: socket.socket, peer: tuple[object, ...], kind: str, *, in_total: bool = True
+    ) -> tuple[Address, float] | None:
         """Client rules, limits and the PROXY header for a new connection on a ``kind`` listener:
-        (the client's address, when it was accepted), counted until release_client(); None: drop it."""
+        (the client's address, when it was accepted), counted until release_client(); None: drop it.
+
+        ``in_total=False`` (metrics scrapes): not held to, nor counted in, --max-conns, so
+        monitoring still works when the proxy is full; the per-ip limit still applies.
+        """
         client = from_sockaddr(peer)
         accepted = time.monotonic()  # the PROXY header counts against --handshake-timeout: one clock
         # Counted from accept, before any PROXY header: --max-conns, and the per-ip limit for
         # the TCP peer while its header is awaited, so that phase cannot pile up past them.
         # Once the header is read, the connection counts under the address it carries.
         keys = [self._limit_key(client)]
-        if not self._admit(keys[0], kind, client, new=True):
+        if not self._admit(keys[0], kind, client, new=in_total):
             return None
         admitted = False
         try:
@@ -353,7 +360,7 @@ class Proxy:
                 if key != keys[0]:
                     if not self._admit(key, kind, client, new=False):
                         return None
-                    self._release([keys[0]], total=False)
+                    self._release([keys[0]], in_total=False)
                     keys[0] = key
             rules = self.clients  # no rules: no address parsing per connection
             if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
@@ -363,13 +370,14 @@ class Proxy:
             admitted = True
         finally:
             if not admitted:
-                self._release(keys)
-        self._counted[sock] = keys
+                self._release(keys, in_total=in_total)
+        self._counted[sock] = (keys, in_total)
         return client, accepted
 
     def release_client(self, sock: socket.socket) -> None:
         """The connection admit_client() counted is over."""
-        self._release(self._counted.pop(sock))
+        keys, in_total = self._counted.pop(sock)
+        self._release(keys, in_total=in_total)
 
     def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
         admitted = self.admit_client(sock, peer, ctx.listener.kind)
@@ -413,7 +421,7 @@ class Proxy:
         return str(ipaddress.ip_network(f"{ip}/{self.config.ipv6_prefix}", strict=False))
 
     def _admit(self, key: str, kind: str, client: Address, *, new: bool) -> bool:
-        """Count one more connection for ``key`` (and, if ``new``, in the total); False: refused."""
+        """Count one more connection for ``key`` (and, if ``new``, in --max-conns' total); False: refused."""
         limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
         refused = None
         if new and limit and self._active >= limit:
@@ -429,9 +437,9 @@ class Proxy:
         self._active_by_ip[key] = self._active_by_ip.get(key, 0) + 1
         return True
 
-    def _release(self, keys: list[str], *, total: bool = True) -> None:
+    def _release(self, keys: list[str], *, in_total: bool = True) -> None:
         """Undo _admit for a connection counted under ``keys`` (and in the total)."""
-        if total:
+        if in_total:
             self._active -= 1
         for key in keys:
             remaining = self._active_by_ip[key] - 1

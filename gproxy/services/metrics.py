@@ -151,7 +151,7 @@ class _GatedServer(WSGIServer):  # type: ignore[misc]
         if self.proxy is None:
             super().handle(sock, address)
             return
-        if self.proxy.admit_client(sock, address, "metrics") is None:
+        if self.proxy.admit_client(sock, address, "metrics", in_total=False) is None:
             return  # closed by the server
         try:
             super().handle(sock, address)

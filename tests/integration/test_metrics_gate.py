@@ -43,8 +43,8 @@ def test_metrics_behind_a_balancer_needs_the_header_and_judges_its_address(proxy
     assert scrape(address, encode_v1(Address("10.0.0.9", 1), lb)).startswith(b"HTTP/1.1 200")
 
 
-def test_metrics_connections_count_against_max_conns(proxy):
-    running = proxy(socks=["127.0.0.1:0"], metrics=["127.0.0.1:0"], user=["u:p"], max_conns=1)
+def test_metrics_connections_count_against_max_conns_per_ip(proxy):
+    running = proxy(socks=["127.0.0.1:0"], metrics=["127.0.0.1:0"], user=["u:p"], max_conns_per_ip=1)
     address = running.address("metrics")
     with socket.create_connection((address.host, address.port), timeout=5):
         assert scrape(address) == b""
