@@ -20,6 +20,8 @@ from gproxy.core.errors import ClientProtocolError
 #: request line cap (414 beyond it) and whole-head cap (431), as Squid's defaults go
 MAX_REQUEST_LINE = 8192
 MAX_HEAD = 65536
+#: empty lines tolerated before a request line (RFC 9112 2.2 asks for at least one)
+MAX_EMPTY_LINES = 4
 
 #: hop-by-hop headers (RFC 9110 7.6.1, RFC 2616 13.5.1) plus the non-standard
 #: Proxy-Connection; never forwarded. Expect is answered by the proxy itself.
@@ -53,7 +55,6 @@ REASONS = {
 
 Headers = Sequence[tuple[bytes, bytes]]
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -78,30 +79,69 @@ class Target:
 # -- request head ---------------------------------------------------------------
 
 
-def parse_head(buf: bytearray) -> tuple[bytes, int] | None:
-    """The raw request head (through its blank line), checked; None until complete.
+class HeadParser:
+    """Reads one request head from a buffer that only grows between calls.
 
-    Leading empty lines are skipped (RFC 9112 2.2). Raises HttpError with
-    414, 431, 400 or 501.
+    Each call scans only the bytes the previous calls had not seen (plus the
+    2 before them, for a blank line split across reads), so a head trickled
+    byte by byte costs linear, not quadratic, time. A fresh parser per head.
     """
+
+    __slots__ = ("_seen", "_line_ended")
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._line_ended = False
+
+    def __call__(self, buf: bytearray) -> tuple[bytes, int] | None:
+        """The raw request head (through its blank line), checked; None until complete.
+
+        Up to MAX_EMPTY_LINES leading empty lines are skipped (RFC 9112 2.2).
+        Raises HttpError with 414, 431, 400 or 501.
+        """
+        seen, self._seen = self._seen, len(buf)
+        start = _skip_empty_lines(buf)
+        if start is None:
+            return None
+        if not self._line_ended:
+            line_cap = start + MAX_REQUEST_LINE + 1  # the request line's LF comes before this
+            self._line_ended = buf.find(b"\n", max(start, seen), line_cap) >= 0
+            if not self._line_ended and len(buf) >= line_cap:
+                raise HttpError(414, "request line too long", reason="uri_too_long")
+        end = _blank_line_end(buf, max(start, seen - 2))
+        if end is None or end - start > MAX_HEAD:
+            if len(buf) - start > MAX_HEAD:
+                raise HttpError(431, "request header fields too large", reason="headers_too_large")
+            return None
+        head = bytes(buf[start:end])
+        check_head(head)
+        return head, end
+
+
+def parse_head(buf: bytearray) -> tuple[bytes, int] | None:
+    """A one-shot HeadParser: the head at the start of ``buf``, or None."""
+    return HeadParser()(buf)
+
+
+def _skip_empty_lines(buf: bytearray) -> int | None:
+    """Where the request line starts; None while only empty lines (or a CR) came."""
     start = 0
-    while buf.startswith(b"\r\n", start) or buf.startswith(b"\n", start):
-        start += 2 if buf.startswith(b"\r\n", start) else 1
-        if start > MAX_REQUEST_LINE:
-            raise HttpError(400, "too many empty lines before the request")
-    line_end = buf.find(b"\n", start, start + MAX_REQUEST_LINE + 1)
-    if line_end < 0:
-        if len(buf) - start > MAX_REQUEST_LINE:
-            raise HttpError(414, "request line too long", reason="uri_too_long")
-        return None
-    match = _HEAD_END.search(buf, line_end)
-    if match is None or match.end() - start > MAX_HEAD:
-        if len(buf) - start > MAX_HEAD:
-            raise HttpError(431, "request header fields too large", reason="headers_too_large")
-        return None
-    head = bytes(buf[start : match.end()])
-    check_head(head)
-    return head, match.end()
+    for _ in range(MAX_EMPTY_LINES + 1):
+        if buf.startswith(b"\r\n", start):
+            start += 2
+        elif buf.startswith(b"\n", start):
+            start += 1
+        elif len(buf) == start or buf.startswith(b"\r", start) and len(buf) == start + 1:
+            return None
+        else:
+            return start
+    raise HttpError(400, f"more than {MAX_EMPTY_LINES} empty lines before the request")
+
+
+def _blank_line_end(buf: bytearray, start: int) -> int | None:
+    """The end of the first ``LF [CR] LF`` at or after ``start``, or None."""
+    ends = [at + len(blank) for blank in (b"\n\n", b"\n\r\n") if (at := buf.find(blank, start)) >= 0]
+    return min(ends, default=None)
 
 
 def check_head(head: bytes) -> None:

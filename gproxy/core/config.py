@@ -92,6 +92,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
         default=0,
     ),
+    Option(
+        "ipv6-prefix",
+        int,
+        "--max-conns-per-ip counts IPv6 clients per network of this prefix length",
+        metavar="BITS",
+        default=64,
+    ),
     Option("workers", int, "worker processes sharing each port (SO_REUSEPORT)", metavar="N", default=1),
     Option("access-log", str, "one logfmt line per session to FILE, or - for stdout", metavar="FILE|-"),
     Option("log-level", str, "debug, info, warning or error", metavar="LEVEL", default="info"),
@@ -187,6 +194,7 @@ class Config:
     drain_timeout: float = 10.0
     max_conns: int = 0
     max_conns_per_ip: int = 0
+    ipv6_prefix: int = 64
     workers: int = 1
     access_log: str | None = None
     log_level: str = "info"
@@ -248,6 +256,8 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')} may not be negative")
         if not 0 <= self.auth_cache < math.inf:
             raise ConfigError("--auth-cache must be a number of seconds, 0 or more")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ConfigError("--ipv6-prefix must be between 1 and 128")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.upstream_strategy not in UPSTREAM_STRATEGIES:
@@ -273,11 +283,16 @@ class Config:
                 )
         if not self.has_auth and not self.allow:
             for spec in self.listeners:
-                if spec.kind in PROXY_KINDS and not spec.is_loopback:
+                if spec.kind in PROXY_KINDS and self.exposes(spec):
                     raise ConfigError(
                         f"refusing to run an open proxy: {spec.kind} on {spec} has no users and no "
                         f"--allow; add --user USER:PASS, or --allow CIDR for the clients that may use it"
                     )
+
+    def exposes(self, spec: ListenerSpec) -> bool:
+        """Whether ``spec`` may serve other hosts' clients: not bound to loopback, or
+        behind a load balancer (--proxy-protocol: HAProxy on this host relays remote clients)."""
+        return self.proxy_protocol or not spec.is_loopback
 
     @property
     def dest_rules(self) -> RuleSet:

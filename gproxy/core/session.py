@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Protocol
 from gproxy.core.addr import Address
 
 if TYPE_CHECKING:
+    from gproxy.core.context import Context
     from gproxy.core.stream import Conn
 
 #: printable ASCII but space, quote, equals and backslash: safe unquoted
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")
+#: the most characters of one value a line carries (a user name, a host name...), before escaping
+MAX_FIELD = 256
 
 
 @dataclass(slots=True)
@@ -34,26 +37,50 @@ class Session:
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)
     via: str | None = None  # the upstream dialled through, or "direct"; None: no dial
+    #: HTTP: the status the client got (the origin's, or gproxy's own answer)
+    status: int | None = None
+    #: (up, down) of the earlier requests on this HTTP connection, each already logged
+    logged: tuple[int, int] = (0, 0)
+    #: every request so far has its line: nothing left for the end of the connection
+    quiet: bool = False
 
     def logfmt(self) -> str:
-        """``ts=... client=... user=... proto=... cmd=... dest=... [via=] up= down= dur= outcome=``"""
+        """``ts= client= user= proto= cmd= dest= [via=] [status=] up= down= dur= outcome=``
+
+        ``up``/``down`` count since the last logged request; every value is capped at MAX_FIELD.
+        """
         now = datetime.now(UTC)
         ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-        via = () if self.via is None else (("via", self.via),)
-        pairs = (
+        pairs = [
             ("ts", ts),
             ("client", str(self.client)),
             ("user", self.user or "-"),
             ("proto", self.proto),
             ("cmd", self.cmd),
             ("dest", self.dest),
-            *via,
-            ("up", str(self.up)),
-            ("down", str(self.down)),
+        ]
+        if self.via is not None:
+            pairs.append(("via", self.via))
+        if self.status is not None:
+            pairs.append(("status", str(self.status)))
+        pairs += [
+            ("up", str(self.up - self.logged[0])),
+            ("down", str(self.down - self.logged[1])),
             ("dur", f"{time.monotonic() - self.started:.3f}"),
             ("outcome", self.outcome),
-        )
-        return " ".join(f"{key}={_quote(value)}" for key, value in pairs)
+        ]
+        return " ".join(f"{key}={_quote(value[:MAX_FIELD])}" for key, value in pairs)
+
+    def request_logged(self) -> None:
+        """The current HTTP request has its line; the connection may end without another."""
+        self.logged = (self.up, self.down)
+        self.quiet = True
+
+    def next_request(self) -> None:
+        """The next HTTP request on the connection began: its record starts afresh."""
+        self.user, self.cmd, self.dest, self.status, self.outcome, self.via = None, "-", "-", None, "ok", None
+        self.started = time.monotonic()
+        self.quiet = False
 
 
 class SessionOwner(Protocol):
@@ -64,6 +91,12 @@ class SessionOwner(Protocol):
 
     def end_detached(self, session: Session, conn: Conn) -> None:
         """The tunnel is done (its record is complete): close the client, count and log the session."""
+
+    def log_request(self, session: Session) -> None:
+        """One request of a kept-alive HTTP connection is done: write its access-log line."""
+
+    def latest(self, ctx: Context) -> Context:
+        """The listener's context as of now (rules change on SIGHUP): for each new request."""
 
 
 def _quote(value: str) -> str:

@@ -35,6 +35,10 @@ class Conn:
     def read_message(self, parse: Callable[[bytearray], tuple[T, int] | None], limit: int) -> T:
         """Read until ``parse`` yields a message of at most ``limit`` bytes.
 
+        ``parse`` runs after every read (a client may send one byte at a time), so
+        one call must cost O(new bytes), not O(buffer): a parser that searches for
+        a terminator remembers where it stopped (see ``codec.http.HeadParser``).
+
         Raises:
             ClientProtocolError: the message would exceed ``limit``.
             ClientClosed: EOF before a whole message.

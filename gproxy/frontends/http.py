@@ -27,7 +27,7 @@ from gproxy.core.tunnel import open_upstream, run_tunnel
 from gproxy.frontends.socks5 import handshake_deadline
 
 CHUNK = 65536
-#: backstop for Conn.read_message; parse_head raises 414/431 well before it
+#: backstop for Conn.read_message; the head parser raises 414/431 well before it
 _HEAD_LIMIT = http.MAX_HEAD + http.MAX_REQUEST_LINE + 2
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="gproxy"')]
@@ -52,45 +52,61 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
     session.proto = "https" if ctx.listener.kind == "https" else "http"
     first = True
     while True:
-        head = _read_head(conn, ctx, session if first else None)
-        if head is None:
-            return
-        first = False
-        client = h11.Connection(h11.SERVER, max_incomplete_event_size=http.MAX_HEAD)
-        client.receive_data(head)
         try:
-            request = client.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise _fail(conn, HttpError(exc.error_status_hint, str(exc))) from None
-        if not isinstance(request, h11.Request):  # parse_head saw a whole head, so h11 does too
-            raise _fail(conn, HttpError(400, "incomplete request head"))
-        session.cmd = request.method.decode("ascii", "replace").lower()
-        _authorize(conn, ctx, session, request)
-        if request.method == b"CONNECT":
-            _connect(conn, ctx, session, request)
-            return
-        try:
-            if not _forward(conn, ctx, session, client, request):
+            if not _serve_request(conn, ctx, session, first):
                 return
-        except h11.LocalProtocolError as exc:  # a state we cannot frame: give up on the connection
-            raise GproxyError(f"cannot frame the message: {exc}", reason="http_error") from None
+        except (HttpError, OriginError) as exc:
+            if session.status is None:  # not after the origin's own status went out
+                session.status = exc.status
+            raise
+        first = False
+        if ctx.owner is not None:  # each request gets its own access-log line
+            ctx.owner.log_request(session)
+            session.request_logged()
 
 
-def _read_head(conn: Conn, ctx: Context, session: Session | None) -> bytes | None:
+def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> bool:
+    """Read and serve one request; True if the client connection stays open for the next."""
+    head = _read_head(conn, ctx, session, first)
+    if head is None:
+        return False
+    if ctx.owner is not None:  # checked against the users and rules of this moment (SIGHUP)
+        ctx = ctx.owner.latest(ctx)
+    client = h11.Connection(h11.SERVER, max_incomplete_event_size=http.MAX_HEAD)
+    client.receive_data(head)
+    try:
+        request = client.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise _fail(conn, HttpError(exc.error_status_hint, str(exc))) from None
+    if not isinstance(request, h11.Request):  # parse_head saw a whole head, so h11 does too
+        raise _fail(conn, HttpError(400, "incomplete request head"))
+    session.cmd = request.method.decode("ascii", "replace").lower()
+    _authorize(conn, ctx, session, request)
+    if request.method == b"CONNECT":
+        _connect(conn, ctx, session, request)
+        return False
+    try:
+        return _forward(conn, ctx, session, client, request)
+    except h11.LocalProtocolError as exc:  # a state we cannot frame: give up on the connection
+        raise GproxyError(f"cannot frame the message: {exc}", reason="http_error") from None
+
+
+def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes | None:
     """The next request head; None when a kept-alive client is done or idle.
 
-    ``session`` for the first request (its clock started at accept), None for
-    the next ones on a kept-alive connection (their clock starts at their first byte).
+    The first request's clock started at accept; the next ones' on a kept-alive
+    connection start at their first byte.
     """
-    if session is None:
+    if not first:
         try:
             with gevent.Timeout(ctx.config.idle_timeout or None, IdleTimeout):
                 conn.peek_byte()
         except (ClientClosed, IdleTimeout):
             return None
+        session.next_request()  # its line is due, even if it fails
     try:
-        with handshake_deadline(ctx, session):
-            return conn.read_message(http.parse_head, _HEAD_LIMIT)
+        with handshake_deadline(ctx, session if first else None):
+            return conn.read_message(http.HeadParser(), _HEAD_LIMIT)
     except HttpError as exc:
         raise _fail(conn, exc) from None
 
@@ -110,21 +126,23 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request)
     if credentials is not None:
         session.user = credentials[0].decode("utf-8", "replace")
     if credentials is None or not ctx.users.check(*credentials):
+        session.status = 407
         with contextlib.suppress(OSError):
             conn.sendall(http.encode_response(407, "proxy authentication required", _AUTHENTICATE))
         raise AuthFailed("missing or wrong Proxy-Authorization")
 
 
-def _dial(conn: Conn, ctx: Context, dest: Address, user: str | None) -> socket.socket:
+def _dial(conn: Conn, ctx: Context, dest: Address, session: Session) -> socket.socket:
     """open_upstream, answering 403/502/504 when it fails."""
     try:
-        return open_upstream(ctx, dest, user)
+        return open_upstream(ctx, dest, session.user)
     except Denied as exc:
+        session.status = 403
         with contextlib.suppress(OSError):
             conn.sendall(http.encode_response(403, "destination not allowed"))
         raise exc from None
     except DialError as exc:
-        status = 504 if exc.reply == ReplyCode.TTL_EXPIRED else 502
+        status = session.status = 504 if exc.reply == ReplyCode.TTL_EXPIRED else 502
         with contextlib.suppress(OSError):
             conn.sendall(http.encode_response(status, f"cannot connect to {dest}"))
         raise exc from None
@@ -137,7 +155,8 @@ def _connect(conn: Conn, ctx: Context, session: Session, request: h11.Request) -
     except HttpError as exc:
         raise _fail(conn, exc) from None
     session.dest = str(dest)
-    upstream = _dial(conn, ctx, dest, session.user)
+    upstream = _dial(conn, ctx, dest, session)
+    session.status = 200
     run_tunnel(conn, upstream, ctx, session, _CONNECTED)  # closes upstream
 
 
@@ -155,7 +174,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection,
     early = conn.take_buffered()
     if early:  # (an empty receive_data means EOF to h11)
         client.receive_data(early)
-    upstream = _dial(conn, ctx, target.address, session.user)
+    upstream = _dial(conn, ctx, target.address, session)
     try:
         upstream.settimeout(idle)
         origin = h11.Connection(h11.CLIENT, max_incomplete_event_size=http.MAX_HEAD)
@@ -163,6 +182,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection,
             response = _send_request(conn, client, upstream, origin, request, target, session, idle)
         except OriginError as exc:
             raise _fail(conn, exc) from None
+        session.status = response.status_code
         _stream_response(conn, client, upstream, origin, response, session, idle)
     finally:
         upstream.close()

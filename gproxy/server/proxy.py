@@ -7,6 +7,7 @@ Everything is bound before anything serves, so a bad address fails fast.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import sys
 import time
@@ -118,7 +119,9 @@ class Proxy:
         self._services: list[Service] = []
         self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
         self._active = 0
-        self._active_by_ip: dict[str, int] = {}
+        self._active_by_ip: dict[str, int] = {}  # --max-conns-per-ip key -> open connections
+        #: client socket -> its keys in _active_by_ip, and whether it counts in _active
+        self._counted: dict[socket.socket, tuple[list[str], bool]] = {}
         #: client socket -> abort(outcome) of the sessions that went on without a greenlet
         self._detached: dict[socket.socket, Callable[[str], None]] = {}
         self._detached_done = Event()
@@ -295,7 +298,7 @@ class Proxy:
         proxying = spec.kind in PROXY_KINDS
         policy = DestinationPolicy(
             own,
-            deny_local=not spec.is_loopback and proxying,
+            deny_local=self.config.exposes(spec) and proxying,
             rules=self.config.dest_rules if proxying else RuleSet(),
             users=self.config.user_rules,
         )
@@ -352,48 +355,71 @@ class Proxy:
 
         return handle
 
-    def _proxied_client(self, sock: socket.socket, peer: Address, ctx: Context) -> Address | None:
+    def _proxied_client(self, sock: socket.socket, peer: Address, kind: str) -> Address | None:
         """--proxy-protocol: the client address from the load balancer's header; None: drop."""
         try:
             source, _ = read_proxy_header(sock, self.config.handshake_timeout)
         except (GproxyError, OSError) as exc:
             logger.debug("%s: proxy_protocol: %s", peer, exc)
             if self.access_log is not None:
-                self.access_log.write(Session(peer, ctx.listener.kind, outcome="proxy_protocol").logfmt())
+                self.access_log.write(Session(peer, kind, outcome="proxy_protocol").logfmt())
             return None
         return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
 
-    def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
+    def admit_client(
+        self, sock: socket.socket, peer: tuple[object, ...], kind: str, *, in_total: bool = True
+    ) -> tuple[Address, float] | None:
+        """Client rules, limits and the PROXY header for a new connection on a ``kind`` listener:
+        (the client's address, when it was accepted), counted until release_client(); None: drop it.
+
+        ``in_total=False`` (metrics scrapes): not held to, nor counted in, --max-conns, so
+        monitoring still works when the proxy is full; the per-ip limit still applies.
+        """
         client = from_sockaddr(peer)
-        accepted = None
-        if self.config.proxy_protocol:
-            # The header counts against --handshake-timeout: one clock from accept.
-            accepted = time.monotonic()
-            proxied = self._proxied_client(sock, client, ctx)
-            if proxied is None:
-                return
-            client = proxied
-        kind = ctx.listener.kind
-        rules = self.clients  # no rules: no address parsing per connection
-        if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
-            logger.debug("%s: client not allowed", client)
-            self.metrics.connection_refused(kind, "client_denied")
+        accepted = time.monotonic()  # the PROXY header counts against --handshake-timeout: one clock
+        # Counted from accept, before any PROXY header: --max-conns, and the per-ip limit for
+        # the TCP peer while its header is awaited, so that phase cannot pile up past them.
+        # Once the header is read, the connection counts under the address it carries.
+        keys = [self._limit_key(client)]
+        if not self._admit(keys[0], kind, client, new=in_total):
+            return None
+        admitted = False
+        try:
+            if self.config.proxy_protocol:
+                proxied = self._proxied_client(sock, client, kind)
+                if proxied is None:
+                    return None
+                client = proxied
+                key = self._limit_key(client)
+                if key != keys[0]:
+                    if not self._admit(key, kind, client, new=False):
+                        return None
+                    self._release([keys[0]], in_total=False)
+                    keys[0] = key
+            rules = self.clients  # no rules: no address parsing per connection
+            if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
+                logger.debug("%s: client not allowed", client)
+                self.metrics.connection_refused(kind, "client_denied")
+                return None
+            admitted = True
+        finally:
+            if not admitted:
+                self._release(keys, in_total=in_total)
+        self._counted[sock] = (keys, in_total)
+        return client, accepted
+
+    def release_client(self, sock: socket.socket) -> None:
+        """The connection admit_client() counted is over."""
+        keys, in_total = self._counted.pop(sock)
+        self._release(keys, in_total=in_total)
+
+    def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
+        admitted = self.admit_client(sock, peer, ctx.listener.kind)
+        if admitted is None:
             return
-        limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
-        refused = None
-        if limit and self._active >= limit:
-            refused = "max_conns"
-        elif per_ip and self._active_by_ip.get(client.host, 0) >= per_ip:
-            refused = "max_conns_per_ip"
-        if refused:  # closed at once (by StreamServer when we return), never queued
-            logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
-            self.metrics.connection_refused(kind, refused)
-            return
-        self._active += 1
-        self._active_by_ip[client.host] = self._active_by_ip.get(client.host, 0) + 1
+        client, accepted = admitted
         session = Session(client, ctx.listener.kind)
-        if accepted is not None:
-            session.started = accepted
+        session.started = accepted
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
@@ -420,18 +446,61 @@ class Proxy:
             if sock not in self._detached:
                 self._end_session(sock, session, conn)
 
+    def _limit_key(self, client: Address) -> str:
+        """What --max-conns-per-ip counts: the IPv4 address, or the IPv6 client's network
+        (--ipv6-prefix, a /64 by default: one host owns a whole /64)."""
+        ip = client.ip
+        if ip is None or ip.version == 4:
+            return client.host
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{self.config.ipv6_prefix}", strict=False))
+
+    def _admit(self, key: str, kind: str, client: Address, *, new: bool) -> bool:
+        """Count one more connection for ``key`` (and, if ``new``, in --max-conns' total); False: refused."""
+        limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
+        refused = None
+        if new and limit and self._active >= limit:
+            refused = "max_conns"
+        elif per_ip and self._active_by_ip.get(key, 0) >= per_ip:
+            refused = "max_conns_per_ip"
+        if refused:  # closed at once (by StreamServer when we return), never queued
+            logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
+            self.metrics.connection_refused(kind, refused)
+            return False
+        if new:
+            self._active += 1
+        self._active_by_ip[key] = self._active_by_ip.get(key, 0) + 1
+        return True
+
+    def _release(self, keys: list[str], *, in_total: bool = True) -> None:
+        """Undo _admit for a connection counted under ``keys`` (and in the total)."""
+        if in_total:
+            self._active -= 1
+        for key in keys:
+            remaining = self._active_by_ip[key] - 1
+            if remaining:
+                self._active_by_ip[key] = remaining
+            else:
+                del self._active_by_ip[key]
+
     def _end_session(self, sock: socket.socket, session: Session, conn: Conn) -> None:
         """Counters, metrics and the access-log line; the client socket is closed by the caller."""
         if conn.sock is not sock:
             conn.sock.close()  # the TLS wrapper owns the descriptor now
-        self._active -= 1
-        host = session.client.host
-        remaining = self._active_by_ip[host] - 1
-        if remaining:
-            self._active_by_ip[host] = remaining
-        else:
-            del self._active_by_ip[host]
+        self.release_client(sock)
         self.metrics.session_closed(session)
+        if self.access_log is not None and not session.quiet:
+            self.access_log.write(session.logfmt())
+
+    def latest(self, ctx: Context) -> Context:
+        """SessionOwner: the context a new client of ``ctx``'s listener would get now."""
+        return next((new for new in self._contexts.values() if new.listener is ctx.listener), ctx)
+
+    def log_request(self, session: Session) -> None:
+        """SessionOwner: the access-log line of one request on a kept-alive HTTP connection."""
+        session.via = dialled_via.get()
+        dialled_via.set(None)
         if self.access_log is not None:
             self.access_log.write(session.logfmt())
 

@@ -158,13 +158,33 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]
         return None  # timed out: pywsgi closes the connection
 
 
+class _GatedServer(WSGIServer):  # type: ignore[misc]
+    """pywsgi's server, letting in only clients the Proxy admits (client rules, limits, PROXY header)."""
+
+    proxy: Proxy | None = None
+
+    def handle(self, sock: socket.socket, address: tuple[object, ...]) -> None:
+        if self.proxy is None:
+            super().handle(sock, address)
+            return
+        if self.proxy.admit_client(sock, address, "metrics", in_total=False) is None:
+            return  # closed by the server
+        try:
+            super().handle(sock, address)
+        finally:
+            self.proxy.release_client(sock)
+
+
 class MetricsService:
     """``GET /metrics`` over HTTP/1.1 (gevent's pywsgi), on a listener bound by the Proxy."""
 
-    def __init__(self, metrics: PrometheusMetrics, sock: socket.socket, timeout: float = 10.0) -> None:
+    def __init__(
+        self, metrics: PrometheusMetrics, sock: socket.socket, timeout: float = 10.0, proxy: Proxy | None = None
+    ) -> None:
         self.metrics = metrics
         handler = type("MetricsHandler", (_BoundedHandler,), {"timeout": timeout})
-        self.server = WSGIServer(sock, self._app, log=None, error_log=logger, handler_class=handler)
+        self.server = _GatedServer(sock, self._app, log=None, error_log=logger, handler_class=handler)
+        self.server.proxy = proxy
 
     @classmethod
     def build(cls, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> MetricsService:
@@ -172,7 +192,7 @@ class MetricsService:
             from gproxy.core.errors import ConfigError
 
             raise ConfigError(f"--metrics {spec}: this Proxy was given a Metrics that is not PrometheusMetrics")
-        return cls(proxy.metrics, sock, proxy.config.handshake_timeout)
+        return cls(proxy.metrics, sock, proxy.config.handshake_timeout, proxy)
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("PATH_INFO") != "/metrics":

@@ -52,6 +52,7 @@ handshake-timeout = 4
 drain-timeout = 7
 max-conns = 1000
 max-conns-per-ip = 20
+ipv6-prefix = 56
 workers = 3
 access-log = "/var/log/gproxy/access.log"
 log-level = "warning"

@@ -75,7 +75,15 @@ def test_haproxy_send_proxy_v2_in_front_of_two_gproxies(tmp_path, echo_tcp):
     logs = [tmp_path / "g1.log", tmp_path / "g2.log"]
     gproxies = [
         GproxyProcess(
-            "--socks", "127.0.0.1:0", "--proxy-protocol", "--allow", f"{CLIENT_IP}/32", "--access-log", str(log)
+            "--socks",
+            "127.0.0.1:0",
+            "--proxy-protocol",
+            "--allow",
+            f"{CLIENT_IP}/32",
+            "--allow-dest",
+            "127.0.0.0/8",
+            "--access-log",
+            str(log),
         )
         for log in logs
     ]

@@ -217,7 +217,8 @@ PROBES: tuple[Probe, ...] = (
         socks_transcript,
         extra=proxied_v1_seed,
         label="socks5+proxy-protocol",
-        more_settings=(("proxy_protocol", True),),
+        # behind a balancer the listener is exposed: loopback destinations must be opened
+        more_settings=(("proxy_protocol", True), ("allow_dest", ["127.0.0.0/8"])),
     ),
 )
 
