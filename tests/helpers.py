@@ -151,6 +151,7 @@ class UdpEchoServer:
         self.sockets = self._bind(host)
         self.port = int(self.sockets[0].getsockname()[1])
         self.received: list[bytes] = []
+        self.sources: list[tuple[str, int]] = []  # where each datagram came from
         self.loops: list[gevent.Greenlet] = []
 
     @staticmethod
@@ -178,6 +179,7 @@ class UdpEchoServer:
             try:
                 data, peer = sock.recvfrom(65535)
                 self.received.append(data)
+                self.sources.append(peer[:2])
                 sock.sendto(data, peer)
             except OSError:
                 if sock.fileno() < 0:

@@ -17,6 +17,8 @@ from typing import Any
 from gproxy.core.access import Network, parse_network, parse_users, read_users_file
 from gproxy.core.addr import Address, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
+from gproxy.core.outbound import parse_outgoing
+from gproxy.core.resolver_url import parse_resolver_url
 from gproxy.core.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
 from gproxy.core.upstream_url import Upstream, parse_upstream
 
@@ -106,6 +108,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("key", str, "TLS private key (PEM) for --https/--socks-tls", metavar="FILE"),
     Option("proxy-protocol", bool, "expect a PROXY protocol v1/v2 header from a load balancer", default=False),
     Option("udp-advertise", str, "announce this IP for UDP ASSOCIATE (behind NAT)", metavar="IP"),
+    Option("resolver", str, "own DNS client: IP[:PORT], tcp://IP, tls://HOST, https://HOST/PATH", True, "URL"),
+    Option("outgoing", str, "source address of outbound connections (one IPv4, one IPv6)", True, "IP"),
     Option("mark", int, "SO_MARK on every outbound socket (0: none), to exempt gproxy from redirects", metavar="N"),
     Option("ss", str, "Shadowsocks AEAD listener, TCP and UDP on one port (users are the keys)", True, "ADDR"),
     Option("ss-method", str, "Shadowsocks cipher for --ss", metavar="NAME", default="chacha20-ietf-poly1305"),
@@ -203,6 +207,8 @@ class Config:
     proxy_protocol: bool = False
     udp_advertise: str | None = None
     mark: int = 0
+    outgoing: tuple[str, ...] = ()
+    resolver: tuple[str, ...] = ()
     ss_method: str = "chacha20-ietf-poly1305"
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # TOML-only tables (may hold passwords)
 
@@ -229,6 +235,8 @@ class Config:
             "upstream": tuple(parse_upstream(s) for s in values.get("upstream", ())),
             "bypass": tuple(parse_dest_rule(s, "--bypass") for s in values.get("bypass", ())),
             "ca": values.get("ca", ()),
+            "outgoing": values.get("outgoing", ()),
+            "resolver": values.get("resolver", ()),
             "extra": dict(extra or {}),
         }
         for option in OPTIONS:
@@ -273,6 +281,9 @@ class Config:
             raise ConfigError(
                 f"--{'https' if tls[0].kind == 'https' else 'socks-tls'} needs --cert FILE and --key FILE"
             )
+        parse_outgoing(self.outgoing)
+        for url in self.resolver:
+            parse_resolver_url(url)
         if not 0 <= self.mark < 1 << 32:
             raise ConfigError("--mark must be a number from 0 to 4294967295")
         for spec in self.listeners:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.dial import Dialer, Resolver, system_resolve
+from gproxy.core.outbound import Outbound
 from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session, SessionOwner
 
@@ -54,6 +55,7 @@ class Context:
     dialer: Dialer
     metrics: Metrics
     resolver: Resolver = system_resolve  # UDP resolves names itself
+    outbound: Outbound = Outbound()  # --outgoing and --mark, for UDP relay sockets
     tls: ssl.SSLContext | None = None  # --https / --socks-tls listeners
     #: a server that lets a tunnel outlive its session's greenlet (see run_tunnel())
     owner: SessionOwner | None = None

@@ -7,7 +7,6 @@ Upstream proxies (chaining) implement the same interface in ``upstream.py``.
 
 from __future__ import annotations
 
-import _socket
 import errno
 import socket
 import time
@@ -20,7 +19,7 @@ from gevent import socket as gsocket
 from gproxy.codec.replies import ReplyCode
 from gproxy.core import happy_eyeballs
 from gproxy.core.addr import Address, IPAddress, canonical_host, parse_ip_cached
-from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
+from gproxy.core.errors import ClientProtocolError, Denied, DialError
 
 #: errno -> SOCKS5 reply code (microsocks' connect_socks_target table)
 ERRNO_TO_REPLY: dict[int, ReplyCode] = {
@@ -137,25 +136,3 @@ class DirectDialer:
             addrs = resolve(dest, self.resolver)
         remaining = max(deadline - time.monotonic(), 0.001)
         return connect_any(addrs, remaining, check or self.check, dest, self.prepare)
-
-
-def mark_sockets(mark: int) -> Prepare | None:
-    """``--mark N``: SO_MARK on each outbound socket; None for 0.
-
-    Raises:
-        ConfigError: the process may not set marks (SO_MARK needs CAP_NET_ADMIN).
-    """
-    if not mark:
-        return None
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-    except PermissionError:
-        raise ConfigError("--mark: SO_MARK needs CAP_NET_ADMIN (run as root or grant it)") from None
-    finally:
-        probe.close()
-
-    def prepare(sock: _socket.socket) -> None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-
-    return prepare

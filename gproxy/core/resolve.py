@@ -7,7 +7,6 @@ dnspython builds and parses the messages; the socket I/O is gevent's, done here,
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import struct
@@ -15,8 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.flags
@@ -33,12 +31,11 @@ from gevent.event import AsyncResult
 from gproxy.core.addr import format_hostport
 from gproxy.core.dial import Resolved
 from gproxy.core.errors import ConfigError
+from gproxy.core.resolver_url import ResolverServer, Transport, bare_ip, is_ip
 
 if TYPE_CHECKING:
     import ssl
 
-Transport = Literal["udp", "tcp", "tls", "https"]
-DEFAULT_PORTS: dict[Transport, int] = {"udp": 53, "tcp": 53, "tls": 853, "https": 443}
 MAX_POSITIVE_TTL = 3600.0
 MAX_NEGATIVE_TTL = 60.0
 #: EDNS payload size asked over UDP (the DNS flag day 2020 value: no IP fragmentation)
@@ -51,87 +48,6 @@ _MAX_STRAY_DATAGRAMS = 16
 _MAX_HTTP_RECVS = 1024
 _HOSTS_RECHECK = 1.0
 _QUERY_TYPES = (dns.rdatatype.AAAA, dns.rdatatype.A)
-
-
-@dataclass(frozen=True)
-class ResolverServer:
-    """One ``--resolver``: how to reach it (``host`` is an IP for udp/tcp, an IP or name for tls/https)."""
-
-    transport: Transport
-    host: str
-    port: int
-    path: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.transport}://{format_hostport(self.host, self.port)}{self.path}"
-
-
-def parse_resolver_url(value: str) -> ResolverServer:
-    """``IP``, ``IP:PORT``, ``[IPV6]:PORT``, ``udp://``, ``tcp://``, ``tls://HOST[:PORT]``, ``https://HOST[:PORT]/PATH``."""
-
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"--resolver {value!r}: {why}")
-
-    text = value.strip()
-    if not text:
-        raise bad("empty")
-    if "://" not in text:
-        if _is_ip(text):  # a bare IPv6 literal has colons but no port
-            return ResolverServer("udp", _bare_ip(text), 53)
-        text = "udp://" + text
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise bad(f"unknown scheme {scheme!r} (use udp://, tcp://, tls:// or https://)")
-    transport: Transport = scheme
-    if parts.username is not None or parts.password is not None:
-        raise bad("credentials are not allowed in a resolver URL")
-    if parts.fragment:
-        raise bad("a fragment (#...) is not allowed")
-    host = parts.hostname or ""
-    if not host:
-        raise bad("no host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise bad("the port must be a number from 1 to 65535") from None
-    if port == 0:
-        raise bad("the port must be a number from 1 to 65535")
-    if ":" in host and not parts.netloc.startswith("["):
-        raise bad("an IPv6 address with a port needs brackets: [IPV6]:PORT")
-    if transport in ("udp", "tcp"):
-        if not _is_ip(host):
-            raise bad(f"{transport}:// needs an IP address, not a name (use tls:// or https:// for a name)")
-        if parts.path not in ("", "/") or parts.query:
-            raise bad(f"{transport}:// takes no path")
-    elif not _is_ip(host) and not _is_hostname(host):
-        raise bad(f"{host!r} is neither an IP address nor a host name")
-    path = ""
-    if transport == "https":
-        path = (parts.path or "/dns-query") + (f"?{parts.query}" if parts.query else "")
-    elif parts.path not in ("", "/") or parts.query:
-        raise bad(f"{transport}:// takes no path")
-    return ResolverServer(transport, _bare_ip(host) if _is_ip(host) else host, port or DEFAULT_PORTS[transport], path)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _bare_ip(text: str) -> str:
-    return str(ipaddress.ip_address(text))
-
-
-def _is_hostname(text: str) -> bool:
-    labels = text.rstrip(".").split(".")
-    return len(text) <= 253 and all(
-        0 < len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() and label.isascii()
-        for label in labels
-    )
 
 
 class HostsFile:
@@ -173,9 +89,9 @@ def parse_hosts(text: str) -> dict[str, list[str]]:
     names: dict[str, list[str]] = {}
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
-        if len(fields) < 2 or "%" in fields[0] or not _is_ip(fields[0]):
+        if len(fields) < 2 or "%" in fields[0] or not is_ip(fields[0]):
             continue
-        address = _bare_ip(fields[0])
+        address = bare_ip(fields[0])
         for name in fields[1:]:
             listed = names.setdefault(name.rstrip(".").lower(), [])
             if address not in listed:
@@ -278,8 +194,8 @@ class DnsResolver:
 
     def lookup(self, host: str, deadline: float) -> list[str]:
         """The addresses of ``host``: IPv6 ones first, then IPv4, each in the server's order."""
-        if _is_ip(host):
-            return [_bare_ip(host)]
+        if is_ip(host):
+            return [bare_ip(host)]
         name = host.rstrip(".").lower()
         if not name:
             raise socket.gaierror(socket.EAI_NONAME, "empty name")

@@ -21,7 +21,7 @@ from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
 from gproxy.core.addr import Address, parse_ip
-from gproxy.core.dial import DirectDialer, IPCheck, Resolver, reply_for, resolve, system_resolve
+from gproxy.core.dial import DirectDialer, IPCheck, Prepare, Resolver, reply_for, resolve, system_resolve
 from gproxy.core.errors import ClientClosed, ClientProtocolError, ConfigError, Denied, DialError, UpstreamDown
 from gproxy.core.stream import Conn
 from gproxy.core.upstream_url import Upstream
@@ -45,11 +45,15 @@ class UpstreamDialer:
     """
 
     def __init__(
-        self, upstream: Upstream, resolver: Resolver = system_resolve, tls: ssl.SSLContext | None = None
+        self,
+        upstream: Upstream,
+        resolver: Resolver = system_resolve,
+        tls: ssl.SSLContext | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self.upstream = upstream
         self.resolver = resolver
-        self._direct = DirectDialer(resolver)  # the upstream itself is the operator's: no rules
+        self._direct = DirectDialer(resolver, prepare=prepare)  # the upstream is the operator's: no rules
         #: the TLS schemes only; the system's store when no context is given
         self.tls = (tls or client_context(())) if upstream.tls else None
 
@@ -307,15 +311,19 @@ def _parse_all(parse: Callable[[bytes], tuple[T, int] | None], buf: bytes) -> T:
 
 
 def upstream_dialer(
-    upstream: Upstream, resolver: Resolver = system_resolve, tls: ssl.SSLContext | None = None
+    upstream: Upstream,
+    resolver: Resolver = system_resolve,
+    tls: ssl.SSLContext | None = None,
+    prepare: Prepare | None = None,
 ) -> UpstreamDialer:
-    """The dialer for an upstream URL's scheme; ``tls`` (see client_context()) for the TLS schemes."""
+    """The dialer for an upstream URL's scheme; ``tls`` (see client_context()) for the TLS schemes;
+    ``prepare`` for the connection to the upstream (--outgoing, --mark)."""
     if upstream.scheme == "ss":
         from gproxy.core.upstream_ss import SsUpstreamDialer
 
-        return cast(UpstreamDialer, SsUpstreamDialer(upstream, resolver))  # the same dial() interface
+        return cast(UpstreamDialer, SsUpstreamDialer(upstream, resolver, prepare))  # the same dial() interface
     if upstream.scheme in ("http", "https"):
-        return HttpUpstream(upstream, resolver, tls)
+        return HttpUpstream(upstream, resolver, tls, prepare)
     if upstream.scheme.startswith("socks4"):
-        return Socks4Upstream(upstream, resolver)
-    return Socks5Upstream(upstream, resolver, tls)
+        return Socks4Upstream(upstream, resolver, prepare=prepare)
+    return Socks5Upstream(upstream, resolver, tls, prepare)

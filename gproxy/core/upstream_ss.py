@@ -21,7 +21,7 @@ from gproxy.core.errors import ConfigError
 from gproxy.core.upstream_url import Upstream
 
 if TYPE_CHECKING:
-    from gproxy.core.dial import IPCheck, Resolver
+    from gproxy.core.dial import IPCheck, Prepare, Resolver
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,13 @@ class SsUpstreamDialer:
     cannot reach shows as a connection it closes.
     """
 
-    def __init__(self, upstream: Upstream, resolver: Resolver | None = None) -> None:
+    def __init__(self, upstream: Upstream, resolver: Resolver | None = None, prepare: Prepare | None = None) -> None:
         from gproxy.core.dial import DirectDialer, system_resolve  # noqa: PLC0415 (gevent: not at config time)
 
         self.upstream = upstream
         self.method = method_by_name(upstream.username or "")
         self.key = derive_key(upstream.password or "", self.method)
-        self._direct = DirectDialer(resolver or system_resolve)  # the server is the operator's: no rules
+        self._direct = DirectDialer(resolver or system_resolve, prepare=prepare)  # the operator's: no rules
 
     def dial(
         self, dest: Address, timeout: float, check: IPCheck | None = None, *, reach_timeout: float | None = None

@@ -26,6 +26,7 @@ from gproxy.core.context import Context
 from gproxy.core.dial import resolve
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError
 from gproxy.core.log import logger
+from gproxy.core.outbound import Outbound
 from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
@@ -68,12 +69,19 @@ def _raw(sock: socket.socket) -> socket.socket:
     return getattr(sock, "_sock", sock)
 
 
-def _udp_socket(family: int, host: str) -> socket.socket:
+def outbound_udp_socket(outbound: Outbound, family: int) -> socket.socket:
+    """A UDP socket toward destinations: bound to --outgoing's address of ``family``, marked (--mark)."""
+    return _udp_socket(family, outbound.udp_host(family), outbound)
+
+
+def _udp_socket(family: int, host: str, outbound: Outbound | None = None) -> socket.socket:
     """A UDP socket bound to ``host`` port 0."""
     sock = gsocket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if outbound is not None:
+            outbound.mark_socket(sock)
         sock.bind((host, 0))
     except OSError:
         sock.close()
@@ -258,7 +266,7 @@ class UdpAssociation:
     def _outbound_for(self, family: int) -> socket.socket:
         sock = self._outbound.get(family)
         if sock is None:
-            sock = self._outbound[family] = _udp_socket(family, "::" if family == socket.AF_INET6 else "0.0.0.0")
+            sock = self._outbound[family] = outbound_udp_socket(self.ctx.outbound, family)
             self._loops.append(gevent.spawn(self._reply_loop, sock))
         return sock
 
@@ -439,7 +447,7 @@ class UdpForwarder:
             return None
         try:
             family, sockaddr = self._resolve_target()
-            sock = _udp_socket(family, "::" if family == socket.AF_INET6 else "0.0.0.0")
+            sock = outbound_udp_socket(self.ctx.outbound, family)
         except (OSError, Denied) as exc:
             self._warn(exc)
             return None

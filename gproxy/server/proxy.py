@@ -29,10 +29,13 @@ from gproxy.core.access import ClientRules, Users, read_users_file
 from gproxy.core.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
 from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.core.context import Context, Metrics
-from gproxy.core.dial import DirectDialer, Prepare, Resolver, mark_sockets, system_resolve
+from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
 from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.core.log import AccessLog, announce, logger
+from gproxy.core.outbound import Outbound, parse_outgoing
 from gproxy.core.passwords import Secret
+from gproxy.core.resolve import DnsResolver
+from gproxy.core.resolver_url import parse_resolver_url
 from gproxy.core.rules import DestinationPolicy, RuleSet
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
@@ -97,7 +100,7 @@ class Proxy:
         config: Config,
         *,
         metrics: Metrics | None = None,
-        resolver: Resolver = system_resolve,
+        resolver: Resolver | None = None,
         reuse_port: bool = False,
         announce: bool = True,
     ) -> None:
@@ -110,7 +113,10 @@ class Proxy:
         self.reuse_port = reuse_port  # --workers: every worker binds the same ports
         self.announce = announce  # the supervisor prints the "listening" lines instead
         self._contexts: dict[int, Context] = {}  # listener index -> Context for new clients
-        self.resolver = resolver
+        #: names go to this; None given: --resolver's own DNS client (built at start) or the system's
+        self.resolver: Resolver = resolver or system_resolve
+        self._dns: DnsResolver | None = None
+        self._own_resolver = resolver is None
         self.users = Users(required=config.has_auth)
         self.clients = ClientRules(config.allow, config.deny)
         self.access_log: AccessLog | None = None
@@ -127,7 +133,8 @@ class Proxy:
         self._detached_done = Event()
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
-        self._prepare: Prepare | None = None  # what every outbound socket gets (--mark)
+        self.outbound = Outbound()  # what every outbound socket gets (--outgoing, --mark)
+        self._prepare: Prepare | None = None
         self._reloading = Semaphore()  # one reload at a time: SIGHUPs apply in the order they came
         self._upstreams: UpstreamGroup | None = None  # shared by every listener: one health record
         self._upstreams_built_from: tuple[object, ...] | None = None
@@ -165,7 +172,13 @@ class Proxy:
                 raise ConfigError(f"--access-log {self.config.access_log}: {exc.strerror}") from None
         own = [(ip, port) for _, ip, port in self._bound_ips()]
         self._check_upstream(own)
-        self._prepare = mark_sockets(self.config.mark)
+        if self._own_resolver and self.config.resolver and self._dns is None:
+            servers = [parse_resolver_url(url) for url in self.config.resolver]
+            self._dns = DnsResolver(servers, ca_files=self.config.ca, timeout=self.config.connect_timeout)
+            self.resolver = self._dns
+        self.outbound = Outbound(*parse_outgoing(self.config.outgoing), mark=self.config.mark)
+        self.outbound.check()  # an address this host lacks, or no CAP_NET_ADMIN for --mark: exit 2
+        self._prepare = self.outbound.prepare()
         self._upstream_group()  # a bad --ca fails before anything serves
         if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
             self._tls_context()  # bad --cert/--key fail before anything serves
@@ -218,6 +231,8 @@ class Proxy:
         self._sessions.kill(block=True, timeout=1)
         if self.access_log is not None:
             self.access_log.close()
+        if self._dns is not None:
+            self._dns.close()
         self._stopped.set()
 
     def reload(self, config: Config | None = None) -> bool:
@@ -312,6 +327,7 @@ class Proxy:
             dialer=Router(direct, self._upstream_group(), self.config.bypass),
             metrics=self.metrics,
             resolver=self.resolver,
+            outbound=self.outbound,
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
             owner=self,
         )
@@ -330,10 +346,10 @@ class Proxy:
     def _upstream_group(self) -> UpstreamGroup | None:
         """The --upstream group, built once (and again when a reload changes it); ConfigError for a bad --ca."""
         config = self.config
-        settings = (config.upstream, config.upstream_strategy, config.upstream_cooldown, config.ca)
+        settings = (config.upstream, config.upstream_strategy, config.upstream_cooldown, config.ca, self.outbound)
         if settings != self._upstreams_built_from:
             tls = client_context(config.ca) if config.ca or any(up.tls for up in config.upstream) else None
-            dialers = [(str(up), upstream_dialer(up, self.resolver, tls)) for up in config.upstream]
+            dialers = [(str(up), upstream_dialer(up, self.resolver, tls, self._prepare)) for up in config.upstream]
             self._upstreams = (
                 UpstreamGroup(dialers, config.upstream_strategy, config.upstream_cooldown, self.metrics)
                 if dialers

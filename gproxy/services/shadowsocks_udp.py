@@ -35,7 +35,7 @@ from gproxy.frontends.udp import (
     _canonical,
     _raw,
     _remember,
-    _udp_socket,
+    outbound_udp_socket,
 )
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ class ShadowsocksUdp:
     def _outbound(self, mapping: _Mapping, family: int) -> socket.socket:
         sock = mapping.outbound.get(family)
         if sock is None:
-            sock = mapping.outbound[family] = _udp_socket(family, "::" if family == socket.AF_INET6 else "0.0.0.0")
+            sock = mapping.outbound[family] = outbound_udp_socket(self.ctx.outbound, family)
             mapping.loops.append(gevent.spawn(self._reply_loop, mapping, sock))
         return sock
 

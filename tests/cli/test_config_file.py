@@ -61,6 +61,8 @@ key = "/etc/gproxy/key.pem"
 proxy-protocol = true
 udp-advertise = "203.0.113.7"
 mark = 42
+outgoing = ["127.0.0.2", "::1"]
+resolver = ["127.0.0.53", "tls://dns.example"]
 ss = ["8388"]
 ss-method = "aes-256-gcm"
 """
@@ -115,6 +117,8 @@ def test_a_config_with_every_key(tmp_path):
     assert config.proxy_protocol is True
     assert config.udp_advertise == "203.0.113.7"
     assert config.mark == 42
+    assert config.outgoing == ("127.0.0.2", "::1")
+    assert config.resolver == ("127.0.0.53", "tls://dns.example")
 
 
 def test_flags_win_over_the_file(tmp_path, echo_tcp):

@@ -35,7 +35,8 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address
 from gproxy.core.dial import DirectDialer, resolve
 from gproxy.core.errors import ConfigError, DialError
-from gproxy.core.resolve import DnsResolver, ResolverServer, interleave, parse_resolver_url
+from gproxy.core.resolve import DnsResolver, interleave
+from gproxy.core.resolver_url import ResolverServer, parse_resolver_url
 
 SOA = "ns.test. admin.test. 1 7200 3600 1209600 {minimum}"
 

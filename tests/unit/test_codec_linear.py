@@ -14,6 +14,9 @@ from gproxy.codec import http, proxy_protocol, socks4, socks5
 from gproxy.core.addr import Address
 from gproxy.core.stream import Conn
 
+#: the longest name a resolver takes: 253 bytes, labels of at most 63
+LONGEST_NAME = ".".join(["h" * 63] * 3 + ["h" * 61])
+
 #: the most bytes one incomplete-parse call may examine, whatever the buffer size: the
 #: small handshakes (SOCKS4a's 520 bytes at most) may be re-read whole, a 64 KiB HTTP head not
 PER_CALL_BOUND = 2 * socks4.MAX_REQUEST
@@ -82,10 +85,10 @@ CASES = {
     "http head": (lambda: http.HeadParser(), long_head(), http.MAX_HEAD + http.MAX_REQUEST_LINE),
     "socks5 greeting": (lambda: socks5.parse_greeting, bytes([5, 255, *range(255)]), 257),
     "socks5 auth": (lambda: socks5.parse_auth, socks5.encode_auth(b"u" * 255, b"p" * 255), 513),
-    "socks5 request": (lambda: socks5.parse_request, socks5.encode_request(1, Address("h" * 255, 80)), 262),
+    "socks5 request": (lambda: socks5.parse_request, socks5.encode_request(1, Address(LONGEST_NAME, 80)), 262),
     "socks4a request": (
         lambda: socks4.parse_request,
-        socks4.encode_request(1, Address("h" * 255, 80), b"u" * 255),
+        socks4.encode_request(1, Address(LONGEST_NAME, 80), b"u" * 255),
         socks4.MAX_REQUEST,
     ),
     "proxy v1": (

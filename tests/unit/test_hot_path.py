@@ -13,7 +13,6 @@ from gevent import socket as gsocket
 from gproxy.codec import socks5
 from gproxy.core.addr import Address
 from gproxy.core.config import ListenerSpec
-from gproxy.core.dial import _wait_writable
 from gproxy.core.errors import Denied, HandshakeTimeout
 from gproxy.core.relay import _raw
 from gproxy.core.rules import DestinationPolicy, RuleSet, parse_dest_rule
@@ -97,20 +96,6 @@ def test_conn_sendall_on_plain_and_wrapped_sockets():
         with wrapped:
             Conn(wrapped).sendall(b"wrapped")
             assert b.recv(16) == b"wrapped"
-
-
-def test_wait_writable_times_out():
-    a, b = gsocket.socketpair()
-    with a, b:
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        for _ in range(100_000):  # fill the send buffer (bounded)
-            try:
-                a._sock.send(b"x" * 65536)
-            except BlockingIOError:
-                break
-        with pytest.raises(TimeoutError):
-            _wait_writable(a, 0.05)
-        _wait_writable(b, 1)  # writable at once
 
 
 def test_fast_greenlets_respects_the_environment(monkeypatch):
