@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from gproxy.core.addr import Address
 
 if TYPE_CHECKING:
+    from gproxy.core.access import UserSlot
     from gproxy.core.stream import Conn
 
 #: printable ASCII but space, quote, equals and backslash: safe unquoted
@@ -34,6 +35,7 @@ class Session:
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)
     via: str | None = None  # the upstream dialled through, or "direct"; None: no dial
+    user_slot: UserSlot | None = None  # counts this session against its user's limit; released at the end
 
     def logfmt(self) -> str:
         """``ts=... client=... user=... proto=... cmd=... dest=... [via=] up= down= dur= outcome=``"""
