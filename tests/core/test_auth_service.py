@@ -198,8 +198,11 @@ def test_parse_auth_url_refuses(url):
 # -- Users: the fallback, the cache, settings, session counting ---------------------------
 
 
+NO_SETTINGS = UserSettings()
+
+
 class CountingService:
-    def __init__(self, answer: UserSettings | None | Exception = UserSettings()) -> None:
+    def __init__(self, answer: UserSettings | None | Exception = NO_SETTINGS) -> None:
         self.answer = answer
         self.calls: list[tuple[str, str, str, str]] = []
 

@@ -23,7 +23,6 @@ from tests.helpers import (
     read_socks5_reply,
     recv_all,
     recv_exact,
-    socks5_connect,
     start_gproxy,
     wait_for,
 )
@@ -54,7 +53,8 @@ def http_connect(sock: socket.socket, port: int, user: str, password: str) -> by
     """CONNECT 127.0.0.1:port with Basic credentials; returns the status line."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     sock.sendall(
-        f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Basic {token}\r\n\r\n".encode()
+        f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Proxy-Authorization: Basic {token}\r\n\r\n".encode()
     )
     head = b""
     while b"\r\n\r\n" not in head:
@@ -91,7 +91,7 @@ def test_end_to_end_over_socks5_http_and_https(tmp_path, cert, echo_tcp):
             assert reply == b"\x01\x00"
             assert socks5_request(sock, dest)[1] == 0
             assert echo_through(sock, b"hi") == b"hi"
-            client = "127.0.0.1:%d" % sock.getsockname()[1]
+            client = f"127.0.0.1:{sock.getsockname()[1]}"
             sock.close()
             assert service.requests == [
                 {"user": "socksuser", "password": PASSWORD, "client": client, "listener": "socks5"}
@@ -136,7 +136,7 @@ def test_end_to_end_over_socks5_http_and_https(tmp_path, cert, echo_tcp):
     entries = log_entries(log)
     assert [(e["user"], e["outcome"]) for e in entries if e["user"] == "socksuser"] == [("socksuser", "ok")] * 2
     assert ("nobody", "auth_failed") in [(e["user"], e["outcome"]) for e in entries]
-    assert any(line.startswith("gproxy") or "DEBUG" in line or "debug" in line for line in running.stderr_lines)
+    assert any("auth_failed" in line for line in running.stderr_lines)  # -v: the debug lines are there to grep
     everything = log.read_text() + "".join(running.stderr_lines)
     assert PASSWORD not in everything
 
@@ -301,15 +301,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    ("args", "flag"),
+    ("args", "message"),
     [
-        (("--auth-url", "ftp://auth.example/"), "--auth-url"),
-        (("--auth-url", "http://u:hidden@auth.example/"), "--auth-url"),
-        (("--max-conns-per-user", "-1"), "--max-conns-per-user"),
+        (("--auth-url", "ftp://auth.example/"), "--auth-url: 'ftp://auth.example/' must start with http://"),
+        (("--auth-url", "http://u:hidden@auth.example/"), "--auth-url: 'http://u:***@auth.example/': credentials"),
+        (("--max-conns-per-user", "-1"), "--max-conns-per-user may not be negative"),
     ],
 )
-def test_bad_input_is_exit_2_with_one_line(args, flag):
+def test_bad_input_is_exit_2_with_one_line(args, message):
     result = run_cli("--socks", "127.0.0.1:0", *args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert flag in result.stderr and "hidden" not in result.stderr
+    assert message in result.stderr and "hidden" not in result.stderr
