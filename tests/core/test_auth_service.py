@@ -309,3 +309,31 @@ def test_user_sessions_without_a_limit_still_count():
 def test_auth_unavailable_payload_is_json_and_never_logged_in_the_error():
     body = auth_service.request_body("u", 'p"w', "1.2.3.4:5", "https")
     assert json.loads(body) == {"user": "u", "password": 'p"w', "client": "1.2.3.4:5", "listener": "https"}
+
+
+def test_users_tables_carry_every_setting():
+    from gproxy.core.rules import parse_users_table
+
+    tables = parse_users_table({"alice": {"password": "pw", **SETTINGS}, "bob": {"rate": 0}})
+    alice = tables["alice"].settings
+    assert (alice.rate, alice.max_conns, str(alice.outgoing)) == (1 << 20, 2, "192.0.2.7")
+    assert [str(up) for up in alice.upstream] == ["socks5://u:***@127.0.0.1:9050"]
+    assert (tables["bob"].settings.rate, tables["bob"].settings.max_conns) == (0, None)
+    assert "u:p@" not in repr(tables["alice"])
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"max-conns": True}, "'users.a.max-conns' must be an integer"),
+        ({"rate": [1]}, "'users.a.rate' must be a rate"),
+        ({"upstream": "socks5://u:hidden@x"}, "users.a.upstream: 'socks5://u:***@x' needs a host and a port"),
+        ({"outgoing": "::zz"}, "'users.a.outgoing' must be an IP address"),
+    ],
+)
+def test_users_table_setting_errors_name_the_key(entry, message):
+    from gproxy.core.rules import parse_users_table
+
+    with pytest.raises(ConfigError) as caught:
+        parse_users_table({"a": entry})
+    assert message in str(caught.value) and "hidden" not in str(caught.value)
