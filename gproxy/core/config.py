@@ -16,7 +16,6 @@ from typing import Any
 
 from gproxy.core.access import Network, parse_network, parse_users, read_users_file
 from gproxy.core.addr import Address, format_hostport, parse_ip
-from gproxy.core.auth_service import parse_auth_url
 from gproxy.core.errors import ConfigError
 from gproxy.core.rules import DestRule, RuleSet, UserSettings, parse_dest_rule, parse_users_table
 from gproxy.core.upstream_url import Upstream, parse_upstream
@@ -268,6 +267,8 @@ class Config:
         if not 0 <= self.auth_cache < math.inf:
             raise ConfigError("--auth-cache must be a number of seconds, 0 or more")
         if self.auth_url is not None:
+            from gproxy.core.auth_service import parse_auth_url  # noqa: PLC0415 (the client needs gevent)
+
             parse_auth_url(self.auth_url)
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
