@@ -4,7 +4,9 @@ Credentials are compared in constant time; hashed ones (bcrypt, Argon2) are
 checked in gevent's threadpool and remembered a while (core.passwords). The
 users table is swapped whole on reload, so sessions in flight never see a
 half-read file. Error messages name where a bad entry is (flag, file and line),
-never its text: it may hold a password.
+never its text: it may hold a password. Names not in the table may be checked by an
+auth service (--auth-url, core.auth_service); open sessions are counted per user
+(UserSessions) for --max-conns-per-user.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gproxy.core import passwords
 from gproxy.core.addr import IPAddress, unmap_ip
-from gproxy.core.errors import ConfigError
+from gproxy.core.errors import ConfigError, GproxyError
 from gproxy.core.passwords import AuthCache, Secret
+from gproxy.core.rules import RuleSet, UserSettings
+
+if TYPE_CHECKING:
+    from gproxy.core.auth_service import AuthService
+    from gproxy.core.session import Session
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -95,6 +103,13 @@ class Users:
     ) -> None:
         self._clock = clock
         self._cache = AuthCache(cache_seconds, clock=clock)
+        self._settings: Mapping[str, UserSettings] = {}  # [users.NAME] tables
+        self._remote: dict[str, tuple[UserSettings, float]] = {}  # --auth-url: answer, until when it is cached
+        self._remote_kept = 0
+        self.service: AuthService | None = None
+        self.max_conns_per_user = 0
+        self.sessions = UserSessions()
+        self.rules: Mapping[str, RuleSet] = _RulesView(self)
         table = self.table(pairs)
         self.replace(table, required=bool(table) if required is None else required)
 
@@ -118,10 +133,30 @@ class Users:
         self._table, self._decoy, self.required = table, decoy, required
         self._cache = AuthCache(seconds, clock=self._clock)
 
-    def check(self, user: bytes, password: bytes) -> bool:
-        """True if the pair matches, in time independent of the password."""
+    def set_policy(
+        self, settings: Mapping[str, UserSettings], max_conns_per_user: int = 0, service: AuthService | None = None
+    ) -> None:
+        """Per-user settings (``[users.NAME]``), the --max-conns-per-user default and the --auth-url client."""
+        self._settings, self.max_conns_per_user, self.service = settings, max_conns_per_user, service
+
+    def settings(self, user: str) -> UserSettings:
+        """``user``'s own settings: their table's, overlaid with the auth service's answer for its users."""
+        local = self._settings.get(user, _NO_SETTINGS)
+        remote = self._remote.get(user)
+        if remote is None or user.encode() in self._table:
+            return local
+        return local.overlaid(remote[0])
+
+    def check(self, user: bytes, password: bytes, *, client: str = "-", listener: str = "-") -> bool:
+        """True if the pair matches, in time independent of the password.
+
+        A name not in the table goes to the auth service, if any (``client`` and ``listener``
+        are what it is told); raises AuthUnavailable when the service gives no usable answer.
+        """
         secret, cache = self._table.get(user), self._cache
         if secret is None:
+            if self.service is not None:
+                return self._check_remote(self.service, user, password, client, listener)
             if self._decoy is not None:
                 _verify_off_loop(self._decoy, password)
             else:
@@ -135,6 +170,111 @@ class Users:
             return False
         cache.remember(user, password)
         return True
+
+    def _check_remote(self, service: AuthService, user: bytes, password: bytes, client: str, listener: str) -> bool:
+        try:
+            name, text = user.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            return False  # JSON carries text only
+        cache = self._cache
+        if name in self._remote and cache.hit(user, password):
+            return True
+        settings = service.check(name, text, client, listener)
+        if settings is None:
+            return False
+        if cache is self._cache:  # no reload while the service was asked
+            cache.remember(user, password)
+        self._remember_remote(name, settings)
+        return True
+
+    def _remember_remote(self, user: str, settings: UserSettings) -> None:
+        """Keep the answer while the user's accept is cached or any session of theirs is open."""
+        now = self._clock()
+        self._remote.pop(user, None)
+        self._remote[user] = (settings, now + self._cache.seconds)
+        if len(self._remote) > max(1024, 2 * self._remote_kept):
+            for name, (_, until) in list(self._remote.items()):
+                if until <= now and not self.sessions.count(name):
+                    del self._remote[name]
+            self._remote_kept = len(self._remote)
+
+    def admit(self, session: Session) -> None:
+        """Count one more open session of ``session.user`` (once per session and user);
+        raises UserLimit beyond their max-conns (else --max-conns-per-user; 0: no limit)."""
+        user, slot = session.user, session.user_slot
+        if user is None or (slot is not None and slot.user == user):
+            return
+        if slot is not None:
+            slot.release()
+            session.user_slot = None
+        limit = self.settings(user).max_conns
+        session.user_slot = self.sessions.acquire(user, self.max_conns_per_user if limit is None else limit)
+
+
+_NO_SETTINGS = UserSettings()
+
+
+class _RulesView(Mapping[str, RuleSet]):
+    """user -> their destination rules, live (what DestinationPolicy.for_user reads)."""
+
+    def __init__(self, users: Users) -> None:
+        self._users = users
+
+    def __getitem__(self, user: str) -> RuleSet:
+        return self._users.settings(user).rules
+
+    def __iter__(self) -> Iterator[str]:
+        users = self._users
+        return iter({*users._settings, *users._remote})
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class UserLimit(GproxyError):
+    """The user already has as many open sessions as they may."""
+
+    reason = "user_limit"
+
+
+class UserSessions:
+    """Open sessions per user: ``acquire`` after authentication, the slot's ``release`` at the session's end."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def count(self, user: str) -> int:
+        return self._open.get(user, 0)
+
+    def acquire(self, user: str, limit: int) -> UserSlot:
+        """One more session of ``user``; UserLimit if ``limit`` (0: none) are open already."""
+        count = self._open.get(user, 0)
+        if limit and count >= limit:
+            raise UserLimit(f"user {user!r} has {count} open sessions (limit {limit})")
+        self._open[user] = count + 1
+        return UserSlot(self, user)
+
+    def _release(self, user: str) -> None:
+        count = self._open[user] - 1
+        if count:
+            self._open[user] = count
+        else:
+            del self._open[user]
+
+
+class UserSlot:
+    """One counted session; ``release`` (idempotent) gives it back."""
+
+    __slots__ = ("owner", "user")
+
+    def __init__(self, owner: UserSessions, user: str) -> None:
+        self.owner: UserSessions | None = owner
+        self.user = user
+
+    def release(self) -> None:
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner._release(self.user)
 
 
 def _verify_off_loop(secret: Secret, password: bytes) -> bool:

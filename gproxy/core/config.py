@@ -19,7 +19,7 @@ from gproxy.core.addr import Address, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
 from gproxy.core.outbound import parse_outgoing
 from gproxy.core.resolver_url import parse_resolver_url
-from gproxy.core.rules import DestRule, RuleSet, parse_dest_rule, parse_users_table
+from gproxy.core.rules import DestRule, RuleSet, UserSettings, parse_dest_rule, parse_users_table
 from gproxy.core.upstream_url import Upstream, parse_upstream
 
 
@@ -101,6 +101,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="BITS",
         default=64,
     ),
+    Option(
+        "max-conns-per-user",
+        int,
+        "refuse a user's sessions beyond this many, after auth (0: no limit)",
+        metavar="N",
+        default=0,
+    ),
+    Option("auth-url", str, "check users not in --user/--users-file with a POST to this URL", metavar="URL"),
     Option("workers", int, "worker processes sharing each port (SO_REUSEPORT)", metavar="N", default=1),
     Option("access-log", str, "one logfmt line per session to FILE, or - for stdout", metavar="FILE|-"),
     Option("log-level", str, "debug, info, warning or error", metavar="LEVEL", default="info"),
@@ -199,6 +207,9 @@ class Config:
     max_conns: int = 0
     max_conns_per_ip: int = 0
     ipv6_prefix: int = 64
+    max_conns_per_user: int = 0
+    auth_url: str | None = None
+    user_settings: Mapping[str, UserSettings] = field(default_factory=dict)  # from [users.NAME] tables
     workers: int = 1
     access_log: str | None = None
     log_level: str = "info"
@@ -249,8 +260,8 @@ class Config:
 
     @property
     def has_auth(self) -> bool:
-        """Whether clients must authenticate: any --user, or a users file (even one that turns out empty)."""
-        return bool(self.users) or self.users_file is not None
+        """Whether clients must authenticate: any --user, a users file (even one that turns out empty), --auth-url."""
+        return bool(self.users) or self.users_file is not None or self.auth_url is not None
 
     def validate(self) -> None:
         """Reject settings that cannot work, and open proxies made by accident."""
@@ -259,13 +270,24 @@ class Config:
         for name in ("connect_timeout", "handshake_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")
-        for name in ("idle_timeout", "drain_timeout", "max_conns", "max_conns_per_ip", "upstream_cooldown"):
+        for name in (
+            "idle_timeout",
+            "drain_timeout",
+            "max_conns",
+            "max_conns_per_ip",
+            "max_conns_per_user",
+            "upstream_cooldown",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} may not be negative")
         if not 0 <= self.auth_cache < math.inf:
             raise ConfigError("--auth-cache must be a number of seconds, 0 or more")
         if not 1 <= self.ipv6_prefix <= 128:
             raise ConfigError("--ipv6-prefix must be between 1 and 128")
+        if self.auth_url is not None:
+            from gproxy.core.auth_service import parse_auth_url  # noqa: PLC0415 (the client needs gevent)
+
+            parse_auth_url(self.auth_url)
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.upstream_strategy not in UPSTREAM_STRATEGIES:
@@ -334,10 +356,13 @@ def _add_user_tables(kwargs: dict[str, Any], table: Any) -> None:
     for name, entry in tables.items():
         if entry.password is not None:
             users.append((name, entry.password))
-        elif name not in named and kwargs.get("users_file") is None:
-            raise ConfigError(f"'users.{name}' has no password, and {name} is not in --user or --users-file")
+        elif name not in named and kwargs.get("users_file") is None and kwargs.get("auth_url") is None:
+            raise ConfigError(
+                f"'users.{name}' has no password, and {name} is not in --user or --users-file (nor --auth-url)"
+            )
     kwargs["users"] = tuple(users)
     kwargs["user_rules"] = {name: entry.rules for name, entry in tables.items()}
+    kwargs["user_settings"] = {name: entry.settings for name, entry in tables.items()}
 
 
 def _check_type(key: str, value: Any, where: str) -> Any:

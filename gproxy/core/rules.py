@@ -18,6 +18,8 @@ from functools import cached_property
 
 from gproxy.core.addr import Address, IPAddress, canonical_host, parse_ip, unmap_ip
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied
+from gproxy.core.limits import parse_rate
+from gproxy.core.upstream_url import Upstream, parse_upstream
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPCheck = Callable[[IPAddress, int], None]
@@ -131,17 +133,92 @@ class RuleSet:
 
 
 @dataclass(frozen=True)
+class UserSettings:
+    """One user's own settings: a ``[users.NAME]`` table, or what ``--auth-url`` answered.
+
+    None (or empty) means "not set": the global setting applies.
+    """
+
+    rules: RuleSet = RuleSet()
+    rate: int | None = None  # bytes per second; 0: no limit
+    max_conns: int | None = None  # open sessions; 0: no limit
+    upstream: tuple[Upstream, ...] = ()
+    outgoing: IPAddress | None = None
+
+    def overlaid(self, other: UserSettings) -> UserSettings:
+        """These settings with every one that ``other`` sets taken from ``other``."""
+        return UserSettings(
+            other.rules if other.rules.allow or other.rules.deny else self.rules,
+            self.rate if other.rate is None else other.rate,
+            self.max_conns if other.max_conns is None else other.max_conns,
+            other.upstream or self.upstream,
+            self.outgoing if other.outgoing is None else other.outgoing,
+        )
+
+
+@dataclass(frozen=True)
 class UserRules:
-    """A ``[users.NAME]`` table: an optional password and that user's rules."""
+    """A ``[users.NAME]`` table: an optional password and that user's settings."""
 
     password: str | None
-    rules: RuleSet
+    settings: UserSettings
+
+    @property
+    def rules(self) -> RuleSet:
+        return self.settings.rules
 
     def __repr__(self) -> str:
-        return f"UserRules(password={'***' if self.password else None}, rules={self.rules!r})"
+        return f"UserRules(password={'***' if self.password else None}, settings={self.settings!r})"
 
 
-_USER_KEYS = frozenset({"password", "allow-dest", "deny-dest"})
+#: the keys of a ``[users.NAME]`` table, and of an --auth-url answer (but ``password``)
+SETTING_KEYS = ("rate", "max-conns", "allow-dest", "deny-dest", "upstream", "outgoing")
+_USER_KEYS = frozenset({"password", *SETTING_KEYS})
+
+
+def _strings(value: object, where: str) -> list[str]:
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where!r} must be a string or an array of strings")
+    return value
+
+
+def parse_user_settings(entry: Mapping[str, object], where: str) -> UserSettings:
+    """The setting keys of ``entry`` (SETTING_KEYS; others are the caller's to check);
+    ConfigError names ``where.KEY`` and never quotes a password."""
+    rate = entry.get("rate")
+    max_conns = entry.get("max-conns")
+    if max_conns is not None and (not isinstance(max_conns, int) or isinstance(max_conns, bool) or max_conns < 0):
+        raise ConfigError(f"{where + '.max-conns'!r} must be an integer, 0 (no limit) or more")
+    outgoing_text = entry.get("outgoing")
+    outgoing = None
+    if outgoing_text is not None:
+        outgoing = parse_ip(outgoing_text) if isinstance(outgoing_text, str) else None
+        if outgoing is None:
+            raise ConfigError(f"{where + '.outgoing'!r} must be an IP address")
+    upstream = []
+    for url in _strings(entry.get("upstream", []), f"{where}.upstream"):
+        try:
+            upstream.append(parse_upstream(url))
+        except ConfigError as exc:  # its message hides the URL's password
+            raise ConfigError(f"{where}.upstream: {str(exc).removeprefix('--upstream: ')}") from None
+    return UserSettings(
+        RuleSet.parse(
+            _strings(entry.get("allow-dest", []), f"{where}.allow-dest"),
+            _strings(entry.get("deny-dest", []), f"{where}.deny-dest"),
+            f"{where}.",
+        ),
+        None if rate is None else _parse_rate(rate, f"{where}.rate"),
+        max_conns,
+        tuple(upstream),
+        outgoing,
+    )
+
+
+def _parse_rate(value: object, where: str) -> int:
+    if not isinstance(value, str | int | float):
+        raise ConfigError(f"{where!r} must be a rate such as 500k, 1M or 0")
+    return parse_rate(value, where)
 
 
 def parse_users_table(table: object) -> dict[str, UserRules]:
@@ -152,7 +229,7 @@ def parse_users_table(table: object) -> dict[str, UserRules]:
     for name, entry in table.items():
         where = f"users.{name}"
         if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where!r} must be a table (password, allow-dest, deny-dest)")
+            raise ConfigError(f"{where!r} must be a table (password, {', '.join(SETTING_KEYS)})")
         unknown = set(entry) - _USER_KEYS
         if unknown:
             raise ConfigError(f"unknown setting {where + '.' + sorted(unknown)[0]!r}")
@@ -161,15 +238,7 @@ def parse_users_table(table: object) -> dict[str, UserRules]:
         password = entry.get("password")
         if password is not None and (not isinstance(password, str) or len(password.encode()) > 255):
             raise ConfigError(f"{where + '.password'!r} must be a string of at most 255 bytes")
-        lists = {}
-        for key in ("allow-dest", "deny-dest"):
-            value = entry.get(key, [])
-            value = [value] if isinstance(value, str) else value
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where + '.' + key!r} must be a string or an array of strings")
-            lists[key] = value
-        rules = RuleSet.parse(lists["allow-dest"], lists["deny-dest"], f"{where}.")
-        users[name] = UserRules(password, rules)
+        users[name] = UserRules(password, parse_user_settings(entry, where))
     return users
 
 
@@ -197,7 +266,7 @@ class DestinationPolicy:
         self.own_ports = {port for ip, port in self.own if ip.is_unspecified}
         self.deny_local = deny_local
         self.layers = _layers if _layers is not None else (rules,)
-        self.users = dict(users or {})
+        self.users = users if users is not None else {}  # may be live (users of --auth-url come and go)
         self._per_user: dict[str, DestinationPolicy] = {}
         self._passed: set[tuple[IPAddress, int]] = set()  # (ip, port) that check_ip let through
 
@@ -208,13 +277,16 @@ class DestinationPolicy:
 
     def for_user(self, user: str | None) -> DestinationPolicy:
         """This policy with ``user``'s own rules added as one more layer."""
-        if user is None or user not in self.users:
+        rules = None if user is None else self.users.get(user)
+        if user is None or rules is None or not (rules.allow or rules.deny):
             return self
         policy = self._per_user.get(user)
-        if policy is None:
-            policy = DestinationPolicy((), self.deny_local, _layers=(*self.layers, self.users[user]))
+        if policy is None or policy.layers[-1] is not rules:  # new, or the user's rules changed
+            policy = DestinationPolicy((), self.deny_local, _layers=(*self.layers, rules))
             policy.own, policy.own_ports = self.own, self.own_ports
             policy.__dict__["host_ips"] = self.host_ips
+            if len(self._per_user) >= _PASSED_MAX:
+                self._per_user.clear()
             self._per_user[user] = policy
         return policy
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from gproxy.core.addr import Address
 
 if TYPE_CHECKING:
+    from gproxy.core.access import UserSlot
     from gproxy.core.context import Context
     from gproxy.core.stream import Conn
 
@@ -43,6 +44,7 @@ class Session:
     logged: tuple[int, int] = (0, 0)
     #: every request so far has its line: nothing left for the end of the connection
     quiet: bool = False
+    user_slot: UserSlot | None = None  # counts this session against its user's limit; released at the end
 
     def logfmt(self) -> str:
         """``ts= client= user= proto= cmd= dest= [via=] [status=] up= down= dur= outcome=``

@@ -18,6 +18,7 @@ import h11
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
+from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
 from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError
@@ -125,11 +126,23 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request)
     credentials = http.basic_credentials(http.header(request.headers, b"proxy-authorization"))
     if credentials is not None:
         session.user = credentials[0].decode("utf-8", "replace")
-    if credentials is None or not ctx.users.check(*credentials):
+    try:
+        if credentials is None or not ctx.users.check(
+            *credentials, client=str(session.client), listener=session.listener
+        ):
+            raise AuthFailed("missing or wrong Proxy-Authorization")
+    except AuthFailed:  # or AuthUnavailable: the --auth-url service gave no answer
         session.status = 407
         with contextlib.suppress(OSError):
             conn.sendall(http.encode_response(407, "proxy authentication required", _AUTHENTICATE))
-        raise AuthFailed("missing or wrong Proxy-Authorization")
+        raise
+    try:
+        ctx.users.admit(session)  # counted against the user's max-conns from here on
+    except UserLimit:
+        session.status = 429
+        with contextlib.suppress(OSError):
+            conn.sendall(http.encode_response(429, "too many open connections for this user"))
+        raise
 
 
 def _dial(conn: Conn, ctx: Context, dest: Address, session: Session) -> socket.socket:

@@ -44,6 +44,7 @@ def serve_ss(conn: Conn, ctx: Context, session: Session) -> None:
     except (_Probe, ClientProtocolError, HandshakeTimeout) as exc:  # ShadowsocksError is a ClientProtocolError
         _discard(conn, ctx, session, str(exc) or type(exc).__name__)
     session.dest = str(dest)
+    ctx.users.admit(session)  # UserLimit (max-conns): closed, as any refusal here
     upstream = open_upstream(ctx, dest, session.user)  # Denied / DialError: logged, client closed
     encryptor = TcpEncryptor(key.key, method)
     SALTS.add(encryptor.salt)  # our own salts cannot be replayed at us either

@@ -16,6 +16,7 @@ from gevent.hub import get_hub, getcurrent
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
+from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address, from_sockaddr
 from gproxy.core.context import Context
 from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError, HandshakeTimeout
@@ -112,6 +113,11 @@ def _dispatch5(conn: Conn, ctx: Context, session: Session, request: socks5.Reque
         conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
         raise ClientProtocolError(f"command {request.command:#04x} not supported", reason="bad_command")
     session.cmd = _COMMAND_NAMES[request.command]
+    try:
+        ctx.users.admit(session)  # counted against the user's max-conns from here on
+    except UserLimit:
+        conn.sendall(socks5.encode_reply(ReplyCode.NOT_ALLOWED))
+        raise
     handler(conn, ctx, session, request.address)
 
 
@@ -130,9 +136,12 @@ def _negotiate(conn: Conn, ctx: Context, session: Session) -> None:
     if wanted == AuthMethod.USERNAME_PASSWORD:
         auth = conn.read_message(socks5.parse_auth, 513)
         session.user = auth.username.decode("utf-8", "replace")
-        if not ctx.users.check(auth.username, auth.password):
+        try:
+            if not ctx.users.check(auth.username, auth.password, client=str(session.client), listener=session.listener):
+                raise AuthFailed("bad user name or password")
+        except AuthFailed:  # or AuthUnavailable: the --auth-url service gave no answer
             conn.sendall(socks5.encode_auth_reply(False))
-            raise AuthFailed("bad user name or password")
+            raise
         conn.sendall(socks5.encode_auth_reply(True))
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 from gproxy.core.access import ClientRules, Users, read_users_file
 from gproxy.core.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
+from gproxy.core.auth_service import AuthService, parse_auth_url
 from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.core.context import Context, Metrics
 from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
@@ -139,6 +140,8 @@ class Proxy:
         self._upstreams: UpstreamGroup | None = None  # shared by every listener: one health record
         self._upstreams_built_from: tuple[object, ...] | None = None
         self.users.replace(users_table(config), required=config.has_auth, cache_seconds=config.auth_cache)
+        self._auth_service: tuple[tuple[object, ...], AuthService | None] = ((), None)
+        self._set_user_policy(config)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -257,6 +260,7 @@ class Proxy:
             try:
                 self._check_upstream([(ip, port) for _, ip, port in self._bound_ips()])
                 self._upstream_group()
+                self._set_user_policy(new)  # a bad --ca fails here, before anything changed
             except ConfigError as exc:
                 self.config = old
                 logger.error("reload failed, keeping the old settings: %s", exc)
@@ -315,7 +319,7 @@ class Proxy:
             own,
             deny_local=self.config.exposes(spec) and proxying,
             rules=self.config.dest_rules if proxying else RuleSet(),
-            users=self.config.user_rules,
+            users=self.users.rules,  # [users.NAME] tables and --auth-url answers
         )
         direct = DirectDialer(self.resolver, check=policy.check_ip, prepare=self._prepare)
         return Context(
@@ -331,6 +335,17 @@ class Proxy:
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
             owner=self,
         )
+
+    def _set_user_policy(self, config: Config) -> None:
+        """Per-user settings, --max-conns-per-user and the --auth-url client (kept while its settings stay)."""
+        built_from = (config.auth_url, config.ca)
+        if built_from != self._auth_service[0]:
+            service = None
+            if config.auth_url is not None:
+                url = parse_auth_url(config.auth_url)
+                service = AuthService(url, client_context(config.ca) if url.tls else None)
+            self._auth_service = (built_from, service)
+        self.users.set_policy(config.user_settings, config.max_conns_per_user, self._auth_service[1])
 
     def _check_upstream(self, own: list[tuple[IPAddress, int]]) -> None:
         """Refuse an --upstream that is one of our own listeners (every connection would loop)."""
@@ -505,6 +520,8 @@ class Proxy:
         if conn.sock is not sock:
             conn.sock.close()  # the TLS wrapper owns the descriptor now
         self.release_client(sock)
+        if session.user_slot is not None:
+            session.user_slot.release()
         self.metrics.session_closed(session)
         if self.access_log is not None and not session.quiet:
             self.access_log.write(session.logfmt())
