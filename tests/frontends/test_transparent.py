@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -265,3 +266,34 @@ def test_tproxy_tcp_ipv4_and_ipv6(net, clean_nft, tproxy_routes, tmp_path):
     assert seen6["peer"] == f"peer={R6S}" and seen6["echoed"] == seen6["sent"], seen6
     text = log.read_text()
     assert f"dest={S4}:8000" in text and f"dest=[{S6}]:8000" in text and "proto=tproxy" in text
+
+
+@pytest.mark.netns
+def test_tproxy_udp_ipv4_and_ipv6_replies_come_from_the_original_destination(net, clean_nft, tproxy_routes, tmp_path):
+    log = tmp_path / "access.log"
+    listeners = ("--tproxy", "0.0.0.0:0", "--tproxy", "[::]:0")
+    with net.gproxy(*listeners, *ALLOW, "--access-log", str(log), "--idle-timeout", "1", listeners=2) as gp:
+        (_, port4), (_, port6) = gp.listening["tproxy"]
+        _tproxy_setup(net, port4, port6)
+        seen4 = net.peer(net.client, "udp", S4, "8000")
+        seen6 = net.peer(net.client, "udp", S6, "8000")
+        lines = _udp_log_lines(log, 2)  # the mappings expire after the idle timeout, then log
+    # the server saw the router (gproxy relayed it); the client got the answer from the address it sent to
+    assert seen4 == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen4
+    assert seen6 == {"answer": f"peer={R6S};hello", "source": [S6, 8000]}, seen6
+    line4, line6 = sorted(lines, key=lambda line: "dest=[" in line)
+    assert f"client={C4}:" in line4 and f"dest={S4}:8000" in line4, line4
+    assert f"client=[{C6}]:" in line6 and f"dest=[{S6}]:8000" in line6, line6
+    for line, answer in ((line4, seen4["answer"]), (line6, seen6["answer"])):
+        assert "proto=tproxy cmd=udp" in line and "via=direct" in line and "outcome=ok" in line, line
+        assert f"up=5 down={len(answer)} " in line, line
+
+
+def _udp_log_lines(log, count: int, within: float = 15.0) -> list[str]:
+    """The access log's ``cmd=udp`` lines once there are ``count`` of them (polled, bounded)."""
+    deadline = time.monotonic() + within
+    while True:
+        lines = [line for line in log.read_text().splitlines() if "cmd=udp" in line] if log.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
