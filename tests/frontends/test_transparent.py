@@ -297,3 +297,22 @@ def _udp_log_lines(log, count: int, within: float = 15.0) -> list[str]:
         if len(lines) >= count or time.monotonic() > deadline:
             return lines
         time.sleep(0.1)
+
+
+@pytest.mark.netns
+def test_tproxy_udp_through_a_socks5_upstream(net, clean_nft, tproxy_routes, tmp_path):
+    log, upstream_log = tmp_path / "access.log", tmp_path / "upstream.log"
+    with net.gproxy("--socks", "127.0.0.1:0", "--access-log", str(upstream_log), "--idle-timeout", "1") as upstream:
+        url = f"socks5://127.0.0.1:{upstream.port()}"
+        args = ("--tproxy", "0.0.0.0:0", *ALLOW, "--upstream", url, "--access-log", str(log), "--idle-timeout", "1")
+        with net.gproxy(*args) as gp:
+            port = gp.listening["tproxy"][0][1]
+            _tproxy_setup(net, port, port)
+            seen = net.peer(net.client, "udp", S4, "8000")
+            (line,) = _udp_log_lines(log, 1)
+            associations = _udp_log_lines(upstream_log, 1)  # ends when the mapping closes its control connection
+    assert seen == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen
+    assert f"dest={S4}:8000" in line and f"via={url}" in line and f"up=5 down={len(seen['answer'])} " in line, line
+    # the upstream relayed it: one UDP ASSOCIATE from 127.0.0.1 carried the datagram both ways
+    assert len(associations) == 1 and f"up=5 down={len(seen['answer'])} " in associations[0], associations
+    assert "client=127.0.0.1:" in associations[0], associations
