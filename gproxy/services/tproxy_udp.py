@@ -198,7 +198,7 @@ class TproxyUdp:
             return None
         try:
             ctx.destinations.check(dest)  # an IP: checked as it is (own listeners, local, rules)
-            upstream = self._route(ctx, dest)
+            upstream = udp_route(ctx, dest)
             reply = reply_socket(dest)
         except (Denied, DialError, OSError) as exc:
             if isinstance(exc, Denied):
@@ -226,23 +226,6 @@ class TproxyUdp:
         else:
             flow.loops.append(gevent.spawn(self._associate, key, flow, upstream, prepare))
         return flow
-
-    def _route(self, ctx: Context, dest: Address) -> Socks5Upstream | None:
-        """The SOCKS5 upstream to associate through (up ones first); None: direct.
-
-        Raises:
-            DialError: upstreams are set, none speaks SOCKS5 (UDP cannot follow TCP chaining).
-        """
-        router = ctx.dialer
-        if not isinstance(router, Router) or router.group is None or router.bypassed(dest):
-            return None
-        for member in router.group.order():
-            if isinstance(member.dialer, Socks5Upstream):
-                return member.dialer
-        raise DialError(
-            "no SOCKS5 upstream to carry UDP (only socks5:// and socks5+tls:// upstreams can)",
-            ReplyCode.COMMAND_NOT_SUPPORTED,
-        )
 
     def _associate(self, key: FlowKey, flow: _Flow, upstream: Socks5Upstream, prepare: Prepare | None) -> None:
         """Open the association, send what queued meanwhile, relay until the upstream ends it."""
@@ -304,6 +287,24 @@ class TproxyUdp:
                 continue
             flow.session.down += len(data)
             metrics.udp_datagram(KIND, "down")
+
+
+def udp_route(ctx: Context, dest: Address) -> Socks5Upstream | None:
+    """The SOCKS5 upstream that UDP to ``dest`` goes through (up ones first); None: direct.
+
+    Raises:
+        DialError: upstreams are set and none speaks SOCKS5 (UDP cannot follow TCP chaining).
+    """
+    router = ctx.dialer
+    if not isinstance(router, Router) or router.group is None or router.bypassed(dest):
+        return None
+    for member in router.group.order():
+        if isinstance(member.dialer, Socks5Upstream):
+            return member.dialer
+    raise DialError(
+        "no SOCKS5 upstream to carry UDP (only socks5:// and socks5+tls:// upstreams can)",
+        ReplyCode.COMMAND_NOT_SUPPORTED,
+    )
 
 
 def _prepare_of(ctx: Context) -> Prepare | None:
