@@ -399,10 +399,19 @@ def test_tproxy_tcp_ipv4_and_ipv6(net, clean_nft, tproxy_routes, tmp_path):
 @pytest.mark.netns
 def test_tproxy_udp_ipv4_and_ipv6_replies_come_from_the_original_destination(net, clean_nft, tproxy_routes, tmp_path):
     log = tmp_path / "access.log"
-    listeners = ("--tproxy", "0.0.0.0:0", "--tproxy", "[::]:0")
+    listeners = ("--tproxy", "0.0.0.0:0", "--tproxy", "[::]:0", "--mark", "42")
     with net.gproxy(*listeners, *ALLOW, "--access-log", str(log), "--idle-timeout", "1", listeners=2) as gp:
         (_, port4), (_, port6) = gp.listening["tproxy"]
         _tproxy_setup(net, port4, port6)
+        # the router itself may send to port 8000 only with gproxy's mark: the outbound sockets carry it
+        net.nft("""
+table inet marked {
+  chain output {
+    type filter hook output priority 0;
+    meta l4proto udp th dport 8000 meta mark != 42 drop
+  }
+}
+""")
         seen4 = net.peer(net.client, "udp", S4, "8000")
         seen6 = net.peer(net.client, "udp", S6, "8000")
         lines = _udp_log_lines(log, 2)  # the mappings expire after the idle timeout, then log
