@@ -30,6 +30,7 @@ from gproxy.core.outbound import Outbound
 from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
+from gproxy.services.udp_mappings import MappingTable
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
@@ -361,6 +362,11 @@ class _Mapping:
         self.last = now
         self.loop: gevent.Greenlet | None = None
 
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.kill(block=False)
+        self.sock.close()
+
 
 #: seconds between two warnings about mappings that cannot be opened
 WARN_EVERY = 10.0
@@ -381,10 +387,8 @@ class UdpForwarder:
         self.target = spec.target
         self.sock = sock
         self.ctx = proxy.context(spec)
-        self.idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
-        self.max_mappings = MAX_MAPPINGS
-        self.mappings: dict[tuple[object, ...], _Mapping] = {}
-        self.clock = 0  # ticks of idle/4 seconds
+        idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
+        self.mappings: MappingTable[tuple[object, ...], _Mapping] = MappingTable(idle, MAX_MAPPINGS, proxy)
         self._target: tuple[int, tuple[object, ...], float] | None = None
         self._loops: list[gevent.Greenlet] = []
         self._last_warning = -WARN_EVERY
@@ -399,13 +403,20 @@ class UdpForwarder:
             except Denied as exc:
                 raise ConfigError(f"--udp-forward target {self.target}: {exc}: datagrams would loop") from None
 
+    @property
+    def max_mappings(self) -> int:
+        return self.mappings.limit
+
+    @max_mappings.setter
+    def max_mappings(self, limit: int) -> None:
+        self.mappings.limit = limit
+
     def start(self) -> None:
-        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self._reaper)]
+        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self.mappings.reap)]
 
     def stop(self) -> None:
         gevent.killall(self._loops)
-        for client in list(self.mappings):
-            self._close(client, "stopped")
+        self.mappings.end_all("stopped")
 
     def _listen_loop(self) -> None:
         buf = _hub_buffer()
@@ -425,7 +436,7 @@ class UdpForwarder:
                 mapping = self._open(client)
                 if mapping is None:
                     continue
-            mapping.last = self.clock
+            mapping.last = self.mappings.clock
             try:
                 mapping.raw.send(data)
             except OSError:  # EAGAIN, or ECONNREFUSED from an earlier ICMP: this datagram only, never counted
@@ -457,12 +468,9 @@ class UdpForwarder:
             sock.close()
             self._warn(exc)
             return None
-        if len(self.mappings) >= self.max_mappings:
-            idlest = min(self.mappings.values(), key=lambda m: m.last)
-            self._close(idlest.client, "evicted")
         session = Session(from_sockaddr(client), self.spec.kind, proto="udp", cmd="udp-forward", dest=str(self.target))
         self.proxy.metrics.session_opened(self.spec.kind)
-        mapping = self.mappings[client] = _Mapping(client, sock, session, self.clock)
+        mapping = self.mappings.add(client, _Mapping(client, sock, session, self.mappings.clock))
         mapping.loop = gevent.spawn(self._reply_loop, mapping)
         return mapping
 
@@ -503,7 +511,7 @@ class UdpForwarder:
                 continue  # ICMP port unreachable for an earlier datagram
             except OSError:
                 return
-            mapping.last = self.clock
+            mapping.last = self.mappings.clock
             try:
                 listener.sendto(buf[:n], mapping.client)
             except OSError:  # EAGAIN included: dropped, never counted as sent
@@ -511,25 +519,3 @@ class UdpForwarder:
                 continue
             mapping.session.down += n
             metrics.udp_datagram("udp-forward", "down")
-
-    def _reaper(self) -> None:
-        """Expire mappings with no datagram either way for the idle timeout."""
-        ticks = 4
-        while True:
-            gevent.sleep(self.idle / ticks)
-            self.clock += 1
-            for client, mapping in list(self.mappings.items()):
-                if self.clock - mapping.last > ticks:
-                    self._close(client, "idle_timeout")
-
-    def _close(self, client: tuple[object, ...], outcome: str) -> None:
-        mapping = self.mappings.pop(client, None)
-        if mapping is None:
-            return
-        if mapping.loop is not None:
-            mapping.loop.kill(block=False)
-        mapping.sock.close()
-        mapping.session.outcome = "ok" if outcome == "idle_timeout" else outcome
-        self.proxy.metrics.session_closed(mapping.session)
-        if self.proxy.access_log is not None:
-            self.proxy.access_log.write(mapping.session.logfmt())

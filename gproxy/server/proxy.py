@@ -54,6 +54,7 @@ from gproxy.server.proxy_header import read_proxy_header
 from gproxy.server.tls import accept as tls_accept
 from gproxy.server.tls import server_context
 from gproxy.services.shadowsocks_udp import ShadowsocksUdp
+from gproxy.services.tproxy_udp import TproxyUdp
 
 Handler = Callable[[Conn, Context, Session], None]
 
@@ -82,11 +83,12 @@ HANDLERS: dict[str, Handler] = {
 SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
     "udp-forward": UdpForwarder,
     "ss-udp": ShadowsocksUdp,
+    "tproxy-udp": TproxyUdp,
 }
 #: listener kinds bound as UDP sockets
-DATAGRAM_KINDS = frozenset({"udp-forward", "ss-udp"})
+DATAGRAM_KINDS = frozenset({"udp-forward", "ss-udp", "tproxy-udp"})
 #: listener kind -> the UDP kind bound on the same port number after it (announced with it, not apart)
-SAME_PORT_UDP = {"ss": "ss-udp"}
+SAME_PORT_UDP = {"ss": "ss-udp", "tproxy": "tproxy-udp"}
 
 LISTEN_BACKLOG = 1024
 #: Linux hands accepted sockets the listener's TCP_NODELAY: no setsockopt per client
@@ -631,12 +633,14 @@ def bind_same_port(
     spec: ListenerSpec, udp_kind: str, reuse_port: bool = False, tries: int = 32
 ) -> list[tuple[ListenerSpec, socket.socket]]:
     """TCP first (port 0 picks the number), then UDP on the same number; with port 0, a number
-    whose UDP side is taken is given up and another one picked."""
+    whose UDP side is taken is given up and another one picked. ``tproxy`` sockets are transparent."""
+    transparent = spec.kind == "tproxy"
     for attempt in range(tries if spec.port == 0 else 1):
-        tcp = bind_listener(spec, reuse_port=reuse_port)
+        tcp = bind_listener(spec, reuse_port=reuse_port, transparent=transparent)
         udp_spec = replace(spec, kind=udp_kind, port=int(tcp.getsockname()[1]))
         try:
-            return [(spec, tcp), (udp_spec, bind_listener(udp_spec, datagram=True, reuse_port=reuse_port))]
+            udp = bind_listener(udp_spec, datagram=True, reuse_port=reuse_port, transparent=transparent)
+            return [(spec, tcp), (udp_spec, udp)]
         except ConfigError:
             tcp.close()
             if attempt == tries - 1 or spec.port != 0:

@@ -16,14 +16,24 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import gevent
 import pytest
 
+from gproxy.codec.socks5 import encode_udp_header
+from gproxy.core.addr import Address
 from gproxy.core.config import Config
-from gproxy.core.errors import ConfigError
+from gproxy.core.context import Metrics
+from gproxy.core.errors import ConfigError, DialError
+from gproxy.core.session import Session
+from gproxy.core.udp_upstream import Socks5UdpRelay
 from gproxy.frontends.transparent import parse_sockaddr
+from gproxy.server.proxy import Proxy
+from gproxy.services.tproxy_udp import original_destination, udp_route
+from gproxy.services.udp_mappings import MappingTable
 from tests.helpers import ROOT, gproxy_env
 from tests.robustness.live import DrainedGproxy
 
@@ -46,6 +56,125 @@ def test_parse_sockaddr_in_and_in6():
         parse_sockaddr(b"\x01\x00")
     with pytest.raises(ValueError):
         parse_sockaddr(struct.pack("=H", socket.AF_UNIX) + bytes(14))
+
+
+def _sockaddr_in(ip: str, port: int) -> bytes:
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(ip) + bytes(8)
+
+
+def test_original_destination_from_the_control_messages():
+    raw6 = struct.pack("=HHI", socket.AF_INET6, socket.htons(53), 0) + socket.inet_pton(socket.AF_INET6, "fd00::5")
+    found4 = original_destination(
+        [(socket.SOL_SOCKET, 29, b"x" * 8), (socket.IPPROTO_IP, 20, _sockaddr_in("10.9.8.7", 53))]
+    )
+    assert str(found4) == "10.9.8.7:53"
+    assert str(original_destination([(socket.IPPROTO_IPV6, 74, raw6 + bytes(4))])) == "[fd00::5]:53"
+    assert original_destination([]) is None  # IP_RECVORIGDSTADDR not on, or not a diverted datagram
+    assert original_destination([(socket.IPPROTO_IP, 20, b"\x02\x00")]) is None  # truncated: dropped, no traceback
+
+
+@dataclass
+class _FakeMapping:
+    session: Session
+    last: int
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.lines: list[str] = []
+        self.access_log = self
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def _fake(table: MappingTable, name: str) -> _FakeMapping:
+    return table.add(name, _FakeMapping(Session(Address("10.0.0.1", 1), "tproxy", cmd=name), table.clock))
+
+
+def test_mapping_table_evicts_the_idlest_when_full_and_logs_each_end():
+    sink = _Sink()
+    table: MappingTable[str, _FakeMapping] = MappingTable(60.0, 2, sink)
+    first = _fake(table, "first")
+    table.clock += 1
+    second = _fake(table, "second")
+    first.last = table.clock + 1  # a datagram: "second" is the idlest now
+    third = _fake(table, "third")
+    assert set(table) == {"first", "third"} and second.closed and not first.closed
+    table.end_all("shutdown")
+    assert table == {} and first.closed and third.closed
+    outcomes = [(line.split("cmd=")[1].split()[0], line.split("outcome=")[1]) for line in sink.lines]
+    assert outcomes == [("second", "evicted"), ("first", "shutdown"), ("third", "shutdown")]
+    table.end("first", "again")  # already gone: nothing
+    assert len(sink.lines) == 3
+
+
+def test_mapping_table_reaper_ends_only_idle_mappings():
+    sink = _Sink()
+    table: MappingTable[str, _FakeMapping] = MappingTable(0.4, 10, sink)
+    idle, busy = _fake(table, "idle"), _fake(table, "busy")
+    reaper = gevent.spawn(table.reap)
+    try:
+        with gevent.Timeout(10):
+            while "idle" in table:
+                busy.last = table.clock  # keeps sending
+                gevent.sleep(0.02)
+    finally:
+        reaper.kill()
+    assert idle.closed and not busy.closed and list(table) == ["busy"]
+    assert sink.lines[0].endswith("outcome=ok")
+
+
+def test_socks5_relay_unwraps_only_whole_unfragmented_datagrams():
+    datagram = encode_udp_header(Address("10.1.1.1", 53)) + b"answer"
+    sender, payload = Socks5UdpRelay.unwrap(memoryview(datagram))
+    assert str(sender) == "10.1.1.1:53" and bytes(payload) == b"answer"
+    assert Socks5UdpRelay.unwrap(memoryview(b"\0\0\1" + datagram[3:])) is None  # FRAG 1
+    assert Socks5UdpRelay.unwrap(memoryview(datagram[:6])) is None  # cut inside the address
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "bypass", "route"),
+    [
+        ((), (), None),
+        (("http://127.0.0.1:1", "socks5://u:secret@127.0.0.1:2"), (), "socks5://u:***@127.0.0.1:2"),
+        (("socks5+tls://127.0.0.1:3",), (), "socks5+tls://127.0.0.1:3"),
+        (("socks5://127.0.0.1:2",), ("10.0.0.0/8",), None),
+        (("http://127.0.0.1:1", "socks4://127.0.0.1:4"), (), DialError),
+    ],
+)
+def test_udp_route_is_the_first_socks5_upstream(upstreams, bypass, route):
+    config = Config.build(tproxy=["127.0.0.1:0"], upstream=list(upstreams), bypass=list(bypass))
+    ctx = Proxy(config).context(config.listeners[0])
+    dest = Address("10.2.3.4", 53)
+    if route is DialError:
+        with pytest.raises(DialError, match="no SOCKS5 upstream"):
+            udp_route(ctx, dest)
+        return
+    chosen = udp_route(ctx, dest)
+    assert (chosen if chosen is None else str(chosen.upstream)) == route
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="IP_TRANSPARENT needs CAP_NET_ADMIN")
+def test_tproxy_udp_shares_the_tcp_port_and_drops_datagrams_sent_straight_to_it(proxy, tmp_path):
+    running = proxy(tproxy=["127.0.0.1:0"], access_log=str(tmp_path / "access.log"))
+    tcp, udp = running.address("tproxy"), running.address("tproxy-udp")
+    assert udp == tcp
+    (service,) = running._services
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.settimeout(0.5)
+        client.sendto(b"loop?", (udp.host, udp.port))  # its original destination is the listener itself
+        with pytest.raises(TimeoutError):
+            client.recvfrom(100)
+    finally:
+        client.close()
+    assert service.mappings == {}
 
 
 @pytest.mark.parametrize("kind", ["redirect", "tproxy"])
@@ -265,3 +394,62 @@ def test_tproxy_tcp_ipv4_and_ipv6(net, clean_nft, tproxy_routes, tmp_path):
     assert seen6["peer"] == f"peer={R6S}" and seen6["echoed"] == seen6["sent"], seen6
     text = log.read_text()
     assert f"dest={S4}:8000" in text and f"dest=[{S6}]:8000" in text and "proto=tproxy" in text
+
+
+@pytest.mark.netns
+def test_tproxy_udp_ipv4_and_ipv6_replies_come_from_the_original_destination(net, clean_nft, tproxy_routes, tmp_path):
+    log = tmp_path / "access.log"
+    listeners = ("--tproxy", "0.0.0.0:0", "--tproxy", "[::]:0", "--mark", "42")
+    with net.gproxy(*listeners, *ALLOW, "--access-log", str(log), "--idle-timeout", "1", listeners=2) as gp:
+        (_, port4), (_, port6) = gp.listening["tproxy"]
+        _tproxy_setup(net, port4, port6)
+        # the router itself may send to port 8000 only with gproxy's mark: the outbound sockets carry it
+        net.nft("""
+table inet marked {
+  chain output {
+    type filter hook output priority 0;
+    meta l4proto udp th dport 8000 meta mark != 42 drop
+  }
+}
+""")
+        seen4 = net.peer(net.client, "udp", S4, "8000")
+        seen6 = net.peer(net.client, "udp", S6, "8000")
+        lines = _udp_log_lines(log, 2)  # the mappings expire after the idle timeout, then log
+    # the server saw the router (gproxy relayed it); the client got the answer from the address it sent to
+    assert seen4 == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen4
+    assert seen6 == {"answer": f"peer={R6S};hello", "source": [S6, 8000]}, seen6
+    line4, line6 = sorted(lines, key=lambda line: "dest=[" in line)
+    assert f"client={C4}:" in line4 and f"dest={S4}:8000" in line4, line4
+    assert f"client=[{C6}]:" in line6 and f"dest=[{S6}]:8000" in line6, line6
+    for line, answer in ((line4, seen4["answer"]), (line6, seen6["answer"])):
+        assert "proto=tproxy cmd=udp" in line and "via=direct" in line and "outcome=ok" in line, line
+        assert f"up=5 down={len(answer)} " in line, line
+
+
+def _udp_log_lines(log, count: int, within: float = 15.0) -> list[str]:
+    """The access log's ``cmd=udp`` lines once there are ``count`` of them (polled, bounded)."""
+    deadline = time.monotonic() + within
+    while True:
+        lines = [line for line in log.read_text().splitlines() if "cmd=udp" in line] if log.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+@pytest.mark.netns
+def test_tproxy_udp_through_a_socks5_upstream(net, clean_nft, tproxy_routes, tmp_path):
+    log, upstream_log = tmp_path / "access.log", tmp_path / "upstream.log"
+    with net.gproxy("--socks", "127.0.0.1:0", "--access-log", str(upstream_log), "--idle-timeout", "1") as upstream:
+        url = f"socks5://127.0.0.1:{upstream.port()}"
+        args = ("--tproxy", "0.0.0.0:0", *ALLOW, "--upstream", url, "--access-log", str(log), "--idle-timeout", "1")
+        with net.gproxy(*args) as gp:
+            port = gp.listening["tproxy"][0][1]
+            _tproxy_setup(net, port, port)
+            seen = net.peer(net.client, "udp", S4, "8000")
+            (line,) = _udp_log_lines(log, 1)
+            associations = _udp_log_lines(upstream_log, 1)  # ends when the mapping closes its control connection
+    assert seen == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen
+    assert f"dest={S4}:8000" in line and f"via={url}" in line and f"up=5 down={len(seen['answer'])} " in line, line
+    # the upstream relayed it: one UDP ASSOCIATE from 127.0.0.1 carried the datagram both ways
+    assert len(associations) == 1 and f"up=5 down={len(seen['answer'])} " in associations[0], associations
+    assert "client=127.0.0.1:" in associations[0], associations
