@@ -20,9 +20,9 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import Command
 from gproxy.core.addr import Address, parse_ip
 from gproxy.core.dial import DirectDialer, Prepare, resolve
-from gproxy.core.errors import ClientClosed, ClientProtocolError, DialError
+from gproxy.core.errors import ClientClosed, ClientProtocolError, DialError, UpstreamDown
 from gproxy.core.stream import Conn
-from gproxy.core.upstream import Socks5Upstream, UpstreamDown, tls_connect
+from gproxy.core.upstream import Socks5Upstream, tls_connect
 
 Buffer = bytes | bytearray | memoryview
 
