@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from gproxy import __version__
 from gproxy.core.config import OPTIONS, Config, load_toml
 from gproxy.core.errors import ConfigError
+from gproxy.ops.notify import Notifier
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,17 +92,69 @@ class StartSignals:
     def _record(self, signum: int, _frame: object) -> None:
         self.received.append(signum)
 
-    def replay(self, proxy: Any, argv: Sequence[str] | None) -> None:
+    def replay(self, serving: ServingSignals) -> None:
         """In a serving process: stop if asked to, else reload if asked to."""
         import gevent
 
-        from gproxy.server.proxy import spawn_stop
-
         if signal.SIGTERM in self.received or signal.SIGINT in self.received:
-            spawn_stop(proxy)
+            serving.stop()
         elif signal.SIGHUP in self.received:
-            gevent.spawn(reload, proxy, argv)
+            gevent.spawn(serving.reload)
         self.received.clear()
+
+
+class ServingSignals:
+    """SIGTERM/SIGINT/SIGHUP in a serving process.
+
+    The first stop signal drains (said on stderr when ``visible``, and to
+    systemd); the next ends every session at once. SIGHUP re-reads the flags
+    and --config and reloads, between ``RELOADING=1`` and ``READY=1``.
+    """
+
+    def __init__(self, proxy: Any, argv: Sequence[str] | None, notifier: Notifier, *, visible: bool = True) -> None:
+        self.proxy = proxy
+        self.argv = argv
+        self.notifier = notifier
+        self.visible = visible  # a --workers worker: the supervisor speaks for it
+        self.stopping = False
+
+    def install(self) -> None:
+        import gevent
+
+        gevent.signal_handler(signal.SIGTERM, self.stop)
+        gevent.signal_handler(signal.SIGINT, self.stop)
+        gevent.signal_handler(signal.SIGHUP, self.reload)
+
+    def stop(self) -> None:
+        import gevent
+
+        if self.stopping:
+            self.proxy.stop_now()
+            return
+        self.stopping = True
+        if self.visible:
+            say(draining_line(f"{self.proxy.open_sessions} sessions", self.proxy.config.drain_timeout))
+        self.notifier.stopping()
+        gevent.spawn(self.proxy.stop)
+
+    def reload(self) -> None:
+        if self.stopping:  # READY=1 would tell systemd the stop is over
+            reload(self.proxy, self.argv)
+            return
+        self.notifier.reloading()
+        try:
+            reload(self.proxy, self.argv)
+        finally:
+            self.notifier.ready()
+
+
+def say(line: str) -> None:
+    """One operator-facing line on stderr (``gproxy: ...``), whatever the log level."""
+    print(f"gproxy: {line}", file=sys.stderr, flush=True)
+
+
+def draining_line(what: str, drain_timeout: float) -> str:
+    return f"draining {what} (up to {drain_timeout:g} s; Ctrl-C again to stop now)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,21 +210,16 @@ def run(config: Config, argv: Sequence[str] | None = None, early: StartSignals |
         if proxy is not None:
             proxy.stop(0)
         return 2
-    install_signals(proxy, argv)
-    early.replay(proxy, argv)
+    notifier = Notifier()
+    serving = ServingSignals(proxy, argv, notifier)
+    serving.install()
+    notifier.ready()  # every listener listens (and was announced)
+    notifier.start_watchdog()
+    early.replay(serving)
     proxy.serve_forever()
+    notifier.close()
+    say("stopped")
     return 0
-
-
-def install_signals(proxy: Any, argv: Sequence[str] | None) -> None:
-    """SIGTERM/SIGINT drain and stop; SIGHUP re-reads flags and --config and reloads."""
-    import gevent
-
-    from gproxy.server.proxy import spawn_stop
-
-    gevent.signal_handler(signal.SIGTERM, spawn_stop, proxy)
-    gevent.signal_handler(signal.SIGINT, spawn_stop, proxy)
-    gevent.signal_handler(signal.SIGHUP, reload, proxy, argv)
 
 
 def reread(argv: Sequence[str]) -> Config | None:

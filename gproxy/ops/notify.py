@@ -31,6 +31,7 @@ class Notifier:
         self.watchdog_interval = _watchdog_interval(env)
         self._sock: _socket.socket | None = None
         self._timer: Any = None  # a libev timer watcher while the watchdog runs
+        self._next_ping = 0.0  # tick(): when the next WATCHDOG=1 is due
         self._warned = False
 
     @property
@@ -69,6 +70,15 @@ class Notifier:
         interval = self.watchdog_interval / 2
         self._timer = get_hub().loop.timer(interval, interval)
         self._timer.start(self.send, "WATCHDOG=1")
+
+    def tick(self) -> None:
+        """For a loop without gevent (the --workers supervisor): ``WATCHDOG=1`` when due."""
+        if self.address is None or self.watchdog_interval is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_ping:
+            self._next_ping = now + self.watchdog_interval / 2
+            self.send("WATCHDOG=1")
 
     def close(self) -> None:
         if self._timer is not None:

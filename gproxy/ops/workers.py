@@ -20,14 +20,18 @@ directory others can write to, a planted ``gevent/`` or ``h11.py`` must not
 run as gproxy's user.
 
 Signals: SIGTERM/SIGINT are passed on (workers drain, the supervisor exits 0
-when all have exited); SIGHUP re-reads the settings, and only if they are
+when all have exited; a second one, passed on too, ends their sessions at
+once). Workers run in their own process group, so a terminal's Ctrl-C
+reaches the supervisor alone and counts once. SIGHUP re-reads the settings, and only if they are
 valid is it passed on (so a broken file logs one error, not one per
 worker). A worker that dies is restarted, after a delay that doubles while
 workers keep dying young, so a crash loop does not spin. A worker starts
 with SIGTERM, SIGINT and SIGHUP blocked (the supervisor blocks them around
 the spawn; the mask survives exec) and unblocks them once it can handle
 them: a SIGHUP sent to a worker that is still importing waits, it does not
-kill it.
+kill it. Under systemd the supervisor is the main PID and the only process
+that talks to ``NOTIFY_SOCKET`` (READY once every worker serves, the
+watchdog from its loop); workers never see it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.errors import ConfigError
 from gproxy.core.log import announce, logger, setup_logging
+from gproxy.ops.notify import Notifier
 
 if TYPE_CHECKING:
     from gproxy.ops.cli import StartSignals
@@ -83,6 +88,7 @@ class Supervisor:
     metrics_dir: str | None = None
     restarts: Any = None  # prometheus Counter when --metrics is on
     stop_deadline: float = 0.0
+    notifier: Notifier = field(default_factory=lambda: Notifier({}))  # systemd hears from the supervisor only
     _pending: list[int] = field(default_factory=list)
 
     # -- worker processes -------------------------------------------------------
@@ -93,7 +99,11 @@ class Supervisor:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)  # the worker inherits the mask
         try:
             slot.proc = subprocess.Popen(
-                worker_command(), stdin=subprocess.PIPE, pass_fds=(write_fd,), env=worker_env()
+                worker_command(),
+                stdin=subprocess.PIPE,
+                pass_fds=(write_fd,),
+                env=worker_env(),
+                process_group=0,  # a terminal's Ctrl-C reaches the supervisor only, which passes it on once
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -175,8 +185,12 @@ class Supervisor:
         while self._pending:
             signum = self._pending.pop(0)
             if signum in (signal.SIGTERM, signal.SIGINT):
-                if not self.stopping:
-                    logger.info("stopping: draining %d workers", sum(s.proc is not None for s in self.slots))
+                if not self.stopping:  # the next one is passed on too: the workers end their sessions at once
+                    from gproxy.ops.cli import draining_line, say
+
+                    workers = sum(s.proc is not None for s in self.slots)
+                    say(draining_line(f"sessions of {workers} workers", self.config.drain_timeout))
+                    self.notifier.stopping()
                     self.stopping = True
                     self.stop_deadline = time.monotonic() + self.config.drain_timeout + EXIT_GRACE
                 self.signal_all(signal.SIGTERM)
@@ -184,6 +198,16 @@ class Supervisor:
                 self.reload()
 
     def reload(self) -> None:
+        """SIGHUP: valid settings are passed on to every worker, between RELOADING=1 and READY=1."""
+        if self.stopping:
+            return
+        self.notifier.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notifier.ready()
+
+    def _reload(self) -> None:
         from gproxy.ops.cli import reread
 
         config = reread(self.argv)  # logs the one error line itself
@@ -205,8 +229,12 @@ class Supervisor:
         while True:
             self.handle_signals()
             self.reap()
+            self.notifier.tick()
             if self.stopping:
                 if all(slot.proc is None for slot in self.slots):
+                    from gproxy.ops.cli import say
+
+                    say("stopped")
                     return 0
                 if time.monotonic() > self.stop_deadline:
                     logger.warning("workers did not stop in time; killing them")
@@ -223,14 +251,21 @@ def worker_command() -> list[str]:
     return [sys.executable, "-P", "-m", "gproxy.ops.workers"]
 
 
+#: systemd's notify settings: meant for the supervisor (NotifyAccess=main), never a worker
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
 def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The supervisor's environment with a PYTHONPATH a worker can trust.
 
+    Without systemd's notify settings (the supervisor speaks for the workers).
     Relative and empty PYTHONPATH entries (an empty one means the current
     directory) are dropped; the directory this gproxy was imported from comes
     first, so a worker runs the same code as its supervisor.
     """
     env = dict(os.environ if environ is None else environ)
+    for name in NOTIFY_ENV:
+        env.pop(name, None)
     here = str(Path(__file__).resolve().parents[2])  # holds the gproxy package
     entries = [here, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p) and p != here)]
     env["PYTHONPATH"] = os.pathsep.join(entries)
@@ -277,7 +312,7 @@ def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = 
     except ConfigError as exc:
         print(f"gproxy: {exc}", file=sys.stderr)
         return 2
-    sup = Supervisor(bound, argv)
+    sup = Supervisor(bound, argv, notifier=Notifier())
     if any(spec.kind == "metrics" for spec in bound.listeners):
         sup.metrics_dir = tempfile.mkdtemp(prefix="gproxy-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = sup.metrics_dir  # before prometheus_client is imported
@@ -301,8 +336,10 @@ def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = 
             announce(spec.kind, Proxy.address_of(sock))
             if spec.kind in DATAGRAM_KINDS:
                 sock.close()  # a bound UDP socket would get its share of datagrams
+        sup.notifier.ready()  # every worker serves
         return sup.run()
     finally:
+        sup.notifier.close()
         for sock in sockets:
             sock.close()
         if sup.metrics_dir is not None:
@@ -354,7 +391,7 @@ def worker_main() -> int:
     import gevent
     from gevent.os import make_nonblocking, nb_read
 
-    from gproxy.ops.cli import install_signals
+    from gproxy.ops.cli import ServingSignals
     from gproxy.server.proxy import Proxy
 
     setup_logging(config.to_logging_level())
@@ -365,8 +402,9 @@ def worker_main() -> int:
         print(f"gproxy: worker {os.getpid()}: {exc}", file=sys.stderr)
         proxy.stop(0)
         return 2
-    install_signals(proxy, argv)
-    early.replay(proxy, argv)
+    serving = ServingSignals(proxy, argv, Notifier(), visible=False)  # a no-op Notifier: see worker_env
+    serving.install()
+    early.replay(serving)
     os.write(ready_fd, b"R")
     os.close(ready_fd)
 

@@ -134,6 +134,7 @@ class Proxy:
         #: client socket -> abort(outcome) of the sessions that went on without a greenlet
         self._detached: dict[socket.socket, Callable[[str], None]] = {}
         self._detached_done = Event()
+        self._drain_cut = Event()  # stop_now(): the drain ends at once
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
         self.outbound = Outbound()  # what every outbound socket gets (--outgoing, --mark)
@@ -227,10 +228,10 @@ class Proxy:
         for _, sock in self._sockets:
             sock.close()
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._sessions.join(timeout=timeout)
+        self._drain(self._sessions.join, deadline)
         if self._detached:
             self._detached_done.clear()
-            self._detached_done.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+            self._drain(self._detached_done.wait, deadline)
         for abort in list(self._detached.values()):
             abort("shutdown")  # ends the session: logged, sockets closed
         self._sessions.kill(block=True, timeout=1)
@@ -239,6 +240,22 @@ class Proxy:
         if self._dns is not None:
             self._dns.close()
         self._stopped.set()
+
+    def stop_now(self) -> None:
+        """A second stop signal: cut the drain short; stop() then ends every session at once."""
+        self._drain_cut.set()
+
+    @property
+    def open_sessions(self) -> int:
+        """Client sessions open right now (past the client rules and limits)."""
+        return self._active
+
+    def _drain(self, wait: Callable[[], object], deadline: float | None) -> None:
+        """Block in ``wait`` until it returns, ``deadline`` passes or stop_now() is called."""
+        waiter = gevent.spawn(wait)
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+        gevent.wait([waiter, self._drain_cut], timeout=remaining, count=1)
+        waiter.kill()
 
     def reload(self, config: Config | None = None) -> bool:
         """SIGHUP: re-read the users file, apply ``config``'s rules, reopen the access log.

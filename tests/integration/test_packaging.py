@@ -37,12 +37,16 @@ def test_unit_has_the_hardening_of_dantes_and_tlsrouters_units():
         "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "LimitNOFILE": "65536",
+        "Type": "notify",  # gproxy sends READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1
+        "NotifyAccess": "main",  # the --workers supervisor; workers never see NOTIFY_SOCKET
     }
     for key, value in expected.items():
         assert settings.get(key) == [value], key
     assert settings["ExecStart"][0].split()[1:] == ["--config", "/etc/gproxy/gproxy.toml"]
     # SIGTERM drains for --drain-timeout (10 s): systemd must wait longer before SIGKILL.
     assert int(settings["TimeoutStopSec"][0].rstrip("s")) > 10
+    # gproxy pings at half the interval; well above a reload's or a drain's pauses
+    assert int(settings["WatchdogSec"][0].rstrip("s")) >= 10
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
