@@ -14,6 +14,9 @@ from tests.helpers import parse_socks5_udp_datagram, read_socks5_bound, recv_exa
 
 UDP_ASSOCIATE = 3
 
+#: behind a balancer the listener is exposed: clients are allowed by rule, loopback destinations opened
+BEHIND_BALANCER = ["0.0.0.0/0", "::/0"]
+
 
 def associate(proxy_address: Address, header: bytes) -> tuple[socket.socket, tuple[str, int]]:
     """The balancer's connection (from 127.0.0.1): the PROXY header, then a UDP ASSOCIATE."""
@@ -33,7 +36,9 @@ def udp_from(host: str) -> socket.socket:
 
 @pytest.mark.parametrize("encode", [encode_v1, encode_v2])
 def test_datagrams_from_the_header_client_are_relayed_and_the_balancers_are_not(proxy, echo_udp, encode):
-    running = proxy(socks=["127.0.0.1:0"], proxy_protocol=True)
+    running = proxy(
+        socks=["127.0.0.1:0"], proxy_protocol=True, allow=BEHIND_BALANCER, allow_dest=["127.0.0.0/8", "::1"]
+    )
     header = encode(Address("127.0.0.2", 40000), Address("127.0.0.1", 1080))
     control, relay = associate(running.address("socks5"), header)
     balancer, client = udp_from("127.0.0.1"), udp_from("127.0.0.2")
@@ -49,7 +54,9 @@ def test_datagrams_from_the_header_client_are_relayed_and_the_balancers_are_not(
 
 
 def test_ipv6_client_behind_an_ipv4_balancer(proxy, echo_udp6):
-    running = proxy(socks=["127.0.0.1:0"], proxy_protocol=True)
+    running = proxy(
+        socks=["127.0.0.1:0"], proxy_protocol=True, allow=BEHIND_BALANCER, allow_dest=["127.0.0.0/8", "::1"]
+    )
     header = encode_v2(Address("::1", 40000), Address("::1", 1080))
     control, relay = associate(running.address("socks5"), header)
     client = udp_from("::1")
@@ -63,7 +70,9 @@ def test_ipv6_client_behind_an_ipv4_balancer(proxy, echo_udp6):
 
 
 def test_the_declared_port_of_the_header_client_is_enforced(proxy, echo_udp):
-    running = proxy(socks=["127.0.0.1:0"], proxy_protocol=True)
+    running = proxy(
+        socks=["127.0.0.1:0"], proxy_protocol=True, allow=BEHIND_BALANCER, allow_dest=["127.0.0.0/8", "::1"]
+    )
     client, other = udp_from("127.0.0.2"), udp_from("127.0.0.2")
     port = client.getsockname()[1]
     address = running.address("socks5")

@@ -216,7 +216,7 @@ def test_out_of_fds_when_dialing_gets_a_reply(probe, sandbox, monkeypatch):
     import errno
     import types
 
-    from gproxy.core import dial
+    from gproxy.core import happy_eyeballs
 
     def no_fds(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(errno.EMFILE, "Too many open files")
@@ -225,7 +225,7 @@ def test_out_of_fds_when_dialing_gets_a_reply(probe, sandbox, monkeypatch):
     with EchoServer() as echo:
         dest = Address("127.0.0.1", echo.port)
         running = sandbox(probe, dest, metrics=log)
-        monkeypatch.setattr(dial, "gsocket", types.SimpleNamespace(socket=no_fds))
+        monkeypatch.setattr(happy_eyeballs, "_socket", types.SimpleNamespace(socket=no_fds))
         attempt = attack(_address(running, probe), probe.handshake(dest), wait=10)
         monkeypatch.undo()
         assert attempt.ended in ("eof", "reset"), attempt
