@@ -6,13 +6,14 @@ A Context is built per listener by the server; front ends only read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.dial import Dialer, Resolver, system_resolve
+from gproxy.core.relay import Relay
 from gproxy.core.rules import DestinationPolicy
-from gproxy.core.session import Session, SessionOwner
+from gproxy.core.session import Session
 
 if TYPE_CHECKING:
     import ssl  # imported lazily (gproxy.server.tls): gevent patches it at start
@@ -37,6 +38,21 @@ class Metrics:
         """A UDP datagram ``up`` (from the client) or ``down``: relayed, or ``dropped`` and why."""
 
 
+class TunnelRegistry(Protocol):
+    """Owns the tunnels that outlive their session's greenlet (gproxy.server.tunnels.Tunnels).
+
+    The front end's greenlet hands a running Relay over with add() and ends; the
+    tunnel's end, run in a greenlet of its own with the session's record
+    complete, calls ended().
+    """
+
+    def add(self, session: Session, relay: Relay) -> None:
+        """Own ``relay`` (the tunnel of ``session``) until ended(session)."""
+
+    def ended(self, session: Session) -> None:
+        """The tunnel is done and its sockets are closed: end the session (count, log)."""
+
+
 @dataclass
 class Context:
     config: Config
@@ -48,5 +64,5 @@ class Context:
     metrics: Metrics
     resolver: Resolver = system_resolve  # UDP resolves names itself
     tls: ssl.SSLContext | None = None  # --https / --socks-tls listeners
-    #: a server that lets a tunnel outlive its session's greenlet (see run_tunnel())
-    owner: SessionOwner | None = None
+    #: the server's registry of tunnels that outlive their session's greenlet (see run_tunnel())
+    tunnels: TunnelRegistry | None = None

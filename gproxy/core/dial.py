@@ -16,9 +16,9 @@ from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
-from gevent.hub import Waiter, get_hub
 
 from gproxy.codec.replies import ReplyCode
+from gproxy.core._gevent import raw_socket, wait_writable
 from gproxy.core.addr import Address, IPAddress, parse_ip_cached
 from gproxy.core.errors import Denied, DialError
 
@@ -125,7 +125,7 @@ def _connect(sock: socket.socket, sockaddr: tuple[object, ...], timeout: float) 
 
     gevent's own connect() costs two more syscalls and a resolver check per call.
     """
-    raw = sock._sock  # type: ignore[attr-defined]
+    raw = raw_socket(sock)
     err = raw.connect_ex(sockaddr)
     if err in _IN_PROGRESS:
         _wait_writable(sock, timeout)
@@ -138,21 +138,9 @@ def _connect(sock: socket.socket, sockaddr: tuple[object, ...], timeout: float) 
 def _wait_writable(sock: socket.socket, timeout: float) -> None:
     """Sleep until ``sock`` is writable; TimeoutError after ``timeout`` seconds.
 
-    The socket's own watcher and one timer: no Timeout object, no settimeout().
+    One watcher and one timer: no Timeout object, no settimeout().
     """
-    hub = get_hub()
-    watcher = sock._write_event  # type: ignore[attr-defined]
-    timer = hub.loop.timer(timeout)
-    waiter: Waiter[bool] = Waiter(hub)
-    watcher.start(waiter.switch, True)
-    timer.start(waiter.switch, False)
-    try:
-        ready = waiter.get()
-    finally:
-        watcher.stop()
-        timer.close()
-    if not ready:
-        raise TimeoutError("connect timed out")
+    wait_writable(sock.fileno(), timeout)
 
 
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})

@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
 
 from gproxy.core.addr import Address
-
-if TYPE_CHECKING:
-    from gproxy.core.stream import Conn
 
 #: printable ASCII but space, quote, equals and backslash: safe unquoted
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")
@@ -51,16 +46,6 @@ class Session:
             ("outcome", self.outcome),
         )
         return " ".join(f"{key}={_quote(value)}" for key, value in pairs)
-
-
-class SessionOwner(Protocol):
-    """The server side of a session that outlives its greenlet (a tunnel on the event loop)."""
-
-    def detach(self, conn: Conn, abort: Callable[[str], None]) -> None:
-        """The handler returns while the tunnel runs: keep the client open; ``abort(outcome)`` ends it early."""
-
-    def end_detached(self, session: Session, conn: Conn) -> None:
-        """The tunnel is done (its record is complete): close the client, count and log the session."""
 
 
 def _quote(value: str) -> str:

@@ -1,5 +1,6 @@
-"""relay() over socketpairs: both directions, half-close, idle timeout, errors,
-large transfers on the splice path and the plain path, the generic (TLS) path."""
+"""The relay engines over socketpairs: both directions, half-close, idle timeout, errors,
+large transfers on the splice path and the plain path, the greenlet (TLS) engine,
+start_relay() on its own, abort and the sockets' ownership."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from gproxy.core import relay as relay_mod
 from gproxy.core.relay import relay
-from tests.helpers import recv_all, recv_exact
+from tests.helpers import recv_all, recv_exact, wait_for
 
 
 @pytest.fixture
@@ -203,7 +204,7 @@ def test_large_transfer_sha256(pairs, monkeypatch, splice_after):
     stats = g.get(timeout=10)
     assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
     assert bool(pipes) == (splice_after is not None)
-    assert open_fds() == fds  # pipes were given back
+    assert open_fds() == fds - 2  # pipes were given back; the relay closed the two sockets it took
 
 
 def test_idle_tunnel_holds_no_pipe_after_bulk(pairs, monkeypatch):
@@ -224,6 +225,7 @@ def test_idle_tunnel_holds_no_pipe_after_bulk(pairs, monkeypatch):
     client.shutdown(socket.SHUT_WR)
     upstream.shutdown(socket.SHUT_WR)
     assert g.get(timeout=10).up == 300_005
+    wait_for(lambda: open_fds() == fds - 2, what="the pipe and both sockets closed")  # os.close is deferred
 
 
 class Wrapped:
@@ -240,6 +242,9 @@ class Wrapped:
 
     def shutdown(self, how):
         self.sock.shutdown(how)
+
+    def close(self):
+        self.sock.close()
 
 
 def test_generic_path(pairs):
@@ -274,7 +279,7 @@ def test_splice_refused_falls_back_to_copying(pairs, monkeypatch):
     assert received == sent
     stats = g.get(timeout=10)
     assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
-    assert open_fds() == fds
+    assert open_fds() == fds - 2
 
 
 class _RefusingSends:
@@ -302,10 +307,11 @@ def test_a_send_that_accepts_nothing_loses_no_bytes(pairs, monkeypatch, splice_a
     and the counts match what arrived, when the destination refuses sends now and then."""
     monkeypatch.setattr(relay_mod, "SPLICE_AFTER", splice_after)
     client, a, b, upstream = pairs
-    tunnel = relay_mod._EventTunnel(a, b, relay_mod.RelayStats())
+    tunnel = relay_mod._EventTunnel(relay_mod._take_over(a), relay_mod._take_over(b), relay_mod.RelayStats())
     tunnel.up.dst = _RefusingSends(tunnel.up.dst)
     tunnel.down.dst = _RefusingSends(tunnel.down.dst)
-    runner = gevent.spawn(tunnel.run, 30)
+    tunnel.start(30)
+    runner = gevent.spawn(tunnel.wait)
     payload = os.urandom(3 * 1024 * 1024 + 17)
 
     def send_and_close(sock: socket.socket) -> None:
