@@ -85,8 +85,12 @@ def send_close_notify(tls: socket.socket) -> None:
         sslobj = tls._sslobj  # type: ignore[attr-defined]
     except AttributeError:
         raise GeventInternalsMissing(f"{type(tls).__name__}._sslobj is missing") from None
-    if sslobj is not None:  # None: the TLS session is already gone
+    if sslobj is None:  # the TLS session is already gone
+        return
+    try:
         sslobj.shutdown()
+    except sys.modules["ssl"].SSLWantReadError:  # sent; the peer's close_notify is not awaited
+        pass
 
 
 def io_watcher(fd: int, events: int) -> Any:
