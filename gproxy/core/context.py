@@ -6,14 +6,15 @@ A Context is built per listener by the server; front ends only read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.dial import Dialer, Resolver, system_resolve
 from gproxy.core.outbound import Outbound
+from gproxy.core.relay import Relay
 from gproxy.core.rules import DestinationPolicy
-from gproxy.core.session import Session, SessionOwner
+from gproxy.core.session import Session
 
 if TYPE_CHECKING:
     import ssl  # imported lazily (gproxy.server.tls): gevent patches it at start
@@ -45,6 +46,31 @@ class Metrics:
         (it reported that the destination failed)."""
 
 
+class TunnelRegistry(Protocol):
+    """Owns the tunnels that outlive their session's greenlet (gproxy.server.tunnels.Tunnels).
+
+    The front end's greenlet hands a running Relay over with add() and ends; the
+    tunnel's end, run in a greenlet of its own with the session's record
+    complete, calls ended().
+    """
+
+    def add(self, session: Session, relay: Relay) -> None:
+        """Own ``relay`` (the tunnel of ``session``) until ended(session)."""
+
+    def ended(self, session: Session) -> None:
+        """The tunnel is done and its sockets are closed: end the session (count, log)."""
+
+
+class SessionOwner(Protocol):
+    """The server, as the HTTP front end needs it for each request of a kept-alive connection."""
+
+    def log_request(self, session: Session) -> None:
+        """One request is done: write its access-log line."""
+
+    def latest(self, ctx: Context) -> Context:
+        """The listener's context as of now (rules change on SIGHUP): for each new request."""
+
+
 @dataclass
 class Context:
     config: Config
@@ -57,5 +83,7 @@ class Context:
     resolver: Resolver = system_resolve  # UDP resolves names itself
     outbound: Outbound = Outbound()  # --outgoing and --mark, for UDP relay sockets
     tls: ssl.SSLContext | None = None  # --https / --socks-tls listeners
-    #: a server that lets a tunnel outlive its session's greenlet (see run_tunnel())
+    #: the server's registry of tunnels that outlive their session's greenlet (see run_tunnel())
+    tunnels: TunnelRegistry | None = None
+    #: the server's per-request services for kept-alive HTTP connections
     owner: SessionOwner | None = None

@@ -1,10 +1,12 @@
 """The relay: copy bytes both ways between two connected sockets.
 
-Plain sockets are relayed by callbacks on the event loop, with no greenlet
-per direction: relay() sleeps until both directions are done, and
-start_relay() returns at once (the session's greenlet ends), so an idle
-tunnel holds only its two sockets, their watchers, a timer and a small state
-object. Per chunk a direction does one ``recv_into`` into a buffer
+Two engines, picked in one place (engine_for()). Plain sockets are relayed
+by callbacks on the event loop, with no greenlet per direction: relay()
+starts them and sleeps until both directions are done, start_relay() returns
+at once (the session's greenlet ends), so an idle tunnel holds only its two
+sockets, their watchers, a timer and a small state object. The engine takes
+the sockets over (public ``socket.detach()``): nobody else can close them
+under its watchers, and it closes them when the tunnel ends. Per chunk a direction does one ``recv_into`` into a buffer
 shared by the hub and one non-blocking ``send``; only a partial send copies
 the rest out and waits for the destination to drain.
 
@@ -14,7 +16,7 @@ The pipe is created on that switch and given back once the direction has
 been quiet for a sweep interval, so idle tunnels hold no pipes.
 
 TLS sockets (which cannot be spliced or polled on their raw descriptor)
-take a generic path: one greenlet per direction with ``sendall``.
+take the greenlet engine: one greenlet per direction with ``sendall``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ import socket
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 
 import gevent
+from gevent import monkey
 from gevent import socket as gsocket
 from gevent.hub import Hub, Waiter, get_hub
+
+from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_close_notify
 
 CHUNK = 65536
 #: pipe capacity asked for a spliced direction, and the most one splice() moves
@@ -43,6 +49,10 @@ SPLICE_AFTER: int | None = CHUNK
 PIPE_SWEEP = 1.0
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _HAVE_SPLICE = hasattr(os, "splice")
+
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+#: the standard library's socket class, even when gevent has patched the module
+_PlainSocket: type[socket.socket] = monkey.get_original("socket", "socket")
 
 _buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
 #: the hub that asked last and its buffer
@@ -73,15 +83,34 @@ def _hub_buffer() -> memoryview:
     return buf
 
 
-def _raw(sock: socket.socket) -> socket.socket | None:
-    """The kernel socket under a plain gevent socket (None for TLS sockets and other types).
+class Engine(StrEnum):
+    """How a tunnel is relayed (see engine_for())."""
 
-    An exact type check: ``hasattr(sock, "_sslobj")`` on a plain gevent socket
-    raises and catches an AttributeError inside gevent's ``__getattr__``.
+    EVENTS = "events"  # event-loop callbacks + splice(): plain sockets
+    GREENLETS = "greenlets"  # a greenlet per direction: anything else (TLS)
+
+
+def engine_for(client: socket.socket, upstream: socket.socket) -> Engine:
+    """The one place that picks the engine for a tunnel, and why.
+
+    EVENTS when both sockets are plain: their descriptors can be watched by the
+    loop and spliced, so no greenlet waits (the tunnel may even outlive its
+    session's greenlet: start_relay()). GREENLETS otherwise: a TLS socket
+    buffers decrypted bytes the loop cannot see, and splice() would bypass TLS.
     """
-    if type(sock) is not gsocket.socket:
-        return None
-    return sock._sock  # type: ignore[attr-defined,no-any-return]
+    if is_plain(client) and is_plain(upstream):
+        return Engine.EVENTS
+    return Engine.GREENLETS
+
+
+def _take_over(sock: socket.socket) -> socket.socket:
+    """The caller's socket object gives up its descriptor (public ``detach()``); a
+    non-blocking kernel socket that only the relay holds owns it from now on."""
+    if sock.gettimeout() != 0.0 and type(sock) is not gsocket.socket:
+        sock.setblocking(False)  # a standard library socket (gevent's are non-blocking underneath)
+    family, kind, proto = sock.family, sock.type, sock.proto
+    # SOCK_NONBLOCK: the new object starts non-blocking without a syscall (the descriptor already is)
+    return _PlainSocket(family, kind | _SOCK_NONBLOCK, proto, fileno=sock.detach())
 
 
 def _describe(exc: OSError) -> str:
@@ -129,13 +158,12 @@ def _sweeper() -> _Sweeper:
 
 
 class _Direction:
-    """One way of a plain tunnel, driven by its source's read watcher."""
+    """One way of a plain tunnel, driven by a read watcher on its source's descriptor."""
 
     __slots__ = (
         "tunnel",
         "src",
         "dst",
-        "dst_sock",
         "reader",
         "writer",
         "upward",
@@ -151,11 +179,10 @@ class _Direction:
 
     def __init__(self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         self.tunnel = tunnel
-        self.src: socket.socket = src._sock  # type: ignore[attr-defined]  # plain gevent sockets (see _raw)
-        self.dst: socket.socket = dst._sock  # type: ignore[attr-defined]
-        self.dst_sock = dst
-        self.reader = src._read_event  # type: ignore[attr-defined]
-        self.writer = dst._write_event  # type: ignore[attr-defined]
+        self.src = src  # kernel sockets the tunnel owns (see _take_over)
+        self.dst = dst
+        self.reader = io_watcher(src.fileno(), READ)
+        self.writer: Any = None  # made on the first wait for the destination to drain
         self.upward = upward
         self.pending: bytes | memoryview = b""  # bytes a partial send left (plain mode)
         self.pipe: tuple[int, int] | None = None  # (read end, write end) in splice mode
@@ -169,8 +196,10 @@ class _Direction:
         self.reader.start(self.on_readable)
 
     def stop(self) -> None:
-        self.reader.stop()
-        self.writer.stop()
+        """Stop and close the watchers (before the descriptors are closed) and give back the pipe."""
+        self.reader.close()
+        if self.writer is not None:
+            self.writer.close()
         self.release_pipe()
 
     def count(self, n: int) -> None:
@@ -252,6 +281,8 @@ class _Direction:
 
     def _wait_writable(self) -> None:
         self.reader.stop()
+        if self.writer is None:
+            self.writer = io_watcher(self.dst.fileno(), WRITE)
         self.writer.start(self.on_writable)
 
     def _take_pipe(self) -> None:
@@ -324,8 +355,12 @@ class _IdleClock:
 
 
 class _EventTunnel(_IdleClock):
-    """Both directions of a plain tunnel plus the idle timer; when done, wakes the relay()
-    caller or calls ``on_done(stats)`` (start_relay())."""
+    """Both directions of a plain tunnel plus the idle timer, on the sockets it owns.
+
+    When done it closes them, then wakes the relay() caller or runs
+    ``on_done(stats)`` in a new greenlet (start_relay()): never inside a watcher
+    callback, where a user's Metrics or log handler that yields would fail.
+    """
 
     __slots__ = ("up", "down", "waiter", "on_done", "timer", "finished")
 
@@ -333,7 +368,7 @@ class _EventTunnel(_IdleClock):
         super().__init__(a, b, stats)
         self.up = _Direction(self, a, b, True)
         self.down = _Direction(self, b, a, False)
-        self.waiter: Waiter | None = None
+        self.waiter: Waiter[None] | None = None
         self.on_done: Callable[[RelayStats], object] | None = None
         self.timer: Any = None  # a libev timer watcher
         self.finished = False
@@ -346,21 +381,25 @@ class _EventTunnel(_IdleClock):
         self.up.start()
         self.down.start()
 
-    def run(self, idle_timeout: float) -> None:
+    def wait(self) -> None:
+        """Sleep until the tunnel is done; a kill (or any exception) aborts it with ``shutdown``."""
+        if self.finished:
+            return
         self.waiter = Waiter()
-        self.start(idle_timeout)
         try:
             self.waiter.get()
         except BaseException:
             self.waiter = None
             self.abort("shutdown")
             raise
-        finally:
-            if not self.finished:  # finish() has cleaned up already
-                self.cleanup()
 
     def abort(self, outcome: str) -> None:
-        """An error, the idle timeout or a kill: shut both sockets down and finish."""
+        """An error, the idle timeout, a drain or a kill: shut both sockets down and finish.
+
+        The first outcome is kept; once finished, nothing changes.
+        """
+        if self.finished:
+            return
         super().abort(outcome)
         self.finish()
 
@@ -368,23 +407,22 @@ class _EventTunnel(_IdleClock):
         if self.finished:
             return
         self.finished = True
-        self.cleanup()
-        if self.waiter is not None:
-            self.waiter.switch(None)
-        elif self.on_done is not None:
-            on_done, self.on_done = self.on_done, None
-            on_done(self.stats)
-
-    def cleanup(self) -> None:
         self.up.stop()
         self.down.stop()
         if self.timer is not None:
             self.timer.close()
             self.timer = None
+        self.a.close()
+        self.b.close()
+        if self.waiter is not None:
+            self.waiter.switch(None)
+        elif self.on_done is not None:
+            on_done, self.on_done = self.on_done, None
+            gevent.spawn(on_done, self.stats)
 
 
 class _Tunnel(_IdleClock):
-    """The generic path (TLS sockets): one greenlet per direction; abort() wakes
+    """The greenlet engine (TLS sockets): one greenlet per direction; abort() wakes
     their blocked recv() calls with EOF."""
 
     __slots__ = ("ended",)
@@ -407,7 +445,7 @@ class _Tunnel(_IdleClock):
                 else:
                     stats.down += n
                 dst.sendall(buf[:n])
-            if hasattr(dst, "_sslobj"):
+            if is_tls(dst):
                 self.end_tls(dst)
             else:
                 with contextlib.suppress(OSError):
@@ -420,8 +458,8 @@ class _Tunnel(_IdleClock):
         """TLS cannot half-close here (``ssl`` drops its state on shutdown):
         send close_notify, then end both directions with the outcome kept."""
         self.ended = True
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            tls._sslobj.shutdown()  # type: ignore[attr-defined]  # sends close_notify; does not wait
+        with contextlib.suppress(OSError, ValueError):
+            send_close_notify(tls)
         for sock in (self.a, self.b):
             with contextlib.suppress(OSError):
                 gsocket.socket.shutdown(sock, socket.SHUT_RDWR)  # the TCP socket under any TLS
@@ -445,19 +483,8 @@ class _Tunnel(_IdleClock):
                 timer.close()
 
 
-def relay(
-    client: socket.socket,
-    upstream: socket.socket,
-    *,
-    idle_timeout: float,
-    first_up: bytes = b"",
-    first_down: bytes = b"",
-) -> RelayStats:
-    """Relay until both directions are done; never closes the sockets.
-
-    ``first_up`` are bytes the client sent early (already read from it);
-    ``first_down`` bytes read early from the upstream. Returns the stats.
-    """
+def _send_first(client: socket.socket, upstream: socket.socket, first_up: bytes, first_down: bytes) -> RelayStats:
+    """Send the bytes read early (from this greenlet); on failure the outcome says why."""
     stats = RelayStats()
     try:
         if first_up:
@@ -468,15 +495,54 @@ def relay(
             stats.down += len(first_down)
     except OSError as exc:
         stats.outcome = _describe(exc)
-        for sock in (client, upstream):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        return stats
-    if _raw(client) is not None and _raw(upstream) is not None:
-        _EventTunnel(client, upstream, stats).run(idle_timeout)
-    else:
-        _Tunnel(client, upstream, stats).run(idle_timeout)
     return stats
+
+
+def _close_both(client: socket.socket, upstream: socket.socket) -> None:
+    for sock in (client, upstream):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+def relay(
+    client: socket.socket,
+    upstream: socket.socket,
+    *,
+    idle_timeout: float,
+    first_up: bytes = b"",
+    first_down: bytes = b"",
+) -> RelayStats:
+    """Relay until both directions are done (start + wait); takes both sockets over
+    and closes them before it returns.
+
+    ``first_up`` are bytes the client sent early (already read from it);
+    ``first_down`` bytes read early from the upstream. Returns the stats.
+    """
+    stats = _send_first(client, upstream, first_up, first_down)
+    if stats.outcome != "ok":
+        _close_both(client, upstream)
+        return stats
+    if engine_for(client, upstream) is Engine.EVENTS:
+        tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats)
+        tunnel.start(idle_timeout)
+        tunnel.wait()
+        return stats
+    try:
+        _Tunnel(client, upstream, stats).run(idle_timeout)
+    finally:
+        _close_both(client, upstream)
+    return stats
+
+
+class Relay(Protocol):
+    """A tunnel running on the event loop alone (what start_relay() returns)."""
+
+    @property
+    def stats(self) -> RelayStats: ...
+
+    def abort(self, outcome: str) -> None:
+        """End it now (both sockets shut down) unless it has ended; the first outcome is kept."""
 
 
 def start_relay(
@@ -485,19 +551,24 @@ def start_relay(
     *,
     idle_timeout: float,
     on_done: Callable[[RelayStats], object],
-) -> Callable[[str], None] | None:
-    """relay() without blocking the caller, for two plain sockets; None (and nothing
-    done) for any other kind.
+    first_up: bytes = b"",
+) -> Relay | None:
+    """relay() without blocking the caller, for the EVENTS engine; None (and nothing
+    done) when engine_for() picks another.
 
-    The relay runs on event-loop callbacks alone, so an idle tunnel holds no
-    greenlet (a parked greenlet's stack costs more memory than the rest of the
-    tunnel). ``on_done(stats)`` is called once both directions are done, from
-    the event loop (or from the caller of the returned ``abort(outcome)``).
-    Never closes the sockets.
+    The sockets are taken over (the caller's objects are detached and may be
+    dropped or closed: that no longer touches the tunnel). An idle tunnel holds
+    no greenlet (a parked greenlet's stack costs more memory than the rest of
+    the tunnel). Once both directions are done, or the returned Relay is
+    aborted, the sockets are closed and ``on_done(stats)`` runs in a new greenlet.
     """
-    if _raw(client) is None or _raw(upstream) is None:
+    if engine_for(client, upstream) is not Engine.EVENTS:
         return None
-    tunnel = _EventTunnel(client, upstream, RelayStats())
+    stats = _send_first(client, upstream, first_up, b"")
+    tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats)
     tunnel.on_done = on_done
-    tunnel.start(idle_timeout)
-    return tunnel.abort
+    if stats.outcome != "ok":
+        tunnel.abort(stats.outcome)
+    else:
+        tunnel.start(idle_timeout)
+    return tunnel

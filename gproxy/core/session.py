@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from gproxy.core.addr import Address
 
 if TYPE_CHECKING:
     from gproxy.core.access import UserSlot
-    from gproxy.core.context import Context
-    from gproxy.core.stream import Conn
 
 #: printable ASCII but space, quote, equals and backslash: safe unquoted
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")
@@ -83,22 +80,6 @@ class Session:
         self.user, self.cmd, self.dest, self.status, self.outcome, self.via = None, "-", "-", None, "ok", None
         self.started = time.monotonic()
         self.quiet = False
-
-
-class SessionOwner(Protocol):
-    """The server side of a session that outlives its greenlet (a tunnel on the event loop)."""
-
-    def detach(self, conn: Conn, abort: Callable[[str], None]) -> None:
-        """The handler returns while the tunnel runs: keep the client open; ``abort(outcome)`` ends it early."""
-
-    def end_detached(self, session: Session, conn: Conn) -> None:
-        """The tunnel is done (its record is complete): close the client, count and log the session."""
-
-    def log_request(self, session: Session) -> None:
-        """One request of a kept-alive HTTP connection is done: write its access-log line."""
-
-    def latest(self, ctx: Context) -> Context:
-        """The listener's context as of now (rules change on SIGHUP): for each new request."""
 
 
 def _quote(value: str) -> str:

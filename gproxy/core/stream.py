@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from gevent import socket as gsocket
 
+from gproxy.core._gevent import raw_socket
 from gproxy.core.errors import ClientClosed, ClientProtocolError
 
 T = TypeVar("T")
@@ -77,7 +78,7 @@ class Conn:
     def sendall(self, data: bytes) -> None:
         """Send it all; a short reply on a plain socket goes out in one direct send()."""
         if type(self.sock) is _PLAIN:  # not TLS (an exact check: hasattr would raise inside gevent)
-            raw = self.sock._sock  # type: ignore[attr-defined]
+            raw = raw_socket(self.sock)
             try:
                 sent = raw.send(data)
             except BlockingIOError:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import socket
 
 from gproxy.core.addr import Address, IPAddress
-from gproxy.core.context import Context
+from gproxy.core.context import Context, TunnelRegistry
 from gproxy.core.relay import RelayStats, relay, start_relay
-from gproxy.core.session import Session, SessionOwner
+from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 
 
@@ -30,32 +30,33 @@ def _checked(ip: IPAddress, port: int) -> None:
 
 def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session, reply: bytes = b"") -> None:
     """Send ``reply`` (the front end's success reply), then relay client <-> upstream
-    until both sides are done; records bytes and outcome, and closes ``upstream``.
+    until both sides are done; records bytes and outcome. The relay takes both
+    sockets over and closes them (the caller's ``upstream`` and ``conn.sock`` are
+    then detached or closed).
 
     Bytes the client sent early (still in ``conn``'s buffer) go first. When the
-    server lets the session outlive its greenlet (``ctx.owner``), the
-    sockets are plain and there are no early bytes, this returns as soon as
-    the relay runs on the event loop alone: the record is completed and the
-    upstream closed when the tunnel ends.
+    server has a registry for tunnels (``ctx.tunnels``) and engine_for() picks the
+    event-loop engine, the tunnel is handed over to it and this returns at once:
+    the session's greenlet ends, and the registry completes the record when the
+    tunnel ends. Otherwise (TLS, or no registry) this relays until the end.
     """
     try:
         if reply:
             conn.sendall(reply)
         first_up = conn.take_buffered()
         idle_timeout = ctx.config.idle_timeout
-        owner = ctx.owner
-        if owner is not None and not first_up:
-            ended = _Ended(owner, session, conn, upstream)
-            abort = start_relay(conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended)
-            if abort is not None:
-                owner.detach(conn, abort)
+        tunnels = ctx.tunnels
+        if tunnels is not None:
+            ended = _Ended(tunnels, session)
+            handed = start_relay(conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended, first_up=first_up)
+            if handed is not None:  # engine_for() picked the event-loop engine
+                tunnels.add(session, handed)
                 return
         stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up)
     except BaseException:
         upstream.close()
         raise
     _record(session, stats)
-    upstream.close()
 
 
 def _record(session: Session, stats: RelayStats) -> None:
@@ -65,17 +66,14 @@ def _record(session: Session, stats: RelayStats) -> None:
 
 
 class _Ended:
-    """A detached tunnel's end: record, close the upstream, hand the session back to its owner."""
+    """A handed-over tunnel's end (in a greenlet of its own): record, then tell the registry."""
 
-    __slots__ = ("owner", "session", "conn", "upstream")
+    __slots__ = ("tunnels", "session")
 
-    def __init__(self, owner: SessionOwner, session: Session, conn: Conn, upstream: socket.socket) -> None:
-        self.owner = owner
+    def __init__(self, tunnels: TunnelRegistry, session: Session) -> None:
+        self.tunnels = tunnels
         self.session = session
-        self.conn = conn
-        self.upstream = upstream
 
     def __call__(self, stats: RelayStats) -> None:
         _record(self.session, stats)
-        self.upstream.close()
-        self.owner.end_detached(self.session, self.conn)
+        self.tunnels.ended(self.session)

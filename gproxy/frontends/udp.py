@@ -20,6 +20,7 @@ from gevent.hub import Hub, get_hub
 
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
+from gproxy.core._gevent import raw_socket
 from gproxy.core.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
@@ -66,8 +67,9 @@ def _hub_buffer() -> memoryview:
 
 
 def _raw(sock: socket.socket) -> socket.socket:
-    """The non-blocking kernel socket under a gevent socket (sends never yield)."""
-    return getattr(sock, "_sock", sock)
+    """The non-blocking kernel socket under a gevent socket (sends never yield); raises if gevent
+    no longer has one (never the cooperative socket instead: see the shared-buffer rule)."""
+    return raw_socket(sock)
 
 
 def outbound_udp_socket(outbound: Outbound, family: int) -> socket.socket:

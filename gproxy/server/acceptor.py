@@ -18,6 +18,7 @@ from typing import Any
 from gevent import monkey
 from gevent.server import StreamServer
 
+from gproxy.core._gevent import accept_fd, retry_accepting_later
 from gproxy.core.log import logger
 
 OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -49,19 +50,15 @@ class _Reserve:
 class Acceptor(StreamServer):  # type: ignore[misc]
     """StreamServer with descriptor-exhaustion handling; ``on_shed()`` counts shed clients.
 
-    A client socket for which ``keep(sock)`` is true is left open when its
-    handler returns: its session goes on without a greenlet and closes it.
+    A client socket is closed when its handler returns, as StreamServer does; a
+    tunnel that goes on without the handler has taken the descriptor over
+    (``socket.detach()``), so that close no longer touches it.
     """
 
-    def __init__(self, *args: Any, on_shed: Any = None, keep: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_shed: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_shed = on_shed
-        self._keep = keep
         self._fd_delay = 0.0
-
-    def do_close(self, sock: Any, *args: Any) -> None:
-        if self._keep is None or not self._keep(sock):
-            sock.close()
 
     def start_accepting(self) -> None:
         _Reserve.ensure()
@@ -86,15 +83,13 @@ class Acceptor(StreamServer):  # type: ignore[misc]
         self._fd_delay = min(MAX_DELAY, max(MIN_DELAY, self._fd_delay * 2))
         self._shed()
         self.stop_accepting()
-        # the same timer StreamServer uses for its own backoff (stop_accepting clears it)
-        self._timer = self.loop.timer(self._fd_delay)
-        self._timer.start(self._start_accepting_if_started)
+        retry_accepting_later(self, self._fd_delay)
 
     def _shed(self) -> None:
         """Free the spare descriptor, accept one waiting client, close it, take the spare back."""
         _Reserve.release()
         try:
-            fd, _ = self.socket._accept()
+            fd = accept_fd(self.socket)
         except OSError:
             pass
         else:

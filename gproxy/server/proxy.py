@@ -25,6 +25,7 @@ from gevent.server import StreamServer
 if TYPE_CHECKING:
     import ssl  # imported lazily (gproxy.server.tls): gevent patches it at start
 
+from gproxy.core._gevent import raw_socket
 from gproxy.core.access import ClientRules, Users, read_users_file
 from gproxy.core.addr import Address, IPAddress, format_hostport, from_sockaddr, parse_ip
 from gproxy.core.auth_service import AuthService, parse_auth_url
@@ -53,6 +54,7 @@ from gproxy.server.acceptor import Acceptor
 from gproxy.server.proxy_header import read_proxy_header
 from gproxy.server.tls import accept as tls_accept
 from gproxy.server.tls import server_context
+from gproxy.server.tunnels import Tunnels
 from gproxy.services.shadowsocks_udp import ShadowsocksUdp
 from gproxy.services.tproxy_udp import TproxyUdp
 
@@ -79,11 +81,20 @@ HANDLERS: dict[str, Handler] = {
     "tproxy": serve_tproxy,
     "ss": serve_ss,
 }
+
+
+def _metrics_service(proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> Service:
+    from gproxy.services.metrics import MetricsService  # prometheus-client only when asked for
+
+    return MetricsService.build(proxy, spec, sock)
+
+
 #: listener kind -> builds a Service from the proxy, its spec and its bound socket
 SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
     "udp-forward": UdpForwarder,
     "ss-udp": ShadowsocksUdp,
     "tproxy-udp": TproxyUdp,
+    "metrics": _metrics_service,
 }
 #: listener kinds bound as UDP sockets
 DATAGRAM_KINDS = frozenset({"udp-forward", "ss-udp", "tproxy-udp"})
@@ -109,7 +120,7 @@ class Proxy:
     ) -> None:
         self.config = config
         if metrics is None and any(spec.kind == "metrics" for spec in config.listeners):
-            from gproxy.services.metrics import PrometheusMetrics  # registers the "metrics" service
+            from gproxy.services.metrics import PrometheusMetrics  # prometheus-client only when asked for
 
             metrics = PrometheusMetrics()
         self.metrics = metrics or Metrics()
@@ -131,9 +142,10 @@ class Proxy:
         self._active_by_ip: dict[str, int] = {}  # --max-conns-per-ip key -> open connections
         #: client socket -> its keys in _active_by_ip, and whether it counts in _active
         self._counted: dict[socket.socket, tuple[list[str], bool]] = {}
-        #: client socket -> abort(outcome) of the sessions that went on without a greenlet
-        self._detached: dict[socket.socket, Callable[[str], None]] = {}
-        self._detached_done = Event()
+        #: id(session) -> the same, once the connection is a session (a tunnel ends without its socket)
+        self._session_counts: dict[int, tuple[list[str], bool]] = {}
+        #: the tunnels that went on without their session's greenlet
+        self.tunnels = Tunnels(self._session_ended)
         self._drain_cut = Event()  # stop_now(): the drain ends at once
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
@@ -169,8 +181,25 @@ class Proxy:
             raise
 
     def start(self) -> Proxy:
-        """Bind (if not yet) and start serving; returns at once."""
+        """Bind (if not yet) and start serving; returns at once.
+
+        Everything or nothing: every listener is built and started before any
+        ``listening`` line; on any failure whatever was started is stopped and
+        every bound socket closed before the error propagates.
+        """
         self.bind()
+        try:
+            self._build_and_start()
+        except BaseException:
+            self._undo_start()
+            raise
+        if self.announce:
+            for spec, sock in self._sockets:
+                if spec.kind not in SAME_PORT_UDP.values():  # UDP beside its TCP port: one line
+                    announce(spec.kind, self.address_of(sock))
+        return self
+
+    def _build_and_start(self) -> None:
         if self.config.access_log:
             try:
                 self.access_log = AccessLog(self.config.access_log)
@@ -188,27 +217,44 @@ class Proxy:
         self._upstream_group()  # a bad --ca fails before anything serves
         if any(spec.kind in TLS_KINDS for spec, _ in self._sockets):
             self._tls_context()  # bad --cert/--key fail before anything serves
+        built: list[Service | StreamServer] = []
         for index, (spec, sock) in enumerate(self._sockets):
             if spec.kind in SERVICES:
-                service = SERVICES[spec.kind](self, spec, sock)
-                service.start()
-                self._services.append(service)
+                built.append(SERVICES[spec.kind](self, spec, sock))
             elif spec.kind in HANDLERS:
                 self._contexts[index] = self.context(spec, own)
-                server = Acceptor(
-                    sock,
-                    self._handle_for(index, HANDLERS[spec.kind]),
-                    spawn=self._sessions.spawn,
-                    on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
-                    keep=self._detached.__contains__,
+                built.append(
+                    Acceptor(
+                        sock,
+                        self._handle_for(index, HANDLERS[spec.kind]),
+                        spawn=self._sessions.spawn,
+                        on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
+                    )
                 )
-                server.start()
-                self._servers.append(server)
             else:
                 raise ConfigError(f"{spec.kind} listeners are not available in this version")
-            if self.announce and spec.kind not in SAME_PORT_UDP.values():
-                announce(spec.kind, self.address_of(sock))
-        return self
+        for item in built:
+            item.start()
+            if isinstance(item, StreamServer):
+                self._servers.append(item)
+            else:
+                self._services.append(item)
+
+    def _undo_start(self) -> None:
+        """A start that failed: stop what started, close every listener and the access log."""
+        for server in self._servers:
+            server.close()
+        for service in self._services:
+            service.stop()
+        for _, sock in self._sockets:
+            sock.close()
+        self._servers.clear()
+        self._services.clear()
+        self._sockets.clear()
+        self._contexts.clear()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
 
     def serve_forever(self) -> None:
         """Start, then block until stop() has finished."""
@@ -229,11 +275,8 @@ class Proxy:
             sock.close()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._drain(self._sessions.join, deadline)
-        if self._detached:
-            self._detached_done.clear()
-            self._drain(self._detached_done.wait, deadline)
-        for abort in list(self._detached.values()):
-            abort("shutdown")  # ends the session: logged, sockets closed
+        self._drain(lambda: self.tunnels.drain(None), deadline)
+        self.tunnels.kill("shutdown")  # the rest end now: logged from their own greenlets, sockets closed
         self._sessions.kill(block=True, timeout=1)
         if self.access_log is not None:
             self.access_log.close()
@@ -352,6 +395,7 @@ class Proxy:
             resolver=self.resolver,
             outbound=self.outbound,
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
+            tunnels=self.tunnels,
             owner=self,
         )
 
@@ -470,6 +514,7 @@ class Proxy:
         client, accepted = admitted
         session = Session(client, ctx.listener.kind)
         session.started = accepted
+        self._session_counts[id(session)] = self._counted.pop(sock)  # released when the session ends
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
@@ -493,7 +538,7 @@ class Proxy:
         finally:
             session.via = dialled_via.get()
             dialled_via.set(None)
-            if sock not in self._detached:
+            if session not in self.tunnels:  # a handed-over tunnel ends the session itself
                 self._end_session(sock, session, conn)
 
     def _limit_key(self, client: Address) -> str:
@@ -535,10 +580,15 @@ class Proxy:
                 del self._active_by_ip[key]
 
     def _end_session(self, sock: socket.socket, session: Session, conn: Conn) -> None:
-        """Counters, metrics and the access-log line; the client socket is closed by the caller."""
+        """Close a TLS wrapper, then end the session; the client socket is closed by the caller."""
         if conn.sock is not sock:
             conn.sock.close()  # the TLS wrapper owns the descriptor now
-        self.release_client(sock)
+        self._session_ended(session)
+
+    def _session_ended(self, session: Session) -> None:
+        """Counters, metrics and the access-log line (from a greenlet: they may yield)."""
+        keys, in_total = self._session_counts.pop(id(session))
+        self._release(keys, in_total=in_total)
         if session.user_slot is not None:
             session.user_slot.release()
         self.metrics.session_closed(session)
@@ -555,19 +605,6 @@ class Proxy:
         dialled_via.set(None)
         if self.access_log is not None:
             self.access_log.write(session.logfmt())
-
-    def detach(self, conn: Conn, abort: Callable[[str], None]) -> None:
-        """SessionOwner: the handler returns, the client socket stays open (see Acceptor's ``keep``)."""
-        self._detached[conn.sock] = abort
-
-    def end_detached(self, session: Session, conn: Conn) -> None:
-        """SessionOwner: close the client socket and end the session as _serve_client would."""
-        sock = conn.sock  # plain: only plain sockets are detached
-        del self._detached[sock]
-        sock.close()
-        self._end_session(sock, session, conn)
-        if not self._detached:
-            self._detached_done.set()
 
 
 def users_table(config: Config) -> dict[bytes, Secret]:
@@ -587,7 +624,7 @@ def _users_table_or_error(config: Config) -> dict[bytes, Secret] | ConfigError:
 
 def _nodelay(sock: socket.socket) -> None:
     """TCP_NODELAY on the kernel socket (gevent's setsockopt wrapper is Python)."""
-    getattr(sock, "_sock", sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw_socket(sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def bind_listener(

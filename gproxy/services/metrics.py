@@ -210,12 +210,3 @@ class MetricsService:
 
     def stop(self) -> None:
         self.server.stop(timeout=1)
-
-
-def _register() -> None:
-    from gproxy.server.proxy import SERVICES
-
-    SERVICES["metrics"] = MetricsService.build
-
-
-_register()

@@ -126,12 +126,12 @@ def test_an_open_tunnel_holds_no_greenlet_and_ends_logged(proxy, echo_tcp, tmp_p
     sock, _ = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port))
     assert echo_through(sock, b"a" * 100) == b"a" * 100
     wait_for(lambda: len(running._sessions) == 0)
-    assert running._active == 1 and len(running._detached) == 1
+    assert running._active == 1 and len(running.tunnels) == 1
     assert echo_through(sock, b"b" * 50) == b"b" * 50  # still relaying without a greenlet
     sock.shutdown(socket.SHUT_WR)
     assert recv_all(sock) == b""  # half-close passed on; the echo server closed its side
     sock.close()
     wait_for(lambda: running._active == 0)
-    assert not running._detached and not running._active_by_ip
+    assert not running.tunnels and not running._active_by_ip
     (entry,) = lines_of(log)
     assert (entry["outcome"], entry["up"], entry["down"]) == ("ok", "150", "150")

@@ -36,7 +36,7 @@ def one_round(running, echo) -> None:
         with socket.create_connection((socks.host, socks.port), timeout=10) as sock:
             sock.sendall(b"\x05\x01\x02")  # only user/password offered: refused with 05 FF
             assert recv_all(sock) == b"\x05\xff"
-    wait_for(lambda: running._active == 0 and not running._detached and not running._sessions)
+    wait_for(lambda: running._active == 0 and not running.tunnels and not running._sessions)
 
 
 def live_objects() -> int:

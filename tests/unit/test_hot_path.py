@@ -14,7 +14,7 @@ from gproxy.codec import socks5
 from gproxy.core.addr import Address
 from gproxy.core.config import ListenerSpec
 from gproxy.core.errors import Denied, HandshakeTimeout
-from gproxy.core.relay import _raw
+from gproxy.core.relay import Engine, engine_for
 from gproxy.core.rules import DestinationPolicy, RuleSet, parse_dest_rule
 from gproxy.core.stream import Conn
 from gproxy.frontends.socks5 import Deadline
@@ -68,8 +68,8 @@ def test_raw_socket_only_for_plain_gevent_sockets():
         pass
 
     with gsocket.socket() as plain, Wrapped() as wrapped:
-        assert _raw(plain) is plain._sock
-        assert _raw(wrapped) is None  # e.g. an SSLSocket: the generic relay path
+        assert engine_for(plain, plain) is Engine.EVENTS
+        assert engine_for(wrapped, plain) is Engine.GREENLETS  # e.g. an SSLSocket: the greenlet engine
 
 
 @pytest.mark.skipif(not NODELAY_INHERITED, reason="Linux hands the listener's TCP_NODELAY to accepted sockets")

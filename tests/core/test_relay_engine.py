@@ -1,5 +1,6 @@
-"""relay() over socketpairs: both directions, half-close, idle timeout, errors,
-large transfers on the splice path and the plain path, the generic (TLS) path."""
+"""The relay engines over socketpairs: both directions, half-close, idle timeout, errors,
+large transfers on the splice path and the plain path, the greenlet (TLS) engine,
+start_relay() on its own, abort and the sockets' ownership."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from gproxy.core import relay as relay_mod
 from gproxy.core.relay import relay
-from tests.helpers import recv_all, recv_exact
+from tests.helpers import recv_all, recv_exact, wait_for
 
 
 @pytest.fixture
@@ -203,7 +204,7 @@ def test_large_transfer_sha256(pairs, monkeypatch, splice_after):
     stats = g.get(timeout=10)
     assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
     assert bool(pipes) == (splice_after is not None)
-    assert open_fds() == fds  # pipes were given back
+    assert open_fds() == fds - 2  # pipes were given back; the relay closed the two sockets it took
 
 
 def test_idle_tunnel_holds_no_pipe_after_bulk(pairs, monkeypatch):
@@ -224,6 +225,7 @@ def test_idle_tunnel_holds_no_pipe_after_bulk(pairs, monkeypatch):
     client.shutdown(socket.SHUT_WR)
     upstream.shutdown(socket.SHUT_WR)
     assert g.get(timeout=10).up == 300_005
+    wait_for(lambda: open_fds() == fds - 2, what="the pipe and both sockets closed")  # os.close is deferred
 
 
 class Wrapped:
@@ -240,6 +242,9 @@ class Wrapped:
 
     def shutdown(self, how):
         self.sock.shutdown(how)
+
+    def close(self):
+        self.sock.close()
 
 
 def test_generic_path(pairs):
@@ -274,7 +279,7 @@ def test_splice_refused_falls_back_to_copying(pairs, monkeypatch):
     assert received == sent
     stats = g.get(timeout=10)
     assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
-    assert open_fds() == fds
+    assert open_fds() == fds - 2
 
 
 class _RefusingSends:
@@ -302,10 +307,11 @@ def test_a_send_that_accepts_nothing_loses_no_bytes(pairs, monkeypatch, splice_a
     and the counts match what arrived, when the destination refuses sends now and then."""
     monkeypatch.setattr(relay_mod, "SPLICE_AFTER", splice_after)
     client, a, b, upstream = pairs
-    tunnel = relay_mod._EventTunnel(a, b, relay_mod.RelayStats())
+    tunnel = relay_mod._EventTunnel(relay_mod._take_over(a), relay_mod._take_over(b), relay_mod.RelayStats())
     tunnel.up.dst = _RefusingSends(tunnel.up.dst)
     tunnel.down.dst = _RefusingSends(tunnel.down.dst)
-    runner = gevent.spawn(tunnel.run, 30)
+    tunnel.start(30)
+    runner = gevent.spawn(tunnel.wait)
     payload = os.urandom(3 * 1024 * 1024 + 17)
 
     def send_and_close(sock: socket.socket) -> None:
@@ -321,3 +327,156 @@ def test_a_send_that_accepts_nothing_loses_no_bytes(pairs, monkeypatch, splice_a
     assert (tunnel.stats.up, tunnel.stats.down, tunnel.stats.outcome) == (len(payload), len(payload), "ok")
     refusals = 3 if splice_after is None else 0  # the spliced path sends through the descriptor
     assert tunnel.up.dst.calls > refusals and tunnel.down.dst.calls > refusals
+
+
+# -- start_relay(): the tunnel without a greenlet ---------------------------------------
+
+
+class Ends:
+    """on_done for start_relay(): records each call and the greenlet it ran in."""
+
+    def __init__(self) -> None:
+        self.calls: list[relay_mod.RelayStats] = []
+        self.in_hub: list[bool] = []
+
+    def __call__(self, stats: relay_mod.RelayStats) -> None:
+        self.in_hub.append(gevent.getcurrent() is gevent.get_hub())
+        gevent.sleep(0.001)  # a Metrics or log handler that yields: fine in a greenlet
+        self.calls.append(stats)
+
+    def wait(self, n: int = 1) -> relay_mod.RelayStats:
+        wait_for(lambda: len(self.calls) >= n, what="on_done")
+        return self.calls[-1]
+
+
+@pytest.fixture
+def hub_errors(monkeypatch):
+    """What reaches the hub's traceback printer during the test."""
+    seen = []
+    hub = gevent.get_hub()
+    real = hub.print_exception
+
+    def record(context, exc_type, value, tb):
+        seen.append(exc_type)
+        real(context, exc_type, value, tb)
+
+    monkeypatch.setattr(hub, "print_exception", record)
+    return seen
+
+
+def test_start_relay_half_close_each_way_then_on_done_in_a_greenlet(pairs, hub_errors):
+    client, a, b, upstream = pairs
+    ends = Ends()
+    tunnel = relay_mod.start_relay(a, b, idle_timeout=30, on_done=ends)
+    assert tunnel is not None
+    assert a.fileno() == -1 and b.fileno() == -1  # taken over: the caller's objects are detached
+    client.sendall(b"request")
+    client.shutdown(socket.SHUT_WR)
+    assert recv_all(upstream) == b"request"  # the client's EOF reached the upstream
+    upstream.sendall(b"late answer")  # and the other way still flows
+    assert recv_exact(client, 11) == b"late answer"
+    assert not ends.calls
+    upstream.shutdown(socket.SHUT_WR)
+    assert recv_all(client) == b""
+    stats = ends.wait()
+    assert (stats.up, stats.down, stats.outcome) == (7, 11, "ok")
+    assert ends.in_hub == [False]  # never inside an event-loop callback
+    gevent.sleep(0.01)
+    assert len(ends.calls) == 1 and hub_errors == []
+
+
+def test_start_relay_sends_early_bytes_first(pairs):
+    client, a, b, upstream = pairs
+    ends = Ends()
+    tunnel = relay_mod.start_relay(a, b, idle_timeout=30, on_done=ends, first_up=b"early")
+    assert tunnel is not None
+    client.sendall(b"+late")
+    assert recv_exact(upstream, 10) == b"early+late"
+    tunnel.abort("shutdown")
+    assert ends.wait().up == 10
+
+
+def test_start_relay_declines_the_greenlet_engine(pairs):
+    _, a, b, _ = pairs
+    assert relay_mod.start_relay(Wrapped(a), b, idle_timeout=30, on_done=Ends()) is None
+    assert a.fileno() != -1 and b.fileno() != -1  # untouched
+
+
+def test_idle_timeout_without_a_greenlet(pairs):
+    client, a, b, upstream = pairs
+    ends = Ends()
+    relay_mod.start_relay(a, b, idle_timeout=0.2, on_done=ends)
+    assert ends.wait().outcome == "idle_timeout"
+    assert client.recv(10) == b"" and upstream.recv(10) == b""
+
+
+def test_abort_keeps_the_first_outcome(pairs):
+    client, a, b, upstream = pairs
+    ends = Ends()
+    tunnel = relay_mod.start_relay(a, b, idle_timeout=30, on_done=ends)
+    assert tunnel is not None
+    client.sendall(b"abc")
+    assert recv_exact(upstream, 3) == b"abc"
+    tunnel.abort("shutdown")
+    tunnel.abort("idle_timeout")  # too late: it has ended
+    stats = ends.wait()
+    assert (stats.up, stats.outcome) == (3, "shutdown")
+    assert client.recv(10) == b"" and upstream.recv(10) == b""
+    gevent.sleep(0.01)
+    assert len(ends.calls) == 1 and tunnel.stats.outcome == "shutdown"
+
+
+def test_closing_a_handed_over_socket_from_outside_is_harmless(pairs, hub_errors):
+    """The close() trap: gevent's close() used to throw into the relay's callback owner
+    (AttributeError from the hub, and the session never ended). The relay owns the
+    descriptors now: the caller's close() touches nothing; the tunnel relays on and ends
+    with its record."""
+    client, a, b, upstream = pairs
+    ends = Ends()
+    relay_mod.start_relay(a, b, idle_timeout=30, on_done=ends)
+    a.close()
+    b.close()
+    gevent.sleep(0.05)
+    assert echo_once(client, upstream, b"still here")
+    client.shutdown(socket.SHUT_WR)
+    upstream.shutdown(socket.SHUT_WR)
+    stats = ends.wait()
+    assert (stats.up, stats.outcome) == (10, "ok")
+    assert hub_errors == []
+
+
+def echo_once(client: socket.socket, upstream: socket.socket, data: bytes) -> bool:
+    client.sendall(data)
+    return recv_exact(upstream, len(data)) == data
+
+
+def test_registry_drain_then_kill_ends_tunnels_with_shutdown_and_their_counts(hub_errors):
+    from gproxy.core.addr import Address
+    from gproxy.core.session import Session
+    from gproxy.core.tunnel import _Ended
+    from gproxy.server.tunnels import Tunnels
+
+    ended: list[Session] = []
+    tunnels = Tunnels(ended.append)
+    socks = []
+    sessions = []
+    try:
+        for n in (1, 2):
+            client, a = socket.socketpair()
+            b, upstream = socket.socketpair()
+            socks += [client, a, b, upstream]
+            session = Session(Address("127.0.0.1", 1000 + n), "socks5")
+            handed = relay_mod.start_relay(a, b, idle_timeout=30, on_done=_Ended(tunnels, session))
+            assert handed is not None
+            tunnels.add(session, handed)
+            sessions.append(session)
+            assert echo_once(client, upstream, b"x" * n)
+        assert len(tunnels) == 2 and all(s in tunnels for s in sessions)
+        assert tunnels.drain(0.1) is False  # nobody ends on their own
+        assert tunnels.kill("shutdown", timeout=5) is True
+        assert len(tunnels) == 0 and [s.outcome for s in ended] == ["shutdown", "shutdown"]
+        assert sorted(s.up for s in ended) == [1, 2]
+        assert hub_errors == []
+    finally:
+        for sock in socks:
+            sock.close()

@@ -1,0 +1,146 @@
+"""The one door to gevent's private internals (and the public calls that replace them).
+
+Every private attribute gproxy relies on is named here, checked once at import
+(an upgrade that drops one fails loudly, not a tunnel that never ends), and
+tested one by one in tests/core/test_gevent_internals.py. Imports nothing of gproxy.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+from gevent import monkey
+from gevent import socket as gsocket
+from gevent.hub import Waiter, get_hub
+from gevent.server import StreamServer
+
+#: libev/libuv event masks (gevent.core.READ / WRITE)
+READ = 1
+WRITE = 2
+
+#: gevent's plain socket class (what the server hands out when monkey-patched)
+PLAIN = gsocket.socket
+#: the standard library's own socket class, whatever monkey-patching did to the module
+_STDLIB_PLAIN: type[socket.socket] = monkey.get_original("socket", "socket")
+
+
+class GeventInternalsMissing(ImportError):
+    """A private gevent attribute gproxy relies on is gone (a gevent upgrade): see _gevent.py."""
+
+
+def _require(owner: type, name: str) -> None:
+    if not hasattr(owner, name):
+        raise GeventInternalsMissing(f"gevent {owner.__module__}.{owner.__qualname__}.{name} is missing")
+
+
+# Checked at import: a plain gevent socket keeps its kernel socket in _sock (a slot or
+# set in __init__: checked on an instance by the tests), StreamServer its retry hook.
+_require(StreamServer, "_start_accepting_if_started")
+
+
+def is_plain(sock: object) -> bool:
+    """A plain (not TLS) socket whose descriptor can be polled and spliced directly.
+
+    An exact type check: ``hasattr(sock, "_sslobj")`` on a plain gevent socket
+    raises and catches an AttributeError inside gevent's ``__getattr__``.
+    """
+    return type(sock) is PLAIN or type(sock) is _STDLIB_PLAIN
+
+
+def raw_socket(sock: socket.socket) -> socket.socket:
+    """The non-blocking kernel socket under a plain gevent socket (a stdlib socket is its own).
+
+    Raises:
+        TypeError: not a plain socket (a TLS socket has no usable kernel socket).
+        GeventInternalsMissing: gevent no longer keeps it in ``_sock``.
+    """
+    if type(sock) is PLAIN:
+        try:
+            return sock._sock  # type: ignore[attr-defined,no-any-return]
+        except AttributeError:
+            raise GeventInternalsMissing("gevent.socket.socket._sock is missing") from None
+    if type(sock) is _STDLIB_PLAIN:
+        return sock
+    raise TypeError(f"not a plain socket: {type(sock).__name__}")
+
+
+def is_tls(sock: object) -> bool:
+    """A TLS socket (stdlib or gevent SSLSocket). ``ssl`` is only looked up if
+    already imported: gproxy imports it lazily so that gevent can patch it first."""
+    ssl = sys.modules.get("ssl")
+    gssl = sys.modules.get("gevent.ssl")
+    return (ssl is not None and isinstance(sock, ssl.SSLSocket)) or (
+        gssl is not None and isinstance(sock, gssl.SSLSocket)
+    )
+
+
+def send_close_notify(tls: socket.socket) -> None:
+    """Send a TLS close_notify without waiting for the peer's (``unwrap()`` waits).
+
+    Raises OSError/ValueError as ``ssl`` does; GeventInternalsMissing without ``_sslobj``.
+    """
+    try:
+        sslobj = tls._sslobj  # type: ignore[attr-defined]
+    except AttributeError:
+        raise GeventInternalsMissing(f"{type(tls).__name__}._sslobj is missing") from None
+    if sslobj is None:  # the TLS session is already gone
+        return
+    try:
+        sslobj.shutdown()
+    except sys.modules["ssl"].SSLWantReadError:  # sent; the peer's close_notify is not awaited
+        pass
+
+
+def io_watcher(fd: int, events: int) -> Any:
+    """A new (stopped) event-loop watcher on a raw descriptor: the public ``loop.io``."""
+    return get_hub().loop.io(fd, events)
+
+
+def wait_writable(fd: int, timeout: float) -> None:
+    """Sleep until ``fd`` is writable; TimeoutError after ``timeout`` seconds.
+
+    One watcher and one timer on the loop (no Timeout object, no settimeout()).
+    """
+    hub = get_hub()
+    watcher = hub.loop.io(fd, WRITE)
+    timer = hub.loop.timer(timeout)
+    waiter: Waiter[bool] = Waiter(hub)
+    watcher.start(waiter.switch, True)
+    timer.start(waiter.switch, False)
+    try:
+        ready = waiter.get()
+    finally:
+        watcher.close()
+        timer.close()
+    if not ready:
+        raise TimeoutError("connect timed out")
+
+
+def accept_fd(listener: socket.socket) -> int:
+    """Accept one waiting client on a listening socket without blocking; its descriptor.
+
+    Uses the kernel socket's ``_accept()`` (the C call under ``socket.accept``): no
+    socket object, no wait. Raises OSError (BlockingIOError when nobody waits).
+    """
+    # a started StreamServer keeps the kernel socket itself (gevent's _wrefsocket) in ``.socket``
+    raw = raw_socket(listener) if type(listener) is PLAIN else listener
+    try:
+        accept = raw._accept  # type: ignore[attr-defined]
+    except AttributeError:
+        raise GeventInternalsMissing("socket._accept is missing") from None
+    fd, _ = accept()
+    return int(fd)
+
+
+def retry_accepting_later(server: StreamServer, delay: float) -> None:
+    """After ``server.stop_accepting()``: accept again in ``delay`` seconds if still started.
+
+    StreamServer's own backoff timer (``_timer``, cleared by ``stop_accepting``) and
+    hook (``_start_accepting_if_started``), so that close() cancels it too.
+    """
+    if not hasattr(server, "_timer"):
+        raise GeventInternalsMissing("gevent StreamServer._timer is missing")
+    timer = server._timer = server.loop.timer(delay)
+    timer.start(server._start_accepting_if_started)

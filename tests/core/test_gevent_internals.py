@@ -1,0 +1,143 @@
+"""One test per private gevent internal gproxy relies on (all behind gproxy/core/_gevent.py):
+a gevent upgrade that drops or changes one fails the test that names it."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+from gevent.server import StreamServer
+
+from gproxy.core import _gevent
+from tests.helpers import make_cert
+
+
+def test_gevent_socket_has__sock():
+    """raw_socket(): the non-blocking kernel socket under a plain gevent socket, same descriptor."""
+    a, b = gsocket.socketpair()
+    with a, b:
+        raw = _gevent.raw_socket(a)
+        assert raw is a._sock
+        assert raw.fileno() == a.fileno() and raw.gettimeout() == 0.0
+        assert raw.send(b"x") == 1  # sends without yielding
+        assert b.recv(1) == b"x"
+
+
+def test_raw_socket_refuses_what_is_not_plain():
+    class Wrapped(gsocket.socket):  # e.g. gevent's SSLSocket
+        pass
+
+    with Wrapped() as wrapped:
+        with pytest.raises(TypeError):
+            _gevent.raw_socket(wrapped)
+        assert not _gevent.is_plain(wrapped)
+
+
+def test_a_missing__sock_fails_loudly(monkeypatch):
+    """No silent fallback to the cooperative socket (udp.py's shared-buffer rule depends on it)."""
+
+    class WithoutSock:
+        pass
+
+    monkeypatch.setattr(_gevent, "PLAIN", WithoutSock)
+    with pytest.raises(_gevent.GeventInternalsMissing, match="_sock"):
+        _gevent.raw_socket(WithoutSock())  # type: ignore[arg-type]
+
+
+def test_ssl_socket_has__sslobj(tmp_path):
+    """send_close_notify(): _sslobj.shutdown() sends close_notify without waiting for the peer's."""
+    cert, key = make_cert(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    a, b = gsocket.socketpair()
+    with a, b:
+        accepting = gevent.spawn(server_ctx.wrap_socket, a, server_side=True)
+        client = client_ctx.wrap_socket(b, server_hostname="localhost")
+        server = accepting.get(timeout=10)
+        with server, client:
+            assert _gevent.is_tls(server) and _gevent.is_tls(client)
+            assert not _gevent.is_tls(a)
+            assert server._sslobj is not None
+            _gevent.send_close_notify(server)  # returns at once: the client has not answered
+            assert client.recv(10) == b""  # the client saw close_notify: a clean TLS EOF
+
+
+def test_loop_io_watcher_on_a_raw_descriptor():
+    """The relay's watchers: public loop.io() on the descriptor, not the socket's _read_event."""
+    a, b = gsocket.socketpair()
+    fired = []
+    with a, b:
+        watcher = _gevent.io_watcher(a.fileno(), _gevent.READ)
+        watcher.start(fired.append, "readable")
+        try:
+            gevent.sleep(0.01)
+            assert fired == []
+            b.sendall(b"x")
+            for _ in range(100):
+                if fired:
+                    break
+                gevent.sleep(0.01)
+            assert fired[:1] == ["readable"]
+        finally:
+            watcher.close()
+
+
+def test_wait_writable_on_a_descriptor():
+    a, b = gsocket.socketpair()
+    with a, b:
+        _gevent.wait_writable(a.fileno(), 1)  # writable at once
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        raw = _gevent.raw_socket(a)
+        for _ in range(100_000):  # fill the send buffer (bounded)
+            try:
+                raw.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+        with pytest.raises(TimeoutError):
+            _gevent.wait_writable(a.fileno(), 0.05)
+
+
+def test_listening_socket_has__accept():
+    """accept_fd(): _accept() on the listener (plain gevent socket or the kernel socket a started
+    StreamServer keeps in .socket) returns a descriptor without blocking."""
+    server = StreamServer(("127.0.0.1", 0), lambda sock, addr: None)
+    server.init_socket()
+    try:
+        with pytest.raises(BlockingIOError):
+            _gevent.accept_fd(server.socket)  # nobody waiting: no wait, no greenlet switch
+        with socket.create_connection(server.address[:2], timeout=5) as client:
+            fd = _gevent.accept_fd(server.socket)
+            accepted = socket.socket(fileno=fd)
+            accepted.close()
+            client.settimeout(5)
+            assert client.recv(1) == b""
+    finally:
+        server.close()
+
+
+def test_stream_server_has__timer_and__start_accepting_if_started():
+    """retry_accepting_later(): StreamServer's own backoff timer resumes accepting, and
+    stop_accepting() (close) cancels it."""
+    served = []
+    server = StreamServer(("127.0.0.1", 0), lambda sock, addr: served.append(addr))
+    server.start()
+    try:
+        server.stop_accepting()
+        _gevent.retry_accepting_later(server, 0.05)
+        assert server._timer is not None
+        with socket.create_connection(server.address[:2], timeout=5):
+            for _ in range(200):
+                if served:
+                    break
+                gevent.sleep(0.01)
+        assert served  # accepting again after the delay
+        server.stop_accepting()
+        _gevent.retry_accepting_later(server, 10)
+        server.stop_accepting()
+        assert server._timer is None  # cancelled with the rest of the accept machinery
+    finally:
+        server.close()
