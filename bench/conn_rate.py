@@ -6,6 +6,10 @@ outbound connection is up by then), close. The target accepts and closes.
 Load comes from ``--clients`` processes of ``--concurrency`` greenlets each.
 
     python bench/conn_rate.py --seconds 10 --clients 2 --concurrency 32
+    python bench/conn_rate.py --workers 1 --name localhost --compare "--resolver 127.0.0.53"
+
+``--name`` asks for the target by name (SOCKS5 ATYP 3) instead of by address;
+``--compare ARGS`` adds a row per ARGS: gproxy started with those extra flags.
 
 Everything runs on this machine: the load generator and the target compete
 with gproxy for the same cores, so compare the two rows, not absolute numbers.
@@ -37,7 +41,7 @@ def target_main() -> None:
     server.serve_forever()
 
 
-def client_main(proxy_port: int, target_port: int, seconds: float, concurrency: int) -> None:
+def client_main(proxy_port: int, target_port: int, seconds: float, concurrency: int, name: str = "") -> None:
     """Open and close SOCKS5 tunnels for ``seconds``; prints {"ok": n, "errors": m}."""
     from gevent import monkey
 
@@ -46,7 +50,9 @@ def client_main(proxy_port: int, target_port: int, seconds: float, concurrency: 
 
     import gevent
 
-    request = b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + target_port.to_bytes(2, "big")
+    by_name = b"\x03" + bytes([len(name)]) + name.encode()
+    address = by_name if name else b"\x01" + socket.inet_aton("127.0.0.1")
+    request = b"\x05\x01\x00" + b"\x05\x01\x00" + address + target_port.to_bytes(2, "big")
     counts = {"ok": 0, "errors": 0}
     deadline = time.monotonic() + seconds
 
@@ -89,8 +95,11 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure(workers: int, target_port: int, args: argparse.Namespace) -> dict[str, float]:
-    proxy = spawn("-m", "gproxy", "--socks", "0", "--workers", str(workers), "-q", "--drain-timeout", "1")
+def measure(
+    workers: int, target_port: int, args: argparse.Namespace, extra: list[str] | None = None
+) -> dict[str, float]:
+    flags = ["--socks", "0", "--workers", str(workers), "-q", "--drain-timeout", "1", *(extra or [])]
+    proxy = spawn("-m", "gproxy", *flags)
     try:
         assert proxy.stderr is not None
         line = proxy.stderr.readline()
@@ -98,7 +107,7 @@ def measure(workers: int, target_port: int, args: argparse.Namespace) -> dict[st
             raise SystemExit(f"gproxy did not start: {line}{proxy.stderr.read()}")
         port = int(line.rsplit(":", 1)[1])
         clients = [
-            spawn(__file__, "client", str(port), str(target_port), str(args.seconds), str(args.concurrency))
+            spawn(__file__, "client", str(port), str(target_port), str(args.seconds), str(args.concurrency), args.name)
             for _ in range(args.clients)
         ]
         cpu_before = cpu_seconds(proxy.pid)
@@ -128,23 +137,27 @@ def main() -> None:
         target_main()
         return
     if len(sys.argv) > 1 and sys.argv[1] == "client":
-        client_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
+        client_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:7])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
     parser.add_argument("--concurrency", type=int, default=32, help="greenlets per load-generator process")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--name", default="", help="ask for the target by this name (it must resolve to 127.0.0.1)")
+    parser.add_argument("--compare", action="append", default=[], help="extra gproxy flags for one more row")
     args = parser.parse_args()
     target = spawn(__file__, "target")
     try:
         assert target.stdout is not None
         target_port = int(target.stdout.readline())
         print(f"cores: {os.cpu_count()}  clients: {args.clients}x{args.concurrency}  seconds: {args.seconds}")
-        for workers in args.workers:
-            row = measure(workers, target_port, args)
+        runs = [(workers, []) for workers in args.workers]
+        runs += [(args.workers[0], extra.split()) for extra in args.compare]
+        for workers, extra in runs:
+            row = measure(workers, target_port, args, extra)
             print(
-                f"--workers {row['workers']}: {row['per_second']:8.0f} connections/s "
+                f"--workers {row['workers']} {' '.join(extra)}: {row['per_second']:8.0f} connections/s "
                 f"({row['connections']} ok, {row['errors']} errors; gproxy used {row['gproxy_cpu']:.2f} cores)",
                 flush=True,
             )
