@@ -344,7 +344,9 @@ def test_soak(tmp_path):
     unexpected = [
         line
         for line in without_known_gaps(stderr).splitlines()
-        if line.strip() and not line.startswith("gproxy: listening ") and "INFO" not in line
+        if line.strip()
+        and not line.startswith(("gproxy: listening ", "gproxy: draining ", "gproxy: stopped"))
+        and "INFO" not in line
     ]
     assert not unexpected, "\n".join(unexpected[:60])
     assert not bad_good, bad_good[:10]
