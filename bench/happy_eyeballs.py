@@ -69,7 +69,8 @@ def main() -> None:
     for sock in (hole, good, *fillers):
         sock.close()
     print(
-        f"{__import__('gproxy').__file__}: connect through SOCKS5 by name, IPv6 black-holed: median {statistics.median(times):.3f} s "
+        f"{__import__('gproxy').__file__}: connect through SOCKS5 by name, IPv6 black-holed: "
+        f"median {statistics.median(times):.3f} s "
         f"(runs {', '.join(f'{t:.3f}' for t in times)}; --connect-timeout {CONNECT_TIMEOUT} s)"
     )
 
