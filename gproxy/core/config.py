@@ -17,6 +17,7 @@ from typing import Any
 from gproxy.core.access import Network, parse_network, parse_users, read_users_file
 from gproxy.core.addr import Address, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
+from gproxy.core.limits import parse_rate
 from gproxy.core.outbound import parse_outgoing
 from gproxy.core.resolver_url import parse_resolver_url
 from gproxy.core.rules import DestRule, RuleSet, UserSettings, parse_dest_rule, parse_users_table
@@ -107,6 +108,9 @@ OPTIONS: tuple[Option, ...] = (
         "refuse a user's sessions beyond this many, after auth (0: no limit)",
         metavar="N",
         default=0,
+    ),
+    Option(
+        "rate", str, "each user's (or client IP's) bytes per second, each way: 500k, 1M (0: no limit)", metavar="RATE"
     ),
     Option("auth-url", str, "check users not in --user/--users-file with a POST to this URL", metavar="URL"),
     Option("workers", int, "worker processes sharing each port (SO_REUSEPORT)", metavar="N", default=1),
@@ -208,6 +212,7 @@ class Config:
     max_conns_per_ip: int = 0
     ipv6_prefix: int = 64
     max_conns_per_user: int = 0
+    rate: int = 0  # bytes per second per user (or client IP), each direction; 0: no limit
     auth_url: str | None = None
     user_settings: Mapping[str, UserSettings] = field(default_factory=dict)  # from [users.NAME] tables
     workers: int = 1
@@ -253,6 +258,8 @@ class Config:
         for option in OPTIONS:
             if not option.repeat and option.key in values and values[option.key] is not None:
                 kwargs[option.key.replace("-", "_")] = values[option.key]
+        if values.get("rate") is not None:
+            kwargs["rate"] = parse_rate(values["rate"])
         _add_user_tables(kwargs, (extra or {}).get("users"))
         config = cls(**kwargs)
         config.validate()
@@ -372,6 +379,8 @@ def _check_type(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}unknown setting {key!r}")
     if value is None:
         return None
+    if key in _STRING_OR_NUMBER and isinstance(value, int | float) and not isinstance(value, bool):
+        return value  # ``rate = 1048576`` as well as ``rate = "1M"``
     if option.repeat:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
@@ -382,6 +391,10 @@ def _check_type(key: str, value: Any, where: str) -> Any:
     if not isinstance(value, option.kind) or (option.kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}{key!r} must be {_type_name(option.kind)}, not {type(value).__name__}")
     return value
+
+
+#: string options whose TOML value may also be a number
+_STRING_OR_NUMBER = frozenset({"rate"})
 
 
 def _type_name(kind: type) -> str:

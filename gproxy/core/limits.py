@@ -1,8 +1,9 @@
 """Rate limits: token buckets per user (or per client IP), one per direction.
 
 Pure bookkeeping, no I/O and no timers: the relay asks a bucket how many bytes it
-may move now (``take``) and, when the answer is nothing, how long to wait
-(``delay``). A bucket holds at most one second's worth (the burst) and is shared by
+may move now (``take``, ``give_back`` what it did not use) and, when the answer is
+nothing, how long to wait (``delay``); a datagram is let through whole or not at all
+(``take_whole``). A bucket holds at most one second's worth (the burst) and is shared by
 every tunnel and datagram of its owner, so their sum stays at the rate.
 """
 
@@ -40,11 +41,13 @@ def parse_rate(text: str | int | float, what: str = "--rate") -> int:
 class TokenBucket:
     """``rate`` bytes per second, bursts of up to one second's worth."""
 
-    __slots__ = ("rate", "capacity", "tokens", "stamp", "clock", "__weakref__")
+    __slots__ = ("rate", "capacity", "quantum", "tokens", "stamp", "clock", "__weakref__")
 
     def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.capacity = float(rate)
+        #: the least a paused reader waits for: about 1/16 s worth, at most one 64 KiB chunk
+        self.quantum = max(1, min(rate // 16, 1 << 16))
         self.tokens = float(rate)
         self.clock = clock
         self.stamp = clock()
@@ -56,13 +59,27 @@ class TokenBucket:
             self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
         self.stamp = now
 
-    def take(self, wanted: int) -> int:
-        """Grant up to ``wanted`` bytes now (maybe 0) and spend them."""
+    def take(self, wanted: int, least: int = 1) -> int:
+        """Grant up to ``wanted`` bytes now and spend them; 0 when fewer than
+        ``least`` (nor ``wanted``) are there: no trickle of tiny reads."""
         self._refill()
         granted = min(wanted, int(self.tokens))
-        if granted > 0:
-            self.tokens -= granted
-        return max(granted, 0)
+        if granted < min(least, wanted) or granted <= 0:
+            return 0
+        self.tokens -= granted
+        return granted
+
+    def give_back(self, n: int) -> None:
+        """Return ``n`` granted bytes that were not moved (a read returned fewer)."""
+        self.tokens = min(self.capacity, self.tokens + n)
+
+    def take_whole(self, n: int) -> bool:
+        """Spend ``n`` bytes if all of them are there now (a datagram), else nothing."""
+        self._refill()
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
 
     def spend(self, n: int) -> None:
         """Spend ``n`` bytes already moved (a datagram is taken whole); the balance may go negative."""

@@ -17,6 +17,13 @@ been quiet for a sweep interval, so idle tunnels hold no pipes.
 
 TLS sockets (which cannot be spliced or polled on their raw descriptor)
 take the greenlet engine: one greenlet per direction with ``sendall``.
+
+A rate-limited tunnel (``limits``: a TokenBucket per direction, shared by all
+of its owner's tunnels) gets limited directions, chosen once at its start: an
+unlimited tunnel runs the very same code as without the feature. A limited
+event direction reads or splices no more than its bucket grants; an empty
+bucket stops its read watcher until a loop timer says enough has come back.
+A limited greenlet direction sleeps while its bucket is in debt.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from gevent import socket as gsocket
 from gevent.hub import Hub, Waiter, get_hub
 
 from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_close_notify
+from gproxy.core.limits import TokenBucket
 
 CHUNK = 65536
 #: pipe capacity asked for a spliced direction, and the most one splice() moves
@@ -53,6 +61,9 @@ _HAVE_SPLICE = hasattr(os, "splice")
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 #: the standard library's socket class, even when gevent has patched the module
 _PlainSocket: type[socket.socket] = monkey.get_original("socket", "socket")
+
+#: a tunnel's (upload, download) buckets, or None: no rate limit
+Limits = tuple[TokenBucket, TokenBucket] | None
 
 _buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
 #: the hub that asked last and its buffer
@@ -317,6 +328,92 @@ class _Direction:
             self.tunnel.finish()
 
 
+class _LimitedDirection(_Direction):
+    """A direction held to a TokenBucket: each wake-up moves at most what the bucket
+    grants (one read or one splice); an empty bucket pauses the read watcher and a
+    loop timer resumes it once a quantum of tokens is back."""
+
+    __slots__ = ("bucket", "timer")
+
+    def __init__(
+        self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool, bucket: TokenBucket
+    ) -> None:
+        super().__init__(tunnel, src, dst, upward)
+        self.bucket = bucket
+        self.timer: Any = None  # the resume timer while paused
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+        super().stop()
+
+    def on_readable(self) -> None:
+        bucket = self.bucket
+        allowed = bucket.take(self.pipe_size if self.pipe is not None else CHUNK, bucket.quantum)
+        if not allowed:
+            self._pause()
+            return
+        moved = 0
+        try:
+            moved = self._splice_at_most(allowed) if self.pipe is not None else self._copy_at_most(allowed)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and self.pipe is not None and not self.in_pipe:
+                self.can_splice = False
+                self.release_pipe()
+            else:
+                self.tunnel.abort(_describe(exc))
+        finally:
+            if moved < allowed:
+                bucket.give_back(allowed - moved)
+
+    def _copy_at_most(self, allowed: int) -> int:
+        buf = _hub_buffer()
+        n = self.src.recv_into(buf, allowed)
+        if not n:
+            self._eof()
+            return 0
+        self.count(n)
+        try:
+            sent = self.dst.send(buf[:n])
+        except BlockingIOError:
+            sent = 0
+        if sent < n:
+            self.pending = buf[sent:n].tobytes()
+            self._wait_writable()
+        elif SPLICE_AFTER is not None and n >= SPLICE_AFTER and self.can_splice:
+            self._take_pipe()
+        return n
+
+    def _splice_at_most(self, allowed: int) -> int:
+        read_end, write_end = self.pipe  # type: ignore[misc]
+        n = os.splice(self.src.fileno(), write_end, allowed, flags=_SPLICE_FLAGS)
+        if not n:
+            self._eof()
+            return 0
+        self.count(n)
+        self.moved = True
+        self.in_pipe = n
+        with contextlib.suppress(BlockingIOError):
+            self.in_pipe -= os.splice(read_end, self.dst.fileno(), n, flags=_SPLICE_FLAGS)
+        if self.in_pipe:
+            self._wait_writable()
+        return n
+
+    def _pause(self) -> None:
+        self.reader.stop()
+        timer = self.timer = get_hub().loop.timer(self.bucket.delay(self.bucket.quantum))
+        timer.start(self._resume)
+
+    def _resume(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+        self.reader.start(self.on_readable)
+
+
 class _IdleClock:
     """What both tunnel kinds share: the idle check and shutting both sockets down.
 
@@ -364,10 +461,16 @@ class _EventTunnel(_IdleClock):
 
     __slots__ = ("up", "down", "waiter", "on_done", "timer", "finished")
 
-    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats) -> None:
+    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats, limits: Limits = None) -> None:
         super().__init__(a, b, stats)
-        self.up = _Direction(self, a, b, True)
-        self.down = _Direction(self, b, a, False)
+        self.up: _Direction
+        self.down: _Direction
+        if limits is None:
+            self.up = _Direction(self, a, b, True)
+            self.down = _Direction(self, b, a, False)
+        else:
+            self.up = _LimitedDirection(self, a, b, True, limits[0])
+            self.down = _LimitedDirection(self, b, a, False, limits[1])
         self.waiter: Waiter[None] | None = None
         self.on_done: Callable[[RelayStats], object] | None = None
         self.timer: Any = None  # a libev timer watcher
@@ -425,26 +528,30 @@ class _Tunnel(_IdleClock):
     """The greenlet engine (TLS sockets): one greenlet per direction; abort() wakes
     their blocked recv() calls with EOF."""
 
-    __slots__ = ("ended",)
+    __slots__ = ("ended", "limits")
 
-    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats) -> None:
+    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats, limits: Limits = None) -> None:
         super().__init__(a, b, stats)
         self.ended = False
+        self.limits = limits
 
     def pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         """Copy src -> dst until EOF, then half-close dst."""
         stats = self.stats
         buf = memoryview(bytearray(CHUNK))
         try:
-            while True:
-                n = src.recv_into(buf)
-                if not n:
-                    break
-                if upward:
-                    stats.up += n
-                else:
-                    stats.down += n
-                dst.sendall(buf[:n])
+            if self.limits is None:
+                while True:
+                    n = src.recv_into(buf)
+                    if not n:
+                        break
+                    if upward:
+                        stats.up += n
+                    else:
+                        stats.down += n
+                    dst.sendall(buf[:n])
+            else:
+                self._pump_limited(src, dst, upward, buf, self.limits[0 if upward else 1])
             if is_tls(dst):
                 self.end_tls(dst)
             else:
@@ -453,6 +560,29 @@ class _Tunnel(_IdleClock):
         except (OSError, ValueError) as exc:  # ValueError: a TLS socket ended under us
             if not self.ended:
                 self.abort(_describe(exc) if isinstance(exc, OSError) else "error")
+
+    def _pump_limited(
+        self, src: socket.socket, dst: socket.socket, upward: bool, buf: memoryview, bucket: TokenBucket
+    ) -> None:
+        """The copy loop held to ``bucket``: sleep while it is in debt, then read up to
+        a chunk and spend it (a read may block: holding granted tokens meanwhile
+        would starve the owner's other tunnels, so it spends after, into debt)."""
+        stats = self.stats
+        view = buf[: bucket.quantum]  # reads of a quantum: the debt stays below 1/16 s
+        while True:
+            wait = bucket.delay(1)
+            if wait > 0:
+                gevent.sleep(wait)
+                continue
+            n = src.recv_into(view)
+            if not n:
+                return
+            bucket.spend(n)
+            if upward:
+                stats.up += n
+            else:
+                stats.down += n
+            dst.sendall(view[:n])
 
     def end_tls(self, tls: socket.socket) -> None:
         """TLS cannot half-close here (``ssl`` drops its state on shutdown):
@@ -483,9 +613,15 @@ class _Tunnel(_IdleClock):
                 timer.close()
 
 
-def _send_first(client: socket.socket, upstream: socket.socket, first_up: bytes, first_down: bytes) -> RelayStats:
-    """Send the bytes read early (from this greenlet); on failure the outcome says why."""
+def _send_first(
+    client: socket.socket, upstream: socket.socket, first_up: bytes, first_down: bytes, limits: Limits
+) -> RelayStats:
+    """Send the bytes read early (from this greenlet), spent from the buckets if any;
+    on failure the outcome says why."""
     stats = RelayStats()
+    if limits is not None:
+        limits[0].spend(len(first_up))
+        limits[1].spend(len(first_down))
     try:
         if first_up:
             upstream.sendall(first_up)
@@ -512,24 +648,26 @@ def relay(
     idle_timeout: float,
     first_up: bytes = b"",
     first_down: bytes = b"",
+    limits: Limits = None,
 ) -> RelayStats:
     """Relay until both directions are done (start + wait); takes both sockets over
     and closes them before it returns.
 
     ``first_up`` are bytes the client sent early (already read from it);
-    ``first_down`` bytes read early from the upstream. Returns the stats.
+    ``first_down`` bytes read early from the upstream. ``limits``: the
+    (upload, download) buckets that hold the tunnel to its owner's rate. Returns the stats.
     """
-    stats = _send_first(client, upstream, first_up, first_down)
+    stats = _send_first(client, upstream, first_up, first_down, limits)
     if stats.outcome != "ok":
         _close_both(client, upstream)
         return stats
     if engine_for(client, upstream) is Engine.EVENTS:
-        tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats)
+        tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats, limits)
         tunnel.start(idle_timeout)
         tunnel.wait()
         return stats
     try:
-        _Tunnel(client, upstream, stats).run(idle_timeout)
+        _Tunnel(client, upstream, stats, limits).run(idle_timeout)
     finally:
         _close_both(client, upstream)
     return stats
@@ -552,6 +690,7 @@ def start_relay(
     idle_timeout: float,
     on_done: Callable[[RelayStats], object],
     first_up: bytes = b"",
+    limits: Limits = None,
 ) -> Relay | None:
     """relay() without blocking the caller, for the EVENTS engine; None (and nothing
     done) when engine_for() picks another.
@@ -564,8 +703,8 @@ def start_relay(
     """
     if engine_for(client, upstream) is not Engine.EVENTS:
         return None
-    stats = _send_first(client, upstream, first_up, b"")
-    tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats)
+    stats = _send_first(client, upstream, first_up, b"", limits)
+    tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats, limits)
     tunnel.on_done = on_done
     if stats.outcome != "ok":
         tunnel.abort(stats.outcome)

@@ -10,7 +10,7 @@ import socket
 
 from gproxy.core.addr import Address, IPAddress
 from gproxy.core.context import Context, TunnelRegistry
-from gproxy.core.relay import RelayStats, relay, start_relay
+from gproxy.core.relay import Limits, RelayStats, relay, start_relay
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 
@@ -26,6 +26,20 @@ def open_upstream(ctx: Context, dest: Address, user: str | None = None) -> socke
 
 def _checked(ip: IPAddress, port: int) -> None:
     """The per-address check for a literal destination that check() has passed."""
+
+
+def rate_limits(ctx: Context, session: Session) -> Limits:
+    """The (upload, download) buckets of the session's user (their own ``rate``, else
+    --rate), or of its client IP when it has no user; None when no limit applies."""
+    rates = ctx.rates
+    if rates is None:
+        return None
+    user = session.user
+    rate = ctx.config.rate
+    if user is None:
+        return rates.buckets(f"ip {session.client.host}", rate)
+    own = ctx.users.settings(user).rate
+    return rates.buckets(f"user {user}", rate if own is None else own)
 
 
 def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Session, reply: bytes = b"") -> None:
@@ -45,14 +59,17 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
             conn.sendall(reply)
         first_up = conn.take_buffered()
         idle_timeout = ctx.config.idle_timeout
+        limits = rate_limits(ctx, session)
         tunnels = ctx.tunnels
         if tunnels is not None:
             ended = _Ended(tunnels, session)
-            handed = start_relay(conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended, first_up=first_up)
+            handed = start_relay(
+                conn.sock, upstream, idle_timeout=idle_timeout, on_done=ended, first_up=first_up, limits=limits
+            )
             if handed is not None:  # engine_for() picked the event-loop engine
                 tunnels.add(session, handed)
                 return
-        stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up)
+        stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up, limits=limits)
     except BaseException:
         upstream.close()
         raise

@@ -31,6 +31,7 @@ from gproxy.core.outbound import Outbound
 from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
+from gproxy.core.tunnel import rate_limits
 from gproxy.services.udp_mappings import MappingTable
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ class UdpAssociation:
         self._loops: list[gevent.Greenlet] = []
         self.datagrams = 0
         self.dropped = 0
+        self.limits = rate_limits(ctx, session)  # over the rate, a datagram is dropped (never queued)
 
     @property
     def bound(self) -> Address:
@@ -219,6 +221,10 @@ class UdpAssociation:
                 self.client_port = int(source[1])
             self.client_addr = source
             self.datagrams += 1
+            if self.limits is not None and not self.limits[0].take_whole(len(data)):
+                self._drop("over the rate")
+                metrics.udp_datagram(kind, "up", dropped="rate")
+                continue
             try:
                 _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
             except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only, never counted as sent
@@ -290,6 +296,10 @@ class UdpAssociation:
             peer = self._by_source.get((source[0], source[1]))
             if peer is None or self.client_addr is None:
                 self.dropped += 1  # only destinations the client sent to may answer
+                continue
+            if self.limits is not None and not self.limits[1].take_whole(n):
+                self._drop("over the rate")
+                metrics.udp_datagram(kind, "down", dropped="rate")
                 continue
             header = peer.header
             start = HEADROOM - len(header)

@@ -33,6 +33,7 @@ from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.core.context import Context, Metrics
 from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
 from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
+from gproxy.core.limits import RateLimits
 from gproxy.core.log import AccessLog, announce, logger
 from gproxy.core.outbound import Outbound, parse_outgoing
 from gproxy.core.passwords import Secret
@@ -146,6 +147,7 @@ class Proxy:
         self._session_counts: dict[int, tuple[list[str], bool]] = {}
         #: the tunnels that went on without their session's greenlet
         self.tunnels = Tunnels(self._session_ended)
+        self.rates = RateLimits()  # kept across reloads: a changed rate gets fresh buckets
         self._drain_cut = Event()  # stop_now(): the drain ends at once
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
@@ -397,6 +399,7 @@ class Proxy:
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
             tunnels=self.tunnels,
             owner=self,
+            rates=self.rates,
         )
 
     def _set_user_policy(self, config: Config) -> None:

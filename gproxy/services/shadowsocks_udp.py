@@ -24,8 +24,10 @@ from gproxy.core.config import ListenerSpec
 from gproxy.core.dial import resolve
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
 from gproxy.core.log import logger
+from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.ss_keys import keyring_for, users_generation
+from gproxy.core.tunnel import rate_limits
 from gproxy.frontends.udp import (
     BUFFER_SIZE,
     DEFAULT_MAPPING_IDLE,
@@ -47,10 +49,11 @@ Sockaddr = tuple[object, ...]
 class _Mapping:
     """One (client address, user): outbound sockets per family, the destinations it sent to."""
 
-    __slots__ = ("client", "user", "key", "session", "outbound", "by_dest", "by_source", "last", "loops")
+    __slots__ = ("client", "user", "key", "session", "outbound", "by_dest", "by_source", "last", "loops", "limits")
 
-    def __init__(self, client: Sockaddr, user: str, key: bytes, session: Session, now: int) -> None:
+    def __init__(self, client: Sockaddr, user: str, key: bytes, session: Session, now: int, limits: Limits) -> None:
         self.client = client
+        self.limits = limits  # the user's buckets: over the rate, a datagram is dropped
         self.user = user
         self.key = key
         self.session = session
@@ -154,6 +157,9 @@ class ShadowsocksUdp:
                 continue
             family, sockaddr, _ = peer
             data = memoryview(plain)[start:]
+            if mapping.limits is not None and not mapping.limits[0].take_whole(len(data)):
+                metrics.udp_datagram("ss", "up", dropped="rate")
+                continue
             try:
                 _raw(self._outbound(mapping, family)).sendto(data, sockaddr)
             except OSError:
@@ -173,7 +179,8 @@ class ShadowsocksUdp:
             self._close(idlest, "evicted")
         session = Session(from_sockaddr(client), "ss", proto="ss", user=user, cmd="udp")
         self.proxy.metrics.session_opened("ss")
-        mapping = self.mappings[(client, user)] = _Mapping(client, user, key, session, self.clock)
+        limits = rate_limits(replace(self.ctx, config=self.proxy.config), session)  # the rate as of now (SIGHUP)
+        mapping = self.mappings[(client, user)] = _Mapping(client, user, key, session, self.clock, limits)
         return mapping
 
     def _lookup(self, mapping: _Mapping, header: bytes, dest: Address) -> tuple[int, Sockaddr, float] | Denied:
@@ -230,6 +237,9 @@ class ShadowsocksUdp:
             header = mapping.by_source.get((str(source[0]), int(source[1])))
             if header is None:
                 metrics.udp_datagram("ss", "down", dropped="unknown_source")
+                continue
+            if mapping.limits is not None and not mapping.limits[1].take_whole(n):
+                metrics.udp_datagram("ss", "down", dropped="rate")
                 continue
             # the source as it really is (a name the client sent is answered with the address)
             reply = socks5.encode_address(from_sockaddr(source)) + buf[:n]

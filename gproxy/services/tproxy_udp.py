@@ -24,7 +24,9 @@ from gproxy.core.context import Context
 from gproxy.core.dial import DirectDialer, Prepare
 from gproxy.core.errors import Denied, DialError
 from gproxy.core.log import logger
+from gproxy.core.relay import Limits
 from gproxy.core.session import Session
+from gproxy.core.tunnel import rate_limits
 from gproxy.core.udp_upstream import Socks5UdpRelay, associate
 from gproxy.core.upstream import Socks5Upstream
 from gproxy.core.upstream_group import DIRECT, Router
@@ -84,10 +86,13 @@ def reply_socket(dest: Address) -> socket.socket:
 class _Flow:
     """One (client, original destination): where datagrams go, and the socket replies leave from."""
 
-    __slots__ = ("client", "dest", "session", "last", "reply", "outbound", "relay", "pending", "loops")
+    __slots__ = ("client", "dest", "session", "last", "reply", "outbound", "relay", "pending", "loops", "limits")
 
-    def __init__(self, client: Sockaddr, dest: Address, session: Session, reply: socket.socket, now: int) -> None:
+    def __init__(
+        self, client: Sockaddr, dest: Address, session: Session, reply: socket.socket, now: int, limits: Limits
+    ) -> None:
         self.client = client
+        self.limits = limits  # the client IP's buckets: over the rate, a datagram is dropped
         self.dest = dest
         self.session = session
         self.last = now
@@ -172,6 +177,9 @@ class TproxyUdp:
                 if flow is None:
                     continue
             flow.last = self.mappings.clock
+            if flow.limits is not None and not flow.limits[0].take_whole(n):
+                metrics.udp_datagram(KIND, "up", dropped="rate")
+                continue
             try:
                 if flow.outbound is not None:
                     _raw(flow.outbound).send(data)
@@ -210,7 +218,7 @@ class TproxyUdp:
         prepare = _prepare_of(ctx)
         via = DIRECT if upstream is None else str(upstream.upstream)
         session = Session(from_sockaddr(client), KIND, proto=KIND, cmd="udp", dest=str(dest), via=via)
-        flow = _Flow(client, dest, session, reply, self.mappings.clock)
+        flow = _Flow(client, dest, session, reply, self.mappings.clock, rate_limits(ctx, session))
         if upstream is None:
             try:
                 flow.outbound = _outbound_socket(dest, prepare)
@@ -280,6 +288,9 @@ class TproxyUdp:
                     continue
                 data = unwrapped[1]
             flow.last = self.mappings.clock
+            if flow.limits is not None and not flow.limits[1].take_whole(len(data)):
+                metrics.udp_datagram(KIND, "down", dropped="rate")
+                continue
             try:
                 reply.sendto(data, flow.client)
             except OSError:  # EAGAIN included: dropped, never counted as sent

@@ -56,6 +56,7 @@ def test_console_script_entry_point_module():
         (["--socks", "192.0.2.1:0", "--user", "u:p"], "cannot listen on 192.0.2.1:0"),
         (["--socks", "0", "--users-file", "/nonexistent/users"], "No such file"),
         (["--config", "/nonexistent.toml"], "--config /nonexistent.toml"),
+        (["--socks", "0", "--rate", "fast"], "--rate: expected a rate such as 500k, 1M or 0"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(args, message):

@@ -54,6 +54,7 @@ max-conns = 1000
 max-conns-per-ip = 20
 ipv6-prefix = 56
 max-conns-per-user = 4
+rate = "1.5M"
 auth-url = "https://auth.example:8443/check?realm=proxy"
 workers = 3
 access-log = "/var/log/gproxy/access.log"
@@ -115,6 +116,7 @@ def test_a_config_with_every_key(tmp_path):
     )
     assert (config.max_conns, config.max_conns_per_ip, config.workers) == (1000, 20, 3)
     assert (config.max_conns_per_user, config.auth_url) == (4, "https://auth.example:8443/check?realm=proxy")
+    assert config.rate == 3 << 19
     assert (config.access_log, config.log_level) == ("/var/log/gproxy/access.log", "warning")
     assert (config.cert, config.key) == ("/etc/gproxy/cert.pem", "/etc/gproxy/key.pem")
     assert config.proxy_protocol is True

@@ -73,3 +73,26 @@ def test_a_bucket_is_forgotten_when_no_tunnel_holds_it():
     gc.collect()
     fresh, _ = limits.buckets("alice", 1000)
     assert fresh.take(1000) == 1000
+
+
+def test_take_waits_for_the_least_it_asks_and_unused_grants_go_back():
+    clock = Clock()
+    bucket = TokenBucket(1600, clock)
+    assert bucket.quantum == 100
+    assert bucket.take(1550) == 1550
+    assert bucket.take(1000, least=100) == 0  # 50 left: not worth a read
+    assert bucket.take(40, least=100) == 40  # but a small want is served
+    bucket.give_back(30)  # a read returned 10 of 40
+    assert bucket.take(1000) == 40
+    bucket.give_back(5000)  # never above the burst
+    assert bucket.take(5000) == 1600
+
+
+def test_a_datagram_passes_whole_or_not_at_all():
+    clock = Clock()
+    bucket = TokenBucket(1000, clock)
+    assert bucket.take_whole(800)
+    assert not bucket.take_whole(300)  # 200 left: dropped, nothing spent
+    assert bucket.take_whole(200)
+    clock.now += 0.5
+    assert bucket.take_whole(500)
