@@ -76,6 +76,9 @@ class PrometheusMetrics(Metrics):
             "gproxy_handshake_failures", "clients that failed the handshake", ["proto", "reason"]
         )
         self.auth_failures = counter("gproxy_auth_failures", "failed authentications", ["proto", "reason"])
+        self.auth_challenges = counter(
+            "gproxy_auth_challenges", "requests without credentials answered with a challenge (407)", ["proto"]
+        )
         self.denied = counter("gproxy_denied", "requests refused by destination rules", ["proto"])
         self.dial_failures = counter("gproxy_dial_failures", "outbound connects that failed, by reply", ["reply"])
         self.udp_datagrams = counter("gproxy_udp_datagrams", "UDP datagrams relayed", ["listener", "direction"])
@@ -118,6 +121,9 @@ class PrometheusMetrics(Metrics):
             self.denied.labels(session.proto).inc()
         elif isinstance(exc, ClientProtocolError | HandshakeTimeout | ClientClosed):
             self.handshake_failures.labels(session.proto, reason).inc()
+
+    def auth_challenged(self, proto: str) -> None:
+        self.auth_challenges.labels(proto).inc()
 
     def connection_refused(self, listener: str, reason: str) -> None:
         self.refused.labels(listener, reason).inc()
