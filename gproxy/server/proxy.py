@@ -114,7 +114,7 @@ LISTEN_BACKLOG = 1024
 NODELAY_INHERITED = sys.platform.startswith("linux")
 
 
-class AdminClosed(gevent.GreenletExit):
+class AdminClosed(gevent.GreenletExit):  # type: ignore[misc]
     """Raised in a session's greenlet to end it from --admin (DELETE /sessions/ID)."""
 
 

@@ -45,7 +45,7 @@ StartResponse = Callable[..., Any]
 def session_rows(proxy: Proxy) -> list[dict[str, object]]:
     """The open sessions of this process, bytes as the relay counts them now (one pass)."""
     now = time.monotonic()
-    rows = []
+    rows: list[dict[str, object]] = []
     for session, _ in proxy.open.values():
         up, down = session.live_bytes()
         rows.append(
@@ -123,7 +123,9 @@ class AdminService:
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         if not self._authorized(environ):
-            return _answer(start_response, "401 Unauthorized", b"bearer token required\n", [("WWW-Authenticate", "Bearer")])
+            return _answer(
+                start_response, "401 Unauthorized", b"bearer token required\n", [("WWW-Authenticate", "Bearer")]
+            )
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
         if path.startswith("/sessions/"):
             if method != "DELETE":
