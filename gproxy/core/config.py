@@ -44,6 +44,7 @@ LISTENER_KINDS = {
     "forward": "forward",
     "udp-forward": "udp-forward",
     "metrics": "metrics",
+    "admin": "admin",
     "redirect": "redirect",
     "tproxy": "tproxy",
     "ss": "ss",
@@ -63,6 +64,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("forward", str, "plain TCP forwarder", True, "ADDR=HOST:PORT"),
     Option("udp-forward", str, "plain UDP relay", True, "ADDR=HOST:PORT"),
     Option("metrics", str, "Prometheus metrics at http://ADDR/metrics", True, "ADDR"),
+    Option("admin", str, "operators' HTTP listener: /sessions, /healthz and a page at /", True, "ADDR"),
+    Option("admin-token", str, "--admin wants Authorization: Bearer TOKEN (needed off loopback)", metavar="TOKEN"),
     Option("redirect", str, "transparent TCP: connections a firewall redirected (SO_ORIGINAL_DST)", True, "ADDR"),
     Option("tproxy", str, "transparent TCP and UDP through TPROXY (IP_TRANSPARENT)", True, "ADDR"),
     Option("user", str, "require this user (repeats)", True, "USER:PASS"),
@@ -226,6 +229,7 @@ class Config:
     outgoing: tuple[str, ...] = ()
     resolver: tuple[str, ...] = ()
     ss_method: str = "chacha20-ietf-poly1305"
+    admin_token: str | None = field(default=None, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # TOML-only tables (may hold passwords)
 
     @classmethod
@@ -315,7 +319,13 @@ class Config:
             parse_resolver_url(url)
         if not 0 <= self.mark < 1 << 32:
             raise ConfigError("--mark must be a number from 0 to 4294967295")
+        if self.admin_token is not None and not self.admin_token.strip():
+            raise ConfigError("--admin-token may not be empty")
         for spec in self.listeners:
+            if spec.kind == "admin" and self.exposes(spec) and self.admin_token is None:
+                raise ConfigError(
+                    f"--admin {spec} is not on loopback: add --admin-token TOKEN (clients send Authorization: Bearer)"
+                )
             if spec.kind in TRANSPARENT_KINDS and not spec.is_loopback and not self.allow:
                 raise ConfigError(
                     f"refusing to run an open proxy: {spec.kind} on {spec} carries no credentials; "

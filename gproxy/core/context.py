@@ -33,6 +33,9 @@ class Metrics:
     def session_failed(self, session: Session, exc: BaseException) -> None:
         """A session ended with a gproxy error (before session_closed)."""
 
+    def auth_challenged(self, proto: str) -> None:
+        """A client asked without credentials and got the challenge (HTTP 407): not a failure."""
+
     def connection_refused(self, listener: str, reason: str) -> None:
         """A client was closed at once: ``client_denied``, ``max_conns``, ``max_conns_per_ip``, ``out_of_fds``."""
 

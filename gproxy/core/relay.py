@@ -33,6 +33,7 @@ import errno
 import fcntl
 import os
 import socket
+import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,7 +128,8 @@ def _take_over(sock: socket.socket) -> socket.socket:
 def _describe(exc: OSError) -> str:
     if isinstance(exc, ConnectionResetError):
         return "reset"
-    if isinstance(exc, BrokenPipeError):
+    ssl = sys.modules.get("ssl")  # a TLS peer that closed without close_notify: what TCP calls a broken pipe
+    if isinstance(exc, BrokenPipeError) or (ssl is not None and isinstance(exc, ssl.SSLEOFError)):
         return "broken_pipe"
     return "error"
 

@@ -13,6 +13,7 @@ from gproxy.core.addr import Address
 
 if TYPE_CHECKING:
     from gproxy.core.access import UserSlot
+    from gproxy.core.relay import RelayStats
 
 #: printable ASCII but space, quote, equals and backslash: safe unquoted
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")
@@ -42,6 +43,16 @@ class Session:
     #: every request so far has its line: nothing left for the end of the connection
     quiet: bool = False
     user_slot: UserSlot | None = None  # counts this session against its user's limit; released at the end
+    id: str = ""  # the server's name for it while it is open (--admin: /sessions, DELETE /sessions/ID)
+    #: the running tunnel's own counters (the relay counts per chunk): bytes not yet in up/down
+    live: RelayStats | None = None
+
+    def live_bytes(self) -> tuple[int, int]:
+        """(up, down) so far, the running tunnel's bytes included: read, never counted twice."""
+        live = self.live
+        if live is None:
+            return self.up, self.down
+        return self.up + live.up, self.down + live.down
 
     def logfmt(self) -> str:
         """``ts= client= user= proto= cmd= dest= [via=] [status=] up= down= dur= outcome=``

@@ -82,7 +82,8 @@ def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> b
     if not isinstance(request, h11.Request):  # parse_head saw a whole head, so h11 does too
         raise _fail(conn, HttpError(400, "incomplete request head"))
     session.cmd = request.method.decode("ascii", "replace").lower()
-    _authorize(conn, ctx, session, request)
+    if not _authorize(conn, ctx, session, request):  # challenged: 407, the client may retry
+        return _may_retry(request)
     if request.method == b"CONNECT":
         _connect(conn, ctx, session, request)
         return False
@@ -119,11 +120,23 @@ def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
     return exc
 
 
-def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request) -> None:
-    """With users configured, a valid ``Proxy-Authorization: Basic`` or 407."""
+def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request) -> bool:
+    """With users configured, a valid ``Proxy-Authorization: Basic``; AuthFailed (407)
+    for wrong or malformed ones. None given: False, after a 407 challenge (not a
+    failure), which leaves the connection open for the retry when no body follows."""
     if not ctx.users:
-        return
-    credentials = http.basic_credentials(http.header(request.headers, b"proxy-authorization"))
+        return True
+    given = http.header(request.headers, b"proxy-authorization")
+    if given is None:
+        session.status = 407
+        ctx.metrics.auth_challenged(session.proto)
+        challenge = http.encode_response(
+            407, "proxy authentication required", _AUTHENTICATE, close=not _may_retry(request)
+        )
+        with contextlib.suppress(OSError):
+            conn.sendall(challenge)
+        return False
+    credentials = http.basic_credentials(given)
     if credentials is not None:
         session.user = credentials[0].decode("utf-8", "replace")
     try:
@@ -143,6 +156,16 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request)
         with contextlib.suppress(OSError):
             conn.sendall(http.encode_response(429, "too many open connections for this user"))
         raise
+    return True
+
+
+def _may_retry(request: h11.Request) -> bool:
+    """Whether the connection can carry the next request after a challenge: HTTP/1.1,
+    no ``Connection: close`` and no body left unread in between."""
+    headers = request.headers
+    close = b"close" in (http.header(headers, b"connection") or b"").lower()
+    body = http.header(headers, b"transfer-encoding") or (http.header(headers, b"content-length") or b"0").strip()
+    return request.http_version == b"1.1" and not close and body in (b"0", b"")
 
 
 def _dial(conn: Conn, ctx: Context, dest: Address, session: Session) -> socket.socket:

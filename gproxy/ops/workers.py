@@ -19,6 +19,12 @@ keep the current directory off the worker's ``sys.path``: started from a
 directory others can write to, a planted ``gevent/`` or ``h11.py`` must not
 run as gproxy's user.
 
+``--admin`` with workers: every worker binds the public admin port too (like
+every other port) and serves its own sessions on ``INDEX.sock`` in a private
+0700 directory the supervisor makes; whichever worker the kernel hands a
+request to asks the others there and joins their JSON arrays, and routes
+``DELETE /sessions/INDEX-N`` to worker INDEX. The supervisor serves nothing.
+
 Signals: SIGTERM/SIGINT are passed on (workers drain, the supervisor exits 0
 when all have exited; a second one, passed on too, ends their sessions at
 once). Workers run in their own process group, so a terminal's Ctrl-C
@@ -86,6 +92,7 @@ class Supervisor:
     slots: list[_Slot] = field(default_factory=list)
     stopping: bool = False
     metrics_dir: str | None = None
+    admin_dir: str | None = None  # --admin: the workers' private admin sockets (a 0700 directory)
     restarts: Any = None  # prometheus Counter when --metrics is on
     stop_deadline: float = 0.0
     notifier: Notifier = field(default_factory=lambda: Notifier({}))  # systemd hears from the supervisor only
@@ -95,7 +102,7 @@ class Supervisor:
 
     def spawn(self, slot: _Slot) -> None:
         read_fd, write_fd = os.pipe()
-        payload = pickle.dumps((self.config, list(self.argv), write_fd))
+        payload = pickle.dumps((self.config, list(self.argv), write_fd, slot.index, self.admin_dir))
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)  # the worker inherits the mask
         try:
             slot.proc = subprocess.Popen(
@@ -319,6 +326,8 @@ def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = 
         from gproxy.services.metrics import worker_restarts
 
         sup.restarts = worker_restarts(None)
+    if any(spec.kind == "admin" for spec in bound.listeners):
+        sup.admin_dir = tempfile.mkdtemp(prefix="gproxy-admin-")  # mode 0700: only gproxy's user reaches them
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, sup.on_signal)
     if early is not None:
@@ -342,8 +351,9 @@ def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = 
         sup.notifier.close()
         for sock in sockets:
             sock.close()
-        if sup.metrics_dir is not None:
-            shutil.rmtree(sup.metrics_dir, ignore_errors=True)
+        for directory in (sup.metrics_dir, sup.admin_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def _wait_all(sup: Supervisor, timeout: float) -> None:
@@ -360,7 +370,7 @@ def _wait_all(sup: Supervisor, timeout: float) -> None:
 # -- the worker side ------------------------------------------------------------------
 
 
-def _read_settings() -> tuple[Config, list[str], int]:
+def _read_settings() -> tuple[Config, list[str], int, int, str | None]:
     def read(n: int) -> bytes:
         data = b""
         while len(data) < n:
@@ -371,8 +381,8 @@ def _read_settings() -> tuple[Config, list[str], int]:
         return data
 
     size = int.from_bytes(read(8), "big")
-    config, argv, ready_fd = pickle.loads(read(size))
-    return config, argv, ready_fd
+    config, argv, ready_fd, index, admin_dir = pickle.loads(read(size))
+    return config, argv, ready_fd, index, admin_dir
 
 
 def worker_main() -> int:
@@ -381,7 +391,7 @@ def worker_main() -> int:
 
     early = StartSignals()  # record, then let in the signals the supervisor held back
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
-    config, argv, ready_fd = _read_settings()
+    config, argv, ready_fd, index, admin_dir = _read_settings()
     from gevent import monkey
 
     from gproxy.ops.cli import fast_greenlets
@@ -392,10 +402,12 @@ def worker_main() -> int:
     from gevent.os import make_nonblocking, nb_read
 
     from gproxy.ops.cli import ServingSignals
-    from gproxy.server.proxy import Proxy
+    from gproxy.server.proxy import Proxy, WorkerSlot
 
     setup_logging(config.to_logging_level())
     proxy = Proxy(config, reuse_port=True, announce=False)
+    if admin_dir is not None:  # --admin: session ids INDEX-N, and a private socket the other workers ask
+        proxy.worker = WorkerSlot(index, admin_dir)
     try:
         proxy.start()
     except ConfigError as exc:

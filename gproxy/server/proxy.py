@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
@@ -84,6 +85,12 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+def _admin_service(proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> Service:
+    from gproxy.services.admin import AdminService
+
+    return AdminService.build(proxy, spec, sock)
+
+
 def _metrics_service(proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> Service:
     from gproxy.services.metrics import MetricsService  # prometheus-client only when asked for
 
@@ -96,6 +103,7 @@ SERVICES: dict[str, Callable[[Proxy, ListenerSpec, socket.socket], Service]] = {
     "ss-udp": ShadowsocksUdp,
     "tproxy-udp": TproxyUdp,
     "metrics": _metrics_service,
+    "admin": _admin_service,
 }
 #: listener kinds bound as UDP sockets
 DATAGRAM_KINDS = frozenset({"udp-forward", "ss-udp", "tproxy-udp"})
@@ -105,6 +113,18 @@ SAME_PORT_UDP = {"ss": "ss-udp", "tproxy": "tproxy-udp"}
 LISTEN_BACKLOG = 1024
 #: Linux hands accepted sockets the listener's TCP_NODELAY: no setsockopt per client
 NODELAY_INHERITED = sys.platform.startswith("linux")
+
+
+class AdminClosed(gevent.GreenletExit):  # type: ignore[misc]
+    """Raised in a session's greenlet to end it from --admin (DELETE /sessions/ID)."""
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Which --workers worker this Proxy is, and the private directory of the workers' admin sockets."""
+
+    index: int
+    admin_dir: str
 
 
 class Proxy:
@@ -148,6 +168,11 @@ class Proxy:
         #: the tunnels that went on without their session's greenlet
         self.tunnels = Tunnels(self._session_ended)
         self.rates = RateLimits()  # kept across reloads: a changed rate gets fresh buckets
+        #: every open session by id, with the greenlet that serves it (done once a tunnel is handed over)
+        self.open: dict[str, tuple[Session, gevent.Greenlet[..., object]]] = {}
+        self._session_ids = itertools.count(1)
+        self.worker: WorkerSlot | None = None  # set by a --workers worker before start()
+        self.draining = False
         self._drain_cut = Event()  # stop_now(): the drain ends at once
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
@@ -269,17 +294,26 @@ class Proxy:
         if self._stopped.is_set():
             return
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.draining = True
+        last = [service for service in self._services if getattr(service, "stops_last", False)]  # --admin
         for server in self._servers:
             server.close()
         for service in self._services:
-            service.stop()
-        for _, sock in self._sockets:
-            sock.close()
+            if service not in last:
+                service.stop()
+        for spec, sock in self._sockets:
+            if spec.kind != "admin":
+                sock.close()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._drain(self._sessions.join, deadline)
         self._drain(lambda: self.tunnels.drain(None), deadline)
         self.tunnels.kill("shutdown")  # the rest end now: logged from their own greenlets, sockets closed
         self._sessions.kill(block=True, timeout=1)
+        for service in last:
+            service.stop()
+        for spec, sock in self._sockets:
+            if spec.kind == "admin":
+                sock.close()
         if self.access_log is not None:
             self.access_log.close()
         if self._dns is not None:
@@ -289,6 +323,16 @@ class Proxy:
     def stop_now(self) -> None:
         """A second stop signal: cut the drain short; stop() then ends every session at once."""
         self._drain_cut.set()
+
+    def end_session(self, session_id: str, outcome: str) -> bool:
+        """End one open session now (--admin's DELETE); False if there is none by that id."""
+        entry = self.open.get(session_id)
+        if entry is None:
+            return False
+        session, greenlet = entry
+        if not self.tunnels.abort(session, outcome):
+            greenlet.kill(AdminClosed, block=False)
+        return True
 
     @property
     def open_sessions(self) -> int:
@@ -517,6 +561,9 @@ class Proxy:
         client, accepted = admitted
         session = Session(client, ctx.listener.kind)
         session.started = accepted
+        prefix = "" if self.worker is None else f"{self.worker.index}-"
+        session.id = f"{prefix}{next(self._session_ids)}"
+        self.open[session.id] = (session, gevent.getcurrent())
         self._session_counts[id(session)] = self._counted.pop(sock)  # released when the session ends
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
@@ -535,6 +582,8 @@ class Proxy:
         except OSError as exc:
             session.outcome = errno.errorcode.get(exc.errno or 0, "error").lower()
             logger.debug("%s: %s", client, exc)
+        except AdminClosed:
+            session.outcome = "admin_closed"
         except gevent.GreenletExit:
             session.outcome = "shutdown"  # killed at the end of a drain
             raise
@@ -592,6 +641,7 @@ class Proxy:
         """Counters, metrics and the access-log line (from a greenlet: they may yield)."""
         keys, in_total = self._session_counts.pop(id(session))
         self._release(keys, in_total=in_total)
+        self.open.pop(session.id, None)
         if session.user_slot is not None:
             session.user_slot.release()
         self.metrics.session_closed(session)

@@ -31,10 +31,12 @@ class Tunnels:
     def add(self, session: Session, relay: Relay) -> None:
         """Own ``relay``, the running tunnel of ``session``, until ended(session)."""
         self._live[id(session)] = (session, relay)
+        session.live = relay.stats  # /sessions reads the relay's own per-chunk counters
         self._empty.clear()
 
     def ended(self, session: Session) -> None:
         """The tunnel is done, its sockets closed and its record complete: end the session."""
+        session.live = None  # its bytes are in session.up/down now (recorded just before, no yield between)
         try:
             self._on_end(session)
         except Exception:  # one line, not the hub's traceback printer: the other tunnels go on
@@ -49,6 +51,14 @@ class Tunnels:
 
     def __contains__(self, session: object) -> bool:
         return id(session) in self._live
+
+    def abort(self, session: Session, outcome: str) -> bool:
+        """End ``session``'s tunnel now with ``outcome`` (--admin's DELETE); False if it has none."""
+        entry = self._live.get(id(session))
+        if entry is None:
+            return False
+        entry[1].abort(outcome)
+        return True
 
     def drain(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds (None: for ever) for every tunnel to end; True if none is left."""

@@ -16,8 +16,6 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-import gevent
-from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -26,6 +24,7 @@ from gproxy.core.context import Metrics
 from gproxy.core.errors import AuthFailed, ClientClosed, ClientProtocolError, Denied, DialError, HandshakeTimeout
 from gproxy.core.log import logger
 from gproxy.core.session import Session
+from gproxy.services.web import GatedServer, bounded_handler
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
@@ -77,6 +76,9 @@ class PrometheusMetrics(Metrics):
             "gproxy_handshake_failures", "clients that failed the handshake", ["proto", "reason"]
         )
         self.auth_failures = counter("gproxy_auth_failures", "failed authentications", ["proto", "reason"])
+        self.auth_challenges = counter(
+            "gproxy_auth_challenges", "requests without credentials answered with a challenge (407)", ["proto"]
+        )
         self.denied = counter("gproxy_denied", "requests refused by destination rules", ["proto"])
         self.dial_failures = counter("gproxy_dial_failures", "outbound connects that failed, by reply", ["reply"])
         self.udp_datagrams = counter("gproxy_udp_datagrams", "UDP datagrams relayed", ["listener", "direction"])
@@ -120,6 +122,9 @@ class PrometheusMetrics(Metrics):
         elif isinstance(exc, ClientProtocolError | HandshakeTimeout | ClientClosed):
             self.handshake_failures.labels(session.proto, reason).inc()
 
+    def auth_challenged(self, proto: str) -> None:
+        self.auth_challenges.labels(proto).inc()
+
     def connection_refused(self, listener: str, reason: str) -> None:
         self.refused.labels(listener, reason).inc()
 
@@ -146,35 +151,6 @@ class PrometheusMetrics(Metrics):
         return bytes(generate_latest(self.registry))
 
 
-class _BoundedHandler(WSGIHandler):  # type: ignore[misc]
-    """pywsgi's handler, but each request (read to answered) within ``timeout``:
-    a client that never finishes its request is dropped, not kept forever."""
-
-    timeout = 10.0
-
-    def handle_one_request(self) -> Any:
-        with gevent.Timeout(self.timeout, False):
-            return super().handle_one_request()
-        return None  # timed out: pywsgi closes the connection
-
-
-class _GatedServer(WSGIServer):  # type: ignore[misc]
-    """pywsgi's server, letting in only clients the Proxy admits (client rules, limits, PROXY header)."""
-
-    proxy: Proxy | None = None
-
-    def handle(self, sock: socket.socket, address: tuple[object, ...]) -> None:
-        if self.proxy is None:
-            super().handle(sock, address)
-            return
-        if self.proxy.admit_client(sock, address, "metrics", in_total=False) is None:
-            return  # closed by the server
-        try:
-            super().handle(sock, address)
-        finally:
-            self.proxy.release_client(sock)
-
-
 class MetricsService:
     """``GET /metrics`` over HTTP/1.1 (gevent's pywsgi), on a listener bound by the Proxy."""
 
@@ -182,8 +158,7 @@ class MetricsService:
         self, metrics: PrometheusMetrics, sock: socket.socket, timeout: float = 10.0, proxy: Proxy | None = None
     ) -> None:
         self.metrics = metrics
-        handler = type("MetricsHandler", (_BoundedHandler,), {"timeout": timeout})
-        self.server = _GatedServer(sock, self._app, log=None, error_log=logger, handler_class=handler)
+        self.server = GatedServer(sock, self._app, log=None, error_log=logger, handler_class=bounded_handler(timeout))
         self.server.proxy = proxy
 
     @classmethod

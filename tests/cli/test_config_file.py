@@ -32,6 +32,8 @@ socks-tls = ["1443"]
 forward = ["2222=example.com:22"]
 udp-forward = ["5353=127.0.0.1:53"]
 metrics = ["9100"]
+admin = ["9180"]
+admin-token = "adm1n-t0ken"
 redirect = ["12345"]
 tproxy = ["127.0.0.1:12346"]
 user = ["alice:s3cret", "bob:pw:with:colons"]
@@ -91,11 +93,13 @@ def test_a_config_with_every_key(tmp_path):
         ("forward", "127.0.0.1", 2222),
         ("udp-forward", "127.0.0.1", 5353),
         ("metrics", "127.0.0.1", 9100),
+        ("admin", "127.0.0.1", 9180),
         ("redirect", "127.0.0.1", 12345),
         ("tproxy", "127.0.0.1", 12346),
         ("ss", "127.0.0.1", 8388),
     ]
     assert config.ss_method == "aes-256-gcm"
+    assert config.admin_token == "adm1n-t0ken" and "adm1n-t0ken" not in repr(config)
     assert config.listeners[6] == ListenerSpec("forward", "127.0.0.1", 2222, Address("example.com", 22))
     assert config.users == (("alice", "s3cret"), ("bob", "pw:with:colons"))
     assert config.users_file == str(users)
