@@ -616,11 +616,16 @@ class _Tunnel(_IdleClock):
 
 
 def _send_first(
-    client: socket.socket, upstream: socket.socket, first_up: bytes, first_down: bytes, limits: Limits
+    client: socket.socket,
+    upstream: socket.socket,
+    first_up: bytes,
+    first_down: bytes,
+    limits: Limits,
+    stats: RelayStats | None = None,
 ) -> RelayStats:
     """Send the bytes read early (from this greenlet), spent from the buckets if any;
-    on failure the outcome says why."""
-    stats = RelayStats()
+    on failure the outcome says why. Counts into ``stats`` (a new one if None)."""
+    stats = RelayStats() if stats is None else stats
     if limits is not None:
         limits[0].spend(len(first_up))
         limits[1].spend(len(first_down))
@@ -651,15 +656,17 @@ def relay(
     first_up: bytes = b"",
     first_down: bytes = b"",
     limits: Limits = None,
+    stats: RelayStats | None = None,
 ) -> RelayStats:
     """Relay until both directions are done (start + wait); takes both sockets over
     and closes them before it returns.
 
     ``first_up`` are bytes the client sent early (already read from it);
     ``first_down`` bytes read early from the upstream. ``limits``: the
-    (upload, download) buckets that hold the tunnel to its owner's rate. Returns the stats.
+    (upload, download) buckets that hold the tunnel to its owner's rate. ``stats``:
+    where to count (readable while it runs, e.g. by the admin listener). Returns the stats.
     """
-    stats = _send_first(client, upstream, first_up, first_down, limits)
+    stats = _send_first(client, upstream, first_up, first_down, limits, stats)
     if stats.outcome != "ok":
         _close_both(client, upstream)
         return stats

@@ -69,11 +69,14 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
             if handed is not None:  # engine_for() picked the event-loop engine
                 tunnels.add(session, handed)
                 return
-        stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up, limits=limits)
+        live = session.live = RelayStats()  # counted per chunk by the relay: /sessions reads it as it runs
+        stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up, limits=limits, stats=live)
     except BaseException:
+        session.live = None
         upstream.close()
         raise
     _record(session, stats)
+    session.live = None
 
 
 def _record(session: Session, stats: RelayStats) -> None:

@@ -257,6 +257,20 @@ def test_generic_path(pairs):
     assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
 
 
+def test_generic_path_counts_into_the_callers_stats_while_it_runs(pairs):
+    """The admin listener reads a greenlet-engine tunnel's bytes as they move (TLS, Shadowsocks)."""
+    client, a, b, upstream = pairs
+    live = relay_mod.RelayStats()
+    g = start(Wrapped(a), Wrapped(b), stats=live)
+    client.sendall(b"x" * 1000)
+    assert recv_exact(upstream, 1000) == b"x" * 1000
+    wait_for(lambda: live.up == 1000, timeout=5)
+    assert not g.ready()
+    client.shutdown(socket.SHUT_WR)
+    upstream.shutdown(socket.SHUT_WR)
+    assert g.get(timeout=10) is live
+
+
 def test_generic_path_idle_timeout(pairs):
     client, a, b, upstream = pairs
     g = start(Wrapped(a), Wrapped(b), idle_timeout=0.2)
