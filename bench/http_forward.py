@@ -109,7 +109,9 @@ shutdown_lifetime 1 seconds
 
 def tinyproxy_argv(tmp: Path, port: int) -> list[str]:
     conf = tmp / "tinyproxy.conf"
-    conf.write_text(f'Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 200\nLogLevel Critical\nPidFile "{tmp}/tp.pid"\n')
+    conf.write_text(
+        f'Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 200\nLogLevel Critical\nPidFile "{tmp}/tp.pid"\n'
+    )
     return ["tinyproxy", "-d", "-c", str(conf)]
 
 
@@ -138,8 +140,9 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proxies: dict[str, tuple[object, dict[str, object]]] = {
         "gproxy": (
-            lambda tmp, port: [sys.executable, "-m", "gproxy", "--http", f"127.0.0.1:{port}", "-q"]
-            + shlex.split(args.gproxy_args),
+            lambda tmp, port: (
+                [sys.executable, "-m", "gproxy", "--http", f"127.0.0.1:{port}", "-q"] + shlex.split(args.gproxy_args)
+            ),
             {"env": env, "cwd": ROOT},
         ),
         "squid": (squid_argv, {}),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.dial import Dialer, Resolver, system_resolve
+from gproxy.core.origin_pool import OriginPool
 from gproxy.core.outbound import Outbound
 from gproxy.core.relay import Relay
 from gproxy.core.rules import DestinationPolicy
@@ -87,3 +88,5 @@ class Context:
     tunnels: TunnelRegistry | None = None
     #: the server's per-request services for kept-alive HTTP connections
     owner: SessionOwner | None = None
+    #: idle keep-alive connections to HTTP origins, shared by the server's listeners
+    origin_pool: OriginPool | None = None

@@ -34,6 +34,7 @@ from gproxy.core.context import Context, Metrics
 from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
 from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.core.log import AccessLog, announce, logger
+from gproxy.core.origin_pool import OriginPool
 from gproxy.core.outbound import Outbound, parse_outgoing
 from gproxy.core.passwords import Secret
 from gproxy.core.resolve import DnsResolver
@@ -146,6 +147,7 @@ class Proxy:
         self._session_counts: dict[int, tuple[list[str], bool]] = {}
         #: the tunnels that went on without their session's greenlet
         self.tunnels = Tunnels(self._session_ended)
+        self.origin_pool = OriginPool()  # idle connections to HTTP origins, closed on stop()
         self._drain_cut = Event()  # stop_now(): the drain ends at once
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
@@ -278,6 +280,7 @@ class Proxy:
         self._drain(lambda: self.tunnels.drain(None), deadline)
         self.tunnels.kill("shutdown")  # the rest end now: logged from their own greenlets, sockets closed
         self._sessions.kill(block=True, timeout=1)
+        self.origin_pool.close()
         if self.access_log is not None:
             self.access_log.close()
         if self._dns is not None:
@@ -397,6 +400,7 @@ class Proxy:
             tls=self._tls_context() if spec.kind in TLS_KINDS else None,
             tunnels=self.tunnels,
             owner=self,
+            origin_pool=self.origin_pool,
         )
 
     def _set_user_policy(self, config: Config) -> None:
