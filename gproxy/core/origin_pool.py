@@ -16,8 +16,8 @@ import gevent
 from gproxy.core._gevent import raw_socket
 
 #: defaults: idle connections per origin, in total, and seconds kept idle
-PER_ORIGIN = 16
-TOTAL = 512
+PER_ORIGIN = 128
+TOTAL = 1024
 IDLE_EXPIRY = 15.0
 
 
