@@ -52,6 +52,7 @@ REASONS = {
     501: "Not Implemented",
     502: "Bad Gateway",
     504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -321,3 +322,185 @@ def encode_response(status: int, message: str = "", headers: Headers = (), *, cl
     if close:
         lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+# -- messages for forwarding (heads parsed once, bodies framed without h11) -------------------
+
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/(1\.[01])")
+_STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+#: control characters a head never holds (CR only before LF; HTAB is allowed in values)
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+#: methods whose request may be sent again when a kept-alive origin connection fails first
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A request head as the proxy needs it (after check_head)."""
+
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.0" or b"1.1"
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool  # the client asked to keep its connection open
+    chunked: bool
+    length: int  # Content-Length, 0 when absent (or when chunked)
+    expect_continue: bool
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """A response head from an origin."""
+
+    version: bytes
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    chunked: bool
+    length: int | None  # None: no Content-Length (chunked, or delimited by close)
+    close: bool  # the origin will close after this response
+
+
+def _header_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for line in lines:
+        if line:
+            name, _, value = line.partition(b":")
+            headers.append((name, value.strip(b" \t")))
+    return headers
+
+
+def _split_lines(head: bytes) -> list[bytes]:
+    if _CONTROL.search(head):
+        raise HttpError(400, "control characters in the message head")
+    return head.replace(b"\r\n", b"\n").split(b"\n")
+
+
+def parse_request(head: bytes) -> RequestHead:
+    """The request head that HeadParser returned (already through check_head)."""
+    lines = _split_lines(head)
+    match = _REQUEST_LINE.fullmatch(lines[0])
+    if match is None:
+        if re.fullmatch(rb"\S+ \S+ HTTP/\d\.\d", lines[0]):
+            raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported", reason="bad_version")
+        raise HttpError(400, "malformed request line")
+    method, target, version = match.groups()
+    headers = _header_lines(lines[1:])
+    tokens = connection_tokens(headers)
+    if version == b"1.1":
+        keep_alive = b"close" not in tokens
+        if header(headers, b"host") is None:
+            raise HttpError(400, "an HTTP/1.1 request needs a Host header")
+    else:
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    chunked = header(headers, b"transfer-encoding") is not None  # check_head: then only "chunked"
+    length = header(headers, b"content-length")
+    expect = header(headers, b"expect")
+    return RequestHead(
+        method,
+        target,
+        version,
+        headers,
+        keep_alive,
+        chunked,
+        0 if chunked or length is None else int(length),
+        version == b"1.1" and expect is not None and expect.lower() == b"100-continue",
+    )
+
+
+def response_head_end(buf: bytearray | bytes) -> int | None:
+    """Where a response head ends in ``buf`` (after its blank line); None while incomplete."""
+    return _blank_line_end(buf, 0) if isinstance(buf, bytearray) else _blank_line_end(bytearray(buf), 0)
+
+
+def parse_response(head: bytes) -> ResponseHead:
+    """An origin's response head; HttpError(502) if it is not HTTP/1.x or is ambiguous."""
+    try:
+        lines = _split_lines(head)
+    except HttpError:
+        raise HttpError(502, "control characters in the origin's response head") from None
+    match = _STATUS_LINE.fullmatch(lines[0])
+    if match is None:
+        raise HttpError(502, "origin sent a malformed status line")
+    version, status, reason = match.groups()
+    headers = _header_lines(lines[1:])
+    lengths = {value for name, value in headers if name.lower() == b"content-length"}
+    codings = header(headers, b"transfer-encoding")
+    if any(not _TOKEN.fullmatch(name) for name, _ in headers):
+        raise HttpError(502, "origin sent a malformed header")
+    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
+        raise HttpError(502, "origin sent a bad Content-Length")
+    chunked = codings is not None and codings.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
+    length = int(next(iter(lengths))) if lengths and codings is None else None
+    tokens = connection_tokens(headers)
+    close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
+    if codings is not None and not chunked or length is None and not chunked:
+        close = True  # delimited by close
+    return ResponseHead(version, int(status), reason or b"", headers, chunked, length, close)
+
+
+class ChunkedDecoder:
+    """Decodes a chunked body fed in pieces; bounded chunk-size and trailer lines.
+
+    feed() returns the data pieces; ``done`` once the last chunk and trailers
+    are through, with bytes past the body left in ``rest``.
+    """
+
+    __slots__ = ("_buf", "_left", "_state", "done", "rest")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = 0
+        self._state = self._SIZE
+        self.done = False
+        self.rest = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        pieces: list[bytes] = []
+        buf = self._buf
+        buf += data
+        while buf and not self.done:
+            if self._state == self._DATA:
+                take = min(self._left, len(buf))
+                pieces.append(bytes(buf[:take]))
+                del buf[:take]
+                self._left -= take
+                if not self._left:
+                    self._state = self._DATA_END
+                continue
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > 4096:
+                    raise HttpError(400, "chunk line too long")
+                break
+            line = bytes(buf[:end]).rstrip(b"\r")
+            del buf[: end + 1]
+            if self._state == self._SIZE:
+                size = line.partition(b";")[0].strip(b" \t")
+                if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
+                    raise HttpError(400, "bad chunk size")
+                self._left = int(size, 16)
+                self._state = self._DATA if self._left else self._TRAILER
+            elif self._state == self._DATA_END:
+                if line:
+                    raise HttpError(400, "chunk data longer than its size")
+                self._state = self._SIZE
+            elif not line:  # the blank line after the trailers
+                self.done = True
+                self.rest = bytes(buf)
+                buf.clear()
+        return pieces
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_head(first_line: bytes, headers: Headers) -> bytes:
+    """A message head: the first line, the headers, the blank line."""
+    return b"\r\n".join([first_line, *[name + b": " + value for name, value in headers]]) + b"\r\n\r\n"

@@ -12,6 +12,7 @@ from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.dial import Dialer, Resolver, system_resolve
 from gproxy.core.limits import RateLimits
+from gproxy.core.origin_pool import OriginPool
 from gproxy.core.outbound import Outbound
 from gproxy.core.relay import Relay
 from gproxy.core.rules import DestinationPolicy
@@ -93,3 +94,5 @@ class Context:
     owner: SessionOwner | None = None
     #: the server's rate-limit buckets (--rate, per-user ``rate``); None: no limits at all
     rates: RateLimits | None = None
+    #: idle keep-alive connections to HTTP origins, shared by the server's listeners
+    origin_pool: OriginPool | None = None

@@ -13,7 +13,6 @@ import contextlib
 import socket
 
 import gevent
-import h11
 
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
@@ -25,6 +24,7 @@ from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, Gpro
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
+from gproxy.core.upstream_group import dialled_via
 from gproxy.frontends.socks5 import handshake_deadline
 
 CHUNK = 65536
@@ -73,24 +73,17 @@ def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> b
         return False
     if ctx.owner is not None:  # checked against the users and rules of this moment (SIGHUP)
         ctx = ctx.owner.latest(ctx)
-    client = h11.Connection(h11.SERVER, max_incomplete_event_size=http.MAX_HEAD)
-    client.receive_data(head)
     try:
-        request = client.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise _fail(conn, HttpError(exc.error_status_hint, str(exc))) from None
-    if not isinstance(request, h11.Request):  # parse_head saw a whole head, so h11 does too
-        raise _fail(conn, HttpError(400, "incomplete request head"))
+        request = http.parse_request(head)
+    except HttpError as exc:
+        raise _fail(conn, exc) from None
     session.cmd = request.method.decode("ascii", "replace").lower()
     if not _authorize(conn, ctx, session, request):  # challenged: 407, the client may retry
         return _may_retry(request)
     if request.method == b"CONNECT":
         _connect(conn, ctx, session, request)
         return False
-    try:
-        return _forward(conn, ctx, session, client, request)
-    except h11.LocalProtocolError as exc:  # a state we cannot frame: give up on the connection
-        raise GproxyError(f"cannot frame the message: {exc}", reason="http_error") from None
+    return _forward(conn, ctx, session, request)
 
 
 def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes | None:
@@ -120,7 +113,7 @@ def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
     return exc
 
 
-def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request) -> bool:
+def _authorize(conn: Conn, ctx: Context, session: Session, request: http.RequestHead) -> bool:
     """With users configured, a valid ``Proxy-Authorization: Basic``; AuthFailed (407)
     for wrong or malformed ones. None given: False, after a 407 challenge (not a
     failure), which leaves the connection open for the retry when no body follows."""
@@ -159,13 +152,10 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: h11.Request)
     return True
 
 
-def _may_retry(request: h11.Request) -> bool:
-    """Whether the connection can carry the next request after a challenge: HTTP/1.1,
-    no ``Connection: close`` and no body left unread in between."""
-    headers = request.headers
-    close = b"close" in (http.header(headers, b"connection") or b"").lower()
-    body = http.header(headers, b"transfer-encoding") or (http.header(headers, b"content-length") or b"0").strip()
-    return request.http_version == b"1.1" and not close and body in (b"0", b"")
+def _may_retry(request: http.RequestHead) -> bool:
+    """Whether the connection can carry the next request after a challenge: the client
+    keeps it alive and no body is left unread in between."""
+    return request.keep_alive and not request.chunked and request.length == 0
 
 
 def _dial(conn: Conn, ctx: Context, dest: Address, session: Session) -> socket.socket:
@@ -184,7 +174,7 @@ def _dial(conn: Conn, ctx: Context, dest: Address, session: Session) -> socket.s
         raise exc from None
 
 
-def _connect(conn: Conn, ctx: Context, session: Session, request: h11.Request) -> None:
+def _connect(conn: Conn, ctx: Context, session: Session, request: http.RequestHead) -> None:
     """CONNECT host:port: 200, then relay (early bytes in ``conn`` go first)."""
     try:
         dest = http.parse_authority(request.target)
@@ -197,9 +187,46 @@ def _connect(conn: Conn, ctx: Context, session: Session, request: h11.Request) -
 
 
 # -- forwarding ----------------------------------------------------------------------
+#
+# Heads are parsed once by codec.http (parse_request/parse_response, strict) and
+# bodies framed here: Content-Length bytes are passed as they come, chunked
+# bodies decoded and encoded again, so each side gets framing it can read.
+# Origin connections are kept in ctx.origin_pool between requests.
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection, request: h11.Request) -> bool:
+class _Exchange:
+    """One request's origin side: its connection, route and response bytes read so far."""
+
+    __slots__ = ("upstream", "via", "pooled", "buf")
+
+    def __init__(self, upstream: socket.socket, via: str | None, pooled: bool) -> None:
+        self.upstream, self.via, self.pooled = upstream, via, pooled
+        self.buf = bytearray()
+
+    def recv(self) -> bytes:
+        try:
+            return self.upstream.recv(CHUNK)
+        except TimeoutError:
+            raise OriginError("origin sent nothing for the idle timeout", 504, reason="origin_timeout") from None
+        except OSError as exc:
+            raise OriginError(f"origin: {exc}") from None
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.upstream.sendall(data)
+        except TimeoutError:
+            raise OriginError("origin stopped reading", 504, reason="origin_timeout") from None
+        except OSError as exc:
+            raise OriginError(f"origin: {exc}") from None
+
+
+class _Stale(OriginError):
+    """A kept-alive origin connection failed before any byte of the response."""
+
+
+def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHead) -> bool:
     """Forward one absolute-URI request; True if the client connection stays open."""
     try:
         target = http.split_absolute_uri(request.target)
@@ -207,180 +234,260 @@ def _forward(conn: Conn, ctx: Context, session: Session, client: h11.Connection,
         raise _fail(conn, exc) from None
     session.dest = str(target.address)
     idle = ctx.config.idle_timeout or None
-    early = conn.take_buffered()
-    if early:  # (an empty receive_data means EOF to h11)
-        client.receive_data(early)
-    upstream = _dial(conn, ctx, target.address, session)
-    try:
-        upstream.settimeout(idle)
-        origin = h11.Connection(h11.CLIENT, max_incomplete_event_size=http.MAX_HEAD)
+    out_head = _outbound(request, target)
+    pool = ctx.origin_pool
+    key = (ctx.dialer, session.user, target.address.host, target.address.port)
+    # Only a request that can be sent again rides a kept-alive connection: the origin
+    # may have closed it just now, and then the request is retried once on a new one.
+    reuse = pool is not None and request.method in http.IDEMPOTENT and not (request.chunked or request.length)
+    while True:
+        exchange = _origin_for(conn, ctx, session, target, pool.get(key) if reuse and pool else None, idle)
         try:
-            response = _send_request(conn, client, upstream, origin, request, target, session, idle)
+            body_read = _send_request(conn, exchange, request, out_head, session, idle)
+            response = _response_head(exchange)
+        except _Stale:
+            exchange.upstream.close()
+            reuse = False  # once, on a new connection
+            continue
         except OriginError as exc:
+            exchange.upstream.close()
             raise _fail(conn, exc) from None
-        session.status = response.status_code
-        _stream_response(conn, client, upstream, origin, response, session, idle)
-    finally:
-        upstream.close()
-    if client.our_state is h11.DONE and client.their_state is h11.DONE:
-        conn.buf[:0] = client.trailing_data[0]  # a pipelined next request
-        return True
-    if client.their_state is h11.SEND_BODY:  # answered before its body was read
+        except BaseException:
+            exchange.upstream.close()
+            raise
+        break
+    session.status = response.status
+    try:
+        keep_origin, keep_client = _send_response(conn, exchange, request, response, session, idle, body_read)
+    except BaseException:
+        exchange.upstream.close()
+        raise
+    if keep_origin and pool is not None:
+        pool.put(key, exchange.upstream, exchange.via)
+    else:
+        exchange.upstream.close()
+    if not body_read:  # answered before its body was read
         conn.close_politely()
-    return False
+    return keep_client
+
+
+def _origin_for(
+    conn: Conn,
+    ctx: Context,
+    session: Session,
+    target: http.Target,
+    pooled: tuple[socket.socket, str | None] | None,
+    idle: float | None,
+) -> _Exchange:
+    """A kept-alive connection (the rules checked again) or a new one."""
+    if pooled is not None:
+        upstream, via = pooled
+        try:
+            ctx.destinations.for_user(session.user).check(target.address)
+        except Denied:
+            upstream.close()
+            pooled = None
+        else:
+            dialled_via.set(via)
+            return _Exchange(upstream, via, True)
+    upstream = _dial(conn, ctx, target.address, session)
+    upstream.settimeout(idle)
+    return _Exchange(upstream, dialled_via.get(), False)
 
 
 def _send_request(
     conn: Conn,
-    client: h11.Connection,
-    upstream: socket.socket,
-    origin: h11.Connection,
-    request: h11.Request,
-    target: http.Target,
+    exchange: _Exchange,
+    request: http.RequestHead,
+    out_head: bytes,
     session: Session,
     idle: float | None,
-) -> h11.Response:
-    """Send the request head and body to the origin; return its response head."""
-    headers = _outbound(request, target)
-    _to_origin(upstream, origin, h11.Request(method=request.method, target=target.path, headers=headers))
-    if client.they_are_waiting_for_100_continue:
-        _to_client(conn, client.send(h11.InformationalResponse(status_code=100, headers=[])), idle)
+) -> bool:
+    """Send the head and body to the origin; False if the origin stopped taking the body."""
+    if not (request.chunked or request.length):
+        try:
+            exchange.send(out_head)
+        except OriginError as exc:
+            if exchange.pooled and exc.status == 502:
+                raise _Stale(str(exc)) from None
+            raise
+        return True
+    exchange.send(out_head)
+    if request.expect_continue:
+        _to_client(conn, _CONTINUE, idle)
     try:
-        _send_body(conn, client, upstream, origin, session, idle)
+        _send_body(conn, exchange, request, session, idle)
     except OriginError as exc:
         # The origin may have answered early (413, 401) and closed: that answer
         # is still worth reading, unless the origin simply stopped reading.
         if exc.status == 504:
             raise
-    return _origin_response(upstream, origin)
-
-
-def _stream_response(
-    conn: Conn,
-    client: h11.Connection,
-    upstream: socket.socket,
-    origin: h11.Connection,
-    response: h11.Response,
-    session: Session,
-    idle: float | None,
-) -> None:
-    """Send the response head, then its body chunk by chunk as it arrives."""
-    head = h11.Response(status_code=response.status_code, headers=_inbound(response), reason=response.reason)
-    _to_client(conn, client.send(head), idle)
-    while True:
-        event = _origin_event(upstream, origin)
-        if isinstance(event, h11.Data):
-            session.down += len(event.data)
-            _to_client(conn, client.send(h11.Data(data=event.data)), idle)
-        elif isinstance(event, h11.EndOfMessage):
-            _to_client(conn, client.send(h11.EndOfMessage()), idle)  # trailers are dropped
-            return
-        else:
-            raise OriginError(f"origin sent {type(event).__name__} in the middle of a body")
-
-
-def _outbound(request: h11.Request, target: http.Target) -> list[tuple[bytes, bytes]]:
-    """Request headers for the origin: hop-by-hop gone, Host from the URI, framing kept."""
-    headers = http.strip_hop_by_hop(request.headers.raw_items(), also=(b"host", b"content-length"))
-    headers.insert(0, (b"Host", http.host_header(target)))
-    length = http.header(request.headers, b"content-length")
-    if http.header(request.headers, b"transfer-encoding") is not None:
-        headers.append((b"Transfer-Encoding", b"chunked"))
-    elif length is not None:
-        headers.append((b"Content-Length", length))
-    headers.append((b"Connection", b"close"))  # origin connections are not reused
-    return headers
-
-
-def _inbound(response: h11.Response) -> list[tuple[bytes, bytes]]:
-    """Response headers for the client; h11 adds its own framing where needed."""
-    headers = http.strip_hop_by_hop(response.headers.raw_items(), also=(b"content-length",))
-    length = http.header(response.headers, b"content-length")
-    if length is not None and http.header(response.headers, b"transfer-encoding") is None:
-        headers.append((b"Content-Length", length))
-    return headers
+        return False
+    return True
 
 
 def _send_body(
-    conn: Conn,
-    client: h11.Connection,
-    upstream: socket.socket,
-    origin: h11.Connection,
-    session: Session,
-    idle: float | None,
+    conn: Conn, exchange: _Exchange, request: http.RequestHead, session: Session, idle: float | None
 ) -> None:
     """Stream the client's request body to the origin, chunk by chunk."""
-    while True:
-        event = _client_event(conn, client, idle)
-        if isinstance(event, h11.Data):
-            session.up += len(event.data)
-            _to_origin(upstream, origin, h11.Data(data=event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            _to_origin(upstream, origin, h11.EndOfMessage())
-            return
-        else:
-            raise _fail(conn, HttpError(400, f"unexpected {type(event).__name__}"))
-
-
-def _client_event(conn: Conn, client: h11.Connection, idle: float | None) -> h11.Event:
-    """The next body event from the client, reading as needed."""
+    if not request.chunked:
+        left = request.length
+        while left:
+            data = bytes(conn.buf[:left])
+            del conn.buf[: len(data)]
+            if not data:
+                data = _from_client(conn, min(left, CHUNK), idle)
+            left -= len(data)
+            session.up += len(data)
+            exchange.send(data)
+        return
+    decoder = http.ChunkedDecoder()
+    data = conn.take_buffered()
     while True:
         try:
-            event = client.next_event()
-        except h11.RemoteProtocolError as exc:
-            if client.their_state is h11.ERROR and _closed(client):
-                raise ClientClosed("client closed in the middle of its request body") from None
-            raise _fail(conn, HttpError(exc.error_status_hint, str(exc))) from None
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        with gevent.Timeout(idle, IdleTimeout("client sent nothing for the idle timeout")):
-            client.receive_data(conn.sock.recv(CHUNK))
+            pieces = decoder.feed(data)
+        except HttpError as exc:
+            raise _fail(conn, exc) from None
+        out = b"".join(http.encode_chunk(piece) for piece in pieces)
+        session.up += sum(map(len, pieces))
+        if decoder.done:
+            conn.buf[:0] = decoder.rest  # a pipelined next request
+            exchange.send(out + http.LAST_CHUNK)
+            return
+        if out:
+            exchange.send(out)
+        data = _from_client(conn, CHUNK, idle)
 
 
-def _closed(connection: h11.Connection) -> bool:
-    return bool(connection.trailing_data[1])
+def _from_client(conn: Conn, size: int, idle: float | None) -> bytes:
+    with gevent.Timeout(idle, IdleTimeout("client sent nothing for the idle timeout")):
+        data = conn.sock.recv(size)
+    if not data:
+        raise ClientClosed("client closed in the middle of its request body")
+    return data
 
 
-def _to_client(conn: Conn, data: bytes | None, idle: float | None) -> None:
+def _response_head(exchange: _Exchange) -> http.ResponseHead:
+    """The origin's final response head (1xx dropped: we answer 100 ourselves); the
+    bytes after it stay in ``exchange.buf``."""
+    buf = exchange.buf
+    while True:
+        end = http.response_head_end(buf) if buf else None
+        if end is None:
+            if len(buf) > http.MAX_HEAD:
+                raise OriginError("origin sent a response head larger than 64 KiB")
+            try:
+                data = exchange.recv()
+            except OriginError as exc:
+                if exchange.pooled and not buf and exc.status == 502:
+                    raise _Stale(str(exc)) from None
+                raise
+            if not data:
+                if exchange.pooled and not buf:
+                    raise _Stale("kept-alive origin connection closed")
+                raise OriginError("origin closed before a whole response head")
+            buf += data
+            continue
+        try:
+            response = http.parse_response(bytes(buf[:end]))
+        except HttpError as exc:
+            raise OriginError(str(exc)) from None
+        del buf[:end]
+        if response.status >= 200:
+            return response
+        if response.status == 101:
+            raise OriginError("origin switched protocols, which is not forwarded")
+
+
+def _send_response(
+    conn: Conn,
+    exchange: _Exchange,
+    request: http.RequestHead,
+    response: http.ResponseHead,
+    session: Session,
+    idle: float | None,
+    body_read: bool,
+) -> tuple[bool, bool]:
+    """Send the response head and body; (origin connection reusable, client connection kept)."""
+    headers = http.strip_hop_by_hop(response.headers, also=(b"content-length",))
+    no_body = request.method == b"HEAD" or response.status in (204, 304)
+    keep_client = request.keep_alive and body_read
+    chunk_out = False
+    if response.length is not None:
+        headers.append((b"Content-Length", b"%d" % response.length))
+    elif not no_body:
+        if request.version == b"1.1":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            chunk_out = True
+        else:
+            keep_client = False  # delimited by our close
+    if keep_client:
+        if request.version == b"1.0":
+            headers.append((b"Connection", b"keep-alive"))
+    else:
+        headers.append((b"Connection", b"close"))
+    head = http.encode_head(b"HTTP/1.1 %d %b" % (response.status, response.reason), headers)
+    buf = exchange.buf
+    if no_body:
+        _to_client(conn, head, idle)
+        return not (response.close or buf), keep_client
+    if response.length is not None:
+        left = response.length
+        data = bytes(buf[:left])
+        del buf[: len(data)]
+        while True:
+            left -= len(data)
+            session.down += len(data)
+            _to_client(conn, head + data, idle)
+            head = b""
+            if not left:
+                return not (response.close or buf), keep_client
+            data = exchange.recv()[:left]
+            if not data:
+                raise OriginError("origin closed in the middle of the response body")
+    if response.chunked:
+        decoder = http.ChunkedDecoder()
+        data = bytes(buf)
+        buf.clear()
+        while True:
+            try:
+                pieces = decoder.feed(data)
+            except HttpError as exc:
+                raise OriginError(f"origin broke the chunked coding: {exc}") from None
+            session.down += sum(map(len, pieces))
+            out = b"".join(map(http.encode_chunk, pieces)) if chunk_out else b"".join(pieces)
+            if decoder.done:
+                _to_client(conn, head + out + (http.LAST_CHUNK if chunk_out else b""), idle)  # trailers dropped
+                return not (response.close or decoder.rest), keep_client
+            _to_client(conn, head + out, idle)
+            head = b""
+            data = exchange.recv()
+            if not data:
+                raise OriginError("origin closed in the middle of a chunked body")
+    data = bytes(buf)  # delimited by the origin's close
+    while True:
+        session.down += len(data)
+        out = http.encode_chunk(data) if chunk_out else data
+        if not data:
+            _to_client(conn, head + (http.LAST_CHUNK if chunk_out else b""), idle)
+            return False, keep_client
+        _to_client(conn, head + out, idle)
+        head = b""
+        data = exchange.recv()
+
+
+def _outbound(request: http.RequestHead, target: http.Target) -> bytes:
+    """The head for the origin: hop-by-hop gone, Host from the URI, framing kept, keep-alive."""
+    headers = http.strip_hop_by_hop(request.headers, also=(b"host", b"content-length"))
+    headers.insert(0, (b"Host", http.host_header(target)))
+    if request.chunked:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    elif http.header(request.headers, b"content-length") is not None:
+        headers.append((b"Content-Length", b"%d" % request.length))
+    return http.encode_head(request.method + b" " + target.path + b" HTTP/1.1", headers)
+
+
+def _to_client(conn: Conn, data: bytes, idle: float | None) -> None:
     if data:
         with gevent.Timeout(idle, IdleTimeout("client read nothing for the idle timeout")):
             conn.sendall(data)
-
-
-def _to_origin(upstream: socket.socket, origin: h11.Connection, event: h11.Event) -> None:
-    data = origin.send(event)
-    if not data:
-        return
-    try:
-        upstream.sendall(data)
-    except TimeoutError:
-        raise OriginError("origin stopped reading", 504, reason="origin_timeout") from None
-    except OSError as exc:
-        raise OriginError(f"origin: {exc}") from None
-
-
-def _origin_event(upstream: socket.socket, origin: h11.Connection) -> h11.Event:
-    """The next event from the origin; OriginError for anything wrong there."""
-    while True:
-        try:
-            event = origin.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise OriginError(f"origin broke HTTP: {exc}") from None
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        try:
-            origin.receive_data(upstream.recv(CHUNK))
-        except TimeoutError:
-            raise OriginError("origin sent nothing for the idle timeout", 504, reason="origin_timeout") from None
-        except OSError as exc:
-            raise OriginError(f"origin: {exc}") from None
-
-
-def _origin_response(upstream: socket.socket, origin: h11.Connection) -> h11.Response:
-    """The origin's final response head; 1xx are dropped (we answer 100 ourselves)."""
-    while True:
-        event = _origin_event(upstream, origin)
-        if isinstance(event, h11.Response):
-            return event
-        if not isinstance(event, h11.InformationalResponse) or event.status_code == 101:
-            raise OriginError(f"origin sent {type(event).__name__} instead of a response")

@@ -36,6 +36,7 @@ from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
 from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
 from gproxy.core.limits import RateLimits
 from gproxy.core.log import AccessLog, announce, logger
+from gproxy.core.origin_pool import OriginPool
 from gproxy.core.outbound import Outbound, parse_outgoing
 from gproxy.core.passwords import Secret
 from gproxy.core.resolve import DnsResolver
@@ -173,6 +174,7 @@ class Proxy:
         self._session_ids = itertools.count(1)
         self.worker: WorkerSlot | None = None  # set by a --workers worker before start()
         self.draining = False
+        self.origin_pool = OriginPool()  # idle connections to HTTP origins, closed on stop()
         self._drain_cut = Event()  # stop_now(): the drain ends at once
         self._stopped = Event()
         self._tls: ssl.SSLContext | None = None
@@ -314,6 +316,7 @@ class Proxy:
         for spec, sock in self._sockets:
             if spec.kind == "admin":
                 sock.close()
+        self.origin_pool.close()
         if self.access_log is not None:
             self.access_log.close()
         if self._dns is not None:
@@ -444,6 +447,7 @@ class Proxy:
             tunnels=self.tunnels,
             owner=self,
             rates=self.rates,
+            origin_pool=self.origin_pool,
         )
 
     def _set_user_policy(self, config: Config) -> None:

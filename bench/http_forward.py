@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""HTTP forwarding rate: ``ab -k`` GETs of a 1 KiB file from nginx through each proxy.
+
+    python bench/http_forward.py                 # 20,000 requests per proxy, 50 concurrent
+    python bench/http_forward.py -n 5000 --gproxy-args="--workers 2"
+
+Starts nginx (a temp config on a free loopback port), then gproxy, Squid (no
+cache, foreground) and tinyproxy if installed, one at a time, and prints each
+one's requests/s and its ratio to Squid's in the same run. Absolute-URI
+requests with client keep-alive, as browsers send them to a proxy. Every
+process it starts is stopped by its PID; the temp directory is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_connectable(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def running(argv: list[str], port: int, log: Path, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` until the block ends; stopped by its PID (SIGTERM, then SIGKILL)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
+    try:
+        wait_connectable(port, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def nginx_argv(tmp: Path, port: int) -> list[str]:
+    (tmp / "www").mkdir()
+    (tmp / "www" / "1k").write_bytes(b"x" * 1023 + b"\n")
+    for path in (tmp, tmp / "www", tmp / "www" / "1k"):  # nginx's workers may run as nobody
+        path.chmod(0o755)
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    server {{ listen 127.0.0.1:{port}; root {tmp}/www; }}
+}}
+"""
+    )
+    return ["/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "nginx-error.log")]
+
+
+def squid_argv(tmp: Path, port: int) -> list[str]:
+    conf = tmp / "squid.conf"
+    conf.write_text(
+        f"""http_port 127.0.0.1:{port}
+http_access allow all
+cache deny all
+cache_mem 0 MB
+access_log none
+cache_log {tmp}/squid-cache.log
+pid_filename {tmp}/squid.pid
+coredump_dir {tmp}
+shutdown_lifetime 1 seconds
+"""
+    )
+    return ["/usr/sbin/squid", "-N", "-f", str(conf)]
+
+
+def tinyproxy_argv(tmp: Path, port: int) -> list[str]:
+    conf = tmp / "tinyproxy.conf"
+    conf.write_text(
+        f'Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 200\nLogLevel Critical\nPidFile "{tmp}/tp.pid"\n'
+    )
+    return ["tinyproxy", "-d", "-c", str(conf)]
+
+
+def ab(proxy_port: int, url: str, requests: int, concurrency: int) -> float:
+    """Requests per second reported by ab; RuntimeError if any request failed."""
+    argv = ["ab", "-q", "-k", "-c", str(concurrency), "-n", str(requests), "-X", f"127.0.0.1:{proxy_port}", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300).stdout
+    failed = re.search(r"Failed requests:\s+(\d+)", out)
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    rate = re.search(r"Requests per second:\s+([\d.]+)", out)
+    if rate is None or failed is None or int(failed.group(1)) or non2xx:
+        raise RuntimeError(f"ab failed: {out[:1500]}")
+    return float(rate.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", "--requests", type=int, default=20000, help="requests per proxy (default 20000)")
+    parser.add_argument("-c", "--concurrency", type=int, default=50)
+    parser.add_argument("--gproxy-args", default="", help="extra gproxy flags, e.g. '--workers 2'")
+    parser.add_argument("--only", default="", help="comma-separated proxies to run (gproxy,squid,tinyproxy)")
+    args = parser.parse_args()
+    if shutil.which("ab") is None:
+        print("ab (apache2-utils) is needed", file=sys.stderr)
+        return 2
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proxies: dict[str, tuple[object, dict[str, object]]] = {
+        "gproxy": (
+            lambda tmp, port: (
+                [sys.executable, "-m", "gproxy", "--http", f"127.0.0.1:{port}", "-q"] + shlex.split(args.gproxy_args)
+            ),
+            {"env": env, "cwd": ROOT},
+        ),
+        "squid": (squid_argv, {}),
+    }
+    if shutil.which("tinyproxy"):
+        proxies["tinyproxy"] = (tinyproxy_argv, {})
+    wanted = [name for name in args.only.split(",") if name] or list(proxies)
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="gproxy-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        origin = free_port()
+        url = f"http://127.0.0.1:{origin}/1k"
+        with running(nginx_argv(tmp, origin), origin, tmp / "nginx.out"):
+            for name in wanted:
+                build, kwargs = proxies[name]
+                port = free_port()
+                try:
+                    with running(build(tmp, port), port, tmp / f"{name}.out", **kwargs):  # type: ignore[operator]
+                        ab(port, url, min(1000, args.requests), args.concurrency)  # warm-up
+                        rates[name] = ab(port, url, args.requests, args.concurrency)
+                except RuntimeError as exc:
+                    print(f"{name}: {exc}", file=sys.stderr)
+                    with contextlib.suppress(OSError):
+                        print((tmp / f"{name}.out").read_text()[-800:], file=sys.stderr)
+    squid = rates.get("squid")
+    print(f"{'proxy':<10} {'req/s':>9} {'vs squid':>9}   (ab -k -c {args.concurrency} -n {args.requests}, 1 KiB GET)")
+    for name, rate in rates.items():
+        ratio = f"{rate / squid:.2f}x" if squid else "-"
+        print(f"{name:<10} {rate:>9.0f} {ratio:>9}")
+    return 0 if rates else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Idle origin connections kept for the next HTTP request to the same origin.
+
+Bounded per key (origin, route, user) and in total; a connection idle for
+longer than ``idle_expiry`` is closed by a reaper greenlet, and one the origin
+has closed (or sent unasked bytes on) is dropped when taken.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Hashable
+
+import gevent
+
+from gproxy.core._gevent import raw_socket
+
+#: defaults: idle connections per origin, in total, and seconds kept idle
+PER_ORIGIN = 128
+TOTAL = 1024
+IDLE_EXPIRY = 15.0
+
+
+class OriginPool:
+    """Idle keep-alive connections to origins, newest first out."""
+
+    def __init__(self, per_origin: int = PER_ORIGIN, total: int = TOTAL, idle_expiry: float = IDLE_EXPIRY) -> None:
+        self.per_origin = per_origin
+        self.total = total
+        self.idle_expiry = idle_expiry
+        self._idle: dict[Hashable, list[tuple[socket.socket, str | None, float]]] = {}
+        self._count = 0
+        self._reaper: gevent.Greenlet[[], None] | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, key: Hashable) -> tuple[socket.socket, str | None] | None:
+        """An idle connection for ``key`` that still looks open, and its route; or None."""
+        stack = self._idle.get(key)
+        now = time.monotonic()
+        while stack:
+            sock, via, since = stack.pop()
+            self._count -= 1
+            if not stack:
+                del self._idle[key]
+            if now - since < self.idle_expiry and _looks_open(sock):
+                return sock, via
+            sock.close()
+        return None
+
+    def put(self, key: Hashable, sock: socket.socket, via: str | None) -> None:
+        """Keep ``sock`` for the next request to ``key``; closed instead when full."""
+        stack = self._idle.setdefault(key, [])
+        if self._closed or len(stack) >= self.per_origin or self._count >= self.total:
+            if not stack:
+                del self._idle[key]
+            sock.close()
+            return
+        stack.append((sock, via, time.monotonic()))
+        self._count += 1
+        if self._reaper is None:
+            self._reaper = gevent.spawn(self._reap)
+
+    def expire(self, now: float | None = None) -> None:
+        """Close every connection idle for ``idle_expiry`` or longer."""
+        cutoff = (time.monotonic() if now is None else now) - self.idle_expiry
+        for key in list(self._idle):
+            stack = self._idle[key]
+            fresh = [entry for entry in stack if entry[2] > cutoff]
+            for entry in stack:
+                if entry[2] <= cutoff:
+                    entry[0].close()
+            self._count -= len(stack) - len(fresh)
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]
+
+    def close(self) -> None:
+        """Close every idle connection and keep no more (the server stops)."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.kill(block=False)
+            self._reaper = None
+        for stack in self._idle.values():
+            for sock, _, _ in stack:
+                sock.close()
+        self._idle.clear()
+        self._count = 0
+
+    def _reap(self) -> None:
+        try:
+            while self._count:
+                gevent.sleep(max(self.idle_expiry / 4, 0.05))
+                self.expire()
+        finally:
+            self._reaper = None
+
+
+def _looks_open(sock: socket.socket) -> bool:
+    """No EOF and no unasked bytes waiting (a peek that does not block); a TLS
+    socket (through an https:// upstream) cannot be peeked and is assumed open."""
+    try:
+        kernel = raw_socket(sock)
+    except TypeError:
+        return True
+    try:
+        kernel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # EOF or bytes: unusable
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
