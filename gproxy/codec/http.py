@@ -446,13 +446,16 @@ class ChunkedDecoder:
     are through, with bytes past the body left in ``rest``.
     """
 
-    __slots__ = ("_buf", "_left", "_state", "done", "rest")
+    __slots__ = ("_buf", "_left", "_state", "_trailer", "done", "rest")
 
     _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+    #: the most trailer-section bytes taken (the same bound as a head): a trickle of trailer lines ends here
+    MAX_TRAILER = 16384
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._left = 0
+        self._trailer = 0
         self._state = self._SIZE
         self.done = False
         self.rest = b""
@@ -491,6 +494,10 @@ class ChunkedDecoder:
                 self.done = True
                 self.rest = bytes(buf)
                 buf.clear()
+            else:  # a trailer field: dropped (not forwarded), but counted
+                self._trailer += end + 1
+                if self._trailer > self.MAX_TRAILER:
+                    raise HttpError(400, "chunked trailer section too large")
         return pieces
 
 

@@ -243,3 +243,17 @@ def test_unbracketed_ipv6_uri_gets_a_bracketed_host_header(uri, address, host_he
     target = http.split_absolute_uri(uri)
     assert target.address == address
     assert http.host_header(target) == host_header
+
+
+def test_chunked_decoder_bounds_the_trailer_section():
+    """An origin (or client) that trickles trailer lines for ever is cut off, not buffered for ever."""
+    from gproxy.codec.http import ChunkedDecoder
+
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"5\r\nhello\r\n0\r\n") == [b"hello"]
+    with pytest.raises(HttpError):
+        for _ in range(10_000):  # bounded: the decoder must give up long before
+            decoder.feed(b"X-Trailer: " + b"a" * 50 + b"\r\n")
+    ok = ChunkedDecoder()
+    assert ok.feed(b"3\r\nabc\r\n0\r\nX-One: 1\r\n\r\nnext") == [b"abc"]
+    assert ok.done and ok.rest == b"next"
