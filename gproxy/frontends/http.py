@@ -1,10 +1,11 @@
 """The HTTP/1.1 proxy front end: CONNECT tunnels and absolute-URI forwarding.
 
-Each request head is read whole and checked by ``codec.http`` (bounded,
-strict); h11 then does the message framing on both sides, so bodies are
-streamed chunk by chunk and never buffered whole. The client connection is
-kept alive across requests to different origins; each forwarded request gets
-its own origin connection. Works on any socket-like object, TLS included.
+Each request and response head is read whole and checked by ``codec.http``
+(bounded, strict); bodies are framed by Content-Length or chunked coding and
+streamed piece by piece, never buffered whole. The client connection is kept
+alive across requests to different origins; origin connections are reused from
+a pool (core.origin_pool) only for requests that may be sent twice. Works on any
+socket-like object, TLS included.
 """
 
 from __future__ import annotations
