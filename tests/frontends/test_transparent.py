@@ -29,10 +29,10 @@ from gproxy.core.config import Config
 from gproxy.core.context import Metrics
 from gproxy.core.errors import ConfigError, DialError
 from gproxy.core.session import Session
-from gproxy.core.udp_upstream import Socks5UdpRelay
+from gproxy.core.udp_upstream import Socks5UdpRelay, udp_route
 from gproxy.frontends.transparent import parse_sockaddr
 from gproxy.server.proxy import Proxy
-from gproxy.services.tproxy_udp import original_destination, udp_route
+from gproxy.services.tproxy_udp import original_destination
 from gproxy.services.udp_mappings import MappingTable
 from tests.helpers import ROOT, gproxy_env
 from tests.robustness.live import DrainedGproxy
@@ -144,20 +144,21 @@ def test_socks5_relay_unwraps_only_whole_unfragmented_datagrams():
         ((), (), None),
         (("http://127.0.0.1:1", "socks5://u:secret@127.0.0.1:2"), (), "socks5://u:***@127.0.0.1:2"),
         (("socks5+tls://127.0.0.1:3",), (), "socks5+tls://127.0.0.1:3"),
+        (("https://127.0.0.1:1", "ss://aes-128-gcm:pw@127.0.0.1:5"), (), "ss://aes-128-gcm:***@127.0.0.1:5"),
         (("socks5://127.0.0.1:2",), ("10.0.0.0/8",), None),
         (("http://127.0.0.1:1", "socks4://127.0.0.1:4"), (), DialError),
     ],
 )
-def test_udp_route_is_the_first_socks5_upstream(upstreams, bypass, route):
+def test_udp_route_is_the_first_upstream_that_carries_udp(upstreams, bypass, route):
     config = Config.build(tproxy=["127.0.0.1:0"], upstream=list(upstreams), bypass=list(bypass))
     ctx = Proxy(config).context(config.listeners[0])
     dest = Address("10.2.3.4", 53)
     if route is DialError:
-        with pytest.raises(DialError, match="no SOCKS5 upstream"):
-            udp_route(ctx, dest)
+        with pytest.raises(DialError, match="no upstream can carry UDP"):
+            udp_route(ctx.dialer, dest)
         return
-    chosen = udp_route(ctx, dest)
-    assert (chosen if chosen is None else str(chosen.upstream)) == route
+    chosen = udp_route(ctx.dialer, dest)
+    assert (chosen if chosen is None else str(chosen[0].upstream)) == route
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="IP_TRANSPARENT needs CAP_NET_ADMIN")
