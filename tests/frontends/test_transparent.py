@@ -454,3 +454,23 @@ def test_tproxy_udp_through_a_socks5_upstream(net, clean_nft, tproxy_routes, tmp
     # the upstream relayed it: one UDP ASSOCIATE from 127.0.0.1 carried the datagram both ways
     assert len(associations) == 1 and f"up=5 down={len(seen['answer'])} " in associations[0], associations
     assert "client=127.0.0.1:" in associations[0], associations
+
+
+@pytest.mark.netns
+def test_tproxy_udp_through_an_ss_upstream(net, clean_nft, tproxy_routes, tmp_path):
+    log, upstream_log = tmp_path / "access.log", tmp_path / "upstream.log"
+    ss_args = ("--ss", "127.0.0.1:0", "--ss-method", "aes-256-gcm", "--user", "alice:ss-pw")
+    with net.gproxy(*ss_args, "--access-log", str(upstream_log), "--idle-timeout", "1") as upstream:
+        url = f"ss://aes-256-gcm:ss-pw@127.0.0.1:{upstream.port('ss')}"
+        args = ("--tproxy", "0.0.0.0:0", *ALLOW, "--upstream", url, "--access-log", str(log), "--idle-timeout", "1")
+        with net.gproxy(*args) as gp:
+            port = gp.listening["tproxy"][0][1]
+            _tproxy_setup(net, port, port)
+            seen = net.peer(net.client, "udp", S4, "8000")
+            (line,) = _udp_log_lines(log, 1)
+            (relayed,) = _udp_log_lines(upstream_log, 1)  # its mapping ends after its idle timeout
+    assert seen == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen
+    assert "via=ss://aes-256-gcm:***@127.0.0.1:" in line and f"up=5 down={len(seen['answer'])} " in line, line
+    # the ss server opened the sealed datagram with alice's key and carried it both ways
+    assert "proto=ss" in relayed and "user=alice" in relayed, relayed
+    assert f"up=5 down={len(seen['answer'])} " in relayed, relayed
