@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import UdpEchoServer, read_socks5_reply, recv_exact, socks5_address, wait_for
+from tests.helpers import UdpEchoServer, make_cert, read_socks5_reply, recv_exact, socks5_address, wait_for
 from tests.integration.test_udp import Association
 
 METHODS = ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm"]
@@ -70,6 +70,21 @@ def test_associate_through_a_socks5_upstream(proxy, socks_upstream, echo_udp, ec
     (upstream_line,) = log_lines(upstream_log, "cmd=udp-associate")
     assert field(upstream_line, "client").startswith("127.0.0.1:"), upstream_line
     assert f"up={sent} down={sent} " in upstream_line, upstream_line
+
+
+def test_associate_through_a_socks5_tls_upstream_with_credentials(proxy, echo_udp, tmp_path):
+    cert, key = make_cert(tmp_path)
+    upstream_log = tmp_path / "upstream.log"
+    upstream = proxy(socks_tls=["127.0.0.1:0"], user=["bob:b-pw"], cert=cert, key=key, access_log=str(upstream_log))
+    url = "socks5+tls://bob:b-pw@{}:{}".format(*hostport(upstream, "socks5-tls"))
+    front = proxy(socks=["127.0.0.1:0"], upstream=url, ca=[cert])
+    assoc = Association(hostport(front))
+    try:
+        echo_round_trip(assoc, echo_udp, b"control over TLS")
+    finally:
+        assoc.close()
+    (line,) = log_lines(upstream_log, "cmd=udp-associate")  # authenticated, over TLS
+    assert "user=bob" in line and "proto=socks5" in line and "up=16 down=16 " in line, line
 
 
 def test_a_name_is_resolved_by_the_upstream(proxy, socks_upstream, echo_udp_localhost):
