@@ -87,6 +87,18 @@ def test_associate_through_a_socks5_tls_upstream_with_credentials(proxy, echo_ud
     assert "user=bob" in line and "proto=socks5" in line and "up=16 down=16 " in line, line
 
 
+def test_outgoing_binds_the_control_connection_and_the_datagrams(proxy, socks_upstream, echo_udp):
+    url, upstream_log = socks_upstream
+    front = proxy(socks=["127.0.0.1:0"], upstream=url, outgoing=["127.0.0.2"])
+    assoc = Association(hostport(front))
+    try:
+        echo_round_trip(assoc, echo_udp, b"from 127.0.0.2")  # the upstream takes datagrams from its client's IP only
+    finally:
+        assoc.close()
+    (line,) = log_lines(upstream_log, "cmd=udp-associate")
+    assert field(line, "client").startswith("127.0.0.2:") and "up=14 down=14 " in line, line
+
+
 def test_a_name_is_resolved_by_the_upstream(proxy, socks_upstream, echo_udp_localhost):
     url, _ = socks_upstream
     front = proxy(socks=["127.0.0.1:0"], upstream=url)
