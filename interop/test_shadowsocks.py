@@ -1,5 +1,6 @@
 """shadowsocks-libev both ways, for every method: ss-local and ss-tunnel -> gproxy --ss, and
-gproxy (ss:// upstream) -> ss-server; TCP with a sha256-checked bulk transfer, and UDP."""
+gproxy (ss:// upstream) -> ss-server; TCP with a sha256-checked bulk transfer, and UDP (through
+gproxy: a SOCKS5 UDP ASSOCIATE relayed as Shadowsocks UDP)."""
 
 from __future__ import annotations
 
@@ -276,3 +277,12 @@ def test_gproxy_upstream_to_ss_server(
     bulk_echo(sock)
     line = logged(access, "socks5", "connect")
     assert f"up={BULK}" in line and f"down={BULK}" in line, line
+    # UDP ASSOCIATE on gproxy: its datagrams go to ss-server -u as Shadowsocks UDP
+    control, relay = socks5_request(socks, 3, ("0.0.0.0", 0))
+    try:
+        udp_round_trip(relay, ("127.0.0.1", echo[1]))
+    finally:
+        control.close()
+    line = logged(access, "socks5", "udp-associate")
+    assert f"via=ss://{method}:***@127.0.0.1:{server_port}" in line, line
+    assert "up=0 " not in line and "down=0 " not in line, line

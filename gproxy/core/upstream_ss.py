@@ -1,4 +1,5 @@
-"""``ss://`` upstreams: SIP002 URLs and the dialer that tunnels TCP through a Shadowsocks server.
+"""``ss://`` upstreams: SIP002 URLs, and the dialer that tunnels TCP through a Shadowsocks server
+and seals and opens its UDP packets (the UDP socket itself is ``udp_upstream``'s).
 
 ``ss://BASE64URL(method:password)@host:port`` (padding optional) or ``ss://method:password@host:port``.
 Plugins (``/?plugin=``) are refused. The parsed URL is an ``Upstream`` with scheme ``ss``, the
@@ -15,13 +16,23 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from gproxy.codec import socks5
-from gproxy.codec.shadowsocks import Method, TcpDecryptor, TcpEncryptor, derive_key, method_by_name
+from gproxy.codec.shadowsocks import (
+    Method,
+    TcpDecryptor,
+    TcpEncryptor,
+    decrypt_udp,
+    derive_key,
+    encrypt_udp,
+    method_by_name,
+)
 from gproxy.core.addr import Address, format_hostport, parse_ip
-from gproxy.core.errors import ConfigError
+from gproxy.core.errors import ClientProtocolError, ConfigError
 from gproxy.core.upstream_url import Upstream
 
 if TYPE_CHECKING:
     from gproxy.core.dial import IPCheck, Prepare, Resolver
+
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,8 @@ class SsUpstreamDialer:
         self.upstream = upstream
         self.method = method_by_name(upstream.username or "")
         self.key = derive_key(upstream.password or "", self.method)
-        self._direct = DirectDialer(resolver or system_resolve, prepare=prepare)  # the operator's: no rules
+        self.resolver = resolver or system_resolve
+        self._direct = DirectDialer(self.resolver, prepare=prepare)  # the operator's: no rules
 
     def dial(
         self, dest: Address, timeout: float, check: IPCheck | None = None, *, reach_timeout: float | None = None
@@ -117,3 +129,20 @@ class SsUpstreamDialer:
             sock.close()
             raise
         return cast("socket.socket", wrapped)  # socket-like: the relay takes its generic path for it
+
+    def seal_datagram(self, dest: Address, payload: Buffer) -> bytes:
+        """One UDP packet for the server: ``dest``'s address header and ``payload``, sealed."""
+        return encrypt_udp(self.key, self.method, b"".join((socks5.encode_address(dest), payload)))
+
+    def open_datagram(self, packet: Buffer) -> tuple[Address, memoryview] | None:
+        """(source, payload) of a UDP packet from the server; None for one that does not open
+        with the key (tampered, or not the server's) or carries no address header."""
+        try:
+            plain = decrypt_udp(self.key, self.method, packet)
+            parsed = socks5.parse_address(plain, 0)
+        except ClientProtocolError:  # ShadowsocksError included
+            return None
+        if parsed is None:
+            return None
+        source, start = parsed
+        return source, memoryview(plain)[start:]

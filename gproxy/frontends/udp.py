@@ -1,5 +1,8 @@
 """UDP: SOCKS5 UDP ASSOCIATE (RFC 1928 section 7) and the ``--udp-forward`` relay.
 
+With upstreams set, an association opens one relay through an upstream that carries UDP
+(``udp_upstream``) and sends every destination through it but ``--bypass`` ones.
+
 One read loop (greenlet) per socket, never a greenlet per datagram. A loop
 receives into a hub-wide buffer and sends without yielding (a datagram the
 kernel will not take at once is dropped, as UDP allows), so no other
@@ -15,7 +18,6 @@ import weakref
 from typing import TYPE_CHECKING, TypeVar
 
 import gevent
-from gevent import socket as gsocket
 from gevent.hub import Hub, get_hub
 
 from gproxy.codec import socks5
@@ -32,6 +34,8 @@ from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import rate_limits
+from gproxy.core.udp_upstream import UdpRelay, open_relay, udp_socket, udp_upstreams
+from gproxy.core.upstream_group import Router, dialled_via
 from gproxy.services.udp_mappings import MappingTable
 
 if TYPE_CHECKING:
@@ -75,22 +79,7 @@ def _raw(sock: socket.socket) -> socket.socket:
 
 def outbound_udp_socket(outbound: Outbound, family: int) -> socket.socket:
     """A UDP socket toward destinations: bound to --outgoing's address of ``family``, marked (--mark)."""
-    return _udp_socket(family, outbound.udp_host(family), outbound)
-
-
-def _udp_socket(family: int, host: str, outbound: Outbound | None = None) -> socket.socket:
-    """A UDP socket bound to ``host`` port 0."""
-    sock = gsocket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if outbound is not None:
-            outbound.mark_socket(sock)
-        sock.bind((host, 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock  # type: ignore[no-any-return]
+    return udp_socket(family, outbound.udp_host(family), outbound)
 
 
 def _sockaddr_key(sockaddr: tuple[object, ...]) -> tuple[str, int]:
@@ -109,10 +98,23 @@ class _Peer:
         self.expires = expires
 
 
-class UdpAssociation:
-    """One UDP ASSOCIATE: a client-facing socket and outbound sockets per family."""
+class _Via:
+    """A destination reached through the upstream relay: sent as the client named it (the upstream
+    resolves names)."""
 
-    def __init__(self, conn: Conn, ctx: Context, session: Session, declared: Address) -> None:
+    __slots__ = ("dest",)
+
+    def __init__(self, dest: Address) -> None:
+        self.dest = dest
+
+
+class UdpAssociation:
+    """One UDP ASSOCIATE: a client-facing socket, outbound sockets per family, and the relay
+    through an upstream when one is given."""
+
+    def __init__(
+        self, conn: Conn, ctx: Context, session: Session, declared: Address, relay: UdpRelay | None = None
+    ) -> None:
         self.conn = conn
         self.ctx = ctx
         self.session = session
@@ -131,9 +133,10 @@ class UdpAssociation:
         if client_ip is not None and (client_ip.version == 6) != (family == socket.AF_INET6):
             # A balancer reached over the other family: listen on the client's, all addresses.
             family, host = (socket.AF_INET6, "::") if client_ip.version == 6 else (socket.AF_INET, "0.0.0.0")
-        self.client_sock = _udp_socket(family, host)
+        self.client_sock = udp_socket(family, host)
+        self.relay = relay
         self._outbound: dict[int, socket.socket] = {}
-        self._by_header: dict[bytes, _Peer | Denied] = {}  # keyed by the address bytes the client sent
+        self._by_header: dict[bytes, _Peer | _Via | Denied] = {}  # keyed by the address bytes the client sent
         self._by_source: dict[tuple[str, int], _Peer] = {}  # replies are accepted from these only
         self._loops: list[gevent.Greenlet] = []
         self.datagrams = 0
@@ -149,28 +152,35 @@ class UdpAssociation:
     def run(self) -> None:
         """Relay until the control connection closes or nothing moves for the idle timeout."""
         self._loops.append(gevent.spawn(self._client_loop))
-        control = gevent.spawn(self._watch_control)
+        watchers = [gevent.spawn(self._watch_control)]
+        if self.relay is not None:
+            self._loops.append(gevent.spawn(self._relay_loop, self.relay))
+            watchers.append(gevent.spawn(self.relay.wait_closed))
         idle = self.ctx.config.idle_timeout
         try:
             if idle <= 0:
-                control.join()
+                gevent.joinall(watchers, count=1)
             ticks, seen = 0, self.datagrams
-            while not control.ready():  # no clock reads per datagram: compare counts per tick
-                control.join(timeout=idle / 4)
+            while not any(watcher.ready() for watcher in watchers):  # no clock reads per datagram: counts per tick
+                gevent.joinall(watchers, timeout=idle / 4, count=1)
                 ticks = ticks + 1 if self.datagrams == seen else 0
                 seen = self.datagrams
-                if ticks >= 4 and not control.ready():
+                if ticks >= 4 and not any(watcher.ready() for watcher in watchers):
                     self.session.outcome = "idle_timeout"
                     break
+            if watchers[1:] and watchers[1].ready() and not watchers[0].ready():
+                self.session.outcome = "upstream_closed"
         finally:
             self.close()
-            control.kill(block=False)
+            gevent.killall(watchers, block=False)
 
     def close(self) -> None:
         """Close every socket first (no yield), then stop the loops."""
         self.client_sock.close()
         for sock in self._outbound.values():
             sock.close()
+        if self.relay is not None:
+            self.relay.close()
         gevent.killall(self._loops, block=False)
 
     def _watch_control(self) -> None:
@@ -226,9 +236,13 @@ class UdpAssociation:
                 metrics.udp_datagram(kind, "up", dropped="rate")
                 continue
             try:
-                _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
+                if isinstance(peer, _Via):
+                    assert self.relay is not None
+                    self.relay.send(data, peer.dest)
+                else:
+                    _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
             except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only, never counted as sent
-                self._drop(f"send to {peer.sockaddr}: {exc}")
+                self._drop(f"send to {peer}: {exc}")
                 metrics.udp_datagram(kind, "up", dropped="send_failed")
                 continue
             self.session.up += len(data)
@@ -238,9 +252,18 @@ class UdpAssociation:
         self.dropped += 1
         logger.debug("%s: udp datagram dropped: %s", self.session.client, why)
 
-    def _lookup(self, key: bytes, dest: Address) -> _Peer | Denied:
-        """Check, resolve and remember a destination (rules apply to every address)."""
-        result: _Peer | Denied
+    def _lookup(self, key: bytes, dest: Address) -> _Peer | _Via | Denied:
+        """Check, resolve and remember a destination (rules apply to every address; through the
+        upstream, to the destination as the client named it)."""
+        result: _Peer | _Via | Denied
+        if self.relay is not None and not self._bypassed(dest):
+            try:
+                self.ctx.destinations.for_user(self.session.user).check(dest)
+                result = _Via(dest)
+            except Denied as exc:
+                result = exc
+            _remember(self._by_header, key, result)
+            return result
         try:
             check_resolved = self.ctx.destinations.for_user(self.session.user).check(dest)
             with gevent.Timeout(
@@ -271,6 +294,11 @@ class UdpAssociation:
         if isinstance(result, _Peer):
             _remember(self._by_source, _sockaddr_key(result.sockaddr), result)
         return result
+
+    def _bypassed(self, dest: Address) -> bool:
+        """``--bypass`` names the destination: it goes direct even with the relay open."""
+        router = self.ctx.dialer
+        return isinstance(router, Router) and bool(router.bypass) and router.bypassed(dest)
 
     def _outbound_for(self, family: int) -> socket.socket:
         sock = self._outbound.get(family)
@@ -314,6 +342,37 @@ class UdpAssociation:
             self.session.down += n
             metrics.udp_datagram(kind, "down")
 
+    def _relay_loop(self, relay: UdpRelay) -> None:
+        """Replies through the upstream, headed with the source it reports (it filters its own)."""
+        buf = _hub_buffer()
+        client = _raw(self.client_sock)
+        metrics, kind = self.ctx.metrics, self.ctx.listener.kind
+        while True:
+            try:
+                n = relay.sock.recv_into(buf)
+            except OSError:
+                if relay.sock.fileno() < 0:
+                    return
+                continue  # ICMP port unreachable for an earlier datagram
+            unwrapped = relay.unwrap(buf[:n])
+            if unwrapped is None or self.client_addr is None:
+                self._drop("malformed datagram from the upstream" if unwrapped is None else "no client yet")
+                continue
+            source, payload = unwrapped
+            if self.limits is not None and not self.limits[1].take_whole(len(payload)):
+                self._drop("over the rate")
+                metrics.udp_datagram(kind, "down", dropped="rate")
+                continue
+            try:
+                client.sendmsg([socks5.encode_udp_header(source), payload], (), 0, self.client_addr)
+            except OSError as exc:  # EAGAIN included: dropped, never counted as sent
+                self._drop(f"send to client: {exc}")
+                metrics.udp_datagram(kind, "down", dropped="send_failed")
+                continue
+            self.datagrams += 1
+            self.session.down += len(payload)
+            metrics.udp_datagram(kind, "down")
+
 
 def _header_end(buf: memoryview, n: int) -> int:
     """Where the payload starts in a well-formed datagram of ``n`` bytes, else 0."""
@@ -341,13 +400,14 @@ def _remember(table: dict[K, T], key: K, value: T) -> None:
 
 
 def udp_associate(conn: Conn, ctx: Context, session: Session, declared: Address) -> None:
-    """SOCKS5 UDP ASSOCIATE: open the relay, answer with its address, relay until done."""
-    if ctx.config.upstream:  # datagrams cannot follow TCP chaining: say so (0x07)
-        conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
-        raise ClientProtocolError("UDP ASSOCIATE is not available with --upstream", reason="bad_command")
+    """SOCKS5 UDP ASSOCIATE: open the relay (and one through an upstream when upstreams are
+    set), answer with its address, relay until done."""
+    relay = _upstream_relay(conn, ctx)
     try:
-        association = UdpAssociation(conn, ctx, session, declared)
+        association = UdpAssociation(conn, ctx, session, declared, relay)
     except OSError as exc:
+        if relay is not None:
+            relay.close()
         conn.sendall(socks5.encode_reply(ReplyCode.GENERAL_FAILURE))
         raise GproxyError(f"cannot open a UDP relay: {exc}", reason="udp_bind_failed") from None
     try:
@@ -356,6 +416,24 @@ def udp_associate(conn: Conn, ctx: Context, session: Session, declared: Address)
         association.close()
         raise
     association.run()
+
+
+def _upstream_relay(conn: Conn, ctx: Context) -> UdpRelay | None:
+    """A relay through the first upstream that carries UDP and works; None without upstreams.
+    Answers the client itself when there is none: 0x07 when no upstream can carry UDP, else
+    the upstream's error."""
+    try:
+        upstreams = udp_upstreams(ctx.dialer)
+        if upstreams is None:
+            return None
+        upstream, relay = open_relay(upstreams, ctx.config.connect_timeout, ctx.outbound)
+    except DialError as exc:
+        conn.sendall(socks5.encode_reply(exc.reply))
+        if exc.reply == ReplyCode.COMMAND_NOT_SUPPORTED:
+            raise ClientProtocolError(f"UDP ASSOCIATE: {exc}", reason="bad_command") from None
+        raise
+    dialled_via.set(str(upstream.upstream))  # via= in the access log
+    return relay
 
 
 # -- --udp-forward -----------------------------------------------------------------

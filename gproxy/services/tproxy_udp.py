@@ -2,7 +2,8 @@
 
 Each datagram's original destination comes with it (``IP_RECVORIGDSTADDR``). Each (client,
 original destination) gets a mapping: an outbound socket connected to the destination, or a
-SOCKS5 UDP association when an upstream is set, and a transparent socket bound to the original
+relay through an upstream (SOCKS5 UDP ASSOCIATE or Shadowsocks UDP, see ``udp_upstream``) when
+upstreams are set, and a transparent socket bound to the original
 destination, so replies reach the client from the address it sent to. Client and destination
 rules apply when a mapping opens; mappings expire when idle (see ``udp_mappings``).
 """
@@ -17,19 +18,17 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import socket as gsocket
 
-from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
-from gproxy.core.dial import DirectDialer, Prepare
+from gproxy.core.dial import Prepare
 from gproxy.core.errors import Denied, DialError
 from gproxy.core.log import logger
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.tunnel import rate_limits
-from gproxy.core.udp_upstream import Socks5UdpRelay, associate
-from gproxy.core.upstream import Socks5Upstream
-from gproxy.core.upstream_group import DIRECT, Router
+from gproxy.core.udp_upstream import UdpRelay, UdpUpstream, open_relay, udp_route
+from gproxy.core.upstream_group import DIRECT
 from gproxy.frontends.transparent import parse_sockaddr
 from gproxy.frontends.udp import DEFAULT_MAPPING_IDLE, MAX_MAPPINGS, WARN_EVERY, _hub_buffer, _raw
 from gproxy.services.udp_mappings import MappingTable
@@ -98,7 +97,7 @@ class _Flow:
         self.last = now
         self.reply = reply
         self.outbound: socket.socket | None = None  # direct: connected to dest
-        self.relay: Socks5UdpRelay | None = None  # through the upstream, once associated
+        self.relay: UdpRelay | None = None  # through an upstream, once open
         self.pending: list[bytes] = []  # while the association opens
         self.loops: list[gevent.Greenlet] = []
 
@@ -206,7 +205,7 @@ class TproxyUdp:
             return None
         try:
             ctx.destinations.check(dest)  # an IP: checked as it is (own listeners, local, rules)
-            upstream = udp_route(ctx, dest)
+            upstreams = udp_route(ctx.dialer, dest)
             reply = reply_socket(dest)
         except (Denied, DialError, OSError) as exc:
             if isinstance(exc, Denied):
@@ -215,13 +214,12 @@ class TproxyUdp:
                 self._warn(f"to {dest}: {exc}")
             metrics.udp_datagram(KIND, "up", dropped="denied" if isinstance(exc, Denied) else "send_failed")
             return None
-        prepare = _prepare_of(ctx)
-        via = DIRECT if upstream is None else str(upstream.upstream)
+        via = DIRECT if upstreams is None else str(upstreams[0].upstream)  # the one chosen, once open
         session = Session(from_sockaddr(client), KIND, proto=KIND, cmd="udp", dest=str(dest), via=via)
         flow = _Flow(client, dest, session, reply, self.mappings.clock, rate_limits(ctx, session))
-        if upstream is None:
+        if upstreams is None:
             try:
-                flow.outbound = _outbound_socket(dest, prepare)
+                flow.outbound = _outbound_socket(dest, ctx.outbound.prepare())
             except OSError as exc:
                 flow.close()
                 self._warn(f"to {dest}: {exc}")
@@ -229,21 +227,22 @@ class TproxyUdp:
                 return None
         metrics.session_opened(KIND)
         self.mappings.add(key, flow)
-        if upstream is None:
+        if upstreams is None:
             flow.loops.append(gevent.spawn(self._reply_loop, flow))
         else:
-            flow.loops.append(gevent.spawn(self._associate, key, flow, upstream, prepare))
+            flow.loops.append(gevent.spawn(self._associate, key, flow, upstreams, ctx))
         return flow
 
-    def _associate(self, key: FlowKey, flow: _Flow, upstream: Socks5Upstream, prepare: Prepare | None) -> None:
-        """Open the association, send what queued meanwhile, relay until the upstream ends it."""
+    def _associate(self, key: FlowKey, flow: _Flow, upstreams: list[UdpUpstream], ctx: Context) -> None:
+        """Open the relay, send what queued meanwhile, relay until the upstream ends it."""
         try:
-            relay = associate(upstream, self.proxy.config.connect_timeout, prepare)
+            upstream, relay = open_relay(upstreams, self.proxy.config.connect_timeout, ctx.outbound)
         except DialError as exc:
             self._warn(exc)
             self._end(key, flow, exc.reason)
             return
         flow.relay = relay
+        flow.session.via = str(upstream.upstream)
         metrics = self.proxy.metrics
         for data in flow.pending:
             try:
@@ -298,31 +297,6 @@ class TproxyUdp:
                 continue
             flow.session.down += len(data)
             metrics.udp_datagram(KIND, "down")
-
-
-def udp_route(ctx: Context, dest: Address) -> Socks5Upstream | None:
-    """The SOCKS5 upstream that UDP to ``dest`` goes through (up ones first); None: direct.
-
-    Raises:
-        DialError: upstreams are set and none speaks SOCKS5 (UDP cannot follow TCP chaining).
-    """
-    router = ctx.dialer
-    if not isinstance(router, Router) or router.group is None or router.bypassed(dest):
-        return None
-    for member in router.group.order():
-        if isinstance(member.dialer, Socks5Upstream):
-            return member.dialer
-    raise DialError(
-        "no SOCKS5 upstream to carry UDP (only socks5:// and socks5+tls:// upstreams can)",
-        ReplyCode.COMMAND_NOT_SUPPORTED,
-    )
-
-
-def _prepare_of(ctx: Context) -> Prepare | None:
-    """What every outbound socket gets (--mark), as the listener's direct dialer has it."""
-    router = ctx.dialer
-    direct = router.direct if isinstance(router, Router) else router
-    return direct.prepare if isinstance(direct, DirectDialer) else None
 
 
 def _outbound_socket(dest: Address, prepare: Prepare | None) -> socket.socket:

@@ -29,10 +29,10 @@ from gproxy.core.config import Config
 from gproxy.core.context import Metrics
 from gproxy.core.errors import ConfigError, DialError
 from gproxy.core.session import Session
-from gproxy.core.udp_upstream import Socks5UdpRelay
+from gproxy.core.udp_upstream import Socks5UdpRelay, udp_route
 from gproxy.frontends.transparent import parse_sockaddr
 from gproxy.server.proxy import Proxy
-from gproxy.services.tproxy_udp import original_destination, udp_route
+from gproxy.services.tproxy_udp import original_destination
 from gproxy.services.udp_mappings import MappingTable
 from tests.helpers import ROOT, gproxy_env
 from tests.robustness.live import DrainedGproxy
@@ -144,20 +144,21 @@ def test_socks5_relay_unwraps_only_whole_unfragmented_datagrams():
         ((), (), None),
         (("http://127.0.0.1:1", "socks5://u:secret@127.0.0.1:2"), (), "socks5://u:***@127.0.0.1:2"),
         (("socks5+tls://127.0.0.1:3",), (), "socks5+tls://127.0.0.1:3"),
+        (("https://127.0.0.1:1", "ss://aes-128-gcm:pw@127.0.0.1:5"), (), "ss://aes-128-gcm:***@127.0.0.1:5"),
         (("socks5://127.0.0.1:2",), ("10.0.0.0/8",), None),
         (("http://127.0.0.1:1", "socks4://127.0.0.1:4"), (), DialError),
     ],
 )
-def test_udp_route_is_the_first_socks5_upstream(upstreams, bypass, route):
+def test_udp_route_is_the_first_upstream_that_carries_udp(upstreams, bypass, route):
     config = Config.build(tproxy=["127.0.0.1:0"], upstream=list(upstreams), bypass=list(bypass))
     ctx = Proxy(config).context(config.listeners[0])
     dest = Address("10.2.3.4", 53)
     if route is DialError:
-        with pytest.raises(DialError, match="no SOCKS5 upstream"):
-            udp_route(ctx, dest)
+        with pytest.raises(DialError, match="no upstream can carry UDP"):
+            udp_route(ctx.dialer, dest)
         return
-    chosen = udp_route(ctx, dest)
-    assert (chosen if chosen is None else str(chosen.upstream)) == route
+    chosen = udp_route(ctx.dialer, dest)
+    assert (chosen if chosen is None else str(chosen[0].upstream)) == route
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="IP_TRANSPARENT needs CAP_NET_ADMIN")
@@ -453,3 +454,23 @@ def test_tproxy_udp_through_a_socks5_upstream(net, clean_nft, tproxy_routes, tmp
     # the upstream relayed it: one UDP ASSOCIATE from 127.0.0.1 carried the datagram both ways
     assert len(associations) == 1 and f"up=5 down={len(seen['answer'])} " in associations[0], associations
     assert "client=127.0.0.1:" in associations[0], associations
+
+
+@pytest.mark.netns
+def test_tproxy_udp_through_an_ss_upstream(net, clean_nft, tproxy_routes, tmp_path):
+    log, upstream_log = tmp_path / "access.log", tmp_path / "upstream.log"
+    ss_args = ("--ss", "127.0.0.1:0", "--ss-method", "aes-256-gcm", "--user", "alice:ss-pw")
+    with net.gproxy(*ss_args, "--access-log", str(upstream_log), "--idle-timeout", "1") as upstream:
+        url = f"ss://aes-256-gcm:ss-pw@127.0.0.1:{upstream.port('ss')}"
+        args = ("--tproxy", "0.0.0.0:0", *ALLOW, "--upstream", url, "--access-log", str(log), "--idle-timeout", "1")
+        with net.gproxy(*args) as gp:
+            port = gp.listening["tproxy"][0][1]
+            _tproxy_setup(net, port, port)
+            seen = net.peer(net.client, "udp", S4, "8000")
+            (line,) = _udp_log_lines(log, 1)
+            (relayed,) = _udp_log_lines(upstream_log, 1)  # its mapping ends after its idle timeout
+    assert seen == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen
+    assert "via=ss://aes-256-gcm:***@127.0.0.1:" in line and f"up=5 down={len(seen['answer'])} " in line, line
+    # the ss server opened the sealed datagram with alice's key and carried it both ways
+    assert "proto=ss" in relayed and "user=alice" in relayed, relayed
+    assert f"up=5 down={len(seen['answer'])} " in relayed, relayed

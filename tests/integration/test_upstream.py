@@ -20,7 +20,6 @@ from tests.helpers import (
     gproxy_env,
     ipv4_dest,
     name_dest,
-    read_socks5_reply,
     recv_exact,
     socks5_connect,
 )
@@ -176,17 +175,6 @@ def test_bad_upstream_url_exit_2_without_password():
     )
     assert result.returncode == 2
     assert "--upstream" in result.stderr and "Sup3rSecretPw" not in result.stderr
-
-
-def test_udp_associate_through_an_upstream_is_0x07(proxy):
-    upstream = proxy(socks=["127.0.0.1:0"])
-    front = proxy(socks=["127.0.0.1:0"], upstream="socks5://{}:{}".format(*hostport(upstream)))
-    sock = socket.create_connection(hostport(front), timeout=10)
-    sock.sendall(b"\x05\x01\x00")
-    assert recv_exact(sock, 2) == b"\x05\x00"
-    sock.sendall(b"\x05\x03\x00" + ipv4_dest("0.0.0.0", 0))
-    assert read_socks5_reply(sock)[1] == 0x07
-    sock.close()
 
 
 def test_upstream_pointing_at_ourselves_is_refused_at_start():
