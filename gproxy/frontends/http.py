@@ -21,11 +21,11 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
+from gproxy.core.deadline import handshake_deadline
 from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
-from gproxy.frontends.socks5 import handshake_deadline
 
 CHUNK = 65536
 #: backstop for Conn.read_message; the head parser raises 414/431 well before it

@@ -15,12 +15,12 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks4 import Command, Reply
 from gproxy.core.addr import Address, from_sockaddr
 from gproxy.core.context import Context
+from gproxy.core.deadline import handshake_deadline
 from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
 from gproxy.frontends.bind import bind
-from gproxy.frontends.socks5 import handshake_deadline
 
 #: command -> handler(conn, ctx, session, request), run after the request is accepted
 Socks4Handler = Callable[[Conn, Context, Session, socks4.Request], None]

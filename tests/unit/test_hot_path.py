@@ -13,11 +13,11 @@ from gevent import socket as gsocket
 from gproxy.codec import socks5
 from gproxy.core.addr import Address
 from gproxy.core.config import ListenerSpec
+from gproxy.core.deadline import Deadline
 from gproxy.core.errors import Denied, HandshakeTimeout
 from gproxy.core.relay import Engine, engine_for
 from gproxy.core.rules import DestinationPolicy, RuleSet, parse_dest_rule
 from gproxy.core.stream import Conn
-from gproxy.frontends.socks5 import Deadline
 from gproxy.ops.cli import fast_greenlets
 from gproxy.server.proxy import NODELAY_INHERITED, bind_listener
 
