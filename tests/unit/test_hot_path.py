@@ -18,7 +18,7 @@ from gproxy.core.errors import Denied, HandshakeTimeout
 from gproxy.core.relay import Engine, engine_for
 from gproxy.core.rules import DestinationPolicy, RuleSet, parse_dest_rule
 from gproxy.core.stream import Conn
-from gproxy.ops.cli import fast_greenlets
+from gproxy.ops.runtime import fast_greenlets
 from gproxy.server.proxy import NODELAY_INHERITED, bind_listener
 
 
