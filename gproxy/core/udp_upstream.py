@@ -18,6 +18,7 @@ from gevent import socket as gsocket
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import Command
+from gproxy.core._gevent import raw_socket
 from gproxy.core.addr import Address, parse_ip
 from gproxy.core.dial import DirectDialer, Prepare, resolve
 from gproxy.core.errors import ClientClosed, ClientProtocolError, DialError, UpstreamDown
@@ -36,7 +37,7 @@ class Socks5UdpRelay:
     def __init__(self, control: socket.socket, sock: socket.socket) -> None:
         self.control = control
         self.sock = sock
-        self._raw: socket.socket = getattr(sock, "_sock", sock)  # sends never yield
+        self._raw = raw_socket(sock)  # sends never yield
 
     def send(self, payload: Buffer, dest: Address) -> None:
         """One datagram for ``dest``; OSError when the kernel will not take it now (EAGAIN included)."""
@@ -102,7 +103,7 @@ def associate(dialer: Socks5Upstream, timeout: float, prepare: Prepare | None = 
             relay = _relay_sockaddr(reply.address, control, dialer)
             if len(relay) != len(udp.getsockname()):
                 raise dialer.broken(f"its relay {reply.address} is not of the control connection's family")
-            getattr(udp, "_sock", udp).connect(relay)
+            raw_socket(udp).connect(relay)
     except BaseException as exc:
         if udp is not None:
             udp.close()
