@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.dial import Dialer, Resolver, system_resolve
+from gproxy.core.errors import Outcome
 from gproxy.core.outbound import Outbound
 from gproxy.core.relay import Relay
 from gproxy.core.rules import DestinationPolicy
@@ -32,7 +33,7 @@ class Metrics:
     def session_failed(self, session: Session, exc: BaseException) -> None:
         """A session ended with a gproxy error (before session_closed)."""
 
-    def connection_refused(self, listener: str, reason: str) -> None:
+    def connection_refused(self, listener: str, reason: Outcome) -> None:
         """A client was closed at once: ``client_denied``, ``max_conns``, ``max_conns_per_ip``, ``out_of_fds``."""
 
     def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:

@@ -38,6 +38,7 @@ from gevent import socket as gsocket
 from gevent.hub import Hub, Waiter, get_hub
 
 from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_close_notify
+from gproxy.core.errors import Outcome, outcome_of
 
 CHUNK = 65536
 #: pipe capacity asked for a spliced direction, and the most one splice() moves
@@ -65,7 +66,7 @@ class RelayStats:
 
     up: int = 0
     down: int = 0
-    outcome: str = "ok"
+    outcome: Outcome = Outcome.OK
 
 
 def _hub_buffer() -> memoryview:
@@ -111,14 +112,6 @@ def _take_over(sock: socket.socket) -> socket.socket:
     family, kind, proto = sock.family, sock.type, sock.proto
     # SOCK_NONBLOCK: the new object starts non-blocking without a syscall (the descriptor already is)
     return _PlainSocket(family, kind | _SOCK_NONBLOCK, proto, fileno=sock.detach())
-
-
-def _describe(exc: OSError) -> str:
-    if isinstance(exc, ConnectionResetError):
-        return "reset"
-    if isinstance(exc, BrokenPipeError):
-        return "broken_pipe"
-    return "error"
 
 
 class _Sweeper:
@@ -236,7 +229,7 @@ class _Direction:
                 self.can_splice = False  # a socket type splice() does not take: copy instead
                 self.release_pipe()
                 return
-            self.tunnel.abort(_describe(exc))
+            self.tunnel.abort(outcome_of(exc))
 
     def on_writable(self) -> None:
         try:
@@ -254,7 +247,7 @@ class _Direction:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.tunnel.abort(_describe(exc))
+            self.tunnel.abort(outcome_of(exc))
 
     def _splice_chunk(self) -> None:
         """Socket -> pipe -> socket, a few chunks per wake-up while data keeps coming."""
@@ -343,11 +336,11 @@ class _IdleClock:
             return
         self._idle_ticks += 1
         if self._idle_ticks >= self.TICKS:
-            self.abort("idle_timeout")
+            self.abort(Outcome.IDLE_TIMEOUT)
 
-    def abort(self, outcome: str) -> None:
+    def abort(self, outcome: Outcome) -> None:
         """Keep the first reason it ended and shut both sockets down."""
-        if self.stats.outcome == "ok":
+        if self.stats.outcome == Outcome.OK:
             self.stats.outcome = outcome
         for sock in (self.a, self.b):
             with contextlib.suppress(OSError):
@@ -390,10 +383,10 @@ class _EventTunnel(_IdleClock):
             self.waiter.get()
         except BaseException:
             self.waiter = None
-            self.abort("shutdown")
+            self.abort(Outcome.SHUTDOWN)
             raise
 
-    def abort(self, outcome: str) -> None:
+    def abort(self, outcome: Outcome) -> None:
         """An error, the idle timeout, a drain or a kill: shut both sockets down and finish.
 
         The first outcome is kept; once finished, nothing changes.
@@ -452,7 +445,7 @@ class _Tunnel(_IdleClock):
                     dst.shutdown(socket.SHUT_WR)
         except (OSError, ValueError) as exc:  # ValueError: a TLS socket ended under us
             if not self.ended:
-                self.abort(_describe(exc) if isinstance(exc, OSError) else "error")
+                self.abort(outcome_of(exc) if isinstance(exc, OSError) else Outcome.ERROR)
 
     def end_tls(self, tls: socket.socket) -> None:
         """TLS cannot half-close here (``ssl`` drops its state on shutdown):
@@ -475,7 +468,7 @@ class _Tunnel(_IdleClock):
             self.pump(self.a, self.b, True)
             downward.join()
         except BaseException:
-            self.abort("shutdown")
+            self.abort(Outcome.SHUTDOWN)
             downward.kill()
             raise
         finally:
@@ -494,7 +487,7 @@ def _send_first(client: socket.socket, upstream: socket.socket, first_up: bytes,
             client.sendall(first_down)
             stats.down += len(first_down)
     except OSError as exc:
-        stats.outcome = _describe(exc)
+        stats.outcome = outcome_of(exc)
     return stats
 
 
@@ -520,7 +513,7 @@ def relay(
     ``first_down`` bytes read early from the upstream. Returns the stats.
     """
     stats = _send_first(client, upstream, first_up, first_down)
-    if stats.outcome != "ok":
+    if stats.outcome != Outcome.OK:
         _close_both(client, upstream)
         return stats
     if engine_for(client, upstream) is Engine.EVENTS:
@@ -541,7 +534,7 @@ class Relay(Protocol):
     @property
     def stats(self) -> RelayStats: ...
 
-    def abort(self, outcome: str) -> None:
+    def abort(self, outcome: Outcome) -> None:
         """End it now (both sockets shut down) unless it has ended; the first outcome is kept."""
 
 
@@ -567,7 +560,7 @@ def start_relay(
     stats = _send_first(client, upstream, first_up, b"")
     tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats)
     tunnel.on_done = on_done
-    if stats.outcome != "ok":
+    if stats.outcome != Outcome.OK:
         tunnel.abort(stats.outcome)
     else:
         tunnel.start(idle_timeout)

@@ -22,7 +22,7 @@ from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
 from gproxy.core.deadline import handshake_deadline
-from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError
+from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError, Outcome
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
@@ -37,13 +37,13 @@ _AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="gproxy"')]
 class IdleTimeout(GproxyError):
     """No bytes moved for --idle-timeout while forwarding or between requests."""
 
-    reason = "idle_timeout"
+    reason = Outcome.IDLE_TIMEOUT
 
 
 class OriginError(GproxyError):
     """The origin failed; ``status`` is what the client is told (502 or 504)."""
 
-    def __init__(self, message: str, status: int = 502, *, reason: str = "origin_error") -> None:
+    def __init__(self, message: str, status: int = 502, *, reason: Outcome = Outcome.ORIGIN_ERROR) -> None:
         super().__init__(message, reason=reason)
         self.status = status
 
@@ -89,7 +89,7 @@ def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> b
     try:
         return _forward(conn, ctx, session, client, request)
     except h11.LocalProtocolError as exc:  # a state we cannot frame: give up on the connection
-        raise GproxyError(f"cannot frame the message: {exc}", reason="http_error") from None
+        raise GproxyError(f"cannot frame the message: {exc}", reason=Outcome.HTTP_ERROR) from None
 
 
 def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes | None:
@@ -331,7 +331,7 @@ def _to_origin(upstream: socket.socket, origin: h11.Connection, event: h11.Event
     try:
         upstream.sendall(data)
     except TimeoutError:
-        raise OriginError("origin stopped reading", 504, reason="origin_timeout") from None
+        raise OriginError("origin stopped reading", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
     except OSError as exc:
         raise OriginError(f"origin: {exc}") from None
 
@@ -348,7 +348,7 @@ def _origin_event(upstream: socket.socket, origin: h11.Connection) -> h11.Event:
         try:
             origin.receive_data(upstream.recv(CHUNK))
         except TimeoutError:
-            raise OriginError("origin sent nothing for the idle timeout", 504, reason="origin_timeout") from None
+            raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
             raise OriginError(f"origin: {exc}") from None
 

@@ -16,7 +16,7 @@ from gproxy.codec.shadowsocks import Method, TcpDecryptor, TcpEncryptor, method_
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
 from gproxy.core.deadline import handshake_deadline
-from gproxy.core.errors import ClientClosed, ClientProtocolError, HandshakeTimeout
+from gproxy.core.errors import ClientClosed, ClientProtocolError, HandshakeTimeout, Outcome
 from gproxy.core.session import Session
 from gproxy.core.ss_keys import SALTS, keyring_for, users_generation
 from gproxy.core.ss_stream import SsSocket
@@ -94,4 +94,4 @@ def _discard(conn: Conn, ctx: Context, session: Session, why: str) -> NoReturn:
                 pass
     except (HandshakeTimeout, OSError):
         pass
-    raise ClientClosed(f"probe or replay: {why}", reason="ss_probe")
+    raise ClientClosed(f"probe or replay: {why}", reason=Outcome.SS_PROBE)

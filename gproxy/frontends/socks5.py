@@ -16,7 +16,7 @@ from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address, from_sockaddr
 from gproxy.core.context import Context
 from gproxy.core.deadline import handshake_deadline
-from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError
+from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError, Outcome
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
@@ -42,7 +42,7 @@ def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
 
         serve_socks4(conn, ctx, session)
     else:
-        raise ClientProtocolError(f"not a SOCKS request (first byte {version:#04x})", reason="bad_version")
+        raise ClientProtocolError(f"not a SOCKS request (first byte {version:#04x})", reason=Outcome.BAD_VERSION)
 
 
 def serve_socks5(conn: Conn, ctx: Context, session: Session) -> None:
@@ -69,7 +69,7 @@ def _dispatch5(conn: Conn, ctx: Context, session: Session, request: socks5.Reque
     if handler is None:
         session.cmd = f"{request.command:#04x}"
         conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
-        raise ClientProtocolError(f"command {request.command:#04x} not supported", reason="bad_command")
+        raise ClientProtocolError(f"command {request.command:#04x} not supported", reason=Outcome.BAD_COMMAND)
     session.cmd = _COMMAND_NAMES[request.command]
     try:
         ctx.users.admit(session)  # counted against the user's max-conns from here on
@@ -89,7 +89,7 @@ def _negotiate(conn: Conn, ctx: Context, session: Session) -> None:
     wanted = AuthMethod.USERNAME_PASSWORD if ctx.users else AuthMethod.NO_AUTH
     if wanted not in greeting.methods:
         conn.sendall(socks5.encode_method_choice(AuthMethod.NO_ACCEPTABLE))
-        raise AuthFailed("no acceptable authentication method", reason="no_acceptable_method")
+        raise AuthFailed("no acceptable authentication method", reason=Outcome.NO_ACCEPTABLE_METHOD)
     conn.sendall(socks5.encode_method_choice(wanted))
     if wanted == AuthMethod.USERNAME_PASSWORD:
         auth = conn.read_message(socks5.parse_auth, 513)

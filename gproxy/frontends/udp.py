@@ -25,7 +25,7 @@ from gproxy.core.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
 from gproxy.core.dial import resolve
-from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.outbound import Outbound
 from gproxy.core.rules import DestinationPolicy
@@ -158,7 +158,7 @@ class UdpAssociation:
                 ticks = ticks + 1 if self.datagrams == seen else 0
                 seen = self.datagrams
                 if ticks >= 4 and not control.ready():
-                    self.session.outcome = "idle_timeout"
+                    self.session.outcome = Outcome.IDLE_TIMEOUT
                     break
         finally:
             self.close()
@@ -334,12 +334,12 @@ def udp_associate(conn: Conn, ctx: Context, session: Session, declared: Address)
     """SOCKS5 UDP ASSOCIATE: open the relay, answer with its address, relay until done."""
     if ctx.config.upstream:  # datagrams cannot follow TCP chaining: say so (0x07)
         conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
-        raise ClientProtocolError("UDP ASSOCIATE is not available with --upstream", reason="bad_command")
+        raise ClientProtocolError("UDP ASSOCIATE is not available with --upstream", reason=Outcome.BAD_COMMAND)
     try:
         association = UdpAssociation(conn, ctx, session, declared)
     except OSError as exc:
         conn.sendall(socks5.encode_reply(ReplyCode.GENERAL_FAILURE))
-        raise GproxyError(f"cannot open a UDP relay: {exc}", reason="udp_bind_failed") from None
+        raise GproxyError(f"cannot open a UDP relay: {exc}", reason=Outcome.UDP_BIND_FAILED) from None
     try:
         conn.sendall(socks5.encode_reply(ReplyCode.SUCCEEDED, association.bound))
     except BaseException:
@@ -418,7 +418,7 @@ class UdpForwarder:
 
     def stop(self) -> None:
         gevent.killall(self._loops)
-        self.mappings.end_all("stopped")
+        self.mappings.end_all(Outcome.SHUTDOWN)
 
     def _listen_loop(self) -> None:
         buf = _hub_buffer()

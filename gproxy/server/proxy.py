@@ -6,7 +6,6 @@ Everything is bound before anything serves, so a bad address fails fast.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import socket
 import sys
@@ -32,7 +31,7 @@ from gproxy.core.auth_service import AuthService, parse_auth_url
 from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.core.context import Context, Metrics
 from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
-from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
+from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout, Outcome, outcome_of
 from gproxy.core.log import AccessLog, announce, logger
 from gproxy.core.outbound import Outbound, parse_outgoing
 from gproxy.core.passwords import Secret
@@ -228,7 +227,7 @@ class Proxy:
                         sock,
                         self._handle_for(index, HANDLERS[spec.kind]),
                         spawn=self._sessions.spawn,
-                        on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
+                        on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, Outcome.OUT_OF_FDS),
                     )
                 )
             else:
@@ -276,7 +275,7 @@ class Proxy:
         deadline = None if timeout is None else time.monotonic() + timeout
         self._drain(self._sessions.join, deadline)
         self._drain(lambda: self.tunnels.drain(None), deadline)
-        self.tunnels.kill("shutdown")  # the rest end now: logged from their own greenlets, sockets closed
+        self.tunnels.kill(Outcome.SHUTDOWN)  # the rest end now: logged from their own greenlets, sockets closed
         self._sessions.kill(block=True, timeout=1)
         if self.access_log is not None:
             self.access_log.close()
@@ -456,7 +455,7 @@ class Proxy:
         except (GproxyError, OSError) as exc:
             logger.debug("%s: proxy_protocol: %s", peer, exc)
             if self.access_log is not None:
-                self.access_log.write(Session(peer, kind, outcome="proxy_protocol").logfmt())
+                self.access_log.write(Session(peer, kind, outcome=Outcome.PROXY_PROTOCOL).logfmt())
             return None
         return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
 
@@ -493,7 +492,7 @@ class Proxy:
             rules = self.clients  # no rules: no address parsing per connection
             if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
                 logger.debug("%s: client not allowed", client)
-                self.metrics.connection_refused(kind, "client_denied")
+                self.metrics.connection_refused(kind, Outcome.CLIENT_DENIED)
                 return None
             admitted = True
         finally:
@@ -530,10 +529,10 @@ class Proxy:
             if not isinstance(exc, ClientClosed):
                 conn.close_politely()
         except OSError as exc:
-            session.outcome = errno.errorcode.get(exc.errno or 0, "error").lower()
+            session.outcome = outcome_of(exc)
             logger.debug("%s: %s", client, exc)
         except gevent.GreenletExit:
-            session.outcome = "shutdown"  # killed at the end of a drain
+            session.outcome = Outcome.SHUTDOWN  # killed at the end of a drain
             raise
         finally:
             session.via = dialled_via.get()
@@ -554,11 +553,11 @@ class Proxy:
     def _admit(self, key: str, kind: str, client: Address, *, new: bool) -> bool:
         """Count one more connection for ``key`` (and, if ``new``, in --max-conns' total); False: refused."""
         limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
-        refused = None
+        refused: Outcome | None = None
         if new and limit and self._active >= limit:
-            refused = "max_conns"
+            refused = Outcome.MAX_CONNS
         elif per_ip and self._active_by_ip.get(key, 0) >= per_ip:
-            refused = "max_conns_per_ip"
+            refused = Outcome.MAX_CONNS_PER_IP
         if refused:  # closed at once (by StreamServer when we return), never queued
             logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
             self.metrics.connection_refused(kind, refused)

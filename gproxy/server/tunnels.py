@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from gevent.event import Event
 
+from gproxy.core.errors import Outcome
 from gproxy.core.log import logger
 from gproxy.core.relay import Relay
 from gproxy.core.session import Session
@@ -54,7 +55,7 @@ class Tunnels:
         """Wait up to ``timeout`` seconds (None: for ever) for every tunnel to end; True if none is left."""
         return bool(self._empty.wait(timeout))
 
-    def kill(self, outcome: str = "shutdown", timeout: float = 1.0) -> bool:
+    def kill(self, outcome: Outcome = Outcome.SHUTDOWN, timeout: float = 1.0) -> bool:
         """End every tunnel now with ``outcome`` (their first outcome is kept if they had one)
         and wait up to ``timeout`` seconds for their records; True if none is left."""
         for _, relay in list(self._live.values()):

@@ -23,7 +23,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Metrics
-from gproxy.core.errors import AuthFailed, ClientClosed, ClientProtocolError, Denied, DialError, HandshakeTimeout
+from gproxy.core.errors import (
+    AuthFailed,
+    ClientClosed,
+    ClientProtocolError,
+    Denied,
+    DialError,
+    GproxyError,
+    HandshakeTimeout,
+    Outcome,
+)
 from gproxy.core.log import logger
 from gproxy.core.session import Session
 
@@ -110,7 +119,7 @@ class PrometheusMetrics(Metrics):
             self.bytes_down.labels(session.listener, session.proto).inc(session.down)
 
     def session_failed(self, session: Session, exc: BaseException) -> None:
-        reason = getattr(exc, "reason", "error")
+        reason = exc.reason if isinstance(exc, GproxyError) else Outcome.ERROR
         if isinstance(exc, AuthFailed):
             self.auth_failures.labels(session.proto, reason).inc()
         elif isinstance(exc, DialError):
@@ -120,7 +129,7 @@ class PrometheusMetrics(Metrics):
         elif isinstance(exc, ClientProtocolError | HandshakeTimeout | ClientClosed):
             self.handshake_failures.labels(session.proto, reason).inc()
 
-    def connection_refused(self, listener: str, reason: str) -> None:
+    def connection_refused(self, listener: str, reason: Outcome) -> None:
         self.refused.labels(listener, reason).inc()
 
     def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
