@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gproxy.core.addr import Address, format_hostport, parse_ip
-from gproxy.core.errors import ClientProtocolError
+from gproxy.core.errors import ClientProtocolError, Outcome
 
 #: request line cap (414 beyond it) and whole-head cap (431), as Squid's defaults go
 MAX_REQUEST_LINE = 8192
@@ -64,7 +64,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_.\-]+")
 class HttpError(ClientProtocolError):
     """A request the proxy answers with ``status`` and closes."""
 
-    def __init__(self, status: int, message: str, *, reason: str = "bad_request") -> None:
+    def __init__(self, status: int, message: str, *, reason: Outcome = Outcome.BAD_REQUEST) -> None:
         super().__init__(message, reason=reason)
         self.status = status
 
@@ -109,11 +109,11 @@ class HeadParser:
             line_cap = start + MAX_REQUEST_LINE + 1  # the request line's LF comes before this
             self._line_ended = buf.find(b"\n", max(start, seen), line_cap) >= 0
             if not self._line_ended and len(buf) >= line_cap:
-                raise HttpError(414, "request line too long", reason="uri_too_long")
+                raise HttpError(414, "request line too long", reason=Outcome.URI_TOO_LONG)
         end = _blank_line_end(buf, max(start, seen - 2))
         if end is None or end - start > MAX_HEAD:
             if len(buf) - start > MAX_HEAD:
-                raise HttpError(431, "request header fields too large", reason="headers_too_large")
+                raise HttpError(431, "request header fields too large", reason=Outcome.HEADERS_TOO_LARGE)
             return None
         head = bytes(buf[start:end])
         check_head(head)
@@ -180,7 +180,7 @@ def check_head(head: bytes) -> None:
         if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
             raise HttpError(400, "Transfer-Encoding must end in chunked, once")
         if len(codings) > 1:
-            raise HttpError(501, "only Transfer-Encoding: chunked is supported", reason="not_implemented")
+            raise HttpError(501, "only Transfer-Encoding: chunked is supported", reason=Outcome.NOT_IMPLEMENTED)
 
 
 # -- targets ----------------------------------------------------------------------
@@ -382,7 +382,7 @@ def parse_request(head: bytes) -> RequestHead:
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
         if re.fullmatch(rb"\S+ \S+ HTTP/\d\.\d", lines[0]):
-            raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported", reason="bad_version")
+            raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported", reason=Outcome.BAD_VERSION)
         raise HttpError(400, "malformed request line")
     method, target, version = match.groups()
     headers = _header_lines(lines[1:])

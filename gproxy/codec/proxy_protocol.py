@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from gproxy.core.addr import Address, parse_ip
-from gproxy.core.errors import ClientProtocolError
+from gproxy.core.errors import ClientProtocolError, Outcome
 
 V1_PREFIX = b"PROXY "
 #: the longest v1 line, CRLF included ("PROXY UNKNOWN" + two IPv6 addresses and ports)
@@ -55,7 +55,7 @@ class ProxyHeader:
 
 
 def _fail(message: str) -> ClientProtocolError:
-    return ClientProtocolError(f"PROXY protocol: {message}", reason="proxy_protocol")
+    return ClientProtocolError(f"PROXY protocol: {message}", reason=Outcome.PROXY_PROTOCOL)
 
 
 def parse_header(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | None:

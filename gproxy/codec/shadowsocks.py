@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gproxy.core.errors import ClientProtocolError, ConfigError
+from gproxy.core.errors import ClientProtocolError, ConfigError, Outcome
 
 Buffer = bytes | bytearray | memoryview
 Aead = AESGCM | ChaCha20Poly1305
@@ -37,7 +37,7 @@ _ZERO_NONCE = bytes(NONCE_SIZE)
 class ShadowsocksError(ClientProtocolError):
     """The peer's bytes do not open with the key, or break the framing."""
 
-    reason = "ss_protocol"
+    reason = Outcome.SS_PROTOCOL
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from gproxy.core.addr import Address, canonical_host, parse_ip, unmap_ip
-from gproxy.core.errors import ClientProtocolError
+from gproxy.core.errors import ClientProtocolError, Outcome
 
 VERSION = 4
 #: the version byte of a reply (SOCKS4 replies carry 0, not 4)
@@ -59,7 +59,7 @@ def _find_nul(buf: Buffer, start: int, cap: int, what: str) -> int | None:
     if end >= 0:
         return start + end
     if len(buf) - start > cap:
-        raise ClientProtocolError(f"SOCKS4 {what} longer than {cap} bytes", reason="bad_request")
+        raise ClientProtocolError(f"SOCKS4 {what} longer than {cap} bytes", reason=Outcome.BAD_REQUEST)
     return None
 
 
@@ -73,7 +73,7 @@ def parse_request(buf: Buffer) -> tuple[Request, int] | None:
     if not buf:
         return None
     if buf[0] != VERSION:
-        raise ClientProtocolError(f"not SOCKS4 (version byte {buf[0]:#04x})", reason="bad_version")
+        raise ClientProtocolError(f"not SOCKS4 (version byte {buf[0]:#04x})", reason=Outcome.BAD_VERSION)
     if len(buf) < 8:
         return None
     command = buf[1]
@@ -92,9 +92,9 @@ def parse_request(buf: Buffer) -> tuple[Request, int] | None:
         try:
             host = raw_name.decode("ascii")
         except UnicodeDecodeError:
-            raise ClientProtocolError("SOCKS4a hostname is not ASCII", reason="bad_request") from None
+            raise ClientProtocolError("SOCKS4a hostname is not ASCII", reason=Outcome.BAD_REQUEST) from None
         if not host:
-            raise ClientProtocolError("empty SOCKS4a hostname", reason="bad_request")
+            raise ClientProtocolError("empty SOCKS4a hostname", reason=Outcome.BAD_REQUEST)
         return Request(command, Address(canonical_host(host), port), userid, True), name_end + 1
     host = str(ipaddress.IPv4Address(raw_ip))
     return Request(command, Address(host, port), userid, False), userid_end + 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from gproxy.core import passwords
 from gproxy.core.addr import IPAddress, unmap_ip
-from gproxy.core.errors import ConfigError, GproxyError
+from gproxy.core.errors import ConfigError, GproxyError, Outcome
 from gproxy.core.passwords import AuthCache, Secret
 from gproxy.core.rules import RuleSet, UserSettings
 
@@ -234,7 +234,7 @@ class _RulesView(Mapping[str, RuleSet]):
 class UserLimit(GproxyError):
     """The user already has as many open sessions as they may."""
 
-    reason = "user_limit"
+    reason = Outcome.USER_LIMIT
 
 
 class UserSessions:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from gproxy.codec.replies import ReplyCode
-from gproxy.core.errors import ClientProtocolError
+from gproxy.core.errors import ClientProtocolError, Outcome
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -95,7 +95,9 @@ def canonical_host(host: str) -> str:
 
 def _bad_name(host: str, why: str) -> ClientProtocolError:
     shown = host if len(host) <= 80 else host[:80] + "..."
-    return ClientProtocolError(f"bad destination name {shown!r}: {why}", ReplyCode.HOST_UNREACHABLE, reason="bad_name")
+    return ClientProtocolError(
+        f"bad destination name {shown!r}: {why}", ReplyCode.HOST_UNREACHABLE, reason=Outcome.BAD_NAME
+    )
 
 
 def unmap_ip(ip: IPAddress) -> IPAddress:

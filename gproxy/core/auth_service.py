@@ -20,7 +20,7 @@ import h11
 from gevent import socket as gsocket
 
 from gproxy.core.addr import format_hostport, parse_ip
-from gproxy.core.errors import AuthFailed, ConfigError
+from gproxy.core.errors import AuthFailed, ConfigError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.rules import SETTING_KEYS, UserSettings, parse_user_settings
 from gproxy.core.upstream import tls_connect
@@ -42,7 +42,7 @@ _RECV = 16 * 1024
 class AuthUnavailable(AuthFailed):
     """The auth service gave no usable answer (not 2xx/401/403, broken, too big or too late): rejected."""
 
-    reason = "auth_unavailable"
+    reason = Outcome.AUTH_UNAVAILABLE
 
 
 class AnswerError(Exception):

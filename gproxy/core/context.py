@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.dial import Dialer, Resolver, system_resolve
+from gproxy.core.errors import Outcome
 from gproxy.core.limits import RateLimits
 from gproxy.core.origin_pool import OriginPool
 from gproxy.core.outbound import Outbound
@@ -37,7 +38,7 @@ class Metrics:
     def auth_challenged(self, proto: str) -> None:
         """A client asked without credentials and got the challenge (HTTP 407): not a failure."""
 
-    def connection_refused(self, listener: str, reason: str) -> None:
+    def connection_refused(self, listener: str, reason: Outcome) -> None:
         """A client was closed at once: ``client_denied``, ``max_conns``, ``max_conns_per_ip``, ``out_of_fds``."""
 
     def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:

@@ -33,7 +33,6 @@ import errno
 import fcntl
 import os
 import socket
-import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from gevent import socket as gsocket
 from gevent.hub import Hub, Waiter, get_hub
 
 from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_close_notify
+from gproxy.core.errors import Outcome, outcome_of
 from gproxy.core.limits import TokenBucket
 
 CHUNK = 65536
@@ -77,7 +77,7 @@ class RelayStats:
 
     up: int = 0
     down: int = 0
-    outcome: str = "ok"
+    outcome: Outcome = Outcome.OK
 
 
 def _hub_buffer() -> memoryview:
@@ -123,15 +123,6 @@ def _take_over(sock: socket.socket) -> socket.socket:
     family, kind, proto = sock.family, sock.type, sock.proto
     # SOCK_NONBLOCK: the new object starts non-blocking without a syscall (the descriptor already is)
     return _PlainSocket(family, kind | _SOCK_NONBLOCK, proto, fileno=sock.detach())
-
-
-def _describe(exc: OSError) -> str:
-    if isinstance(exc, ConnectionResetError):
-        return "reset"
-    ssl = sys.modules.get("ssl")  # a TLS peer that closed without close_notify: what TCP calls a broken pipe
-    if isinstance(exc, BrokenPipeError) or (ssl is not None and isinstance(exc, ssl.SSLEOFError)):
-        return "broken_pipe"
-    return "error"
 
 
 class _Sweeper:
@@ -249,7 +240,7 @@ class _Direction:
                 self.can_splice = False  # a socket type splice() does not take: copy instead
                 self.release_pipe()
                 return
-            self.tunnel.abort(_describe(exc))
+            self.tunnel.abort(outcome_of(exc))
 
     def on_writable(self) -> None:
         try:
@@ -267,7 +258,7 @@ class _Direction:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.tunnel.abort(_describe(exc))
+            self.tunnel.abort(outcome_of(exc))
 
     def _splice_chunk(self) -> None:
         """Socket -> pipe -> socket, a few chunks per wake-up while data keeps coming."""
@@ -366,7 +357,7 @@ class _LimitedDirection(_Direction):
                 self.can_splice = False
                 self.release_pipe()
             else:
-                self.tunnel.abort(_describe(exc))
+                self.tunnel.abort(outcome_of(exc))
         finally:
             if moved < allowed:
                 bucket.give_back(allowed - moved)
@@ -442,11 +433,11 @@ class _IdleClock:
             return
         self._idle_ticks += 1
         if self._idle_ticks >= self.TICKS:
-            self.abort("idle_timeout")
+            self.abort(Outcome.IDLE_TIMEOUT)
 
-    def abort(self, outcome: str) -> None:
+    def abort(self, outcome: Outcome) -> None:
         """Keep the first reason it ended and shut both sockets down."""
-        if self.stats.outcome == "ok":
+        if self.stats.outcome == Outcome.OK:
             self.stats.outcome = outcome
         for sock in (self.a, self.b):
             with contextlib.suppress(OSError):
@@ -495,10 +486,10 @@ class _EventTunnel(_IdleClock):
             self.waiter.get()
         except BaseException:
             self.waiter = None
-            self.abort("shutdown")
+            self.abort(Outcome.SHUTDOWN)
             raise
 
-    def abort(self, outcome: str) -> None:
+    def abort(self, outcome: Outcome) -> None:
         """An error, the idle timeout, a drain or a kill: shut both sockets down and finish.
 
         The first outcome is kept; once finished, nothing changes.
@@ -561,7 +552,7 @@ class _Tunnel(_IdleClock):
                     dst.shutdown(socket.SHUT_WR)
         except (OSError, ValueError) as exc:  # ValueError: a TLS socket ended under us
             if not self.ended:
-                self.abort(_describe(exc) if isinstance(exc, OSError) else "error")
+                self.abort(outcome_of(exc) if isinstance(exc, OSError) else Outcome.ERROR)
 
     def _pump_limited(
         self, src: socket.socket, dst: socket.socket, upward: bool, buf: memoryview, bucket: TokenBucket
@@ -607,7 +598,7 @@ class _Tunnel(_IdleClock):
             self.pump(self.a, self.b, True)
             downward.join()
         except BaseException:
-            self.abort("shutdown")
+            self.abort(Outcome.SHUTDOWN)
             downward.kill()
             raise
         finally:
@@ -637,7 +628,7 @@ def _send_first(
             client.sendall(first_down)
             stats.down += len(first_down)
     except OSError as exc:
-        stats.outcome = _describe(exc)
+        stats.outcome = outcome_of(exc)
     return stats
 
 
@@ -667,7 +658,7 @@ def relay(
     where to count (readable while it runs, e.g. by the admin listener). Returns the stats.
     """
     stats = _send_first(client, upstream, first_up, first_down, limits, stats)
-    if stats.outcome != "ok":
+    if stats.outcome != Outcome.OK:
         _close_both(client, upstream)
         return stats
     if engine_for(client, upstream) is Engine.EVENTS:
@@ -688,7 +679,7 @@ class Relay(Protocol):
     @property
     def stats(self) -> RelayStats: ...
 
-    def abort(self, outcome: str) -> None:
+    def abort(self, outcome: Outcome) -> None:
         """End it now (both sockets shut down) unless it has ended; the first outcome is kept."""
 
 
@@ -715,7 +706,7 @@ def start_relay(
     stats = _send_first(client, upstream, first_up, b"", limits)
     tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats, limits)
     tunnel.on_done = on_done
-    if stats.outcome != "ok":
+    if stats.outcome != Outcome.OK:
         tunnel.abort(stats.outcome)
     else:
         tunnel.start(idle_timeout)

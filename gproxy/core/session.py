@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from gproxy.core.addr import Address
+from gproxy.core.errors import Outcome
 
 if TYPE_CHECKING:
     from gproxy.core.access import UserSlot
@@ -33,7 +34,7 @@ class Session:
     dest: str = "-"
     up: int = 0
     down: int = 0
-    outcome: str = "ok"
+    outcome: Outcome = Outcome.OK
     started: float = field(default_factory=time.monotonic)
     via: str | None = None  # the upstream dialled through, or "direct"; None: no dial
     #: HTTP: the status the client got (the origin's, or gproxy's own answer)
@@ -88,7 +89,7 @@ class Session:
 
     def next_request(self) -> None:
         """The next HTTP request on the connection began: its record starts afresh."""
-        self.user, self.cmd, self.dest, self.status, self.outcome, self.via = None, "-", "-", None, "ok", None
+        self.user, self.cmd, self.dest, self.status, self.outcome, self.via = None, "-", "-", None, Outcome.OK, None
         self.started = time.monotonic()
         self.quiet = False
 

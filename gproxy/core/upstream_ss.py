@@ -1,23 +1,17 @@
-"""``ss://`` upstreams: SIP002 URLs, and the dialer that tunnels TCP through a Shadowsocks server
-and seals and opens its UDP packets (the UDP socket itself is ``udp_upstream``'s).
+"""``ss://`` upstreams: the dialer that tunnels TCP through a Shadowsocks server and seals
+and opens its UDP packets (the UDP socket itself is ``udp_upstream``'s; URLs: ``upstream_url``).
 
-``ss://BASE64URL(method:password)@host:port`` (padding optional) or ``ss://method:password@host:port``.
-Plugins (``/?plugin=``) are refused. The parsed URL is an ``Upstream`` with scheme ``ss``, the
-method as its user name and the password hidden as usual.
+The URL itself is parsed in ``upstream_url`` (``parse_ss_url``): an ``Upstream`` with scheme
+``ss``, the method as its user name and the password hidden as usual.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import socket
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from gproxy.codec import socks5
 from gproxy.codec.shadowsocks import (
-    Method,
     TcpDecryptor,
     TcpEncryptor,
     decrypt_udp,
@@ -25,73 +19,14 @@ from gproxy.codec.shadowsocks import (
     encrypt_udp,
     method_by_name,
 )
-from gproxy.core.addr import Address, format_hostport, parse_ip
-from gproxy.core.errors import ClientProtocolError, ConfigError
+from gproxy.core.addr import Address
+from gproxy.core.errors import ClientProtocolError
 from gproxy.core.upstream_url import Upstream
 
 if TYPE_CHECKING:
     from gproxy.core.dial import IPCheck, Prepare, Resolver
 
 Buffer = bytes | bytearray | memoryview
-
-
-@dataclass(frozen=True)
-class SsUrl:
-    """A parsed ``ss://`` URL; the password never shows in ``str`` or ``repr``."""
-
-    method: Method
-    host: str
-    port: int
-    password: str = field(repr=False)
-
-    def __str__(self) -> str:
-        return f"ss://{self.method.name}:***@{format_hostport(self.host, self.port)}"
-
-    def to_upstream(self) -> Upstream:
-        return Upstream("ss", self.host, self.port, self.method.name, self.password)
-
-
-def parse_ss_url(url: str) -> SsUrl:
-    """SIP002 or plain ``ss://method:password@host:port``; ConfigError (password hidden) otherwise."""
-    bad = ConfigError(
-        "--upstream: an ss:// URL is ss://BASE64URL(method:password)@host:port or ss://method:password@host:port"
-    )
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise bad from None
-    if parts.scheme.lower() != "ss" or not parts.hostname or not port:
-        raise bad
-    if "plugin" in parse_qs(parts.query):
-        raise ConfigError("--upstream: ss:// plugins (SIP003, ?plugin=) are not supported")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError("--upstream: an ss:// URL may not have a path, query or fragment")
-    userinfo = parts.netloc.rpartition("@")[0]
-    if not userinfo:
-        raise bad
-    if ":" in userinfo:  # plain method:password (percent-encoded)
-        method_name, _, password = userinfo.partition(":")
-        method_name, password = unquote(method_name), unquote(password)
-    else:  # SIP002: base64url, padding optional
-        text = unquote(userinfo)
-        try:
-            decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise bad from None
-        method_name, sep, password = decoded.partition(":")
-        if not sep:
-            raise bad
-    if not password:
-        raise ConfigError("--upstream: the ss:// URL has no password")
-    host = parts.hostname
-    if ":" in host and parse_ip(host) is None:
-        raise bad
-    try:
-        method = method_by_name(method_name)
-    except ConfigError as exc:
-        raise ConfigError(f"--upstream: {exc}") from None
-    return SsUrl(method, host, port, password)
 
 
 class SsUpstreamDialer:

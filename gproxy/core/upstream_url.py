@@ -1,17 +1,25 @@
 """``--upstream URL`` parsing (no I/O, no gevent: config imports it).
 
 An Upstream prints as ``socks5://user:***@host:port``: the password is kept
-out of every message, repr and log line.
+out of every message, repr and log line. ``ss://`` URLs are SIP002
+(``ss://BASE64URL(method:password)@host:port``, padding optional) or ``ss://method:password@host:port``;
+plugins (``/?plugin=``) are refused.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from gproxy.core.addr import Address, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gproxy.codec.shadowsocks import Method
 
 SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http", "https", "socks5+tls")
 #: schemes spoken over TLS to the upstream (what gproxy's --https and --socks-tls listeners speak)
@@ -56,13 +64,72 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hostport}"
 
 
+@dataclass(frozen=True)
+class SsUrl:
+    """A parsed ``ss://`` URL; the password never shows in ``str`` or ``repr``."""
+
+    method: Method
+    host: str
+    port: int
+    password: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"ss://{self.method.name}:***@{format_hostport(self.host, self.port)}"
+
+    def to_upstream(self) -> Upstream:
+        return Upstream("ss", self.host, self.port, self.method.name, self.password)
+
+
+def parse_ss_url(url: str) -> SsUrl:
+    """SIP002 or plain ``ss://method:password@host:port``; ConfigError (password hidden) otherwise."""
+    bad = ConfigError(
+        "--upstream: an ss:// URL is ss://BASE64URL(method:password)@host:port or ss://method:password@host:port"
+    )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    if parts.scheme.lower() != "ss" or not parts.hostname or not port:
+        raise bad
+    if "plugin" in parse_qs(parts.query):
+        raise ConfigError("--upstream: ss:// plugins (SIP003, ?plugin=) are not supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError("--upstream: an ss:// URL may not have a path, query or fragment")
+    userinfo = parts.netloc.rpartition("@")[0]
+    if not userinfo:
+        raise bad
+    if ":" in userinfo:  # plain method:password (percent-encoded)
+        method_name, _, password = userinfo.partition(":")
+        method_name, password = unquote(method_name), unquote(password)
+    else:  # SIP002: base64url, padding optional
+        text = unquote(userinfo)
+        try:
+            decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise bad from None
+        method_name, sep, password = decoded.partition(":")
+        if not sep:
+            raise bad
+    if not password:
+        raise ConfigError("--upstream: the ss:// URL has no password")
+    host = parts.hostname
+    if ":" in host and parse_ip(host) is None:
+        raise bad
+    from gproxy.codec.shadowsocks import method_by_name  # noqa: PLC0415 (needs cryptography: only for ss://)
+
+    try:
+        method = method_by_name(method_name)
+    except ConfigError as exc:
+        raise ConfigError(f"--upstream: {exc}") from None
+    return SsUrl(method, host, port, password)
+
+
 def parse_upstream(url: str) -> Upstream:
     """``socks5://[user:pass@]host:port``, ``socks4://host:port``, ``socks4a://...``,
     ``http://[user:pass@]host:port``, and over TLS ``https://...`` and ``socks5+tls://...``;
     ConfigError (with the password hidden) otherwise."""
     if url[:5].lower() == "ss://":  # Shadowsocks: SIP002 userinfo is not user:pass
-        from gproxy.core.upstream_ss import parse_ss_url  # noqa: PLC0415 (the codec needs cryptography)
-
         return parse_ss_url(url).to_upstream()
     shown = redact_url(url)
     try:

@@ -23,7 +23,7 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_ip
 from gproxy.core.context import Context
 from gproxy.core.dial import IPCheck, Resolved, resolve
-from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError, GproxyError
+from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError, GproxyError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
@@ -59,7 +59,7 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: Repl
         raise
     except OSError as exc:
         conn.sendall(encode(ReplyCode.GENERAL_FAILURE, None))
-        raise GproxyError(f"cannot listen for BIND: {exc}", reason="bind_failed") from None
+        raise GproxyError(f"cannot listen for BIND: {exc}", reason=Outcome.BIND_FAILED) from None
     try:
         conn.sendall(encode(ReplyCode.SUCCEEDED, from_sockaddr(listener.getsockname())))
         allowed = {str(unmap_ip(ip)) for ip in (parse_ip(str(a[0])) for _, a in addrs) if ip is not None}

@@ -21,12 +21,12 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
-from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError
+from gproxy.core.deadline import handshake_deadline
+from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError, Outcome
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
 from gproxy.core.upstream_group import dialled_via
-from gproxy.frontends.socks5 import handshake_deadline
 
 CHUNK = 65536
 #: backstop for Conn.read_message; the head parser raises 414/431 well before it
@@ -38,13 +38,13 @@ _AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="gproxy"')]
 class IdleTimeout(GproxyError):
     """No bytes moved for --idle-timeout while forwarding or between requests."""
 
-    reason = "idle_timeout"
+    reason = Outcome.IDLE_TIMEOUT
 
 
 class OriginError(GproxyError):
     """The origin failed; ``status`` is what the client is told (502 or 504)."""
 
-    def __init__(self, message: str, status: int = 502, *, reason: str = "origin_error") -> None:
+    def __init__(self, message: str, status: int = 502, *, reason: Outcome = Outcome.ORIGIN_ERROR) -> None:
         super().__init__(message, reason=reason)
         self.status = status
 
@@ -210,7 +210,7 @@ class _Exchange:
         try:
             return self.upstream.recv(CHUNK)
         except TimeoutError:
-            raise OriginError("origin sent nothing for the idle timeout", 504, reason="origin_timeout") from None
+            raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
             raise OriginError(f"origin: {exc}") from None
 
@@ -218,7 +218,7 @@ class _Exchange:
         try:
             self.upstream.sendall(data)
         except TimeoutError:
-            raise OriginError("origin stopped reading", 504, reason="origin_timeout") from None
+            raise OriginError("origin stopped reading", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
             raise OriginError(f"origin: {exc}") from None
 

@@ -7,10 +7,11 @@ it is peeked, not consumed, so the chosen front end reads the whole request.
 from __future__ import annotations
 
 from gproxy.core.context import Context
+from gproxy.core.deadline import handshake_deadline
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.frontends.http import serve_http
-from gproxy.frontends.socks5 import handshake_deadline, serve_socks
+from gproxy.frontends.socks5 import serve_socks
 
 
 def serve_mixed(conn: Conn, ctx: Context, session: Session) -> None:

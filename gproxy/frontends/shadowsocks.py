@@ -15,13 +15,13 @@ from gproxy.codec import socks5
 from gproxy.codec.shadowsocks import Method, TcpDecryptor, TcpEncryptor, method_by_name, try_keys
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
-from gproxy.core.errors import ClientClosed, ClientProtocolError, HandshakeTimeout
+from gproxy.core.deadline import handshake_deadline
+from gproxy.core.errors import ClientClosed, ClientProtocolError, HandshakeTimeout, Outcome
 from gproxy.core.session import Session
 from gproxy.core.ss_keys import SALTS, keyring_for, users_generation
 from gproxy.core.ss_stream import SsSocket
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
-from gproxy.frontends.socks5 import handshake_deadline
 
 #: the largest address header: ATYP, length, 255-byte name, port
 MAX_HEADER = 1 + 1 + 255 + 2
@@ -94,4 +94,4 @@ def _discard(conn: Conn, ctx: Context, session: Session, why: str) -> NoReturn:
                 pass
     except (HandshakeTimeout, OSError):
         pass
-    raise ClientClosed(f"probe or replay: {why}", reason="ss_probe")
+    raise ClientClosed(f"probe or replay: {why}", reason=Outcome.SS_PROBE)

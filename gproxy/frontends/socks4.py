@@ -15,12 +15,12 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks4 import Command, Reply
 from gproxy.core.addr import Address, from_sockaddr
 from gproxy.core.context import Context
-from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError
+from gproxy.core.deadline import handshake_deadline
+from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError, Outcome
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
 from gproxy.frontends.bind import bind
-from gproxy.frontends.socks5 import handshake_deadline
 
 #: command -> handler(conn, ctx, session, request), run after the request is accepted
 Socks4Handler = Callable[[Conn, Context, Session, socks4.Request], None]
@@ -42,10 +42,10 @@ def serve_socks4(conn: Conn, ctx: Context, session: Session) -> None:
     session.cmd = _command_name(request.command)
     if ctx.users:
         reply(conn, Reply.REJECTED)
-        raise AuthFailed("SOCKS4 has no password and users are configured", reason="socks4_needs_auth")
+        raise AuthFailed("SOCKS4 has no password and users are configured", reason=Outcome.SOCKS4_NEEDS_AUTH)
     if handler is None:
         reply(conn, Reply.REJECTED)
-        raise ClientProtocolError(f"SOCKS4 command {session.cmd} not supported", reason="bad_command")
+        raise ClientProtocolError(f"SOCKS4 command {session.cmd} not supported", reason=Outcome.BAD_COMMAND)
     handler(conn, ctx, session, request)
 
 

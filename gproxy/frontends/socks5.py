@@ -7,11 +7,7 @@ the outbound connection is up, with its real local address.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
-from typing import Any
-
-from gevent.hub import get_hub, getcurrent
 
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
@@ -19,7 +15,8 @@ from gproxy.codec.socks5 import AuthMethod, Command
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address, from_sockaddr
 from gproxy.core.context import Context
-from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError, HandshakeTimeout
+from gproxy.core.deadline import handshake_deadline
+from gproxy.core.errors import AuthFailed, ClientProtocolError, Denied, DialError, Outcome
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
@@ -28,45 +25,6 @@ from gproxy.frontends.udp import udp_associate
 
 #: command -> handler, run after the handshake with the request's address
 CommandHandler = Callable[[Conn, Context, Session, Address], None]
-
-
-class Deadline:
-    """``with Deadline(seconds):`` raises HandshakeTimeout in this greenlet once
-    ``seconds`` have passed; None: no limit.
-
-    What ``gevent.Timeout(seconds, HandshakeTimeout)`` does, on a bare timer
-    (a fifth of the cost, paid once per connection).
-    """
-
-    __slots__ = ("seconds", "timer")
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-        self.timer: Any = None  # a libev timer watcher
-
-    def __enter__(self) -> Deadline:
-        if self.seconds is not None:
-            self.timer = get_hub().loop.timer(self.seconds)
-            self.timer.start(getcurrent().throw, HandshakeTimeout)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.timer is not None:
-            self.timer.close()
-            self.timer = None
-
-
-def handshake_deadline(ctx: Context, session: Session | None = None) -> Deadline:
-    """``with handshake_deadline(ctx, session):`` bounds everything the client must send.
-
-    With the session, the clock started when the connection was accepted, so a
-    front end that sniffs a first byte and then reads the rest under a second
-    ``with`` does not give a slow client a fresh timeout.
-    """
-    timeout = ctx.config.handshake_timeout
-    if session is not None:
-        timeout = max(timeout - (time.monotonic() - session.started), 0.001)
-    return Deadline(timeout)
 
 
 def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
@@ -84,7 +42,7 @@ def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
 
         serve_socks4(conn, ctx, session)
     else:
-        raise ClientProtocolError(f"not a SOCKS request (first byte {version:#04x})", reason="bad_version")
+        raise ClientProtocolError(f"not a SOCKS request (first byte {version:#04x})", reason=Outcome.BAD_VERSION)
 
 
 def serve_socks5(conn: Conn, ctx: Context, session: Session) -> None:
@@ -111,7 +69,7 @@ def _dispatch5(conn: Conn, ctx: Context, session: Session, request: socks5.Reque
     if handler is None:
         session.cmd = f"{request.command:#04x}"
         conn.sendall(socks5.encode_reply(ReplyCode.COMMAND_NOT_SUPPORTED))
-        raise ClientProtocolError(f"command {request.command:#04x} not supported", reason="bad_command")
+        raise ClientProtocolError(f"command {request.command:#04x} not supported", reason=Outcome.BAD_COMMAND)
     session.cmd = _COMMAND_NAMES[request.command]
     try:
         ctx.users.admit(session)  # counted against the user's max-conns from here on
@@ -131,7 +89,7 @@ def _negotiate(conn: Conn, ctx: Context, session: Session) -> None:
     wanted = AuthMethod.USERNAME_PASSWORD if ctx.users else AuthMethod.NO_AUTH
     if wanted not in greeting.methods:
         conn.sendall(socks5.encode_method_choice(AuthMethod.NO_ACCEPTABLE))
-        raise AuthFailed("no acceptable authentication method", reason="no_acceptable_method")
+        raise AuthFailed("no acceptable authentication method", reason=Outcome.NO_ACCEPTABLE_METHOD)
     conn.sendall(socks5.encode_method_choice(wanted))
     if wanted == AuthMethod.USERNAME_PASSWORD:
         auth = conn.read_message(socks5.parse_auth, 513)

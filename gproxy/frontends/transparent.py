@@ -14,7 +14,7 @@ import struct
 
 from gproxy.core.addr import Address, from_sockaddr
 from gproxy.core.context import Context
-from gproxy.core.errors import Denied
+from gproxy.core.errors import Denied, Outcome
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
@@ -62,7 +62,7 @@ def _relay_to(conn: Conn, ctx: Context, session: Session, dest: Address | None) 
     connection made straight to a --tproxy port) is refused by the destination policy."""
     session.cmd = "connect"
     if dest is None:
-        raise Denied("not redirected: the connection came straight to the port", reason="not_redirected")
+        raise Denied("not redirected: the connection came straight to the port", reason=Outcome.NOT_REDIRECTED)
     session.dest = str(dest)
     upstream = open_upstream(ctx, dest)  # destination rules, upstreams, --outgoing
     run_tunnel(conn, upstream, ctx, session)  # closes upstream

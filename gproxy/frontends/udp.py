@@ -27,7 +27,7 @@ from gproxy.core.addr import Address, IPAddress, from_sockaddr, parse_ip, unmap_
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
 from gproxy.core.dial import resolve
-from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.outbound import Outbound
 from gproxy.core.rules import DestinationPolicy
@@ -166,10 +166,10 @@ class UdpAssociation:
                 ticks = ticks + 1 if self.datagrams == seen else 0
                 seen = self.datagrams
                 if ticks >= 4 and not any(watcher.ready() for watcher in watchers):
-                    self.session.outcome = "idle_timeout"
+                    self.session.outcome = Outcome.IDLE_TIMEOUT
                     break
             if watchers[1:] and watchers[1].ready() and not watchers[0].ready():
-                self.session.outcome = "upstream_closed"
+                self.session.outcome = Outcome.UPSTREAM_CLOSED
         finally:
             self.close()
             gevent.killall(watchers, block=False)
@@ -409,7 +409,7 @@ def udp_associate(conn: Conn, ctx: Context, session: Session, declared: Address)
         if relay is not None:
             relay.close()
         conn.sendall(socks5.encode_reply(ReplyCode.GENERAL_FAILURE))
-        raise GproxyError(f"cannot open a UDP relay: {exc}", reason="udp_bind_failed") from None
+        raise GproxyError(f"cannot open a UDP relay: {exc}", reason=Outcome.UDP_BIND_FAILED) from None
     try:
         conn.sendall(socks5.encode_reply(ReplyCode.SUCCEEDED, association.bound))
     except BaseException:
@@ -430,7 +430,7 @@ def _upstream_relay(conn: Conn, ctx: Context) -> UdpRelay | None:
     except DialError as exc:
         conn.sendall(socks5.encode_reply(exc.reply))
         if exc.reply == ReplyCode.COMMAND_NOT_SUPPORTED:
-            raise ClientProtocolError(f"UDP ASSOCIATE: {exc}", reason="bad_command") from None
+            raise ClientProtocolError(f"UDP ASSOCIATE: {exc}", reason=Outcome.BAD_COMMAND) from None
         raise
     dialled_via.set(str(upstream.upstream))  # via= in the access log
     return relay
@@ -506,7 +506,7 @@ class UdpForwarder:
 
     def stop(self) -> None:
         gevent.killall(self._loops)
-        self.mappings.end_all("stopped")
+        self.mappings.end_all(Outcome.SHUTDOWN)
 
     def _listen_loop(self) -> None:
         buf = _hub_buffer()

@@ -29,8 +29,8 @@ class Notifier:
         elif path.startswith("/"):
             self.address = path
         self.watchdog_interval = _watchdog_interval(env)
-        self._sock: _socket.socket | None = None
-        self._timer: Any = None  # a libev timer watcher while the watchdog runs
+        self._datagram_socket: _socket.socket | None = None
+        self._watchdog: Any = None  # a libev timer watcher while the watchdog runs
         self._next_ping = 0.0  # tick(): when the next WATCHDOG=1 is due
         self._warned = False
 
@@ -43,9 +43,9 @@ class Notifier:
         if self.address is None:
             return
         try:
-            if self._sock is None:  # the C socket: never gevent's, which could try to yield in a callback
-                self._sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(states).encode(), socket.MSG_DONTWAIT, self.address)
+            if self._datagram_socket is None:  # the C socket: never gevent's, which could try to yield in a callback
+                self._datagram_socket = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._datagram_socket.sendto("\n".join(states).encode(), socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             if not self._warned:
                 self._warned = True
@@ -63,13 +63,13 @@ class Notifier:
 
     def start_watchdog(self) -> None:
         """``WATCHDOG=1`` at half of ``WATCHDOG_USEC``, from the event loop: a stuck hub stops the pings."""
-        if self.address is None or self.watchdog_interval is None or self._timer is not None:
+        if self.address is None or self.watchdog_interval is None or self._watchdog is not None:
             return
         from gevent.hub import get_hub
 
         interval = self.watchdog_interval / 2
-        self._timer = get_hub().loop.timer(interval, interval)
-        self._timer.start(self.send, "WATCHDOG=1")
+        self._watchdog = get_hub().loop.timer(interval, interval)
+        self._watchdog.start(self.send, "WATCHDOG=1")
 
     def tick(self) -> None:
         """For a loop without gevent (the --workers supervisor): ``WATCHDOG=1`` when due."""
@@ -81,12 +81,12 @@ class Notifier:
             self.send("WATCHDOG=1")
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
+        if self._datagram_socket is not None:
+            self._datagram_socket.close()
+            self._datagram_socket = None
 
 
 def _watchdog_interval(env: Mapping[str, str]) -> float | None:

@@ -63,7 +63,7 @@ from gproxy.core.log import announce, logger, setup_logging
 from gproxy.ops.notify import Notifier
 
 if TYPE_CHECKING:
-    from gproxy.ops.cli import StartSignals
+    from gproxy.ops.runtime import StartSignals
 
 START_TIMEOUT = 30.0
 MIN_BACKOFF = 0.1
@@ -193,7 +193,7 @@ class Supervisor:
             signum = self._pending.pop(0)
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if not self.stopping:  # the next one is passed on too: the workers end their sessions at once
-                    from gproxy.ops.cli import draining_line, say
+                    from gproxy.ops.runtime import draining_line, say
 
                     workers = sum(s.proc is not None for s in self.slots)
                     say(draining_line(f"sessions of {workers} workers", self.config.drain_timeout))
@@ -215,7 +215,7 @@ class Supervisor:
             self.notifier.ready()
 
     def _reload(self) -> None:
-        from gproxy.ops.cli import reread
+        from gproxy.ops.runtime import reread
 
         config = reread(self.argv)  # logs the one error line itself
         if config is None:
@@ -239,7 +239,7 @@ class Supervisor:
             self.notifier.tick()
             if self.stopping:
                 if all(slot.proc is None for slot in self.slots):
-                    from gproxy.ops.cli import say
+                    from gproxy.ops.runtime import say
 
                     say("stopped")
                     return 0
@@ -308,7 +308,7 @@ def reserve(config: Config) -> tuple[list[Any], Config]:
 
 def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = None) -> int:
     """Run ``config.workers`` workers until SIGTERM/SIGINT; the exit code."""
-    from gproxy.ops.cli import raise_fd_limit
+    from gproxy.ops.runtime import raise_fd_limit
     from gproxy.server.proxy import DATAGRAM_KINDS, Proxy, users_table
 
     setup_logging(config.to_logging_level())
@@ -387,21 +387,21 @@ def _read_settings() -> tuple[Config, list[str], int, int, str | None]:
 
 def worker_main() -> int:
     """One worker: serve the supervisor's listeners until told to stop."""
-    from gproxy.ops.cli import StartSignals
+    from gproxy.ops.runtime import StartSignals
 
     early = StartSignals()  # record, then let in the signals the supervisor held back
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
     config, argv, ready_fd, index, admin_dir = _read_settings()
     from gevent import monkey
 
-    from gproxy.ops.cli import fast_greenlets
+    from gproxy.ops.runtime import fast_greenlets
 
     fast_greenlets()
     monkey.patch_all()
     import gevent
     from gevent.os import make_nonblocking, nb_read
 
-    from gproxy.ops.cli import ServingSignals
+    from gproxy.ops.runtime import ServingSignals
     from gproxy.server.proxy import Proxy, WorkerSlot
 
     setup_logging(config.to_logging_level())

@@ -6,7 +6,6 @@ Everything is bound before anything serves, so a bad address fails fast.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import itertools
 import socket
@@ -33,7 +32,7 @@ from gproxy.core.auth_service import AuthService, parse_auth_url
 from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.core.context import Context, Metrics
 from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
-from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout
+from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout, Outcome, outcome_of
 from gproxy.core.limits import RateLimits
 from gproxy.core.log import AccessLog, announce, logger
 from gproxy.core.origin_pool import OriginPool
@@ -257,7 +256,7 @@ class Proxy:
                         sock,
                         self._handle_for(index, HANDLERS[spec.kind]),
                         spawn=self._sessions.spawn,
-                        on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, "out_of_fds"),
+                        on_shed=lambda kind=spec.kind: self.metrics.connection_refused(kind, Outcome.OUT_OF_FDS),
                     )
                 )
             else:
@@ -309,7 +308,7 @@ class Proxy:
         deadline = None if timeout is None else time.monotonic() + timeout
         self._drain(self._sessions.join, deadline)
         self._drain(lambda: self.tunnels.drain(None), deadline)
-        self.tunnels.kill("shutdown")  # the rest end now: logged from their own greenlets, sockets closed
+        self.tunnels.kill(Outcome.SHUTDOWN)  # the rest end now: logged from their own greenlets, sockets closed
         self._sessions.kill(block=True, timeout=1)
         for service in last:
             service.stop()
@@ -327,7 +326,7 @@ class Proxy:
         """A second stop signal: cut the drain short; stop() then ends every session at once."""
         self._drain_cut.set()
 
-    def end_session(self, session_id: str, outcome: str) -> bool:
+    def end_session(self, session_id: str, outcome: Outcome = Outcome.ADMIN_CLOSED) -> bool:
         """End one open session now (--admin's DELETE); False if there is none by that id."""
         entry = self.open.get(session_id)
         if entry is None:
@@ -507,7 +506,7 @@ class Proxy:
         except (GproxyError, OSError) as exc:
             logger.debug("%s: proxy_protocol: %s", peer, exc)
             if self.access_log is not None:
-                self.access_log.write(Session(peer, kind, outcome="proxy_protocol").logfmt())
+                self.access_log.write(Session(peer, kind, outcome=Outcome.PROXY_PROTOCOL).logfmt())
             return None
         return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
 
@@ -544,7 +543,7 @@ class Proxy:
             rules = self.clients  # no rules: no address parsing per connection
             if (rules.allow or rules.deny) and client.ip is not None and not rules.permits(client.ip):
                 logger.debug("%s: client not allowed", client)
-                self.metrics.connection_refused(kind, "client_denied")
+                self.metrics.connection_refused(kind, Outcome.CLIENT_DENIED)
                 return None
             admitted = True
         finally:
@@ -584,12 +583,12 @@ class Proxy:
             if not isinstance(exc, ClientClosed):
                 conn.close_politely()
         except OSError as exc:
-            session.outcome = errno.errorcode.get(exc.errno or 0, "error").lower()
+            session.outcome = outcome_of(exc)
             logger.debug("%s: %s", client, exc)
         except AdminClosed:
-            session.outcome = "admin_closed"
+            session.outcome = Outcome.ADMIN_CLOSED
         except gevent.GreenletExit:
-            session.outcome = "shutdown"  # killed at the end of a drain
+            session.outcome = Outcome.SHUTDOWN  # killed at the end of a drain
             raise
         finally:
             session.via = dialled_via.get()
@@ -610,11 +609,11 @@ class Proxy:
     def _admit(self, key: str, kind: str, client: Address, *, new: bool) -> bool:
         """Count one more connection for ``key`` (and, if ``new``, in --max-conns' total); False: refused."""
         limit, per_ip = self.config.max_conns, self.config.max_conns_per_ip
-        refused = None
+        refused: Outcome | None = None
         if new and limit and self._active >= limit:
-            refused = "max_conns"
+            refused = Outcome.MAX_CONNS
         elif per_ip and self._active_by_ip.get(key, 0) >= per_ip:
-            refused = "max_conns_per_ip"
+            refused = Outcome.MAX_CONNS_PER_IP
         if refused:  # closed at once (by StreamServer when we return), never queued
             logger.debug("%s: refused, %s reached", client, refused.replace("_", "-"))
             self.metrics.connection_refused(kind, refused)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from gproxy.core.errors import ConfigError, GproxyError, HandshakeTimeout
+from gproxy.core.errors import ConfigError, GproxyError, HandshakeTimeout, Outcome
 
 if TYPE_CHECKING:
     import ssl
@@ -37,7 +37,7 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
 class TlsHandshakeFailed(GproxyError):
     """The client did not complete a TLS handshake (wrong protocol, bad certificate...)."""
 
-    reason = "tls_failed"
+    reason = Outcome.TLS_FAILED
 
 
 def accept(sock: socket.socket, context: ssl.SSLContext, timeout: float) -> socket.socket:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from gevent.event import Event
 
+from gproxy.core.errors import Outcome
 from gproxy.core.log import logger
 from gproxy.core.relay import Relay
 from gproxy.core.session import Session
@@ -52,7 +53,7 @@ class Tunnels:
     def __contains__(self, session: object) -> bool:
         return id(session) in self._live
 
-    def abort(self, session: Session, outcome: str) -> bool:
+    def abort(self, session: Session, outcome: Outcome) -> bool:
         """End ``session``'s tunnel now with ``outcome`` (--admin's DELETE); False if it has none."""
         entry = self._live.get(id(session))
         if entry is None:
@@ -64,7 +65,7 @@ class Tunnels:
         """Wait up to ``timeout`` seconds (None: for ever) for every tunnel to end; True if none is left."""
         return bool(self._empty.wait(timeout))
 
-    def kill(self, outcome: str = "shutdown", timeout: float = 1.0) -> bool:
+    def kill(self, outcome: Outcome = Outcome.SHUTDOWN, timeout: float = 1.0) -> bool:
         """End every tunnel now with ``outcome`` (their first outcome is kept if they had one)
         and wait up to ``timeout`` seconds for their records; True if none is left."""
         for _, relay in list(self._live.values()):

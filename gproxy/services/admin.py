@@ -187,7 +187,7 @@ class AdminService:
             status = answer[0] if answer is not None else 404
             if status == 204:
                 return _answer(start_response, "204 No Content", b"")
-        elif self.proxy.end_session(session_id, "admin_closed"):
+        elif self.proxy.end_session(session_id):
             return _answer(start_response, "204 No Content", b"")
         return _answer(start_response, "404 Not Found", b"no such session\n")
 

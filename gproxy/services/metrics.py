@@ -21,7 +21,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Metrics
-from gproxy.core.errors import AuthFailed, ClientClosed, ClientProtocolError, Denied, DialError, HandshakeTimeout
+from gproxy.core.errors import (
+    AuthFailed,
+    ClientClosed,
+    ClientProtocolError,
+    Denied,
+    DialError,
+    GproxyError,
+    HandshakeTimeout,
+    Outcome,
+)
 from gproxy.core.log import logger
 from gproxy.core.session import Session
 from gproxy.services.web import GatedServer, bounded_handler
@@ -112,7 +121,7 @@ class PrometheusMetrics(Metrics):
             self.bytes_down.labels(session.listener, session.proto).inc(session.down)
 
     def session_failed(self, session: Session, exc: BaseException) -> None:
-        reason = getattr(exc, "reason", "error")
+        reason = exc.reason if isinstance(exc, GproxyError) else Outcome.ERROR
         if isinstance(exc, AuthFailed):
             self.auth_failures.labels(session.proto, reason).inc()
         elif isinstance(exc, DialError):
@@ -125,7 +134,7 @@ class PrometheusMetrics(Metrics):
     def auth_challenged(self, proto: str) -> None:
         self.auth_challenges.labels(proto).inc()
 
-    def connection_refused(self, listener: str, reason: str) -> None:
+    def connection_refused(self, listener: str, reason: Outcome) -> None:
         self.refused.labels(listener, reason).inc()
 
     def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:

@@ -22,7 +22,7 @@ from gproxy.codec.shadowsocks import ShadowsocksError, decrypt_udp, encrypt_udp,
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.dial import resolve
-from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
@@ -92,7 +92,7 @@ class ShadowsocksUdp:
     def stop(self) -> None:
         gevent.killall(self._loops)
         for key in list(self.mappings):
-            self._close(key, "shutdown")
+            self._close(key, Outcome.SHUTDOWN)
 
     # -- client -> destinations ---------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class ShadowsocksUdp:
             return mapping
         if len(self.mappings) >= MAX_MAPPINGS:
             idlest = min(self.mappings, key=lambda k: self.mappings[k].last)
-            self._close(idlest, "evicted")
+            self._close(idlest, Outcome.EVICTED)
         session = Session(from_sockaddr(client), "ss", proto="ss", user=user, cmd="udp")
         self.proxy.metrics.session_opened("ss")
         limits = rate_limits(replace(self.ctx, config=self.proxy.config), session)  # the rate as of now (SIGHUP)
@@ -260,11 +260,11 @@ class ShadowsocksUdp:
             self.clock += 1
             for key, mapping in list(self.mappings.items()):
                 if self.clock - mapping.last > ticks:
-                    self._close(key, "ok")
+                    self._close(key, Outcome.OK)
             if len(self.last_user) > MAX_PEERS * 4:
                 self.last_user = {client: user for client, user in self.mappings}
 
-    def _close(self, key: tuple[Sockaddr, str], outcome: str) -> None:
+    def _close(self, key: tuple[Sockaddr, str], outcome: Outcome) -> None:
         mapping = self.mappings.pop(key, None)
         if mapping is None:
             return

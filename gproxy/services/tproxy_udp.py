@@ -22,7 +22,7 @@ from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
 from gproxy.core.dial import Prepare
-from gproxy.core.errors import Denied, DialError
+from gproxy.core.errors import Denied, DialError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
@@ -135,7 +135,7 @@ class TproxyUdp:
 
     def stop(self) -> None:
         gevent.killall(self._loops)
-        self.mappings.end_all("shutdown")
+        self.mappings.end_all(Outcome.SHUTDOWN)
 
     def _context(self) -> Context:
         """The latest rules: rebuilt after a reload (a new Config), else the same one."""
@@ -255,9 +255,9 @@ class TproxyUdp:
         flow.pending.clear()
         flow.loops.append(gevent.spawn(self._reply_loop, flow))
         relay.wait_closed()
-        self._end(key, flow, "upstream_closed")
+        self._end(key, flow, Outcome.UPSTREAM_CLOSED)
 
-    def _end(self, key: FlowKey, flow: _Flow, outcome: str) -> None:
+    def _end(self, key: FlowKey, flow: _Flow, outcome: Outcome) -> None:
         """End ``flow`` if it is still the mapping of ``key`` (not evicted and replaced meanwhile)."""
         if self.mappings.get(key) is flow:
             self.mappings.end(key, outcome)

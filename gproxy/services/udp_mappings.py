@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 import gevent
 
 from gproxy.core.context import Metrics
+from gproxy.core.errors import Outcome
 from gproxy.core.log import AccessLog
 from gproxy.core.session import Session
 
@@ -53,11 +54,11 @@ class MappingTable(dict[K, M]):
     def add(self, key: K, mapping: M) -> M:
         """Insert ``mapping``; when the table is full, the idlest one ends first (``evicted``)."""
         if self and len(self) >= self.limit:
-            self.end(min(self, key=lambda k: self[k].last), "evicted")
+            self.end(min(self, key=lambda k: self[k].last), Outcome.EVICTED)
         self[key] = mapping
         return mapping
 
-    def end(self, key: K, outcome: str) -> None:
+    def end(self, key: K, outcome: Outcome) -> None:
         """Remove, close and log one mapping (nothing if it is gone already)."""
         mapping = self.pop(key, None)
         if mapping is None:
@@ -68,7 +69,7 @@ class MappingTable(dict[K, M]):
         if self.sink.access_log is not None:
             self.sink.access_log.write(mapping.session.logfmt())
 
-    def end_all(self, outcome: str) -> None:
+    def end_all(self, outcome: Outcome) -> None:
         for key in list(self):
             self.end(key, outcome)
 
@@ -79,4 +80,4 @@ class MappingTable(dict[K, M]):
             self.clock += 1
             for key, mapping in list(self.items()):
                 if self.clock - mapping.last > TICKS:
-                    self.end(key, "ok")
+                    self.end(key, Outcome.OK)

@@ -26,6 +26,22 @@ def test_gevent_socket_has__sock():
         assert b.recv(1) == b"x"
 
 
+def test_raw_socket_of_a_datagram_socket_connects_and_sends():
+    """What udp_upstream does with a SOCKS5 upstream's relay: connect the kernel UDP socket, sendmsg on it."""
+    with (
+        gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer,
+    ):
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(5)
+        raw = _gevent.raw_socket(udp)
+        assert raw is not udp and raw.fileno() == udp.fileno()
+        raw.connect(peer.getsockname())
+        assert udp.getpeername() == peer.getsockname()
+        assert raw.sendmsg([b"head", b"er"]) == 6
+        assert peer.recvfrom(16) == (b"header", udp.getsockname())
+
+
 def test_raw_socket_refuses_what_is_not_plain():
     class Wrapped(gsocket.socket):  # e.g. gevent's SSLSocket
         pass

@@ -12,9 +12,10 @@ import struct
 
 import gevent
 import pytest
+from gevent import socket as gsocket
 
 from gproxy.core import relay as relay_mod
-from gproxy.core.relay import relay
+from gproxy.core.relay import Engine, engine_for, relay
 from tests.helpers import recv_all, recv_exact, wait_for
 
 
@@ -494,3 +495,12 @@ def test_registry_drain_then_kill_ends_tunnels_with_shutdown_and_their_counts(hu
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_raw_socket_only_for_plain_gevent_sockets():
+    class Wrapped(gsocket.socket):
+        pass
+
+    with gsocket.socket() as plain, Wrapped() as wrapped:
+        assert engine_for(plain, plain) is Engine.EVENTS
+        assert engine_for(wrapped, plain) is Engine.GREENLETS  # e.g. an SSLSocket: the greenlet engine

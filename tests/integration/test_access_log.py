@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import struct
 from pathlib import Path
 
 from tests.helpers import (
@@ -135,3 +136,29 @@ def test_an_open_tunnel_holds_no_greenlet_and_ends_logged(proxy, echo_tcp, tmp_p
     assert not running.tunnels and not running._active_by_ip
     (entry,) = lines_of(log)
     assert (entry["outcome"], entry["up"], entry["down"]) == ("ok", "150", "150")
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a RST (SO_LINGER 0): the proxy's next read gets ECONNRESET."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_reset_has_one_name_in_the_handshake_and_in_the_relay(proxy, echo_tcp, tmp_path):
+    """ECONNRESET was ``econnreset`` in the handshake and ``reset`` in the relay: now ``reset`` in both."""
+    log = tmp_path / "access.log"
+    running = proxy(socks=["127.0.0.1:0"], access_log=str(log))
+    addr = (running.address("socks5").host, running.address("socks5").port)
+
+    in_handshake = socket.create_connection(addr, timeout=10)
+    in_handshake.sendall(b"\x05")  # half a greeting: the proxy waits for the rest
+    wait_for(lambda: running.open_sessions == 1, what="the session")
+    _reset(in_handshake)
+    wait_for(lambda: len(lines_of(log)) == 1, what="the handshake's line")
+
+    in_relay, _ = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port))
+    assert echo_through(in_relay, b"r" * 100) == b"r" * 100
+    _reset(in_relay)
+    entries = wait_for(lambda: len(lines_of(log)) == 2 and lines_of(log), what="the relay's line")
+
+    assert [(e["cmd"], e["outcome"]) for e in entries] == [("-", "reset"), ("connect", "reset")]

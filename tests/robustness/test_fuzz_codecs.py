@@ -22,13 +22,6 @@ FUZZ = settings(
 )
 
 
-def _load(target: Target):  # type: ignore[no-untyped-def]
-    parse = target.load()
-    if parse is None:
-        pytest.skip(f"{target.module} is not on this branch")
-    return parse
-
-
 def _mutated(seeds: tuple[bytes, ...]) -> st.SearchStrategy[bytes]:
     """Valid inputs with bytes replaced, inserted, cut or appended."""
 
@@ -65,7 +58,7 @@ IDS = [t.name for t in TARGETS]
 
 @pytest.mark.parametrize("target", TARGETS, ids=IDS)
 def test_any_input_parses_asks_for_more_or_is_a_protocol_error(target: Target) -> None:
-    parse = _load(target)
+    parse = target.load()
 
     @FUZZ
     @given(_inputs(target))
@@ -92,7 +85,7 @@ def test_any_input_parses_asks_for_more_or_is_a_protocol_error(target: Target) -
 def test_parse_of_encode_round_trips(target: Target) -> None:
     """Whatever parses, encoded again, parses to a message that encodes the same:
     encoders normalise (IPv4-mapped IPv6 to IPv4, names to IDNA) exactly once."""
-    parse = _load(target)
+    parse = target.load()
     assert target.encode is not None
 
     @FUZZ
@@ -117,7 +110,7 @@ def test_parse_of_encode_round_trips(target: Target) -> None:
 @pytest.mark.parametrize("target", TARGETS, ids=IDS)
 def test_seeds_are_valid(target: Target) -> None:
     """The seed corpus is made of whole messages (else mutation starts from junk)."""
-    parse = _load(target)
+    parse = target.load()
     for seed in target.seeds:
         if target.value:
             check_value(parse, seed)

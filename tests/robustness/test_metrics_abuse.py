@@ -13,8 +13,6 @@ import pytest
 
 from tests.robustness.live import attack, fd_count, greenlet_count, hub_errors, run_all, settle, steady
 
-pytest.importorskip("gproxy.services.metrics")
-
 HANDSHAKE_TIMEOUT = 0.5
 SLACK = 8.0
 

@@ -181,7 +181,7 @@ def test_no_bytes_lost_with_small_send_buffers(hosts, dest, listener):
         timeout=20,
     )
     size = 2 * 1024 * 1024
-    runs = []  # a few runs: the kernel refuses a send only now and then (tests/unit/test_relay.py forces it)
+    runs = []  # a few runs: the kernel refuses a send only now and then (tests/core/test_relay_engine.py forces it)
     if listener == "socks":
         with _gproxy(hosts) as gproxy:
             args = ("bulk", PROXY_CLIENT_SIDE, str(gproxy.port()), DEST_IP, str(dest["tcp"]), str(size))

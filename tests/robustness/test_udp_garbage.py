@@ -9,14 +9,11 @@ import random
 import socket
 
 import gevent
-import pytest
 
 from gproxy.codec import socks5
 from gproxy.core.errors import ClientProtocolError
 from tests.helpers import UdpEchoServer, parse_socks5_udp_datagram, socks5_handshake, socks5_udp_datagram
 from tests.robustness.live import fd_count, greenlet_count, sandbox_proxy, settle, steady
-
-pytest.importorskip("gproxy.frontends.udp")
 
 COUNT = 3000
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -163,3 +165,12 @@ def test_parsers_never_raise_anything_else(data):
         except ClientProtocolError:
             continue
         assert result is None or 0 < result[1] <= len(data)
+
+
+@pytest.mark.parametrize("packed", [b"\0\0\0\0", b"\x7f\0\0\x01", b"\x0a\x00\xff\x09", b"\xff\xff\xff\xff"])
+def test_ipv4_request_text_is_what_ipaddress_prints(packed):
+    request = b"\x05\x01\x00\x01" + packed + b"\x01\xbb"
+    parsed = socks5.parse_request(bytearray(request))
+    assert parsed is not None
+    assert parsed[0].address == Address(str(ipaddress.IPv4Address(packed)), 443)
+    assert parsed[0].address.ip == ipaddress.IPv4Address(packed)

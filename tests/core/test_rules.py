@@ -202,3 +202,23 @@ def test_users_table_errors_name_the_key(table, message):
 def test_user_rules_without_a_password_need_the_user_elsewhere():
     with pytest.raises(ConfigError, match="users.dave"):
         Config.from_settings({"socks": ["0"]}, {"users": {"dave": {"allow-dest": ["x"]}}})
+
+
+def test_check_ip_remembers_only_what_passed():
+    policy = DestinationPolicy(rules=RuleSet(deny=(parse_dest_rule("10.0.0.0/8", "--deny-dest"),)))
+    allowed = ipaddress.ip_address("192.0.2.1")
+    denied = ipaddress.ip_address("10.1.2.3")
+    for _ in range(3):
+        policy.check_ip(allowed, 80)
+        with pytest.raises(Denied):
+            policy.check_ip(denied, 80)
+    assert (allowed, 80) in policy._passed
+    assert (denied, 80) not in policy._passed
+
+
+def test_check_ip_memory_is_bounded(monkeypatch):
+    monkeypatch.setattr("gproxy.core.rules._PASSED_MAX", 8)
+    policy = DestinationPolicy()
+    for n in range(50):
+        policy.check_ip(ipaddress.ip_address(f"192.0.2.{n + 1}"), 80)
+    assert len(policy._passed) <= 8

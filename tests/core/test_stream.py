@@ -9,6 +9,7 @@ examine (the ranges of find/startswith and the slices taken).
 from __future__ import annotations
 
 import pytest
+from gevent import socket as gsocket
 
 from gproxy.codec import http, proxy_protocol, socks4, socks5
 from gproxy.core.addr import Address
@@ -126,3 +127,17 @@ def test_trickled_head_equals_the_one_shot_parse() -> None:
     data = b"\r\n\n" + long_head()
     message, _ = read_trickled(http.HeadParser(), data, http.MAX_HEAD + http.MAX_REQUEST_LINE)
     assert message == http.parse_head(bytearray(data))[0] == long_head()  # type: ignore[index]
+
+
+def test_conn_sendall_on_plain_and_wrapped_sockets():
+    class Wrapped(gsocket.socket):
+        pass
+
+    a, b = gsocket.socketpair()
+    with a, b:
+        Conn(a).sendall(b"plain")
+        assert b.recv(16) == b"plain"
+        wrapped = Wrapped(fileno=a.detach())
+        with wrapped:
+            Conn(wrapped).sendall(b"wrapped")
+            assert b.recv(16) == b"wrapped"
