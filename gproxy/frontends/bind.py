@@ -25,6 +25,7 @@ from gproxy.core.context import Context
 from gproxy.core.dial import IPCheck, Resolved, resolve
 from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError, GproxyError, Outcome
 from gproxy.core.log import logger
+from gproxy.core.outbound import Outbound
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import run_tunnel
@@ -53,7 +54,7 @@ def bind(conn: Conn, ctx: Context, session: Session, dest: Address, encode: Repl
             timed_out = DialError(f"resolving {expected.host} timed out", ReplyCode.TTL_EXPIRED)
             with gevent.Timeout(ctx.config.connect_timeout, timed_out):
                 addrs = resolve(expected, ctx.resolver)
-        listener = _listen(conn, addrs)
+        listener = _listen(conn, addrs, ctx.outbound)
     except (Denied, DialError) as exc:
         conn.sendall(encode(exc.reply, None))
         raise
@@ -84,12 +85,16 @@ def _name_check(check: Callable[[Address], IPCheck], host: str) -> IPCheck:
     return check_peer
 
 
-def _listen(conn: Conn, addrs: Resolved) -> socket.socket:
-    """A listening socket on the local address that routes toward the expected peer
-    (so the peer can reach it), else on the control connection's local address."""
+def _listen(conn: Conn, addrs: Resolved, outbound: Outbound) -> socket.socket:
+    """A listening socket on --outgoing's address of the peer's family, else on the local
+    address that routes toward the expected peer (so the peer can reach it), else on the
+    control connection's local address."""
     host = str(conn.sock.getsockname()[0])
     family: int = conn.sock.family
-    if addrs:
+    if addrs and outbound.source(addrs[0][0]) is not None:
+        family = addrs[0][0]
+        host = str(outbound.source(family))
+    elif addrs:
         family, sockaddr = addrs[0]
         probe = gsocket.socket(family, socket.SOCK_DGRAM)
         try:

@@ -145,3 +145,22 @@ def test_bad_outbound_flags_are_exit_2_with_one_line(args, flag):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], proc.stderr
+
+
+def test_bind_listens_on_the_outgoing_address():
+    """BIND's listening socket is gproxy's outbound side too: the peer sees --outgoing."""
+    from tests.helpers import read_socks5_bound, socks5_handshake
+
+    proxy = make_proxy(socks=["127.0.0.1:0"], outgoing=["127.0.0.2"])
+    try:
+        client = socket.create_connection(("127.0.0.1", proxy.address().port), timeout=5)
+        try:
+            bound = socks5_handshake(client, 2, "127.0.0.1", 0)
+            assert bound[0] == "127.0.0.2", bound
+            remote = socket.create_connection(bound, timeout=5)
+            assert read_socks5_bound(client) == remote.getsockname()
+            remote.close()
+        finally:
+            client.close()
+    finally:
+        proxy.stop(0)
