@@ -23,9 +23,11 @@ from gproxy.core.addr import Address
 from gproxy.core.context import Context
 from gproxy.core.deadline import handshake_deadline
 from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError, Outcome
+from gproxy.core.limits import TokenBucket
+from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
-from gproxy.core.tunnel import open_upstream, run_tunnel
+from gproxy.core.tunnel import open_upstream, rate_limits, run_tunnel
 from gproxy.core.upstream_group import dialled_via
 
 CHUNK = 65536
@@ -198,13 +200,15 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _Exchange:
-    """One request's origin side: its connection, route and response bytes read so far."""
+    """One request's origin side: its connection, route and response bytes read so far,
+    and the (upload, download) buckets that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "via", "pooled", "buf")
+    __slots__ = ("upstream", "via", "pooled", "buf", "limits")
 
     def __init__(self, upstream: socket.socket, via: str | None, pooled: bool) -> None:
         self.upstream, self.via, self.pooled = upstream, via, pooled
         self.buf = bytearray()
+        self.limits: Limits = None
 
     def recv(self) -> bytes:
         try:
@@ -221,6 +225,23 @@ class _Exchange:
             raise OriginError("origin stopped reading", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
             raise OriginError(f"origin: {exc}") from None
+        if self.limits is not None:
+            _pace(self.limits[0], len(data))
+
+    def to_client(self, conn: Conn, data: bytes, idle: float | None) -> None:
+        """``data`` to the client, held to the download rate."""
+        _to_client(conn, data, idle)
+        if self.limits is not None:
+            _pace(self.limits[1], len(data))
+
+
+def _pace(bucket: TokenBucket, n: int) -> None:
+    """Spend ``n`` bytes just moved, then wait out any debt: a forwarded request's body
+    moves at its owner's rate, like a tunnel's (the bucket is shared with them)."""
+    bucket.spend(n)
+    delay = bucket.delay(1)
+    if delay > 0:
+        gevent.sleep(delay)
 
 
 class _Stale(OriginError):
@@ -241,8 +262,10 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     # Only a request that can be sent again rides a kept-alive connection: the origin
     # may have closed it just now, and then the request is retried once on a new one.
     reuse = pool is not None and request.method in http.IDEMPOTENT and not (request.chunked or request.length)
+    limits = rate_limits(ctx, session)  # this request's user (or client IP): its tunnels' buckets
     while True:
         exchange = _origin_for(conn, ctx, session, target, pool.get(key) if reuse and pool else None, idle)
+        exchange.limits = limits
         try:
             body_read = _send_request(conn, exchange, request, out_head, session, idle)
             response = _response_head(exchange)
@@ -430,7 +453,7 @@ def _send_response(
     head = http.encode_head(b"HTTP/1.1 %d %b" % (response.status, response.reason), headers)
     buf = exchange.buf
     if no_body:
-        _to_client(conn, head, idle)
+        exchange.to_client(conn, head, idle)
         return not (response.close or buf), keep_client
     if response.length is not None:
         left = response.length
@@ -439,7 +462,7 @@ def _send_response(
         while True:
             left -= len(data)
             session.down += len(data)
-            _to_client(conn, head + data, idle)
+            exchange.to_client(conn, head + data, idle)
             head = b""
             if not left:
                 return not (response.close or buf), keep_client
@@ -458,9 +481,9 @@ def _send_response(
             session.down += sum(map(len, pieces))
             out = b"".join(map(http.encode_chunk, pieces)) if chunk_out else b"".join(pieces)
             if decoder.done:
-                _to_client(conn, head + out + (http.LAST_CHUNK if chunk_out else b""), idle)  # trailers dropped
+                exchange.to_client(conn, head + out + (http.LAST_CHUNK if chunk_out else b""), idle)  # trailers dropped
                 return not (response.close or decoder.rest), keep_client
-            _to_client(conn, head + out, idle)
+            exchange.to_client(conn, head + out, idle)
             head = b""
             data = exchange.recv()
             if not data:
@@ -470,9 +493,9 @@ def _send_response(
         session.down += len(data)
         out = http.encode_chunk(data) if chunk_out else data
         if not data:
-            _to_client(conn, head + (http.LAST_CHUNK if chunk_out else b""), idle)
+            exchange.to_client(conn, head + (http.LAST_CHUNK if chunk_out else b""), idle)
             return False, keep_client
-        _to_client(conn, head + out, idle)
+        exchange.to_client(conn, head + out, idle)
         head = b""
         data = exchange.recv()
 

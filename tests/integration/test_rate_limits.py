@@ -22,6 +22,7 @@ from gevent.server import StreamServer
 from gproxy.core.config import Config
 from gproxy.server.proxy import Proxy
 from tests.helpers import (
+    WsgiOrigin,
     ipv4_dest,
     make_cert,
     metric,
@@ -257,3 +258,28 @@ def test_udp_datagrams_over_the_rate_are_dropped(start, echo_udp):
     finally:
         udp.close()
         control.close()
+
+
+def test_forwarded_http_requests_are_held_to_the_rate(start):
+    """Absolute-URI requests move at the user's rate too, both ways (the buckets their tunnels use)."""
+    size = 2 * MIB
+    with WsgiOrigin(body=b"d" * size) as origin:
+        running = start({"http": ["127.0.0.1:0"], "rate": "512k", "user": ["alice:pw"]})
+        proxy_port = running.address("http").port
+        auth = base64.b64encode(b"alice:pw").decode()
+        # GET: 2 MiB down; POST: 2 MiB up, then echoed back (2 MiB down): at 512 KiB/s with a
+        # one-second burst each way, at least 3 s and 6 s, with room for a loaded machine
+        for method, body, bounds in (("GET", b"", (2.5, 10)), ("POST", b"u" * size, (5, 20))):
+            with socket.create_connection(("127.0.0.1", proxy_port), timeout=30) as client:
+                head = (
+                    f"{method} http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n"
+                    f"Proxy-Authorization: Basic {auth}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                )
+                started = time.monotonic()
+                client.sendall(head.encode() + body)
+                received = 0
+                while chunk := client.recv(65536):
+                    received += len(chunk)
+                took = time.monotonic() - started
+            assert received > size
+            assert bounds[0] < took < bounds[1], (method, took)
