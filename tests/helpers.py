@@ -79,8 +79,11 @@ def recv_all(sock: socket.socket) -> bytes:
 
 
 def gproxy_env() -> dict[str, str]:
+    """The environment for a gproxy subprocess: this checkout first on PYTHONPATH (and no empty
+    entry, which would put the subprocess's current directory on its path)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    entries = [str(ROOT), *(entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry)]
+    env["PYTHONPATH"] = os.pathsep.join(entries)
     return env
 
 
