@@ -77,14 +77,17 @@ class _Race:
         """The connected socket; raises the last OSError, or TimeoutError after ``timeout``."""
         self.start_next()
         if not self.done:
-            stagger = self.loop.timer(ATTEMPT_DELAY, ATTEMPT_DELAY)
+            # one address (a literal, or a single answer): no stagger timer to pay for
+            stagger = self.loop.timer(ATTEMPT_DELAY, ATTEMPT_DELAY) if self.addrs else None
             deadline = self.loop.timer(timeout)
-            stagger.start(self.start_next)
+            if stagger is not None:
+                stagger.start(self.start_next)
             deadline.start(self.time_out)
             try:
                 self.waiter.get()
             finally:
-                stagger.close()
+                if stagger is not None:
+                    stagger.close()
                 deadline.close()
                 if not self.done:  # killed while waiting
                     self.finish()

@@ -169,7 +169,7 @@ class Proxy:
         self.tunnels = Tunnels(self._session_ended)
         self.rates = RateLimits()  # kept across reloads: a changed rate gets fresh buckets
         #: every open session by id, with the greenlet that serves it (done once a tunnel is handed over)
-        self.open: dict[str, tuple[Session, gevent.Greenlet[..., object]]] = {}
+        self.open: dict[str, tuple[Session, gevent.Greenlet[..., object] | None]] = {}
         self._session_ids = itertools.count(1)
         self.worker: WorkerSlot | None = None  # set by a --workers worker before start()
         self.draining = False
@@ -332,7 +332,7 @@ class Proxy:
         if entry is None:
             return False
         session, greenlet = entry
-        if not self.tunnels.abort(session, outcome):
+        if not self.tunnels.abort(session, outcome) and greenlet is not None:
             greenlet.kill(AdminClosed, block=False)
         return True
 
@@ -595,6 +595,8 @@ class Proxy:
             dialled_via.set(None)
             if session not in self.tunnels:  # a handed-over tunnel ends the session itself
                 self._end_session(sock, session, conn)
+            elif session.id in self.open:  # its greenlet is done: hold no reference to it (memory)
+                self.open[session.id] = (session, None)
 
     def _limit_key(self, client: Address) -> str:
         """What --max-conns-per-ip counts: the IPv4 address, or the IPv6 client's network
