@@ -28,6 +28,7 @@ A limited greenlet direction sleeps while its bucket is in debt.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import fcntl
@@ -40,7 +41,6 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import gevent
-from gevent import monkey
 from gevent import socket as gsocket
 from gevent.hub import Hub, Waiter, get_hub
 
@@ -60,8 +60,8 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _HAVE_SPLICE = hasattr(os, "splice")
 
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
-#: the standard library's socket class, even when gevent has patched the module
-_PlainSocket: type[socket.socket] = monkey.get_original("socket", "socket")
+#: the kernel socket class itself (C: no Python __init__/close per tunnel; gevent never patches it)
+_PlainSocket: Any = _socket.socket
 
 #: a tunnel's (upload, download) buckets, or None: no rate limit
 Limits = tuple[TokenBucket, TokenBucket] | None
@@ -118,11 +118,12 @@ def engine_for(client: socket.socket, upstream: socket.socket) -> Engine:
 def _take_over(sock: socket.socket) -> socket.socket:
     """The caller's socket object gives up its descriptor (public ``detach()``); a
     non-blocking kernel socket that only the relay holds owns it from now on."""
-    if sock.gettimeout() != 0.0 and type(sock) is not gsocket.socket:
+    if type(sock) is not gsocket.socket and sock.gettimeout() != 0.0:
         sock.setblocking(False)  # a standard library socket (gevent's are non-blocking underneath)
-    family, kind, proto = sock.family, sock.type, sock.proto
-    # SOCK_NONBLOCK: the new object starts non-blocking without a syscall (the descriptor already is)
-    return _PlainSocket(family, kind | _SOCK_NONBLOCK, proto, fileno=sock.detach())
+    # a relayed socket is always a TCP stream (engine_for() checked it is plain): no sock.type,
+    # which converts to an enum per call; SOCK_NONBLOCK: non-blocking without a syscall
+    family: int = sock.family
+    return _PlainSocket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK, 0, sock.detach())  # type: ignore[no-any-return]
 
 
 class _Sweeper:
