@@ -265,31 +265,10 @@ class UdpAssociation:
             _remember(self._by_header, key, result)
             return result
         try:
-            check_resolved = self.ctx.destinations.for_user(self.session.user).check(dest)
-            with gevent.Timeout(
-                self.ctx.config.connect_timeout, DialError("resolving timed out", ReplyCode.TTL_EXPIRED)
-            ):
-                addrs = resolve(dest, self.ctx.resolver)
-            denied: Denied | None = None
-            result = Denied(f"{dest}: no address")
-            for _family, sockaddr in addrs:
-                ip = parse_ip(str(sockaddr[0]))
-                try:
-                    if ip is None:
-                        raise Denied(f"{dest}: resolved to {sockaddr[0]!r}")
-                    check_resolved(ip, dest.port)
-                except Denied as exc:
-                    denied = exc
-                    continue
-                result = _Peer(*_canonical(ip, dest.port), time.monotonic() + NAME_TTL)
-                break
-            else:
-                if denied is not None:
-                    result = denied
-        except Denied as exc:
-            result = exc
+            found = resolve_datagram_dest(self.ctx, self.session.user, dest)
         except DialError as exc:
             return Denied(str(exc))  # not remembered: resolution may work next time
+        result = found if isinstance(found, Denied) else _Peer(*found, time.monotonic() + NAME_TTL)
         _remember(self._by_header, key, result)
         if isinstance(result, _Peer):
             _remember(self._by_source, _sockaddr_key(result.sockaddr), result)
@@ -381,6 +360,33 @@ def _header_end(buf: memoryview, n: int) -> int:
     atyp = buf[3]
     end = 10 if atyp == 1 else 22 if atyp == 4 else 7 + buf[4] if atyp == 3 else 0
     return end if end <= n else 0
+
+
+def resolve_datagram_dest(ctx: Context, user: str | None, dest: Address) -> tuple[int, tuple[object, ...]] | Denied:
+    """Where a datagram to ``dest`` goes: the first resolved address that ``user``'s rules
+    allow, as (family, sockaddr as recvfrom reports it), or the Denied that says why not.
+
+    Raises:
+        DialError: resolution failed or timed out (worth trying again later, not remembering).
+    """
+    try:
+        check_resolved = ctx.destinations.for_user(user).check(dest)
+        with gevent.Timeout(ctx.config.connect_timeout, DialError("resolving timed out", ReplyCode.TTL_EXPIRED)):
+            addrs = resolve(dest, ctx.resolver)
+    except Denied as exc:
+        return exc
+    result = Denied(f"{dest}: no address")
+    for _family, sockaddr in addrs:
+        ip = parse_ip(str(sockaddr[0]))
+        try:
+            if ip is None:
+                raise Denied(f"{dest}: resolved to {sockaddr[0]!r}")
+            check_resolved(ip, dest.port)
+        except Denied as exc:
+            result = exc
+            continue
+        return _canonical(ip, dest.port)
+    return result
 
 
 def _canonical(ip: IPAddress, port: int) -> tuple[int, tuple[object, ...]]:

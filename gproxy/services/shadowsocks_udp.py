@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING
 import gevent
 
 from gproxy.codec import socks5
-from gproxy.codec.replies import ReplyCode
 from gproxy.codec.shadowsocks import ShadowsocksError, decrypt_udp, encrypt_udp, method_by_name
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
-from gproxy.core.dial import resolve
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.relay import Limits
@@ -34,11 +32,12 @@ from gproxy.frontends.udp import (
     MAX_MAPPINGS,
     MAX_PEERS,
     NAME_TTL,
-    _canonical,
     _raw,
     _remember,
     outbound_udp_socket,
+    resolve_datagram_dest,
 )
+from gproxy.services.udp_mappings import MappingTable
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
@@ -63,6 +62,11 @@ class _Mapping:
         self.last = now
         self.loops: list[gevent.Greenlet] = []
 
+    def close(self) -> None:
+        gevent.killall(self.loops, block=False)
+        for sock in self.outbound.values():
+            sock.close()
+
 
 class ShadowsocksUdp:
     """The UDP half of an --ss listener: a Service over its bound UDP socket."""
@@ -76,10 +80,9 @@ class ShadowsocksUdp:
         self.keyring = keyring_for(self.method)
         if not self._keys():
             raise ConfigError("--ss needs a user with a clear-text password: the password is the key")
-        self.idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
-        self.mappings: dict[tuple[Sockaddr, str], _Mapping] = {}
+        idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
+        self.mappings: MappingTable[tuple[Sockaddr, str], _Mapping] = MappingTable(idle, MAX_MAPPINGS, proxy)
         self.last_user: dict[Sockaddr, str] = {}  # client address -> the user its last packet opened with
-        self.clock = 0
         self._loops: list[gevent.Greenlet] = []
         self._buf = memoryview(bytearray(BUFFER_SIZE))
 
@@ -87,12 +90,11 @@ class ShadowsocksUdp:
         return self.keyring.keys(self.proxy.config, users_generation(self.proxy.users))
 
     def start(self) -> None:
-        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self._reaper)]
+        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self.mappings.reap)]
 
     def stop(self) -> None:
         gevent.killall(self._loops)
-        for key in list(self.mappings):
-            self._close(key, Outcome.SHUTDOWN)
+        self.mappings.end_all(Outcome.SHUTDOWN)
 
     # -- client -> destinations ---------------------------------------------------------------
 
@@ -165,50 +167,35 @@ class ShadowsocksUdp:
             except OSError:
                 metrics.udp_datagram("ss", "up", dropped="send_failed")
                 continue
-            mapping.last = self.clock
+            mapping.last = self.mappings.clock
             mapping.session.up += len(data)
             metrics.udp_datagram("ss", "up")
 
     def _mapping(self, client: Sockaddr, user: str, key: bytes) -> _Mapping | None:
+        if client not in self.last_user and len(self.last_user) > MAX_PEERS * 4:
+            self.last_user = {c: u for c, u in self.mappings}  # forget clients whose mappings ended
         self.last_user[client] = user
         mapping = self.mappings.get((client, user))
         if mapping is not None:
             return mapping
-        if len(self.mappings) >= MAX_MAPPINGS:
-            idlest = min(self.mappings, key=lambda k: self.mappings[k].last)
-            self._close(idlest, Outcome.EVICTED)
         session = Session(from_sockaddr(client), "ss", proto="ss", user=user, cmd="udp")
         self.proxy.metrics.session_opened("ss")
         limits = rate_limits(replace(self.ctx, config=self.proxy.config), session)  # the rate as of now (SIGHUP)
-        mapping = self.mappings[(client, user)] = _Mapping(client, user, key, session, self.clock, limits)
-        return mapping
+        return self.mappings.add((client, user), _Mapping(client, user, key, session, self.mappings.clock, limits))
 
     def _lookup(self, mapping: _Mapping, header: bytes, dest: Address) -> tuple[int, Sockaddr, float] | Denied:
         """Check (with the user's rules) and resolve a destination; remembered for NAME_TTL."""
-        result: tuple[int, Sockaddr, float] | Denied
         try:
-            check_resolved = self.ctx.destinations.for_user(mapping.user).check(dest)
-            timed_out = DialError("resolving timed out", ReplyCode.TTL_EXPIRED)
-            with gevent.Timeout(self.proxy.config.connect_timeout, timed_out):
-                addrs = resolve(dest, self.ctx.resolver)
-            result = Denied(f"{dest}: no address")
-            for _family, sockaddr in addrs:
-                ip = parse_ip(str(sockaddr[0]))
-                if ip is None:
-                    continue
-                try:
-                    check_resolved(ip, dest.port)
-                except Denied as exc:
-                    result = exc
-                    continue
-                family, canonical = _canonical(ip, dest.port)
-                result = (family, canonical, time.monotonic() + NAME_TTL)
-                _remember(mapping.by_source, (str(canonical[0]), dest.port), header)
-                break
-        except Denied as exc:
-            result = exc
+            found = resolve_datagram_dest(self.ctx, mapping.user, dest)
         except DialError as exc:
             return Denied(str(exc))  # not remembered: resolution may work next time
+        result: tuple[int, Sockaddr, float] | Denied
+        if isinstance(found, Denied):
+            result = found
+        else:
+            family, sockaddr = found
+            result = (family, sockaddr, time.monotonic() + NAME_TTL)
+            _remember(mapping.by_source, (str(sockaddr[0]), dest.port), header)
         _remember(mapping.by_dest, header, result)
         if mapping.session.dest == "-":
             mapping.session.dest = str(dest)
@@ -247,31 +234,6 @@ class ShadowsocksUdp:
                 listener.sendto(encrypt_udp(mapping.key, self.method, reply), mapping.client)
             except OSError:
                 continue
-            mapping.last = self.clock
+            mapping.last = self.mappings.clock
             mapping.session.down += n
             metrics.udp_datagram("ss", "down")
-
-    # -- expiry -------------------------------------------------------------------------------
-
-    def _reaper(self) -> None:
-        ticks = 4
-        while True:
-            gevent.sleep(self.idle / ticks)
-            self.clock += 1
-            for key, mapping in list(self.mappings.items()):
-                if self.clock - mapping.last > ticks:
-                    self._close(key, Outcome.OK)
-            if len(self.last_user) > MAX_PEERS * 4:
-                self.last_user = {client: user for client, user in self.mappings}
-
-    def _close(self, key: tuple[Sockaddr, str], outcome: Outcome) -> None:
-        mapping = self.mappings.pop(key, None)
-        if mapping is None:
-            return
-        gevent.killall(mapping.loops, block=False)
-        for sock in mapping.outbound.values():
-            sock.close()
-        mapping.session.outcome = outcome
-        self.proxy.metrics.session_closed(mapping.session)
-        if self.proxy.access_log is not None:
-            self.proxy.access_log.write(mapping.session.logfmt())
