@@ -218,30 +218,39 @@ class _Direction:
         try:
             if self.pipe is not None:
                 self._splice_chunk()
-                return
-            buf = _hub_buffer()
-            n = self.src.recv_into(buf)
-            if not n:
-                self._eof()
-                return
-            self.count(n)
-            try:  # noqa: SIM105 (the hot path: no context manager per chunk)
-                sent = self.dst.send(buf[:n])
-            except BlockingIOError:  # the destination's buffer is full: the chunk waits, never dropped
-                sent = 0
-            if sent < n:
-                self.pending = buf[sent:n].tobytes()
-                self._wait_writable()
-            elif SPLICE_AFTER is not None and n >= SPLICE_AFTER and self.can_splice:
-                self._take_pipe()
+            else:
+                self._copy(CHUNK)
         except BlockingIOError:
             return
         except OSError as exc:
-            if exc.errno == errno.EINVAL and self.pipe is not None and not self.in_pipe:
-                self.can_splice = False  # a socket type splice() does not take: copy instead
-                self.release_pipe()
-                return
-            self.tunnel.abort(outcome_of(exc))
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        if exc.errno == errno.EINVAL and self.pipe is not None and not self.in_pipe:
+            self.can_splice = False  # a socket type splice() does not take: copy instead
+            self.release_pipe()
+            return
+        self.tunnel.abort(outcome_of(exc))
+
+    def _copy(self, size: int) -> int:
+        """One recv of at most ``size`` bytes and one send; what the destination does not
+        take waits for it to become writable (never dropped). Returns the bytes read, 0 at EOF."""
+        buf = _hub_buffer()
+        n = self.src.recv_into(buf, size)
+        if not n:
+            self._eof()
+            return 0
+        self.count(n)
+        try:  # noqa: SIM105 (the hot path: no context manager per chunk)
+            sent = self.dst.send(buf[:n])
+        except BlockingIOError:  # the destination's buffer is full: the chunk waits, never dropped
+            sent = 0
+        if sent < n:
+            self.pending = buf[sent:n].tobytes()
+            self._wait_writable()
+        elif SPLICE_AFTER is not None and n >= SPLICE_AFTER and self.can_splice:
+            self._take_pipe()
+        return n
 
     def on_writable(self) -> None:
         try:
@@ -262,27 +271,30 @@ class _Direction:
             self.tunnel.abort(outcome_of(exc))
 
     def _splice_chunk(self) -> None:
-        """Socket -> pipe -> socket, a few chunks per wake-up while data keeps coming."""
-        read_end, write_end = self.pipe  # type: ignore[misc]
-        src, dst = self.src.fileno(), self.dst.fileno()
+        """A few socket -> pipe -> socket steps per wake-up while data keeps coming."""
         size = self.pipe_size
         for _ in range(4):
-            n = os.splice(src, write_end, size, flags=_SPLICE_FLAGS)
-            if not n:
-                self._eof()
+            if self._splice_once(size) < size or self.in_pipe:
                 return
-            self.count(n)
-            self.moved = True
-            self.in_pipe = n
-            try:  # noqa: SIM105 (the hot path: no context manager per chunk)
-                self.in_pipe -= os.splice(read_end, dst, n, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                pass
-            if self.in_pipe:
-                self._wait_writable()
-                return
-            if n < size:
-                return
+
+    def _splice_once(self, size: int) -> int:
+        """Up to ``size`` bytes socket -> pipe -> socket; what stays in the pipe waits for the
+        destination to become writable. Returns the bytes read, 0 at EOF."""
+        read_end, write_end = self.pipe  # type: ignore[misc]
+        n = os.splice(self.src.fileno(), write_end, size, flags=_SPLICE_FLAGS)
+        if not n:
+            self._eof()
+            return 0
+        self.count(n)
+        self.moved = True
+        self.in_pipe = n
+        try:  # noqa: SIM105 (the hot path: no context manager per chunk)
+            self.in_pipe -= os.splice(read_end, self.dst.fileno(), n, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            pass
+        if self.in_pipe:
+            self._wait_writable()
+        return n
 
     def _wait_writable(self) -> None:
         self.reader.stop()
@@ -350,51 +362,14 @@ class _LimitedDirection(_Direction):
             return
         moved = 0
         try:
-            moved = self._splice_at_most(allowed) if self.pipe is not None else self._copy_at_most(allowed)
+            moved = self._splice_once(allowed) if self.pipe is not None else self._copy(allowed)
         except BlockingIOError:
             pass
         except OSError as exc:
-            if exc.errno == errno.EINVAL and self.pipe is not None and not self.in_pipe:
-                self.can_splice = False
-                self.release_pipe()
-            else:
-                self.tunnel.abort(outcome_of(exc))
+            self._fail(exc)
         finally:
             if moved < allowed:
                 bucket.give_back(allowed - moved)
-
-    def _copy_at_most(self, allowed: int) -> int:
-        buf = _hub_buffer()
-        n = self.src.recv_into(buf, allowed)
-        if not n:
-            self._eof()
-            return 0
-        self.count(n)
-        try:
-            sent = self.dst.send(buf[:n])
-        except BlockingIOError:
-            sent = 0
-        if sent < n:
-            self.pending = buf[sent:n].tobytes()
-            self._wait_writable()
-        elif SPLICE_AFTER is not None and n >= SPLICE_AFTER and self.can_splice:
-            self._take_pipe()
-        return n
-
-    def _splice_at_most(self, allowed: int) -> int:
-        read_end, write_end = self.pipe  # type: ignore[misc]
-        n = os.splice(self.src.fileno(), write_end, allowed, flags=_SPLICE_FLAGS)
-        if not n:
-            self._eof()
-            return 0
-        self.count(n)
-        self.moved = True
-        self.in_pipe = n
-        with contextlib.suppress(BlockingIOError):
-            self.in_pipe -= os.splice(read_end, self.dst.fileno(), n, flags=_SPLICE_FLAGS)
-        if self.in_pipe:
-            self._wait_writable()
-        return n
 
     def _pause(self) -> None:
         self.reader.stop()
