@@ -23,7 +23,7 @@ from gproxy.core.addr import format_hostport, parse_ip
 from gproxy.core.errors import AuthFailed, ConfigError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.rules import SETTING_KEYS, UserSettings, parse_user_settings
-from gproxy.core.upstream import tls_connect
+from gproxy.core.tls_client import tls_connect
 from gproxy.core.upstream_url import redact_url
 
 if TYPE_CHECKING:

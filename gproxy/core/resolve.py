@@ -31,7 +31,9 @@ from gevent.event import AsyncResult
 from gproxy.core.addr import format_hostport
 from gproxy.core.dial import Resolved
 from gproxy.core.errors import ConfigError
+from gproxy.core.happy_eyeballs import interleave
 from gproxy.core.resolver_url import ResolverServer, Transport, bare_ip, is_ip
+from gproxy.core.tls_client import client_context, tls_connect
 
 if TYPE_CHECKING:
     import ssl
@@ -187,10 +189,12 @@ class DnsResolver:
 
     def resolve(self, host: str, port: int, deadline: float) -> Resolved:
         """(family, sockaddr) pairs, IPv6 and IPv4 interleaved, IPv6 first (RFC 8305)."""
-        return [
-            (socket.AF_INET6, (ip, port, 0, 0)) if ":" in ip else (socket.AF_INET, (ip, port))
-            for ip in interleave(self.lookup(host, deadline))
-        ]
+        return interleave(
+            [
+                (socket.AF_INET6, (ip, port, 0, 0)) if ":" in ip else (socket.AF_INET, (ip, port))
+                for ip in self.lookup(host, deadline)
+            ]
+        )
 
     def lookup(self, host: str, deadline: float) -> list[str]:
         """The addresses of ``host``: IPv6 ones first, then IPv4, each in the server's order."""
@@ -318,47 +322,10 @@ class DnsResolver:
             return exchange_stream(_connect(server), query)  # truncated: again over TCP
         if server.transport == "tcp":
             return exchange_stream(_connect(server), query)
-        raw = _connect(server)
-        try:
-            tls = self._contexts[server.transport].wrap_socket(
-                raw, server_hostname=server.host, do_handshake_on_connect=False
-            )
-        except BaseException:
-            raw.close()
-            raise
-        try:
-            tls.do_handshake()  # the certificate is checked against server.host here
-        except BaseException:
-            tls.close()
-            raise
+        tls = tls_connect(_connect(server), self._contexts[server.transport], server.host)
         if server.transport == "tls":
             return exchange_stream(tls, query)
         return exchange_https(tls, server, query)
-
-
-def interleave(addresses: Sequence[str]) -> list[str]:
-    """IPv6, IPv4, IPv6, IPv4... keeping each family's order (RFC 8305 section 4)."""
-    v6 = [ip for ip in addresses if ":" in ip]
-    v4 = [ip for ip in addresses if ":" not in ip]
-    mixed = [ip for pair in zip(v6, v4, strict=False) for ip in pair]
-    shorter = min(len(v6), len(v4))
-    return mixed + v6[shorter:] + v4[shorter:]
-
-
-def client_context(ca_files: tuple[str, ...], alpn: str | None = None) -> ssl.SSLContext:
-    """The system's trust store plus ``ca_files``; hostname checked, verification never off."""
-    from gevent import ssl as gssl  # noqa: PLC0415 (imported late, as in server/tls.py)
-
-    context: ssl.SSLContext = gssl.create_default_context()
-    context.minimum_version = gssl.TLSVersion.TLSv1_2
-    for path in ca_files:
-        try:
-            context.load_verify_locations(cafile=path)
-        except (OSError, gssl.SSLError) as exc:
-            raise ConfigError(f"--ca {path}: cannot load the certificates ({exc})") from None
-    if alpn is not None:
-        context.set_alpn_protocols([alpn])
-    return context
 
 
 def _connect(server: ResolverServer) -> socket.socket:

@@ -30,7 +30,8 @@ from gproxy.core.errors import ClientClosed, ClientProtocolError, DialError, Ups
 from gproxy.core.log import logger
 from gproxy.core.outbound import Outbound
 from gproxy.core.stream import Conn
-from gproxy.core.upstream import Socks5Upstream, tls_connect
+from gproxy.core.tls_client import tls_connect
+from gproxy.core.upstream import Socks5Upstream
 from gproxy.core.upstream_group import Router
 from gproxy.core.upstream_ss import SsUpstreamDialer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import gevent
@@ -22,8 +22,9 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.codec.socks5 import AuthMethod, Command
 from gproxy.core.addr import Address, parse_ip
 from gproxy.core.dial import DirectDialer, IPCheck, Prepare, Resolver, reply_for, resolve, system_resolve
-from gproxy.core.errors import ClientClosed, ClientProtocolError, ConfigError, Denied, DialError, UpstreamDown
+from gproxy.core.errors import ClientClosed, ClientProtocolError, Denied, DialError, UpstreamDown
 from gproxy.core.stream import Conn
+from gproxy.core.tls_client import client_context, tls_connect
 from gproxy.core.upstream_url import Upstream
 
 if TYPE_CHECKING:
@@ -125,39 +126,6 @@ class UpstreamDialer:
     def broken(self, why: str) -> UpstreamDown:
         """The upstream itself failed its handshake."""
         return UpstreamDown(f"upstream {self.upstream}: {why}", ReplyCode.GENERAL_FAILURE)
-
-
-def client_context(cafiles: Iterable[str]) -> ssl.SSLContext:
-    """gproxy's outbound TLS context: the system's store plus ``--ca`` files; TLS 1.2+,
-    certificate and host name always checked. ConfigError naming --ca for a bad file."""
-    from gevent import ssl as gssl  # noqa: PLC0415 (gevent wants to patch ssl before anyone imports it)
-
-    context: ssl.SSLContext = gssl.create_default_context()
-    context.minimum_version = gssl.TLSVersion.TLSv1_2
-    for path in cafiles:
-        try:
-            context.load_verify_locations(cafile=path)
-        except OSError as exc:
-            raise ConfigError(f"--ca {path}: {exc.strerror or exc}") from None
-        except gssl.SSLError:
-            raise ConfigError(f"--ca {path}: not a PEM certificate file") from None
-    return context
-
-
-def tls_connect(sock: socket.socket, context: ssl.SSLContext, host: str) -> socket.socket:
-    """Wrap a connected socket and finish the client handshake (the caller bounds its time);
-    the certificate is checked against ``host``, a name or an IP. Closes ``sock`` on failure."""
-    try:
-        tls: socket.socket = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        tls.do_handshake()  # type: ignore[attr-defined]
-    except BaseException:
-        tls.close()
-        raise
-    return tls
 
 
 class Socks5Upstream(UpstreamDialer):

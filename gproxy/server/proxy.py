@@ -43,7 +43,8 @@ from gproxy.core.resolver_url import parse_resolver_url
 from gproxy.core.rules import DestinationPolicy, RuleSet
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
-from gproxy.core.upstream import client_context, upstream_dialer
+from gproxy.core.tls_client import client_context
+from gproxy.core.upstream import upstream_dialer
 from gproxy.core.upstream_group import Router, UpstreamGroup, dialled_via
 from gproxy.frontends.forward import serve_forward
 from gproxy.frontends.http import serve_http

@@ -26,6 +26,8 @@ V4 = socket.AF_INET
 def test_interleave_alternates_families_ipv6_first():
     addrs = [(V4, ("192.0.2.1", 1)), (V4, ("192.0.2.2", 1)), (V6, ("2001:db8::1", 1, 0, 0)), (V4, ("192.0.2.3", 1))]
     assert [a[1][0] for a in interleave(addrs)] == ["2001:db8::1", "192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    more6 = [(V6, ("2001:db8::1", 1, 0, 0)), (V6, ("2001:db8::2", 1, 0, 0)), (V4, ("192.0.2.1", 1))]
+    assert [a[1][0] for a in interleave(more6)] == ["2001:db8::1", "192.0.2.1", "2001:db8::2"]
     only4 = [(V4, ("192.0.2.1", 1)), (V4, ("192.0.2.2", 1))]
     assert interleave(only4) == only4
 

@@ -35,7 +35,7 @@ from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address
 from gproxy.core.dial import DirectDialer, resolve
 from gproxy.core.errors import ConfigError, DialError
-from gproxy.core.resolve import DnsResolver, interleave
+from gproxy.core.resolve import DnsResolver
 from gproxy.core.resolver_url import ResolverServer, parse_resolver_url
 
 SOA = "ns.test. admin.test. 1 7200 3600 1209600 {minimum}"
@@ -300,16 +300,6 @@ def test_bad_resolver_urls_are_config_errors(url: str) -> None:
     message = str(caught.value)
     assert message.startswith(f"--resolver {url!r}: ")
     assert "\n" not in message
-
-
-def test_interleave_starts_with_ipv6_and_keeps_each_familys_order() -> None:
-    assert interleave(["2001:db8::1", "2001:db8::2", "10.0.0.1", "10.0.0.2", "10.0.0.3"]) == [
-        "2001:db8::1",
-        "10.0.0.1",
-        "2001:db8::2",
-        "10.0.0.2",
-        "10.0.0.3",
-    ]
 
 
 # lookups and the cache
