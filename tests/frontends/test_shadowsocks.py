@@ -18,7 +18,7 @@ from gproxy import Config, Proxy
 from gproxy.codec import shadowsocks as ss
 from gproxy.codec.socks5 import encode_address, parse_address
 from gproxy.core.addr import Address
-from tests.helpers import ROOT, EchoServer, UdpEchoServer, gproxy_env, recv_all
+from tests.helpers import ROOT, EchoServer, UdpEchoServer, gproxy_env, recv_all, wait_for
 
 METHODS = ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm"]
 HANDSHAKE = 1.0
@@ -158,7 +158,7 @@ def test_probes_get_no_answer_and_no_early_close(tmp_path: Path, running: Proxy,
     port = running.address("ss").port
     probes = _probes(port, echo)
     waits = {name: gevent.spawn(_probe_closes_after, port, payload) for name, payload in probes.items()}
-    gevent.sleep(0.2)
+    wait_for(lambda: running.open_sessions >= len(probes), timeout=10, what="every probe connected")
     # meanwhile a valid client is served
     client = SsClient(port, "alice-pw", "chacha20-ietf-poly1305", Address(echo.host, echo.port), b"still here")
     assert client.recv_exact(10) == b"still here"

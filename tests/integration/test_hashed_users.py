@@ -15,7 +15,7 @@ import gevent
 import pytest
 
 from gproxy.core import passwords
-from tests.helpers import echo_through, gproxy_env, ipv4_dest, recv_exact, socks5_connect, start_gproxy
+from tests.helpers import echo_through, gproxy_env, ipv4_dest, recv_exact, socks5_connect, start_gproxy, wait_for
 
 HTPASSWD = shutil.which("htpasswd")
 ARGON2_HASH = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("argon horse")
@@ -120,14 +120,17 @@ def test_auth_cache_zero_hashes_every_time(proxy, monkeypatch, users_file):
     assert counting.calls == 3
 
 
-def test_a_slow_hash_does_not_stall_other_clients(proxy, tmp_path, echo_tcp):
+def test_a_slow_hash_does_not_stall_other_clients(proxy, tmp_path, echo_tcp, monkeypatch):
     path = tmp_path / "users"
     slow = bcrypt.hashpw(b"slow horse", bcrypt.gensalt(14)).decode()  # ~1 s of CPU per check
     path.write_text(f"slow:{slow}\nquick:quick horse\n")
     running = proxy(socks=["127.0.0.1:0"], users_file=str(path), auth_cache=0)
     address = (running.address().host, running.address().port)
+    checking: list[bytes] = []  # filled on the threadpool when the slow check begins
+    verify = passwords.verify
+    monkeypatch.setattr(passwords, "verify", lambda secret, pw: checking.append(pw) or verify(secret, pw))
     slow_client = gevent.spawn(socks5_auth, address, b"slow", b"slow horse")
-    gevent.sleep(0.05)  # the slow check is under way
+    wait_for(lambda: checking, timeout=10, what="the slow check under way")
     sock, reply = socks5_connect(address, ipv4_dest("127.0.0.1", echo_tcp.port), auth=(b"quick", b"quick horse"))
     with sock:
         assert reply[1] == 0 and echo_through(sock, b"ping") == b"ping"
