@@ -562,3 +562,23 @@ class FakeHttpUpstream:
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop(timeout=1)
+
+
+class Wrapped:
+    """A socket-like object without a raw descriptor (what a TLS socket looks like to the
+    relay): drives the relay's greenlet engine in tests."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv_into(self, buf: memoryview | bytearray) -> int:
+        return self.sock.recv_into(buf)
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        self.sock.sendall(data)
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -16,7 +16,7 @@ from gevent import socket as gsocket
 
 from gproxy.core import relay as relay_mod
 from gproxy.core.relay import Engine, engine_for, relay
-from tests.helpers import recv_all, recv_exact, wait_for
+from tests.helpers import Wrapped, recv_all, recv_exact, wait_for
 
 
 @pytest.fixture
@@ -227,25 +227,6 @@ def test_idle_tunnel_holds_no_pipe_after_bulk(pairs, monkeypatch):
     upstream.shutdown(socket.SHUT_WR)
     assert g.get(timeout=10).up == 300_005
     wait_for(lambda: open_fds() == fds - 2, what="the pipe and both sockets closed")  # os.close is deferred
-
-
-class Wrapped:
-    """A socket-like object without a raw descriptor, as an SSLSocket looks to the relay."""
-
-    def __init__(self, sock):
-        self.sock = sock
-
-    def recv_into(self, buf):
-        return self.sock.recv_into(buf)
-
-    def sendall(self, data):
-        self.sock.sendall(data)
-
-    def shutdown(self, how):
-        self.sock.shutdown(how)
-
-    def close(self):
-        self.sock.close()
 
 
 def test_generic_path(pairs):

@@ -13,6 +13,7 @@ import pytest
 from gproxy.core import relay as relay_mod
 from gproxy.core.limits import RateLimits, TokenBucket
 from gproxy.core.relay import relay, start_relay
+from tests.helpers import Wrapped
 
 RATE = 512 * 1024
 BLOCK = b"r" * 65536
@@ -32,25 +33,6 @@ def pairs():
     yield make
     for sock in made:
         sock.close()
-
-
-class Wrapped:
-    """A socket-like object without a raw descriptor (what TLS looks like to the relay)."""
-
-    def __init__(self, sock):
-        self.sock = sock
-
-    def recv_into(self, buf):
-        return self.sock.recv_into(buf)
-
-    def sendall(self, data):
-        self.sock.sendall(data)
-
-    def shutdown(self, how):
-        self.sock.shutdown(how)
-
-    def close(self):
-        self.sock.close()
 
 
 def one_way(sender, receiver, size):
