@@ -582,3 +582,15 @@ class Wrapped:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def run_gproxy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python -m gproxy ARGS`` to its end (a CLI mistake exits at once): code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "gproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=gproxy_env(),
+        cwd=ROOT,
+    )

@@ -5,25 +5,12 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import subprocess
-import sys
 
 import gevent
 import pytest
 from gevent.server import StreamServer
 
-from tests.helpers import ROOT, GproxyProcess, gproxy_env, ipv4_dest, recv_all, recv_exact, socks5_connect
-
-
-def run_gproxy(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gproxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=gproxy_env(),
-        cwd=ROOT,
-    )
+from tests.helpers import GproxyProcess, ipv4_dest, recv_all, recv_exact, run_gproxy, socks5_connect
 
 
 def test_listening_lines_name_the_real_ports(echo_tcp):

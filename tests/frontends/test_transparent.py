@@ -34,7 +34,7 @@ from gproxy.frontends.transparent import parse_sockaddr
 from gproxy.server.proxy import Proxy
 from gproxy.services.tproxy_udp import original_destination
 from gproxy.services.udp_mappings import MappingTable
-from tests.helpers import ROOT, gproxy_env
+from tests.helpers import ROOT, gproxy_env, run_gproxy
 from tests.robustness.live import DrainedGproxy
 
 C4, R4C, R4S, S4 = "10.233.1.1", "10.233.1.2", "10.233.2.1", "10.233.2.2"
@@ -188,14 +188,7 @@ def test_open_proxy_rule_applies_whatever_the_users(kind):
 
 @pytest.mark.parametrize("args", [["--mark", "x"], ["--mark", "-1"], ["--mark", "4294967296"]])
 def test_bad_mark_is_exit_2(args):
-    proc = subprocess.run(
-        [sys.executable, "-m", "gproxy", "--redirect", "0", *args],
-        capture_output=True,
-        text=True,
-        env=gproxy_env(),
-        cwd=ROOT,
-        timeout=30,
-    )
+    proc = run_gproxy("--redirect", "0", *args)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--mark" in proc.stderr
     assert "Traceback" not in proc.stderr

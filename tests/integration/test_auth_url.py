@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +13,13 @@ import pytest
 from gproxy import Config, Proxy
 from tests.fake_auth import FakeAuthService
 from tests.helpers import (
-    ROOT,
     echo_through,
-    gproxy_env,
     ipv4_dest,
     make_cert,
     read_socks5_reply,
     recv_all,
     recv_exact,
+    run_gproxy,
     start_gproxy,
     wait_for,
 )
@@ -289,17 +286,6 @@ def test_auth_url_alone_turns_authentication_on_and_satisfies_the_open_proxy_rul
         Config.build(socks=["0.0.0.0:0"])
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gproxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=gproxy_env(),
-        cwd=ROOT,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -309,7 +295,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_bad_input_is_exit_2_with_one_line(args, message):
-    result = run_cli("--socks", "127.0.0.1:0", *args)
+    result = run_gproxy("--socks", "127.0.0.1:0", *args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert message in result.stderr and "hidden" not in result.stderr

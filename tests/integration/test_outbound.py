@@ -4,8 +4,6 @@ for every path that resolves names, and the source address of outbound sockets (
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 from gevent.server import StreamServer
 
 from tests.core.test_resolve import FakeDns, _secure_server, test_ca  # noqa: F401 (test_ca is a fixture)
-from tests.helpers import ROOT, UdpEchoServer, gproxy_env, make_proxy, name_dest, recv_exact, socks5_connect
+from tests.helpers import UdpEchoServer, make_proxy, name_dest, recv_exact, run_gproxy, socks5_connect
 from tests.integration.test_udp import Association
 
 
@@ -134,14 +132,7 @@ def test_outgoing_address_is_the_source_of_tcp_and_udp(peer_echo):
     ],
 )
 def test_bad_outbound_flags_are_exit_2_with_one_line(args, flag):
-    proc = subprocess.run(
-        [sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:0", *args],
-        capture_output=True,
-        text=True,
-        env=gproxy_env(),
-        cwd=ROOT,
-        timeout=30,
-    )
+    proc = run_gproxy("--socks", "127.0.0.1:0", *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], proc.stderr

@@ -8,8 +8,6 @@ metrics, and the CLI's answer to bad upstream flags.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,12 +19,12 @@ from gproxy.server.proxy import Proxy
 from tests.helpers import (
     ROOT,
     echo_through,
-    gproxy_env,
     ipv4_dest,
     make_cert,
     metric,
     name_dest,
     recv_exact,
+    run_gproxy,
     scrape_metrics,
     socks5_connect,
     wait_for,
@@ -224,17 +222,6 @@ def test_every_upstream_is_checked_against_our_own_listeners(closed_port):
     looping.stop(0)
 
 
-def run_gproxy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:0", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=gproxy_env(),
-        cwd=ROOT,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "flag"),
     [
@@ -249,7 +236,7 @@ def run_gproxy(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_bad_upstream_flags_exit_2_with_one_line(args, flag):
-    result = run_gproxy(*args)
+    result = run_gproxy("--socks", "127.0.0.1:0", *args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and flag in result.stderr, result.stderr
     assert "SECRET" not in result.stderr and "Traceback" not in result.stderr
