@@ -44,6 +44,8 @@ class Session:
     #: every request so far has its line: nothing left for the end of the connection
     quiet: bool = False
     user_slot: UserSlot | None = None  # counts this session against its user's limit; released at the end
+    #: what the server counted this connection under (--max-conns, --max-conns-per-ip); released at the end
+    admission: tuple[list[str], bool] | None = None
     id: str = ""  # the server's name for it while it is open (--admin: /sessions, DELETE /sessions/ID)
     #: the running tunnel's own counters (the relay counts per chunk): bytes not yet in up/down
     live: RelayStats | None = None

@@ -164,8 +164,6 @@ class Proxy:
         self._active_by_ip: dict[str, int] = {}  # --max-conns-per-ip key -> open connections
         #: client socket -> its keys in _active_by_ip, and whether it counts in _active
         self._counted: dict[socket.socket, tuple[list[str], bool]] = {}
-        #: id(session) -> the same, once the connection is a session (a tunnel ends without its socket)
-        self._session_counts: dict[int, tuple[list[str], bool]] = {}
         #: the tunnels that went on without their session's greenlet
         self.tunnels = Tunnels(self._session_ended)
         self.rates = RateLimits()  # kept across reloads: a changed rate gets fresh buckets
@@ -568,7 +566,7 @@ class Proxy:
         prefix = "" if self.worker is None else f"{self.worker.index}-"
         session.id = f"{prefix}{next(self._session_ids)}"
         self.open[session.id] = (session, gevent.getcurrent())
-        self._session_counts[id(session)] = self._counted.pop(sock)  # released when the session ends
+        session.admission = self._counted.pop(sock)  # released when the session ends (a tunnel's, without its socket)
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
@@ -645,8 +643,10 @@ class Proxy:
 
     def _session_ended(self, session: Session) -> None:
         """Counters, metrics and the access-log line (from a greenlet: they may yield)."""
-        keys, in_total = self._session_counts.pop(id(session))
-        self._release(keys, in_total=in_total)
+        if session.admission is not None:
+            keys, in_total = session.admission
+            session.admission = None
+            self._release(keys, in_total=in_total)
         self.open.pop(session.id, None)
         if session.user_slot is not None:
             session.user_slot.release()
