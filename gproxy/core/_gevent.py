@@ -13,7 +13,7 @@ from typing import Any
 
 from gevent import monkey
 from gevent import socket as gsocket
-from gevent.hub import Waiter, get_hub
+from gevent.hub import get_hub
 from gevent.server import StreamServer
 
 #: libev/libuv event masks (gevent.core.READ / WRITE)
@@ -96,26 +96,6 @@ def send_close_notify(tls: socket.socket) -> None:
 def io_watcher(fd: int, events: int) -> Any:
     """A new (stopped) event-loop watcher on a raw descriptor: the public ``loop.io``."""
     return get_hub().loop.io(fd, events)
-
-
-def wait_writable(fd: int, timeout: float) -> None:
-    """Sleep until ``fd`` is writable; TimeoutError after ``timeout`` seconds.
-
-    One watcher and one timer on the loop (no Timeout object, no settimeout()).
-    """
-    hub = get_hub()
-    watcher = hub.loop.io(fd, WRITE)
-    timer = hub.loop.timer(timeout)
-    waiter: Waiter[bool] = Waiter(hub)
-    watcher.start(waiter.switch, True)
-    timer.start(waiter.switch, False)
-    try:
-        ready = waiter.get()
-    finally:
-        watcher.close()
-        timer.close()
-    if not ready:
-        raise TimeoutError("connect timed out")
 
 
 def accept_fd(listener: socket.socket) -> int:

@@ -46,7 +46,6 @@ class Outcome(StrEnum):
     URI_TOO_LONG = "uri_too_long"
     HEADERS_TOO_LARGE = "headers_too_large"
     NOT_IMPLEMENTED = "not_implemented"
-    HTTP_ERROR = "http_error"
     PROXY_PROTOCOL = "proxy_protocol"
     SS_PROTOCOL = "ss_protocol"
     SS_PROBE = "ss_probe"

@@ -13,8 +13,6 @@ from gproxy.codec.shadowsocks import MAX_PAYLOAD, TAG_SIZE, ShadowsocksError, Tc
 Buffer = bytes | bytearray | memoryview
 #: ciphertext read per recv: four full chunks (length, payload and their tags)
 CIPHER_READ = 4 * (MAX_PAYLOAD + 2 + 2 * TAG_SIZE)
-#: the largest plaintext read per recv by a relay feeding ``sendall``: one full chunk
-PLAIN_READ = MAX_PAYLOAD
 
 
 class SsStreamError(ConnectionError):

@@ -45,13 +45,6 @@ def serve_socks(conn: Conn, ctx: Context, session: Session) -> None:
         raise ClientProtocolError(f"not a SOCKS request (first byte {version:#04x})", reason=Outcome.BAD_VERSION)
 
 
-def serve_socks5(conn: Conn, ctx: Context, session: Session) -> None:
-    """Serve one SOCKS5 client: handshake under --handshake-timeout, then its command."""
-    with handshake_deadline(ctx, session):
-        request = _handshake5(conn, ctx, session)
-    _dispatch5(conn, ctx, session, request)
-
-
 def _handshake5(conn: Conn, ctx: Context, session: Session) -> socks5.Request:
     """Method selection, auth and the request (the caller bounds it in time)."""
     session.proto = "socks5"

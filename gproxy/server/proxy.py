@@ -759,8 +759,3 @@ def bind_same_port(
             if attempt == tries - 1 or spec.port != 0:
                 raise
     raise AssertionError("unreachable")
-
-
-def spawn_stop(proxy: Proxy) -> None:
-    """Drain from a signal handler without blocking the hub."""
-    gevent.spawn(proxy.stop)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from gproxy.codec import socks5
-from gproxy.codec.shadowsocks import ShadowsocksError, decrypt_udp, encrypt_udp, method_by_name
+from gproxy.codec.shadowsocks import ShadowsocksError, decrypt_udp, encrypt_udp, method_by_name, try_udp_keys
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, Outcome
@@ -99,14 +99,12 @@ class ShadowsocksUdp:
     # -- client -> destinations ---------------------------------------------------------------
 
     def _open(self, packet: memoryview) -> tuple[str, bytes, bytes] | None:
-        """(user, key, plaintext) of the first key that opens ``packet``, the client's last one first."""
-        keys = self._keys()
-        for user, key in keys:
-            try:
-                return user, key, decrypt_udp(key, self.method, packet)
-            except ShadowsocksError:
-                continue
-        return None
+        """(user, key, plaintext) of the first key that opens ``packet``."""
+        opened = try_udp_keys(self.method, ((user_key, user_key[1]) for user_key in self._keys()), packet)
+        if opened is None:
+            return None
+        (user, key), plain = opened
+        return user, key, plain
 
     def _listen_loop(self) -> None:
         buf = self._buf

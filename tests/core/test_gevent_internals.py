@@ -102,21 +102,6 @@ def test_loop_io_watcher_on_a_raw_descriptor():
             watcher.close()
 
 
-def test_wait_writable_on_a_descriptor():
-    a, b = gsocket.socketpair()
-    with a, b:
-        _gevent.wait_writable(a.fileno(), 1)  # writable at once
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        raw = _gevent.raw_socket(a)
-        for _ in range(100_000):  # fill the send buffer (bounded)
-            try:
-                raw.send(b"x" * 65536)
-            except BlockingIOError:
-                break
-        with pytest.raises(TimeoutError):
-            _gevent.wait_writable(a.fileno(), 0.05)
-
-
 def test_listening_socket_has__accept():
     """accept_fd(): _accept() on the listener (plain gevent socket or the kernel socket a started
     StreamServer keeps in .socket) returns a descriptor without blocking."""
