@@ -36,8 +36,8 @@ def rate_limits(ctx: Context, session: Session) -> Limits:
         return None
     user = session.user
     rate = ctx.config.rate
-    if user is None:
-        return rates.buckets(f"ip {session.client.host}", rate)
+    if user is None:  # no limit (the usual case): nothing built per tunnel
+        return rates.buckets(f"ip {session.client.host}", rate) if rate else None
     own = ctx.users.settings(user).rate
     return rates.buckets(f"user {user}", rate if own is None else own)
 
