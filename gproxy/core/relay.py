@@ -44,8 +44,9 @@ import gevent
 from gevent import socket as gsocket
 from gevent.hub import Hub, Waiter, get_hub
 
-from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_close_notify
+from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_close_notify, take_kernel_socket
 from gproxy.core.errors import Outcome, outcome_of
+from gproxy.core.later import call_soon
 from gproxy.core.limits import TokenBucket
 
 CHUNK = 65536
@@ -116,14 +117,16 @@ def engine_for(client: socket.socket, upstream: socket.socket) -> Engine:
 
 
 def _take_over(sock: socket.socket) -> socket.socket:
-    """The caller's socket object gives up its descriptor (public ``detach()``); a
-    non-blocking kernel socket that only the relay holds owns it from now on."""
-    if type(sock) is not gsocket.socket and sock.gettimeout() != 0.0:
-        sock.setblocking(False)  # a standard library socket (gevent's are non-blocking underneath)
-    # a relayed socket is always a TCP stream (engine_for() checked it is plain): no sock.type,
-    # which converts to an enum per call; SOCK_NONBLOCK: non-blocking without a syscall
-    family: int = sock.family
-    return _PlainSocket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK, 0, sock.detach())  # type: ignore[no-any-return]
+    """The caller's socket object gives up its descriptor; a non-blocking kernel socket
+    that only the relay holds owns it from now on. A gevent socket hands over the
+    kernel socket it wraps (take_kernel_socket()); a standard library one is
+    detached (public ``detach()``) into a new kernel socket object."""
+    if type(sock) is gsocket.socket:
+        return take_kernel_socket(sock)
+    if sock.gettimeout() != 0.0:
+        sock.setblocking(False)
+    # a relayed socket is always a TCP stream (engine_for() checked it is plain)
+    return _PlainSocket(sock.family, socket.SOCK_STREAM | _SOCK_NONBLOCK, 0, sock.detach())  # type: ignore[no-any-return]
 
 
 class _Sweeper:
@@ -326,12 +329,16 @@ class _Direction:
         self.reader.stop()
         self.release_pipe()
         self.done = True
+        tunnel = self.tunnel
+        if tunnel.up.done and tunnel.down.done:
+            # both ends have sent their FIN and nothing is left unread: close() sends
+            # ours to both, no shutdown() needed first
+            tunnel.finish()
+            return
         try:  # noqa: SIM105 (once per direction: no context manager object)
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        if self.tunnel.up.done and self.tunnel.down.done:
-            self.tunnel.finish()
 
 
 class _LimitedDirection(_Direction):
@@ -424,8 +431,8 @@ class _EventTunnel(_IdleClock):
     """Both directions of a plain tunnel plus the idle timer, on the sockets it owns.
 
     When done it closes them, then wakes the relay() caller or runs
-    ``on_done(stats)`` in a new greenlet (start_relay()): never inside a watcher
-    callback, where a user's Metrics or log handler that yields would fail.
+    ``on_done(stats)`` in a greenlet (start_relay(), through later.call_soon()): never
+    inside a watcher callback, where a user's Metrics or log handler that yields would fail.
     """
 
     __slots__ = ("up", "down", "waiter", "on_done", "timer", "finished")
@@ -490,7 +497,7 @@ class _EventTunnel(_IdleClock):
             self.waiter.switch(None)
         elif self.on_done is not None:
             on_done, self.on_done = self.on_done, None
-            gevent.spawn(on_done, self.stats)
+            call_soon(on_done, self.stats)
 
 
 class _Tunnel(_IdleClock):
@@ -675,7 +682,7 @@ def start_relay(
     dropped or closed: that no longer touches the tunnel). An idle tunnel holds
     no greenlet (a parked greenlet's stack costs more memory than the rest of
     the tunnel). Once both directions are done, or the returned Relay is
-    aborted, the sockets are closed and ``on_done(stats)`` runs in a new greenlet.
+    aborted, the sockets are closed and ``on_done(stats)`` runs in a greenlet (later.call_soon()).
     """
     if engine_for(client, upstream) is not Engine.EVENTS:
         return None

@@ -26,6 +26,31 @@ def test_gevent_socket_has__sock():
         assert b.recv(1) == b"x"
 
 
+def test_take_kernel_socket_leaves_the_gevent_socket_detached():
+    """take_kernel_socket(): _sock, _read_event and _write_event, and gevent._socket3._closedsocket
+    as the placeholder: the gevent socket's close() then leaves the descriptor alone."""
+    a, b = gsocket.socketpair()
+    with b:
+        kernel = a._sock
+        fd = a.fileno()
+        taken = _gevent.take_kernel_socket(a)
+        assert taken is kernel and taken.fileno() == fd and taken.gettimeout() == 0.0
+        assert a._read_event is None and a._write_event is None
+        assert not a._sock  # gevent's falsy placeholder
+        a.close()  # what StreamServer does when the handler returns
+        assert taken.send(b"x") == 1  # the descriptor is still open, and still the tunnel's
+        assert b.recv(1) == b"x"
+        with pytest.raises(OSError):
+            a.send(b"y")
+        taken.close()
+        assert b.recv(1) == b""
+
+
+def test_take_kernel_socket_refuses_what_is_not_a_gevent_socket():
+    with _gevent._STDLIB_PLAIN() as plain, pytest.raises(TypeError):
+        _gevent.take_kernel_socket(plain)
+
+
 def test_raw_socket_of_a_datagram_socket_connects_and_sends():
     """What udp_upstream does with a SOCKS5 upstream's relay: connect the kernel UDP socket, sendmsg on it."""
     with (
