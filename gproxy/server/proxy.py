@@ -19,7 +19,6 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent.pool import Group
 from gevent.server import StreamServer
 
 if TYPE_CHECKING:
@@ -55,6 +54,7 @@ from gproxy.frontends.transparent import serve_redirect, serve_tproxy
 from gproxy.frontends.udp import UdpForwarder
 from gproxy.server.acceptor import Acceptor
 from gproxy.server.proxy_header import read_proxy_header
+from gproxy.server.session_greenlets import SessionGreenlets
 from gproxy.server.tls import accept as tls_accept
 from gproxy.server.tls import server_context
 from gproxy.server.tunnels import Tunnels
@@ -159,7 +159,7 @@ class Proxy:
         self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
         self._servers: list[StreamServer] = []
         self._services: list[Service] = []
-        self._sessions = Group()  # unbounded (no Pool semaphore): --max-conns refuses instead of queueing
+        self._sessions = SessionGreenlets()  # unbounded: --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}  # --max-conns-per-ip key -> open connections
         #: client socket -> its keys in _active_by_ip, and whether it counts in _active
@@ -332,7 +332,8 @@ class Proxy:
             return False
         session, greenlet = entry
         if not self.tunnels.abort(session, outcome) and greenlet is not None:
-            greenlet.kill(AdminClosed, block=False)
+            # delivered only if that greenlet still serves this session (it is reused after)
+            self._sessions.interrupt(greenlet, AdminClosed, lambda: self.open.get(session_id) is entry)
         return True
 
     @property

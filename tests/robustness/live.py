@@ -34,6 +34,7 @@ from gproxy.core.addr import Address
 from gproxy.core.context import Metrics
 from gproxy.core.errors import ClientProtocolError, DialError
 from gproxy.core.session import Session
+from gproxy.server.session_greenlets import SessionGreenlets
 from tests.helpers import ROOT, GproxyProcess, gproxy_env
 
 USER, PASSWORD = b"u", b"p"
@@ -472,8 +473,11 @@ def fd_count(pid: int | str = "self") -> int:
 
 def greenlet_count() -> int:
     """Spawned greenlets that have not finished (sessions, relay pumps, servers'
-    handlers); the resolver's thread-pool workers come and go on their own."""
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and not obj.ready())
+    handlers), less those parked for the next session (SessionGreenlets keeps a
+    bounded number); the resolver's thread-pool workers come and go on their own."""
+    objects = gc.get_objects()
+    running = sum(1 for obj in objects if isinstance(obj, gevent.Greenlet) and not obj.ready())
+    return running - sum(obj.parked for obj in objects if isinstance(obj, SessionGreenlets))
 
 
 def rss_kib(pid: int | str = "self") -> int:
