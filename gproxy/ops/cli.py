@@ -20,6 +20,7 @@ from gproxy.ops.runtime import (
     load_config,
     raise_fd_limit,
     say,
+    settle_heap,
 )
 
 
@@ -73,6 +74,7 @@ def run(config: Config, argv: Sequence[str] | None = None, early: StartSignals |
     notifier.ready()  # every listener listens (and was announced)
     notifier.start_watchdog()
     early.replay(serving)
+    settle_heap()
     proxy.serve_forever()
     notifier.close()
     say("stopped")

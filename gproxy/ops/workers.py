@@ -401,7 +401,7 @@ def worker_main() -> int:
     import gevent
     from gevent.os import make_nonblocking, nb_read
 
-    from gproxy.ops.runtime import ServingSignals
+    from gproxy.ops.runtime import ServingSignals, settle_heap
     from gproxy.server.proxy import Proxy, WorkerSlot
 
     setup_logging(config.to_logging_level())
@@ -428,6 +428,7 @@ def worker_main() -> int:
         proxy.stop()
 
     gevent.spawn(orphaned)
+    settle_heap()
     proxy.serve_forever()
     return 0
 
