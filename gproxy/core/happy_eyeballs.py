@@ -5,7 +5,9 @@ first attempt starts at once; while none has connected or failed, another one
 starts every ``ATTEMPT_DELAY``; a failure starts the next one at once. The first
 to connect wins, the others are closed. Everything runs on event-loop watchers of
 raw non-blocking sockets (public gevent API: ``loop.io``, ``loop.timer``), with no
-greenlet per attempt; the winner is handed back as a gevent socket.
+greenlet per attempt; the winner is handed back as a gevent socket. A single
+address (an IP literal, a one-answer name) has nothing to race: it takes a
+plain connect with none of the race's objects.
 """
 
 from __future__ import annotations
@@ -169,4 +171,26 @@ def race(addrs: Addresses, timeout: float, prepare: Prepare | None = None) -> so
     Raises:
         OSError: the last attempt's error when every one failed; TimeoutError when time ran out.
     """
+    if len(addrs) == 1:
+        return _connect_one(*addrs[0], timeout, prepare)
     return _Race(list(addrs), prepare).run(timeout)
+
+
+def _connect_one(family: int, sockaddr: tuple[object, ...], timeout: float, prepare: Prepare | None) -> socket.socket:
+    """One address (a literal, or a single answer): nothing to race, so none of the race's
+    objects; one non-blocking connect(), a wait for writability, one SO_ERROR read."""
+    raw = _socket.socket(family, _FLAGS)
+    try:
+        if prepare is not None:
+            prepare(raw)
+        err = raw.connect_ex(sockaddr)
+        if err in _IN_PROGRESS:
+            gsocket.wait_write(raw.fileno(), timeout, TimeoutError(errno.ETIMEDOUT, "connect timed out"))
+            err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        raw.close()
+        raise
+    return gsocket.socket(family, socket.SOCK_STREAM, 0, raw.detach())  # type: ignore[no-any-return]

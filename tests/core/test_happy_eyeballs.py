@@ -109,6 +109,27 @@ def test_the_whole_race_is_bounded_by_the_timeout(black_hole_v6_working_v4):
     assert _open_fds() == before
 
 
+def test_one_address_is_connected_without_a_race(black_hole_v6_working_v4, closed_port, monkeypatch):
+    """A literal (one address) takes the plain path: connects, refuses, times out, runs prepare, leaks nothing."""
+    port, _ = black_hole_v6_working_v4
+    monkeypatch.setattr(happy_eyeballs, "_Race", None)  # any use of the race machinery would fail
+    before = _open_fds()
+    prepared = []
+    sock = connect_any([(V4, ("127.0.0.1", port))], timeout=10, prepare=lambda raw: prepared.append(raw.family))
+    assert sock.getpeername() == ("127.0.0.1", port) and prepared == [V4]
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    sock.close()
+    with pytest.raises(DialError) as refused:
+        connect_any([(V4, ("127.0.0.1", closed_port))], timeout=5, what="x")
+    assert refused.value.reply == ReplyCode.CONNECTION_REFUSED
+    started = time.monotonic()
+    with pytest.raises(DialError) as timed_out:
+        connect_any([(V6, ("::1", port, 0, 0))], timeout=0.5, what="x")
+    assert timed_out.value.reply == ReplyCode.TTL_EXPIRED
+    assert 0.4 <= time.monotonic() - started < 5
+    assert _open_fds() == before
+
+
 def test_prepare_runs_on_every_attempt(black_hole_v6_working_v4):
     port, _ = black_hole_v6_working_v4
     prepared = []
