@@ -4,11 +4,12 @@ Two engines, picked in one place (engine_for()). Plain sockets are relayed
 by callbacks on the event loop, with no greenlet per direction: relay()
 starts them and sleeps until both directions are done, start_relay() returns
 at once (the session's greenlet ends), so an idle tunnel holds only its two
-sockets, their watchers, a timer and a small state object. The engine takes
-the sockets over (public ``socket.detach()``): nobody else can close them
-under its watchers, and it closes them when the tunnel ends. Per chunk a direction does one ``recv_into`` into a buffer
-shared by the hub and one non-blocking ``send``; only a partial send copies
-the rest out and waits for the destination to drain.
+sockets, their watchers and a small state object. The engine takes the
+sockets over (a gevent socket hands over its kernel socket, a standard one
+is detached): nobody else can close them under its watchers, and it closes
+them when the tunnel ends. Per chunk a direction does one ``recv_into`` into
+a buffer shared by the hub and one non-blocking ``send``; only a partial send
+copies the rest out and waits for the destination to drain.
 
 A direction that moves bulk data (a read fills the whole buffer) switches to
 ``os.splice`` through a pipe of its own: the bytes never enter user space.
@@ -129,40 +130,57 @@ def _take_over(sock: socket.socket) -> socket.socket:
     return _PlainSocket(sock.family, socket.SOCK_STREAM | _SOCK_NONBLOCK, 0, sock.detach())  # type: ignore[no-any-return]
 
 
-class _Sweeper:
-    """Gives back the pipes of spliced directions that have gone quiet (one timer per hub)."""
+class _Periodic:
+    """Members of one hub that need the same periodic check, on one repeating timer
+    (a timer per tunnel would cost its watcher and a heap insert and removal each)."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.directions: set[_Direction] = set()
-        self.timer = hub.loop.timer(PIPE_SWEEP, PIPE_SWEEP)
+    def __init__(self, hub: Hub, interval: float, check: Callable[[Any], object]) -> None:
+        self.members: set[Any] = set()
+        self.check = check
+        self.timer = hub.loop.timer(interval, interval)
 
-    def add(self, direction: _Direction) -> None:
-        if not self.directions:
-            self.timer.start(self.sweep)
-        self.directions.add(direction)
+    def add(self, member: object) -> None:
+        if not self.members:
+            self.timer.start(self.tick)
+        self.members.add(member)
 
-    def discard(self, direction: _Direction) -> None:
-        self.directions.discard(direction)
-        if not self.directions:
+    def discard(self, member: object) -> None:
+        self.members.discard(member)
+        if not self.members:
             self.timer.stop()
 
-    def sweep(self) -> None:
-        for direction in list(self.directions):
-            if direction.moved:
-                direction.moved = False
-            elif not direction.in_pipe:
-                direction.release_pipe()
+    def tick(self) -> None:
+        for member in list(self.members):  # a check may end its member (discard)
+            self.check(member)
 
 
-_sweepers: weakref.WeakKeyDictionary[Hub, _Sweeper] = weakref.WeakKeyDictionary()
+_periodic: weakref.WeakKeyDictionary[Hub, dict[tuple[Callable[[Any], object], float], _Periodic]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _sweeper() -> _Sweeper:
+def _every(interval: float, check: Callable[[Any], object]) -> _Periodic:
+    """This hub's _Periodic for ``check`` every ``interval`` seconds (one per pair)."""
     hub = get_hub()
-    sweeper = _sweepers.get(hub)
-    if sweeper is None:
-        sweeper = _sweepers[hub] = _Sweeper(hub)
-    return sweeper
+    mine = _periodic.get(hub)
+    if mine is None:
+        mine = _periodic[hub] = {}
+    periodic = mine.get((check, interval))
+    if periodic is None:
+        periodic = mine[check, interval] = _Periodic(hub, interval, check)
+    return periodic
+
+
+def _sweep_pipe(direction: _Direction) -> None:
+    """Give back the pipe of a spliced direction that has been quiet for a whole interval."""
+    if direction.moved:
+        direction.moved = False
+    elif not direction.in_pipe:
+        direction.release_pipe()
+
+
+def _pipe_sweeper() -> _Periodic:
+    return _every(PIPE_SWEEP, _sweep_pipe)
 
 
 class _Direction:
@@ -315,11 +333,11 @@ class _Direction:
         except OSError:  # above /proc/sys/fs/pipe-max-size or the user's pipe quota
             self.pipe_size = CHUNK
         self.moved = True
-        _sweeper().add(self)
+        _pipe_sweeper().add(self)
 
     def release_pipe(self) -> None:
         if self.pipe is not None:
-            _sweeper().discard(self)
+            _pipe_sweeper().discard(self)
             os.close(self.pipe[0])
             os.close(self.pipe[1])
             self.pipe = None
@@ -393,11 +411,14 @@ class _LimitedDirection(_Direction):
 class _IdleClock:
     """What both tunnel kinds share: the idle check and shutting both sockets down.
 
-    The idle timeout is checked by a hub timer every quarter of it (no per-chunk
-    clock reads): a tunnel whose byte total did not move for four ticks ends.
+    The idle timeout is checked every quarter of it by one hub timer shared by
+    every tunnel with that timeout (no per-chunk clock reads, no timer per
+    tunnel): a tunnel whose byte total did not move for four ticks ends. Its
+    first tick (which may come at once) does not count: it ends after at least
+    the timeout, at most 1.25 times it.
     """
 
-    __slots__ = ("a", "b", "stats", "_last_total", "_idle_ticks")
+    __slots__ = ("a", "b", "stats", "_last_total", "_idle_ticks", "_clock")
 
     TICKS = 4
 
@@ -406,7 +427,19 @@ class _IdleClock:
         self.b = b
         self.stats = stats
         self._last_total = 0
-        self._idle_ticks = 0
+        self._idle_ticks = -1
+        self._clock: _Periodic | None = None
+
+    def start_clock(self, idle_timeout: float) -> None:
+        """Tick every quarter of ``idle_timeout`` (0: never idle) until stop_clock()."""
+        if idle_timeout > 0:
+            clock = self._clock = _every(idle_timeout / self.TICKS, _IdleClock.on_tick)
+            clock.add(self)
+
+    def stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.discard(self)
+            self._clock = None
 
     def on_tick(self) -> None:
         total = self.stats.up + self.stats.down
@@ -428,14 +461,14 @@ class _IdleClock:
 
 
 class _EventTunnel(_IdleClock):
-    """Both directions of a plain tunnel plus the idle timer, on the sockets it owns.
+    """Both directions of a plain tunnel plus its idle clock, on the sockets it owns.
 
     When done it closes them, then wakes the relay() caller or runs
     ``on_done(stats)`` in a greenlet (start_relay(), through later.call_soon()): never
     inside a watcher callback, where a user's Metrics or log handler that yields would fail.
     """
 
-    __slots__ = ("up", "down", "waiter", "on_done", "timer", "finished")
+    __slots__ = ("up", "down", "waiter", "on_done", "finished")
 
     def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats, limits: Limits = None) -> None:
         super().__init__(a, b, stats)
@@ -449,14 +482,10 @@ class _EventTunnel(_IdleClock):
             self.down = _LimitedDirection(self, b, a, False, limits[1])
         self.waiter: Waiter[None] | None = None
         self.on_done: Callable[[RelayStats], object] | None = None
-        self.timer: Any = None  # a libev timer watcher
         self.finished = False
 
     def start(self, idle_timeout: float) -> None:
-        if idle_timeout > 0:
-            tick = idle_timeout / self.TICKS
-            timer = self.timer = get_hub().loop.timer(tick, tick)
-            timer.start(self.on_tick)
+        self.start_clock(idle_timeout)
         self.up.start()
         self.down.start()
 
@@ -488,9 +517,7 @@ class _EventTunnel(_IdleClock):
         self.finished = True
         self.up.stop()
         self.down.stop()
-        if self.timer is not None:
-            self.timer.close()
-            self.timer = None
+        self.stop_clock()
         self.a.close()
         self.b.close()
         if self.waiter is not None:
@@ -571,11 +598,7 @@ class _Tunnel(_IdleClock):
                 gsocket.socket.shutdown(sock, socket.SHUT_RDWR)  # the TCP socket under any TLS
 
     def run(self, idle_timeout: float) -> None:
-        timer = None
-        if idle_timeout > 0:
-            tick = idle_timeout / self.TICKS
-            timer = get_hub().loop.timer(tick, tick)
-            timer.start(self.on_tick)
+        self.start_clock(idle_timeout)
         downward = gevent.spawn(self.pump, self.b, self.a, False)
         try:
             self.pump(self.a, self.b, True)
@@ -585,8 +608,7 @@ class _Tunnel(_IdleClock):
             downward.kill()
             raise
         finally:
-            if timer is not None:
-                timer.close()
+            self.stop_clock()
 
 
 def _send_first(

@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import struct
+import time
 
 import gevent
 import pytest
@@ -85,6 +86,28 @@ def test_idle_timeout_closes_both(pairs):
     assert stats.outcome == "idle_timeout"
     assert client.recv(10) == b""
     assert upstream.recv(10) == b""
+
+
+def test_tunnels_with_one_idle_timeout_share_one_timer_and_each_waits_the_whole_timeout():
+    """One hub timer per idle timeout, not one per tunnel; a tunnel that starts just
+    before a tick still gets its whole timeout; the timer stops with the last tunnel."""
+    pairs_ = [socket.socketpair() for _ in range(6)]
+    try:
+        first = [start(p[1], q[0], idle_timeout=0.8) for p, q in zip(pairs_[0:3:2], pairs_[1:4:2], strict=True)]
+        gevent.sleep(0.19)  # the next ones start just before the shared timer's first tick
+        started = time.monotonic()
+        late = start(pairs_[4][1], pairs_[5][0], idle_timeout=0.8)
+        clock = relay_mod._every(0.2, relay_mod._IdleClock.on_tick)
+        wait_for(lambda: len(clock.members) == 3, timeout=0.5)  # all three on the one timer
+        assert late.get(timeout=10).outcome == "idle_timeout"
+        assert time.monotonic() - started >= 0.75  # never before the timeout (a tick's rounding aside)
+        for g in first:
+            assert g.get(timeout=10).outcome == "idle_timeout"
+        assert not clock.members and not clock.timer.active
+    finally:
+        for pair in pairs_:
+            for sock in pair:
+                sock.close()
 
 
 def test_traffic_one_way_keeps_tunnel_alive(pairs):
