@@ -401,7 +401,7 @@ static int cmd_idle(int n, int tport, int pport) {
  * recv/send through the shared buffer while chunks are small (one syscall each
  * way, as for ping-pong); on a short send, or once a read fills COPY_CHUNK, it
  * switches for good to splice() through a pipe of its own, which is then that
- * direction's only (bounded) buffer.  EOF is passed on as shutdown(SHUT_WR);
+ * direction's only (bounded) buffer, filled from one side while the other drains it.  EOF is passed on as shutdown(SHUT_WR);
  * the tunnel closes when both directions have ended, or on any error.
  * Edge-triggered: every pump runs until EAGAIN.  No handshake timeout. */
 
@@ -411,7 +411,7 @@ enum { H_GREETING, H_REQUEST, H_CONNECTING, H_RELAY };
 
 struct rconn;
 struct rend { struct rconn *c; int side; }; /* side 0 = client, 1 = upstream */
-struct rdir { int pipe[2], pending, eof, shut; }; /* direction d: fd[d] -> fd[1 - d] */
+struct rdir { int pipe[2], cap, pending, eof, shut; }; /* direction d: fd[d] -> fd[1 - d] */
 struct rconn {
     struct rend end[2];
     int fd[2], state, hlen, dead;
@@ -448,20 +448,7 @@ static void rreply(struct rconn *c, int code) {
 static int rpump(struct rconn *c, int d) {
     struct rdir *D = &c->dir[d];
     int src = c->fd[d], dst = c->fd[1 - d];
-    while (!D->shut) {
-        if (D->pipe[0] >= 0) { /* splice mode: drain the pipe, then refill it */
-            while (D->pending > 0) {
-                ssize_t n = splice(D->pipe[0], NULL, dst, NULL, D->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-                if (n < 0) return errno == EAGAIN ? 0 : -1;
-                D->pending -= n;
-            }
-            if (D->eof) break;
-            ssize_t n = splice(src, NULL, D->pipe[1], NULL, PIPE_BYTES, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-            if (n < 0) return errno == EAGAIN ? 0 : -1; /* the pipe is empty here: EAGAIN = src drained */
-            if (n == 0) D->eof = 1;
-            D->pending += n;
-            continue;
-        }
+    while (!D->shut && D->pipe[0] < 0 && !D->eof) { /* copy mode: small chunks, one syscall each way */
         ssize_t n = recv(src, buf, COPY_CHUNK, 0);
         if (n < 0) return errno == EAGAIN ? 0 : -1;
         if (n == 0) {
@@ -473,9 +460,31 @@ static int rpump(struct rconn *c, int d) {
         if (m < 0) m = 0;
         if (m < n || n == COPY_CHUNK) { /* switch to splice; the unsent rest goes into the new, empty pipe */
             if (pipe2(D->pipe, O_NONBLOCK | O_CLOEXEC)) return -1;
-            fcntl(D->pipe[1], F_SETPIPE_SZ, PIPE_BYTES);
+            D->cap = fcntl(D->pipe[1], F_SETPIPE_SZ, PIPE_BYTES);
+            if (D->cap < COPY_CHUNK) D->cap = COPY_CHUNK; /* the default size, if the kernel refused */
             if (m < n && write(D->pipe[1], buf + m, n - m) != n - m) return -1;
             D->pending = n - m;
+        }
+    }
+    /* splice mode: keep the pipe filling from src while dst drains it; stop when neither moves */
+    for (int moved = 1; moved && D->pipe[0] >= 0 && !D->shut;) {
+        moved = 0;
+        if (D->pending > 0) {
+            ssize_t n = splice(D->pipe[0], NULL, dst, NULL, D->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n < 0 && errno != EAGAIN) return -1;
+            if (n > 0) {
+                D->pending -= n;
+                moved = 1;
+            }
+        }
+        if (!D->eof && D->pending < D->cap) {
+            ssize_t n = splice(src, NULL, D->pipe[1], NULL, D->cap - D->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n < 0 && errno != EAGAIN) return -1;
+            if (n == 0) D->eof = 1;
+            if (n >= 0) {
+                D->pending += n;
+                moved = 1;
+            }
         }
     }
     if (D->eof && D->pending == 0 && !D->shut) {
