@@ -518,9 +518,10 @@ static void rhandshake(int ep, struct rconn *c) {
             memmove(c->hs, c->hs + need, c->hlen);
             c->state = H_REQUEST;
         }
-        if (c->hlen < 10) continue; /* the only request we take is 10 bytes long */
+        if (c->hlen < 4) continue;
         if (c->hs[0] != 5 || c->hs[1] != 1) return rreply(c, 7);
         if (c->hs[3] != 1) return rreply(c, 8);
+        if (c->hlen < 10) continue; /* the only request we take is 10 bytes long */
         struct sockaddr_in sa = loopback(0);
         memcpy(&sa.sin_addr, c->hs + 4, 4);
         memcpy(&sa.sin_port, c->hs + 8, 2);
