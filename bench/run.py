@@ -4,6 +4,7 @@
     python bench/run.py                 # full run: writes bench/RESULTS.md and bench/results.png
     python bench/run.py --quick         # 1 repetition, 1 s each, 2,000 idle tunnels; writes nothing
     python bench/run.py --idle-only     # only the idle-tunnel scenario; writes nothing
+    python bench/run.py --quick --no-idle --no-auth --no-http --servers gproxy,c-relay
 
 The load generator, the TCP targets and the reference relay ("c-relay") are C
 (bench/loadgen.c, compiled into bench/out/ on each run). Every measurement is
