@@ -20,32 +20,15 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from proxyprocs import free_port, squid_argv, tinyproxy_argv, wait_connectable
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_connectable(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
 @contextlib.contextmanager
@@ -88,31 +71,6 @@ http {{
 """
     )
     return ["/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "nginx-error.log")]
-
-
-def squid_argv(tmp: Path, port: int) -> list[str]:
-    conf = tmp / "squid.conf"
-    conf.write_text(
-        f"""http_port 127.0.0.1:{port}
-http_access allow all
-cache deny all
-cache_mem 0 MB
-access_log none
-cache_log {tmp}/squid-cache.log
-pid_filename {tmp}/squid.pid
-coredump_dir {tmp}
-shutdown_lifetime 1 seconds
-"""
-    )
-    return ["/usr/sbin/squid", "-N", "-f", str(conf)]
-
-
-def tinyproxy_argv(tmp: Path, port: int) -> list[str]:
-    conf = tmp / "tinyproxy.conf"
-    conf.write_text(
-        f'Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 200\nLogLevel Critical\nPidFile "{tmp}/tp.pid"\n'
-    )
-    return ["tinyproxy", "-d", "-c", str(conf)]
 
 
 def ab(proxy_port: int, url: str, requests: int, concurrency: int) -> float:

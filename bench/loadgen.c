@@ -4,9 +4,11 @@
  *
  *   loadgen target                       source/sink/echo servers (epoll); prints ports
  *   loadgen bulk down|up N TPORT PPORT SECS     N tunnels of bulk data
- *   loadgen connrate CONC TPORT PPORT SECS      handshake+CONNECT+64B echo+close
+ *   loadgen connrate CONC TPORT PPORT SECS [socks|auth|http]
+ *                                        handshake+CONNECT+64B echo+close
  *   loadgen pingpong TPORT PPORT SECS           64-byte ping-pong RTT
  *   loadgen idle N TPORT PPORT                  open N idle tunnels, wait, echo on all
+ *   loadgen relay PORT                   the C reference SOCKS5 relay (PORT 0: any); prints its port
  *
  * PPORT 0 means a direct connection to the target; otherwise a SOCKS5
  * proxy (no auth) on 127.0.0.1:PPORT.  All loops are bounded by SECS or N.
@@ -214,11 +216,19 @@ static int cmd_bulk(int up, int n, int tport, int pport, double secs) {
     return 0;
 }
 
-/* ---- connrate: CONC clients, each: connect, handshake, CONNECT, 64 B echo, close ---- */
+/* ---- connrate: CONC clients, each: connect, handshake, CONNECT, 64 B echo, close ----
+ * MODE socks: SOCKS5 without auth; auth: SOCKS5 offering only method 0x02 and
+ * sending RFC 1929 user "u", password "p"; http: an HTTP CONNECT request, then
+ * the response head up to CRLFCRLF (status must be 200). */
 
-enum { S_CONNECTING, S_METHOD, S_REPLY, S_ECHO };
+enum { M_SOCKS, M_AUTH, M_HTTP };
+enum { S_CONNECTING, S_METHOD, S_AUTH, S_REPLY, S_HEAD, S_ECHO };
 
-struct slot { int fd, state, got; double start; };
+static const char GREETING_AUTH[3] = {5, 1, 2};
+static const char AUTH_REQUEST[] = {1, 1, 'u', 1, 'p'}; /* version 1, ulen, user, plen, password */
+
+#define HEADMAX 1024
+struct slot { int fd, state, got; double start; char in[HEADMAX]; };
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -241,16 +251,25 @@ static void slot_start(int ep, struct slot *s, int pport, int tport) {
     epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
 }
 
+/* A complete HTTP response head with status 200 and nothing after it? */
+static int http_head_ok(const char *p, int n) {
+    return n >= 12 && !memcmp(p, "HTTP/1.", 7) && !memcmp(p + 8, " 200", 4) && !memcmp(p + n - 4, "\r\n\r\n", 4);
+}
+
+static int sendn(int fd, const char *p, int n) { return send(fd, p, n, MSG_NOSIGNAL) == n ? 0 : -1; }
+
 #define MAXLAT 4000000
-static int cmd_connrate(int conc, int tport, int pport, double secs) {
+static int cmd_connrate(int conc, int tport, int pport, double secs, int mode) {
     static struct slot slots[1024];
     double *lat = malloc(sizeof(double) * MAXLAT);
     long nlat = 0, errors = 0;
     int ep = epoll_create1(0);
     struct epoll_event ev, evs[1024];
-    char req[10], msg[64];
+    char req[10], msg[64], http_req[128];
     memset(msg, 'x', sizeof msg);
     connect_request(req, tport);
+    int http_len = snprintf(http_req, sizeof http_req, "CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n",
+                            tport, tport);
     if (conc > 1024) conc = 1024;
     double c0 = cpu_self(), t0 = now(), deadline = t0 + secs, t = t0;
     for (int i = 0; i < conc; i++) slot_start(ep, &slots[i], pport, tport);
@@ -260,26 +279,47 @@ static int cmd_connrate(int conc, int tport, int pport, double secs) {
             struct slot *s = evs[i].data.ptr;
             int fail = (evs[i].events & EPOLLERR) != 0, done = 0;
             if (!fail && s->state == S_CONNECTING) {
-                const char *first = pport ? GREETING : msg;
-                int len = pport ? 3 : 64;
-                if (send(s->fd, first, len, MSG_NOSIGNAL) != len) fail = 1;
-                s->state = pport ? S_METHOD : S_ECHO;
+                if (!pport) {
+                    fail = sendn(s->fd, msg, 64);
+                    s->state = S_ECHO;
+                } else if (mode == M_HTTP) {
+                    fail = sendn(s->fd, http_req, http_len);
+                    s->state = S_HEAD;
+                } else {
+                    fail = sendn(s->fd, mode == M_AUTH ? GREETING_AUTH : GREETING, 3);
+                    s->state = S_METHOD;
+                }
                 ev.events = EPOLLIN;
                 ev.data.ptr = s;
                 epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
             } else if (!fail) {
-                int want = s->state == S_METHOD ? 2 : s->state == S_REPLY ? 10 : 64;
-                ssize_t r = recv(s->fd, buf, want - s->got, 0);
+                int want = s->state == S_METHOD || s->state == S_AUTH ? 2
+                           : s->state == S_REPLY                      ? 10
+                           : s->state == S_HEAD                       ? HEADMAX
+                                                                      : 64;
+                ssize_t r = recv(s->fd, s->in + s->got, want - s->got, 0);
                 if (r <= 0) {
                     if (r < 0 && errno == EAGAIN) continue;
                     fail = 1;
+                } else if (s->state == S_HEAD) {
+                    s->got += r;
+                    if (memmem(s->in, s->got, "\r\n\r\n", 4)) {
+                        fail = !http_head_ok(s->in, s->got) || sendn(s->fd, msg, 64);
+                        s->state = S_ECHO;
+                        s->got = 0;
+                    } else if (s->got == HEADMAX) {
+                        fail = 1;
+                    }
                 } else if ((s->got += r) == want) {
                     s->got = 0;
-                    if (s->state == S_METHOD) {
-                        fail = buf[1] != 0 || send(s->fd, req, 10, MSG_NOSIGNAL) != 10;
+                    if (s->state == S_METHOD && mode == M_AUTH) {
+                        fail = s->in[1] != 2 || sendn(s->fd, AUTH_REQUEST, sizeof AUTH_REQUEST);
+                        s->state = S_AUTH;
+                    } else if (s->state == S_METHOD || s->state == S_AUTH) {
+                        fail = s->in[1] != 0 || sendn(s->fd, req, 10);
                         s->state = S_REPLY;
                     } else if (s->state == S_REPLY) {
-                        fail = buf[1] != 0 || send(s->fd, msg, 64, MSG_NOSIGNAL) != 64;
+                        fail = s->in[1] != 0 || sendn(s->fd, msg, 64);
                         s->state = S_ECHO;
                     } else {
                         done = 1;
@@ -356,6 +396,211 @@ static int cmd_idle(int n, int tport, int pport) {
     return 0;
 }
 
+/* ---- relay: a minimal single-threaded epoll SOCKS5 relay (the C reference) ----
+ * No-auth SOCKS5 CONNECT to an IPv4 address only.  Each direction copies with
+ * recv/send through the shared buffer while chunks are small (one syscall each
+ * way, as for ping-pong); on a short send, or once a read fills COPY_CHUNK, it
+ * switches for good to splice() through a pipe of its own, which is then that
+ * direction's only (bounded) buffer, filled from one side while the other drains it.  EOF is passed on as shutdown(SHUT_WR);
+ * the tunnel closes when both directions have ended, or on any error.
+ * Edge-triggered: every pump runs until EAGAIN.  No handshake timeout. */
+
+#define COPY_CHUNK 65536
+#define PIPE_BYTES (1 << 20)
+enum { H_GREETING, H_REQUEST, H_CONNECTING, H_RELAY };
+
+struct rconn;
+struct rend { struct rconn *c; int side; }; /* side 0 = client, 1 = upstream */
+struct rdir { int pipe[2], cap, pending, eof, shut; }; /* direction d: fd[d] -> fd[1 - d] */
+struct rconn {
+    struct rend end[2];
+    int fd[2], state, hlen, dead;
+    struct rdir dir[2];
+    unsigned char hs[2 + 255 + 10 + 256]; /* greeting, request, and early data up to 256 bytes */
+    struct rconn *next_dead;
+};
+
+static struct rconn *dead_list;
+
+static void rconn_close(struct rconn *c) {
+    if (c->dead) return;
+    c->dead = 1;
+    for (int i = 0; i < 2; i++) {
+        if (c->fd[i] >= 0) close(c->fd[i]); /* also leaves the epoll set */
+        for (int j = 0; j < 2; j++)
+            if (c->dir[i].pipe[j] >= 0) close(c->dir[i].pipe[j]);
+    }
+    c->next_dead = dead_list; /* freed after this batch of events: later events may point at it */
+    dead_list = c;
+}
+
+static int rwatch(int ep, struct rconn *c, int side) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &c->end[side]};
+    return epoll_ctl(ep, EPOLL_CTL_ADD, c->fd[side], &ev);
+}
+
+static void rreply(struct rconn *c, int code) {
+    char reply[10] = {5, code, 0, 1, 0, 0, 0, 0, 0, 0};
+    if (sendn(c->fd[0], reply, 10) || code) rconn_close(c);
+}
+
+/* Relay direction d until it would block; 0 = keep going, -1 = the tunnel failed. */
+static int rpump(struct rconn *c, int d) {
+    struct rdir *D = &c->dir[d];
+    int src = c->fd[d], dst = c->fd[1 - d];
+    while (!D->shut && D->pipe[0] < 0 && !D->eof) { /* copy mode: small chunks, one syscall each way */
+        ssize_t n = recv(src, buf, COPY_CHUNK, 0);
+        if (n < 0) return errno == EAGAIN ? 0 : -1;
+        if (n == 0) {
+            D->eof = 1;
+            break;
+        }
+        ssize_t m = send(dst, buf, n, MSG_NOSIGNAL);
+        if (m < 0 && errno != EAGAIN) return -1;
+        if (m < 0) m = 0;
+        if (m < n || n == COPY_CHUNK) { /* switch to splice; the unsent rest goes into the new, empty pipe */
+            if (pipe2(D->pipe, O_NONBLOCK | O_CLOEXEC)) return -1;
+            D->cap = fcntl(D->pipe[1], F_SETPIPE_SZ, PIPE_BYTES);
+            if (D->cap < COPY_CHUNK) D->cap = COPY_CHUNK; /* the default size, if the kernel refused */
+            if (m < n && write(D->pipe[1], buf + m, n - m) != n - m) return -1;
+            D->pending = n - m;
+        }
+    }
+    /* splice mode: keep the pipe filling from src while dst drains it; stop when neither moves */
+    for (int moved = 1; moved && D->pipe[0] >= 0 && !D->shut;) {
+        moved = 0;
+        if (D->pending > 0) {
+            ssize_t n = splice(D->pipe[0], NULL, dst, NULL, D->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n < 0 && errno != EAGAIN) return -1;
+            if (n > 0) {
+                D->pending -= n;
+                moved = 1;
+            }
+        }
+        if (!D->eof && D->pending < D->cap) {
+            ssize_t n = splice(src, NULL, D->pipe[1], NULL, D->cap - D->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n < 0 && errno != EAGAIN) return -1;
+            if (n == 0) D->eof = 1;
+            if (n >= 0) {
+                D->pending += n;
+                moved = 1;
+            }
+        }
+    }
+    if (D->eof && D->pending == 0 && !D->shut) {
+        D->shut = 1;
+        shutdown(dst, SHUT_WR);
+    }
+    return 0;
+}
+
+static void rrelay(struct rconn *c, int d) {
+    if (rpump(c, d)) rconn_close(c);
+    else if (c->dir[0].shut && c->dir[1].shut) rconn_close(c);
+}
+
+/* Client bytes while greeting or requesting: parse, reply, connect. */
+static void rhandshake(int ep, struct rconn *c) {
+    for (;;) {
+        if (c->hlen == (int)sizeof c->hs) return rconn_close(c);
+        ssize_t n = recv(c->fd[0], c->hs + c->hlen, sizeof c->hs - c->hlen, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN)) return rconn_close(c);
+        if (n < 0) return;
+        c->hlen += n;
+        if (c->state == H_GREETING) {
+            if (c->hs[0] != 5) return rconn_close(c);
+            int need = c->hlen >= 2 ? 2 + c->hs[1] : 2;
+            if (c->hlen < need) continue;
+            int ok = memchr(c->hs + 2, 0, c->hs[1]) != NULL;
+            char reply[2] = {5, ok ? 0 : (char)0xff};
+            if (sendn(c->fd[0], reply, 2) || !ok) return rconn_close(c);
+            c->hlen -= need;
+            memmove(c->hs, c->hs + need, c->hlen);
+            c->state = H_REQUEST;
+        }
+        if (c->hlen < 4) continue;
+        if (c->hs[0] != 5 || c->hs[1] != 1) return rreply(c, 7);
+        if (c->hs[3] != 1) return rreply(c, 8);
+        if (c->hlen < 10) continue; /* the only request we take is 10 bytes long */
+        struct sockaddr_in sa = loopback(0);
+        memcpy(&sa.sin_addr, c->hs + 4, 4);
+        memcpy(&sa.sin_port, c->hs + 8, 2);
+        c->hlen -= 10;
+        memmove(c->hs, c->hs + 10, c->hlen); /* early data, sent once connected */
+        c->fd[1] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->fd[1] < 0) return rreply(c, 1);
+        nodelay(c->fd[1]);
+        if (connect(c->fd[1], (struct sockaddr *)&sa, sizeof sa) && errno != EINPROGRESS) return rreply(c, 5);
+        if (rwatch(ep, c, 1)) return rreply(c, 1);
+        c->state = H_CONNECTING;
+        return;
+    }
+}
+
+static void rconnected(struct rconn *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd[1], SOL_SOCKET, SO_ERROR, &err, &len) || err) return rreply(c, 5);
+    rreply(c, 0);
+    if (c->dead || (c->hlen && sendn(c->fd[1], (char *)c->hs, c->hlen))) return rconn_close(c);
+    c->state = H_RELAY;
+    rrelay(c, 0); /* edges seen while connecting were not acted on */
+    if (!c->dead) rrelay(c, 1);
+}
+
+static int cmd_relay(int port) {
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = loopback(port);
+    if (bind(ls, (struct sockaddr *)&sa, sizeof sa) || listen(ls, 4096)) die("relay listen");
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL}, evs[256];
+    epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
+    printf("{\"port\": %d}\n", port_of(ls));
+    fflush(stdout);
+    for (;;) { /* runs until killed */
+        int n = epoll_wait(ep, evs, 256, -1);
+        for (int i = 0; i < n; i++) {
+            struct rend *e = evs[i].data.ptr;
+            if (e == NULL) {
+                for (int k = 0; k < 64; k++) {
+                    int fd = accept4(ls, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                    if (fd < 0) break;
+                    struct rconn *c = calloc(1, sizeof *c);
+                    if (c == NULL) {
+                        close(fd);
+                        break;
+                    }
+                    c->fd[0] = fd;
+                    c->fd[1] = c->dir[0].pipe[0] = c->dir[0].pipe[1] = c->dir[1].pipe[0] = c->dir[1].pipe[1] = -1;
+                    c->end[0] = (struct rend){c, 0};
+                    c->end[1] = (struct rend){c, 1};
+                    nodelay(fd);
+                    if (rwatch(ep, c, 0)) rconn_close(c);
+                }
+                continue;
+            }
+            struct rconn *c = e->c;
+            if (c->dead) continue;
+            uint32_t what = evs[i].events;
+            if (c->state == H_RELAY) {
+                if (what & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) rrelay(c, e->side);
+                if (!c->dead && (what & EPOLLOUT) && c->dir[1 - e->side].pending) rrelay(c, 1 - e->side);
+            } else if (c->state == H_CONNECTING) {
+                if (e->side == 1) rconnected(c);
+            } else if (e->side == 0 && (what & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))) {
+                rhandshake(ep, c);
+            }
+        }
+        while (dead_list) {
+            struct rconn *c = dead_list;
+            dead_list = c->next_dead;
+            free(c);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -366,10 +611,18 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "target")) return cmd_target();
     if (argc == 7 && !strcmp(argv[1], "bulk"))
         return cmd_bulk(!strcmp(argv[2], "up"), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]));
-    if (argc == 6 && !strcmp(argv[1], "connrate"))
-        return cmd_connrate(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
+    if ((argc == 6 || argc == 7) && !strcmp(argv[1], "connrate")) {
+        const char *mode = argc == 7 ? argv[6] : "socks";
+        int m = !strcmp(mode, "socks") ? M_SOCKS : !strcmp(mode, "auth") ? M_AUTH : !strcmp(mode, "http") ? M_HTTP : -1;
+        if (m < 0) {
+            fprintf(stderr, "loadgen: connrate mode must be socks, auth or http\n");
+            return 2;
+        }
+        return cmd_connrate(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]), m);
+    }
     if (argc == 5 && !strcmp(argv[1], "pingpong"))
         return cmd_pingpong(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
+    if (argc == 3 && !strcmp(argv[1], "relay")) return cmd_relay(atoi(argv[2]));
     if (argc == 5 && !strcmp(argv[1], "idle")) return cmd_idle(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
     fprintf(stderr, "usage: see the comment at the top of loadgen.c\n");
     return 2;

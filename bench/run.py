@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark gproxy beside a direct connection, microsocks and pproxy, in one run.
+"""Benchmark gproxy beside a direct connection, microsocks, pproxy, a C relay, Squid and tinyproxy, in one run.
 
     python bench/run.py                 # full run: writes bench/RESULTS.md and bench/results.png
     python bench/run.py --quick         # 1 repetition, 1 s each, 2,000 idle tunnels; writes nothing
     python bench/run.py --idle-only     # only the idle-tunnel scenario; writes nothing
+    python bench/run.py --quick --no-idle --no-auth --no-http --servers gproxy,c-relay
 
-The load generator and the TCP targets are C (bench/loadgen.c, compiled into
-bench/out/ on each run). Every measurement is repeated and the median kept;
-repetitions go round-robin over the servers so that noise hits them alike.
-Ratios are always taken between servers measured in the same run.
+The load generator, the TCP targets and the reference relay ("c-relay") are C
+(bench/loadgen.c, compiled into bench/out/ on each run). Every measurement is
+repeated and the median kept; repetitions go round-robin over the servers so
+that noise hits them alike. Ratios are always taken between servers measured in
+the same run. Besides the SOCKS5 scenarios, connections/s is also measured with
+RFC 1929 auth (gproxy, microsocks) and over HTTP CONNECT (gproxy, Squid, tinyproxy).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from proxyprocs import free_port, squid_argv, tinyproxy_argv, wait_connectable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -52,21 +57,6 @@ def loadgen(*args: object, timeout: float = 120) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"loadgen {args}: {out.stderr.strip()}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_connectable(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def descendants(pid: int) -> list[int]:
@@ -107,11 +97,22 @@ def fd_count(pids: list[int]) -> int:
     return total
 
 
-class Server:
-    """One SOCKS5 server under test (or the direct connection: port 0)."""
+Argv = list[str] | Callable[[int], list[str]]  # a template with {port}, or built from the port
 
-    def __init__(self, name: str, argv: list[str] | None, workers: int = 1) -> None:
+
+class Server:
+    """One server under test (or the direct connection: argv None, port 0).
+
+    Its results go to the column ``label``; ``phase`` says what it is measured in:
+    "socks" (bulk, connections/s, ping-pong, idle), "auth" (connections/s with RFC 1929
+    user u, password p) or "http" (connections/s over HTTP CONNECT).
+    """
+
+    def __init__(
+        self, name: str, argv: Argv | None, workers: int = 1, label: str | None = None, phase: str = "socks"
+    ) -> None:
         self.name, self.argv, self.workers = name, argv, workers
+        self.label, self.phase = label or name, phase
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.log = OUT / f"{name}.log"
@@ -120,12 +121,12 @@ class Server:
         if self.argv is None:
             return True
         port = free_port()
-        argv = [a.replace("{port}", str(port)) for a in self.argv]
+        argv = self.argv(port) if callable(self.argv) else [a.replace("{port}", str(port)) for a in self.argv]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
         try:
-            wait_connectable(port)
+            wait_connectable(port, self.proc)
         except RuntimeError:
             self.stop()
             return False
@@ -154,7 +155,8 @@ class Server:
             self.proc = None
 
 
-def servers(args: argparse.Namespace) -> list[Server]:
+def servers(args: argparse.Namespace, tmp: Path) -> list[Server]:
+    """Every server of the run, those not in --servers (by label) left out; tmp holds configs."""
     gproxy = [sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:{port}", "-q"]
     listed = [Server("direct", None), Server("gproxy", gproxy)]
     help_text = subprocess.run(gproxy[:3] + ["--help"], capture_output=True, text=True, cwd=ROOT).stdout
@@ -166,11 +168,28 @@ def servers(args: argparse.Namespace) -> list[Server]:
         listed.append(Server("microsocks", ["microsocks", "-i", "127.0.0.1", "-p", "{port}"]))
     else:
         print("microsocks not installed: skipping it")
-    if shutil.which("pproxy"):
-        listed.append(Server("pproxy", ["pproxy", "-l", "socks5://127.0.0.1:{port}"]))
+    # pproxy installed into the same environment as this interpreter counts even when not on PATH
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    pproxy = shutil.which("pproxy", path=search)
+    if pproxy:
+        listed.append(Server("pproxy", [pproxy, "-l", "socks5://127.0.0.1:{port}"]))
     else:
         print("pproxy not installed (pip install pproxy): skipping it")
-    return [s for s in listed if s.name in args.servers]
+    listed.append(Server("c-relay", [str(LOADGEN), "relay", "{port}"]))
+    if not args.no_auth:
+        listed.append(Server("gproxy-auth", [*gproxy, "--user", "u:p"], label="gproxy", phase="auth"))
+        if shutil.which("microsocks"):
+            ms_auth = ["microsocks", "-i", "127.0.0.1", "-p", "{port}", "-u", "u", "-P", "p"]
+            listed.append(Server("microsocks-auth", ms_auth, label="microsocks", phase="auth"))
+    if not args.no_http:
+        http = [sys.executable, "-m", "gproxy", "--http", "127.0.0.1:{port}", "-q"]
+        listed.append(Server("gproxy-http", http, label="gproxy", phase="http"))
+        for name, build in (("squid", squid_argv), ("tinyproxy", tinyproxy_argv)):
+            if shutil.which(name) or Path(f"/usr/sbin/{name}").exists():
+                listed.append(Server(name, lambda port, build=build: build(tmp, port), phase="http"))
+            else:
+                print(f"{name} not installed: skipping it")
+    return [s for s in listed if s.label in args.servers.split(",")]
 
 
 @contextlib.contextmanager
@@ -184,34 +203,45 @@ def target() -> Iterator[dict]:
         proc.wait()
 
 
+def conn_rate(server: Server, ports: dict, secs: float, mode: str, prefix: str) -> dict[str, float]:
+    """loadgen connrate in the given mode (socks, auth, http), with the proxy's CPU per connection."""
+    pids = server.pids()
+    before = cpu_seconds(pids)
+    out = loadgen("connrate", 50, ports["echo"], server.port, secs, mode)
+    spent = cpu_seconds(pids) - before
+    got = {prefix + key: out[key] for key in ("rate", "p50_us", "p99_us", "errors", "client_cpu")}
+    if pids and out["conns"]:
+        got[prefix + "cpu_us"] = spent / out["conns"] * 1e6
+    return got
+
+
 def measure(servers_: list[Server], ports: dict, args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """Round-robin repetitions of the throughput, connection-rate and ping-pong scenarios."""
-    res: dict[str, dict[str, list[float]]] = {s.name: {} for s in servers_}
+    """Round-robin repetitions of every server's scenarios (bulk, connection rates, ping-pong)."""
+    res: dict[str, dict[str, list[float]]] = {s.label: {} for s in servers_}
     gb: dict[str, float] = dict.fromkeys(res, 0.0)
     cpu: dict[str, float] = dict.fromkeys(res, 0.0)
     secs = args.secs
     for rep in range(args.repeat):
         for server in servers_:
-            r = res[server.name]
-            pids = server.pids()
-            for key, direction, n in BULK:
-                before = cpu_seconds(pids)
-                out = loadgen(
-                    "bulk", direction, n, ports["source" if direction == "down" else "sink"], server.port, secs
-                )
-                cpu[server.name] += cpu_seconds(pids) - before
-                gb[server.name] += out["bytes"] / 1e9
-                r.setdefault(key, []).append(out["gbps"])
-                r.setdefault(key + "_client_cpu", []).append(out["client_cpu"])
-            out = loadgen("connrate", 50, ports["echo"], server.port, secs)
-            for key in ("rate", "p50_us", "p99_us", "errors", "client_cpu"):
-                r.setdefault("conn_" + key, []).append(out[key])
-            out = loadgen("pingpong", ports["echo"], server.port, secs)
-            r.setdefault("ping_p50_us", []).append(out["p50_us"])
-            r.setdefault("ping_p99_us", []).append(out["p99_us"])
-            print(
-                f"  rep {rep + 1}/{args.repeat} {server.name}: " + ", ".join(f"{k}={v[-1]:.4g}" for k, v in r.items())
-            )
+            got: dict[str, float] = {}
+            if server.phase == "socks":
+                pids = server.pids()
+                for key, direction, n in BULK:
+                    before = cpu_seconds(pids)
+                    port = ports["source" if direction == "down" else "sink"]
+                    out = loadgen("bulk", direction, n, port, server.port, secs)
+                    cpu[server.label] += cpu_seconds(pids) - before
+                    gb[server.label] += out["bytes"] / 1e9
+                    got[key] = out["gbps"]
+                    got[key + "_client_cpu"] = out["client_cpu"]
+                got.update(conn_rate(server, ports, secs, "socks", "conn_"))
+                out = loadgen("pingpong", ports["echo"], server.port, secs)
+                got["ping_p50_us"], got["ping_p99_us"] = out["p50_us"], out["p99_us"]
+            else:
+                got.update(conn_rate(server, ports, secs, server.phase, server.phase + "_conn_"))
+            for key, value in got.items():
+                res[server.label].setdefault(key, []).append(value)
+            print(f"  rep {rep + 1}/{args.repeat} {server.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in got.items()))
     for name in res:
         if name != "direct" and gb[name]:
             res[name]["cpu_s_per_gb"] = [cpu[name] / gb[name]]
@@ -266,6 +296,7 @@ ROWS = [
     ("conn_rate", "connections/s (50 clients)", "pproxy"),
     ("conn_p50_us", "connection p50 latency, us", None),
     ("conn_p99_us", "connection p99 latency, us", None),
+    ("conn_cpu_us", "proxy CPU us per connection", None),
     ("ping_p50_us", "64 B ping-pong p50, us", "microsocks"),
     ("ping_p99_us", "64 B ping-pong p99, us", None),
     ("idle_kib_per_tunnel", "RSS per idle tunnel, KiB", None),
@@ -287,9 +318,58 @@ def fmt(v: float | None) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
+#: connections/s by handshake: (key, label, is a ratio within one proxy)
+HANDSHAKE_ROWS = [
+    ("conn_rate", "SOCKS5 no auth: connections/s", False),
+    ("conn_cpu_us", "SOCKS5 no auth: proxy CPU us per connection", False),
+    ("conn_errors", "SOCKS5 no auth: failed connections", False),
+    ("auth_conn_rate", "SOCKS5 + RFC 1929 auth: connections/s", False),
+    ("auth_conn_cpu_us", "SOCKS5 + RFC 1929 auth: proxy CPU us per connection", False),
+    ("auth_conn_errors", "SOCKS5 + RFC 1929 auth: failed connections", False),
+    ("auth_vs_noauth", "connections/s with auth / without", True),
+    ("http_conn_rate", "HTTP CONNECT: connections/s", False),
+    ("http_conn_cpu_us", "HTTP CONNECT: proxy CPU us per connection", False),
+    ("http_conn_p50_us", "HTTP CONNECT: connection p50 latency, us", False),
+    ("http_conn_errors", "HTTP CONNECT: failed connections", False),
+    ("http_vs_socks", "connections/s HTTP CONNECT / SOCKS5 (goal for gproxy: >= 0.90x)", True),
+]
+
+
+def derive(med: dict[str, dict[str, float]]) -> None:
+    """Ratios within one proxy: auth vs no auth, HTTP CONNECT vs SOCKS5 (same run)."""
+    for r in med.values():
+        if r.get("conn_rate") and "auth_conn_rate" in r:
+            r["auth_vs_noauth"] = r["auth_conn_rate"] / r["conn_rate"]
+        if r.get("conn_rate") and "http_conn_rate" in r:
+            r["http_vs_socks"] = r["http_conn_rate"] / r["conn_rate"]
+
+
+def handshake_table(med: dict[str, dict[str, float]]) -> str:
+    """Connections/s and CPU per connection by handshake, with gproxy's ratio to each other proxy."""
+    keys = ("auth_conn_rate", "http_conn_rate")
+    if not any(k in r for r in med.values() for k in keys):
+        return ""
+    names = [n for n in med if n != "direct" and any(k in med[n] for k in ("conn_rate", *keys))]
+    refs = [n for n in names if not n.startswith("gproxy")] if "gproxy" in names else []
+    head = ["scenario", *names] + [f"gproxy / {r}" for r in refs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label, within in HANDSHAKE_ROWS:
+        values = [med[n].get(key) for n in names]
+        if not any(values):  # not measured, or an error count of 0 everywhere
+            continue
+        cells = [("-" if v is None else f"{v:.2f}x") if within else fmt(v) for v in values]
+        ratios = []
+        for r in refs:
+            mine, ref = med["gproxy"].get(key), med[r].get(key)
+            plain = not within and not key.endswith("_errors")
+            ratios.append(f"{mine / ref:.2f}x" if plain and mine is not None and ref else "-")
+        lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
+    return "\n".join(lines)
+
+
 def table(med: dict[str, dict[str, float]]) -> str:
-    names = list(med)
-    refs = [n for n in ("direct", "microsocks", "pproxy") if n in med]
+    names = [n for n in med if any(key in med[n] for key, _, _ in ROWS)]
+    refs = [n for n in ("direct", "microsocks", "pproxy", "c-relay") if n in names]
     mine = [n for n in names if n.startswith("gproxy")]
     pairs = [(g, r) for g in mine for r in refs]
     head = ["scenario", *names] + [f"{g} / {r}" for g, r in pairs]
@@ -332,14 +412,18 @@ def chart(med: dict[str, dict[str, float]], path: Path) -> None:
         return
     panels = [
         ("throughput vs direct (x)", ["down1", "up1", "down8", "up8"], "direct"),
-        ("connections/s", ["conn_rate"], None),
+        ("connections/s by handshake", ["conn_rate", "auth_conn_rate", "http_conn_rate"], None),
+        ("proxy CPU us per connection", ["conn_cpu_us", "auth_conn_cpu_us", "http_conn_cpu_us"], None),
         ("ping-pong p50 (us)", ["ping_p50_us"], None),
         ("RSS per idle tunnel (KiB)", ["idle_kib_per_tunnel"], None),
         ("CPU s per GB", ["cpu_s_per_gb"], None),
     ]
-    names = [n for n in med if n != "direct"]
+    ticks = {"conn_rate": "SOCKS5", "auth_conn_rate": "+auth", "http_conn_rate": "HTTP", "conn_cpu_us": "SOCKS5"}
+    ticks |= {"auth_conn_cpu_us": "+auth", "http_conn_cpu_us": "HTTP"}
+    everyone = [n for n in med if n != "direct"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
     for ax, (title, keys, rel) in zip(axes, panels, strict=True):
+        names = [n for n in everyone if any(k in med[n] for k in keys)] or everyone
         width = 0.8 / len(names)
         for i, name in enumerate(names):
             vals = []
@@ -348,12 +432,15 @@ def chart(med: dict[str, dict[str, float]], path: Path) -> None:
                 if rel:
                     v = v / med[rel][key] if med.get(rel, {}).get(key) else 0.0
                 vals.append(v)
-            ax.bar([k + i * width for k in range(len(keys))], vals, width, label=name)
-        ax.set_xticks([k + width * (len(names) - 1) / 2 for k in range(len(keys))], keys if len(keys) > 1 else [""])
+            color = f"C{everyone.index(name) % 10}"  # one colour per server across panels
+            ax.bar([k + i * width for k in range(len(keys))], vals, width, label=name, color=color)
+        labels = [ticks.get(k, k) for k in keys] if len(keys) > 1 else [""]
+        ax.set_xticks([k + width * (len(names) - 1) / 2 for k in range(len(keys))], labels)
         ax.set_title(title)
         if rel:
             ax.axhline(1.0, color="grey", lw=0.8)
     axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     print(f"wrote {path}")
@@ -366,8 +453,12 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=9000, help="idle tunnels on one process")
     parser.add_argument("--idle-workers", type=int, default=12000, help="idle tunnels with --workers 2")
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 s, 2,000 idle tunnels")
-    parser.add_argument("--servers", default="direct,gproxy,gproxy-w2,microsocks,pproxy")
+    parser.add_argument(
+        "--servers", default="direct,gproxy,gproxy-w2,microsocks,pproxy,c-relay,squid,tinyproxy", help="by column name"
+    )
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-tunnel scenario")
+    parser.add_argument("--no-auth", action="store_true", help="skip connections/s with RFC 1929 auth")
+    parser.add_argument("--no-http", action="store_true", help="skip connections/s over HTTP CONNECT")
     parser.add_argument("--idle-only", action="store_true", help="run only the idle-tunnel scenario")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md and results.png")
     args = parser.parse_args()
@@ -383,8 +474,8 @@ def main() -> int:
         print(f"open-file limit {hard} is too low for {args.idle} idle tunnels: lowering the count")
         args.idle = args.idle_workers = max((hard - 100) // 2, 100)
     started = datetime.datetime.now(datetime.UTC)
-    listed = servers(args)
-    with target() as ports:
+    with tempfile.TemporaryDirectory(prefix="gproxy-bench-") as tmp, target() as ports:
+        listed = servers(args, Path(tmp))
         running = []
         measured = [] if args.idle_only else listed  # the throughput, rate and latency scenarios
         for s in measured:
@@ -399,14 +490,18 @@ def main() -> int:
                 s.stop()
         if not args.no_idle:
             for s in listed:
-                if s.argv is not None:
+                if s.argv is not None and s.phase == "socks":
                     n = args.idle_workers if s.workers > 1 else args.idle
                     out = idle(s, ports, n)
                     print(f"  idle {s.name}: {out or 'did not start'}")
                     for k, v in out.items():
-                        res.setdefault(s.name, {})[k] = [v]
+                        res.setdefault(s.label, {})[k] = [v]
     med = medians(res)
+    derive(med)
     text = table(med)
+    handshakes = handshake_table(med)
+    if handshakes:
+        text += "\n\nConnections/s by handshake (50 clients; auth = user u, password p):\n\n" + handshakes
     print(text)
     if not (args.quick or args.no_write):
         cmd = " ".join(["python", "bench/run.py", *sys.argv[1:]])

@@ -1,0 +1,65 @@
+"""Helpers shared by the benchmark scripts: free loopback ports, waiting for a listener,
+and temp configs for the reference HTTP proxies (Squid, tinyproxy).
+
+Both proxies are configured to serve only 127.0.0.1 clients going to 127.0.0.1 (GET
+or CONNECT to any port), with no cache and no access log, and to run in the foreground
+so that the caller starts and stops them by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_connectable(port: int, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:
+    """Return once 127.0.0.1:port accepts; RuntimeError if proc exits first or on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def squid_argv(tmp: Path, port: int) -> list[str]:
+    """Squid in the foreground (-N): no cache, no access log, cache log in tmp."""
+    conf = tmp / f"squid-{port}.conf"
+    conf.write_text(
+        f"""http_port 127.0.0.1:{port}
+acl from_lo src 127.0.0.1/32
+acl to_lo dst 127.0.0.1/32
+http_access allow from_lo to_lo
+http_access deny all
+cache deny all
+cache_mem 0 MB
+access_log none
+cache_log {tmp}/squid-{port}-cache.log
+pid_filename {tmp}/squid-{port}.pid
+coredump_dir {tmp}
+pinger_enable off
+shutdown_lifetime 1 seconds
+"""
+    )
+    return ["/usr/sbin/squid", "-N", "-f", str(conf)]
+
+
+def tinyproxy_argv(tmp: Path, port: int) -> list[str]:
+    """tinyproxy in the foreground (-d); no ConnectPort line, so CONNECT may go to any port."""
+    conf = tmp / f"tinyproxy-{port}.conf"
+    conf.write_text(
+        f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\nMaxClients 200\nLogLevel Critical\n"
+        f'PidFile "{tmp}/tinyproxy-{port}.pid"\n'
+    )
+    return ["tinyproxy", "-d", "-c", str(conf)]
