@@ -11,8 +11,12 @@ import socket
 from gproxy.codec.shadowsocks import MAX_PAYLOAD, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
 
 Buffer = bytes | bytearray | memoryview
-#: ciphertext read per recv: four full chunks (length, payload and their tags)
-CIPHER_READ = 4 * (MAX_PAYLOAD + 2 + 2 * TAG_SIZE)
+#: a sealed chunk at its largest: length, payload and their tags
+_CHUNK = 2 + MAX_PAYLOAD + 2 * TAG_SIZE
+#: ciphertext read per recv (at least): four full chunks, what fills the relay's 64 KiB buffer
+CIPHER_READ = 4 * _CHUNK
+#: plaintext sealed in the reused send buffer; larger writes get a buffer of their own
+SEAL_BUFFER = 1 << 16
 
 
 class SsStreamError(ConnectionError):
@@ -20,65 +24,91 @@ class SsStreamError(ConnectionError):
 
 
 class SsSocket:
-    """A socket-like object over ``sock`` that decrypts what it reads and encrypts what it sends."""
+    """A socket-like object over ``sock`` that decrypts what it reads and encrypts what it sends.
 
-    __slots__ = ("sock", "decryptor", "encryptor", "_plain", "_pos", "_cipher")
+    Reading: ciphertext goes into a fixed buffer (at most ``2 * CIPHER_READ`` bytes held) and its
+    chunks are opened straight into the caller's buffer when it has room for a full chunk, else
+    into a spare one handed out piecewise. Writing: sealed into a reused buffer, one ``sendall``.
+    """
 
-    def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor, plain: bytes = b""):
+    __slots__ = ("sock", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain", "_sealed")
+
+    def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor):
         self.sock = sock
         self.decryptor = decryptor
         self.encryptor = encryptor
-        self._plain = plain  # decrypted, not yet handed out
-        self._pos = 0
-        self._cipher = memoryview(bytearray(CIPHER_READ))
+        held = decryptor.take_buffered()  # what the handshake read past its last complete step
+        self._cipher = memoryview(bytearray(2 * CIPHER_READ))
+        self._cipher[: len(held)] = held
+        self._start = 0  # ciphertext not yet opened: _cipher[_start:_end]
+        self._end = len(held)
+        self._spare: memoryview | None = None  # plaintext for callers with small buffers
+        self._plain = memoryview(b"")  # opened, not yet handed out (a slice of _spare)
+        self._sealed = memoryview(bytearray(encryptor.sealed_size(SEAL_BUFFER)))  # the salt counted if unsent
 
     # -- reading ------------------------------------------------------------------------
 
-    def _fill(self) -> bool:
-        """Read and decrypt until some plaintext is there; False at EOF."""
+    def _open_into(self, out: memoryview) -> int:
+        """Open ciphertext into ``out`` (room for a full chunk), reading when none is complete; 0 at EOF."""
         cipher = self._cipher
         while True:
-            n = self.sock.recv_into(cipher)
+            if self._end > self._start:
+                try:
+                    used, written = self.decryptor.open_into(cipher[self._start : self._end], out)
+                except ShadowsocksError as exc:
+                    raise SsStreamError(str(exc)) from None
+                self._start += used
+                if written:
+                    return written
+            if self._start == self._end:
+                self._start = self._end = 0
+            elif len(cipher) - self._end < CIPHER_READ:  # keep each read big: move the partial chunk to the front
+                held = self._end - self._start
+                cipher[:held] = cipher[self._start : self._end]
+                self._start, self._end = 0, held
+            n = self.sock.recv_into(cipher[self._end :])
             if not n:
-                return False
-            try:
-                plain = self.decryptor.feed(cipher[:n])
-            except ShadowsocksError as exc:
-                raise SsStreamError(str(exc)) from None
-            if plain:
-                self._plain = plain
-                self._pos = 0
-                return True
+                return 0
+            self._end += n
+
+    def _spare_plain(self) -> bool:
+        """Open the next chunks into the spare buffer (``_plain``); False at EOF."""
+        if self._spare is None:
+            self._spare = memoryview(bytearray(MAX_PAYLOAD))
+        n = self._open_into(self._spare)
+        self._plain = self._spare[:n]
+        return n > 0
 
     def recv_into(self, buf: Buffer, nbytes: int = 0, flags: int = 0) -> int:
-        if self._pos >= len(self._plain) and not self._fill():
-            return 0
-        plain, pos = self._plain, self._pos
-        size = min(nbytes or len(buf), len(plain) - pos)
-        if pos == 0 and size == len(plain):
-            buf[:size] = plain  # type: ignore[index]
-            self._plain = b""
-        else:
-            buf[:size] = memoryview(plain)[pos : pos + size]  # type: ignore[index]
-            self._pos = pos + size
+        out = memoryview(buf)
+        if nbytes and nbytes < len(out):
+            out = out[:nbytes]
+        if not self._plain:
+            if len(out) >= MAX_PAYLOAD:  # the relay's case: straight into its buffer
+                return self._open_into(out)
+            if not self._spare_plain():
+                return 0
+        plain = self._plain
+        size = min(len(out), len(plain))
+        out[:size] = plain[:size]
+        self._plain = plain[size:]
         return size
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if self._pos >= len(self._plain) and not self._fill():
+        if not self._plain and not self._spare_plain():
             return b""
-        plain, pos = self._plain, self._pos
-        if pos == 0 and len(plain) <= bufsize:
-            self._plain = b""
-            return plain
-        self._pos = pos + bufsize
-        return plain[pos : pos + bufsize]
+        plain = self._plain
+        self._plain = plain[bufsize:]
+        return bytes(plain[:bufsize])
 
     # -- writing ------------------------------------------------------------------------
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
-        sealed = self.encryptor.encrypt(data)
-        if sealed:
-            self.sock.sendall(sealed)
+        size = self.encryptor.sealed_size(len(data))
+        out = self._sealed if size <= len(self._sealed) else memoryview(bytearray(size))
+        n = self.encryptor.encrypt_into(data, out)
+        if n:
+            self.sock.sendall(out[:n])
 
     def send(self, data: Buffer, flags: int = 0) -> int:
         self.sendall(data)
