@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 
 from gproxy.codec.shadowsocks import MAX_PAYLOAD, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
+from gproxy.core._gevent import GeventInternalsMissing, raw_socket
 
 Buffer = bytes | bytearray | memoryview
 #: a sealed chunk at its largest: length, payload and their tags
@@ -31,10 +32,14 @@ class SsSocket:
     into a spare one handed out piecewise. Writing: sealed into a reused buffer, one ``sendall``.
     """
 
-    __slots__ = ("sock", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain", "_sealed")
+    __slots__ = ("sock", "_raw", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain", "_sealed")
 
     def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor):
         self.sock = sock
+        try:  # the kernel socket: a send that need not wait skips gevent's Python layers
+            self._raw: socket.socket | None = raw_socket(sock)
+        except (TypeError, GeventInternalsMissing):
+            self._raw = None
         self.decryptor = decryptor
         self.encryptor = encryptor
         held = decryptor.take_buffered()  # what the handshake read past its last complete step
@@ -107,8 +112,18 @@ class SsSocket:
         size = self.encryptor.sealed_size(len(data))
         out = self._sealed if size <= len(self._sealed) else memoryview(bytearray(size))
         n = self.encryptor.encrypt_into(data, out)
-        if n:
-            self.sock.sendall(out[:n])
+        if not n:
+            return
+        sealed = out[:n]
+        if self._raw is not None:
+            try:
+                sent = self._raw.send(sealed)
+            except BlockingIOError:
+                sent = 0
+            if sent == n:
+                return
+            sealed = sealed[sent:]
+        self.sock.sendall(sealed)  # waits for the peer to drain, under the socket's timeout
 
     def send(self, data: Buffer, flags: int = 0) -> int:
         self.sendall(data)
