@@ -7,8 +7,11 @@ gevent socket, the relay takes its generic path (one greenlet per direction) for
 from __future__ import annotations
 
 import socket
+import weakref
 
-from gproxy.codec.shadowsocks import MAX_PAYLOAD, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
+from gevent.hub import Hub, get_hub
+
+from gproxy.codec.shadowsocks import MAX_PAYLOAD, METHODS, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
 from gproxy.core._gevent import GeventInternalsMissing, raw_socket
 
 Buffer = bytes | bytearray | memoryview
@@ -16,8 +19,23 @@ Buffer = bytes | bytearray | memoryview
 _CHUNK = 2 + MAX_PAYLOAD + 2 * TAG_SIZE
 #: ciphertext read per recv (at least): four full chunks, what fills the relay's 64 KiB buffer
 CIPHER_READ = 4 * _CHUNK
-#: plaintext sealed in the reused send buffer; larger writes get a buffer of their own
+#: plaintext sealed in the thread's shared send buffer; larger writes get a buffer of their own
 SEAL_BUFFER = 1 << 16
+_SEALED_MAX = (
+    SEAL_BUFFER + -(-SEAL_BUFFER // MAX_PAYLOAD) * (_CHUNK - MAX_PAYLOAD) + max(m.salt_size for m in METHODS.values())
+)
+
+
+_send_buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
+
+
+def _send_buffer() -> memoryview:
+    """One send buffer per hub (thread): filled and handed to the kernel with no yield between."""
+    hub = get_hub()
+    buf = _send_buffers.get(hub)
+    if buf is None:
+        buf = _send_buffers[hub] = memoryview(bytearray(_SEALED_MAX))
+    return buf
 
 
 class SsStreamError(ConnectionError):
@@ -27,12 +45,13 @@ class SsStreamError(ConnectionError):
 class SsSocket:
     """A socket-like object over ``sock`` that decrypts what it reads and encrypts what it sends.
 
-    Reading: ciphertext goes into a fixed buffer (at most ``2 * CIPHER_READ`` bytes held) and its
-    chunks are opened straight into the caller's buffer when it has room for a full chunk, else
-    into a spare one handed out piecewise. Writing: sealed into a reused buffer, one ``sendall``.
+    Reading: ciphertext goes into a fixed buffer (``CIPHER_READ`` and a chunk) and its chunks are
+    opened straight into the caller's buffer when it has room for a full chunk, else into a spare
+    one handed out piecewise. Writing: sealed into the thread's buffer and sent on the kernel
+    socket; only what it does not take at once is copied out and waits (gevent's ``sendall``).
     """
 
-    __slots__ = ("sock", "_raw", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain", "_sealed")
+    __slots__ = ("sock", "_raw", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain")
 
     def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor):
         self.sock = sock
@@ -43,13 +62,12 @@ class SsSocket:
         self.decryptor = decryptor
         self.encryptor = encryptor
         held = decryptor.take_buffered()  # what the handshake read past its last complete step
-        self._cipher = memoryview(bytearray(2 * CIPHER_READ))
+        self._cipher = memoryview(bytearray(CIPHER_READ + _CHUNK))
         self._cipher[: len(held)] = held
         self._start = 0  # ciphertext not yet opened: _cipher[_start:_end]
         self._end = len(held)
         self._spare: memoryview | None = None  # plaintext for callers with small buffers
         self._plain = memoryview(b"")  # opened, not yet handed out (a slice of _spare)
-        self._sealed = memoryview(bytearray(encryptor.sealed_size(SEAL_BUFFER)))  # the salt counted if unsent
 
     # -- reading ------------------------------------------------------------------------
 
@@ -67,7 +85,9 @@ class SsSocket:
                     return written
             if self._start == self._end:
                 self._start = self._end = 0
-            elif len(cipher) - self._end < CIPHER_READ:  # keep each read big: move the partial chunk to the front
+            elif (
+                len(cipher) - self._end < CIPHER_READ
+            ):  # keep reads big: move the partial chunk (< _CHUNK) to the front
                 held = self._end - self._start
                 cipher[:held] = cipher[self._start : self._end]
                 self._start, self._end = 0, held
@@ -110,20 +130,23 @@ class SsSocket:
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
         size = self.encryptor.sealed_size(len(data))
-        out = self._sealed if size <= len(self._sealed) else memoryview(bytearray(size))
+        shared = size <= _SEALED_MAX
+        out = _send_buffer() if shared else memoryview(bytearray(size))
         n = self.encryptor.encrypt_into(data, out)
         if not n:
             return
-        sealed = out[:n]
+        sent = 0
         if self._raw is not None:
-            try:
-                sent = self._raw.send(sealed)
+            try:  # noqa: SIM105 (the hot path: no context manager per write)
+                sent = self._raw.send(out[:n])
             except BlockingIOError:
-                sent = 0
+                pass
             if sent == n:
                 return
-            sealed = sealed[sent:]
-        self.sock.sendall(sealed)  # waits for the peer to drain, under the socket's timeout
+        rest = out[sent:n]
+        # gevent's sendall waits for the peer to drain (under the socket's timeout); other
+        # greenlets of this thread reuse the shared buffer meanwhile: the rest is copied out
+        self.sock.sendall(rest.tobytes() if shared else rest)
 
     def send(self, data: Buffer, flags: int = 0) -> int:
         self.sendall(data)

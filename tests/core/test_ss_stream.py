@@ -158,3 +158,29 @@ def test_tampered_chunk_is_a_stream_error(pair: tuple[socket.socket, socket.sock
     peer.sendall(bad)
     with pytest.raises(SsStreamError, match="authentication"):
         wrapped.recv_into(buf)
+
+
+def test_a_waiting_write_keeps_its_bytes_while_others_write() -> None:
+    """The send buffer is shared by the thread's streams: a write left waiting on a full
+    socket must not change when another stream seals into the buffer meanwhile."""
+    key, method = keyed("aes-128-gcm")
+    ours_a, peer_a = socket.socketpair()
+    ours_b, peer_b = socket.socketpair()
+    with ours_a, peer_a, ours_b, peer_b:
+        slow = SsSocket(ours_a, ss.TcpDecryptor(key, method), ss.TcpEncryptor(key, method))
+        fast = SsSocket(ours_b, ss.TcpDecryptor(key, method), ss.TcpEncryptor(key, method))
+        data_a, data_b = pattern(SEAL_BUFFER), bytes(reversed(pattern(SEAL_BUFFER)))
+        count = 100
+        writer = gevent.spawn(lambda: [slow.sendall(data_a) for _ in range(count)])
+        gevent.sleep(0.1)
+        assert not writer.ready()  # waiting, its rest copied out of the shared buffer
+        drain = gevent.spawn(lambda: [peer_b.recv(1 << 20) for _ in range(count)])
+        for _ in range(10):
+            fast.sendall(data_b)
+        decryptor = ss.TcpDecryptor(key, method)
+        got = bytearray()
+        while len(got) < count * len(data_a):
+            got += decryptor.feed(peer_a.recv(1 << 16))
+        assert got == data_a * count
+        writer.get(timeout=10)
+        drain.kill()
