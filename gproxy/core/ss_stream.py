@@ -17,9 +17,13 @@ from gproxy.core._gevent import GeventInternalsMissing, raw_socket
 Buffer = bytes | bytearray | memoryview
 #: a sealed chunk at its largest: length, payload and their tags
 _CHUNK = 2 + MAX_PAYLOAD + 2 * TAG_SIZE
-#: ciphertext read per recv (at least): four full chunks, what fills the relay's 64 KiB buffer
-CIPHER_READ = 4 * _CHUNK
-#: plaintext sealed in the thread's shared send buffer; larger writes get a buffer of their own
+#: ciphertext read per recv (at least): eight full chunks, two fillings of the relay's 64 KiB buffer
+CIPHER_READ = 8 * _CHUNK
+#: a read buffer: CIPHER_READ after a partial chunk
+_READ_BUFFER = CIPHER_READ + _CHUNK
+#: free read buffers a hub keeps for its streams (a stream waiting for data holds none)
+READ_POOL = 8
+#: plaintext sealed in the hub's shared send buffer; larger writes get a buffer of their own
 SEAL_BUFFER = 1 << 16
 _SEALED_MAX = (
     SEAL_BUFFER + -(-SEAL_BUFFER // MAX_PAYLOAD) * (_CHUNK - MAX_PAYLOAD) + max(m.salt_size for m in METHODS.values())
@@ -27,6 +31,9 @@ _SEALED_MAX = (
 
 
 _send_buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
+_read_pools: weakref.WeakKeyDictionary[Hub, list[memoryview]] = weakref.WeakKeyDictionary()
+#: where a waiting stream peeks its first byte (never read: any stream may share it)
+_PEEK = bytearray(1)
 
 
 def _send_buffer() -> memoryview:
@@ -38,6 +45,25 @@ def _send_buffer() -> memoryview:
     return buf
 
 
+def _read_pool() -> list[memoryview]:
+    hub = get_hub()
+    pool = _read_pools.get(hub)
+    if pool is None:
+        pool = _read_pools[hub] = []
+    return pool
+
+
+def _take_read_buffer() -> memoryview:
+    pool = _read_pool()
+    return pool.pop() if pool else memoryview(bytearray(_READ_BUFFER))
+
+
+def _give_back_read_buffer(buf: memoryview) -> None:
+    pool = _read_pool()
+    if len(pool) < READ_POOL:
+        pool.append(buf)
+
+
 class SsStreamError(ConnectionError):
     """The peer's stream failed authentication or broke the framing after the handshake."""
 
@@ -45,10 +71,12 @@ class SsStreamError(ConnectionError):
 class SsSocket:
     """A socket-like object over ``sock`` that decrypts what it reads and encrypts what it sends.
 
-    Reading: ciphertext goes into a fixed buffer (``CIPHER_READ`` and a chunk) and its chunks are
+    Reading: ciphertext is read into a buffer (``CIPHER_READ`` and a chunk) and its chunks are
     opened straight into the caller's buffer when it has room for a full chunk, else into a spare
-    one handed out piecewise. Writing: sealed into the thread's buffer and sent on the kernel
-    socket; only what it does not take at once is copied out and waits (gevent's ``sendall``).
+    one handed out piecewise. A stream that waits for data with no partial chunk held gives its
+    read buffer back to the hub's pool while it waits (idle tunnels hold none). Writing: sealed
+    into the hub's buffer and sent on the kernel socket; only what it does not take at once is
+    copied out and waits (gevent's ``sendall``).
     """
 
     __slots__ = ("sock", "_raw", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain")
@@ -62,8 +90,10 @@ class SsSocket:
         self.decryptor = decryptor
         self.encryptor = encryptor
         held = decryptor.take_buffered()  # what the handshake read past its last complete step
-        self._cipher = memoryview(bytearray(CIPHER_READ + _CHUNK))
-        self._cipher[: len(held)] = held
+        self._cipher: memoryview | None = None
+        if held:
+            self._cipher = _take_read_buffer()
+            self._cipher[: len(held)] = held
         self._start = 0  # ciphertext not yet opened: _cipher[_start:_end]
         self._end = len(held)
         self._spare: memoryview | None = None  # plaintext for callers with small buffers
@@ -73,28 +103,46 @@ class SsSocket:
 
     def _open_into(self, out: memoryview) -> int:
         """Open ciphertext into ``out`` (room for a full chunk), reading when none is complete; 0 at EOF."""
-        cipher = self._cipher
         while True:
+            cipher = self._cipher
             if self._end > self._start:
                 try:
-                    used, written = self.decryptor.open_into(cipher[self._start : self._end], out)
+                    used, written = self.decryptor.open_into(cipher[self._start : self._end], out)  # type: ignore[index]
                 except ShadowsocksError as exc:
                     raise SsStreamError(str(exc)) from None
                 self._start += used
                 if written:
                     return written
+            if cipher is None:
+                cipher = self._cipher = _take_read_buffer()
             if self._start == self._end:
                 self._start = self._end = 0
-            elif (
-                len(cipher) - self._end < CIPHER_READ
-            ):  # keep reads big: move the partial chunk (< _CHUNK) to the front
+            elif len(cipher) - self._end < CIPHER_READ:  # keep reads big: the partial chunk moves to the front
                 held = self._end - self._start
                 cipher[:held] = cipher[self._start : self._end]
                 self._start, self._end = 0, held
-            n = self.sock.recv_into(cipher[self._end :])
+            n = self._read(cipher)
+            if n < 0:
+                continue  # waited without the buffer: take one and read
             if not n:
                 return 0
             self._end += n
+
+    def _read(self, cipher: memoryview) -> int:
+        """Read into ``cipher`` after ``_end``: bytes read, 0 at EOF, -1 once data came while the
+        buffer was back in the pool (nothing held: the stream waited with a peek, buffer-less)."""
+        space = cipher[self._end :]
+        if self._raw is None:
+            return self.sock.recv_into(space)
+        try:
+            return self._raw.recv_into(space)
+        except BlockingIOError:
+            pass
+        if self._end:  # a partial chunk is held: wait in the buffer (gevent: under the socket's timeout)
+            return self.sock.recv_into(space)
+        self._cipher = None
+        _give_back_read_buffer(cipher)
+        return -1 if self.sock.recv_into(_PEEK, 1, socket.MSG_PEEK) else 0
 
     def _spare_plain(self) -> bool:
         """Open the next chunks into the spare buffer (``_plain``); False at EOF."""

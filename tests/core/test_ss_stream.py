@@ -184,3 +184,42 @@ def test_a_waiting_write_keeps_its_bytes_while_others_write() -> None:
         assert got == data_a * count
         writer.get(timeout=10)
         drain.kill()
+
+
+def test_a_waiting_stream_holds_no_read_buffer(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Waiting with no partial chunk, a stream gives its read buffer back to the hub's pool (and
+    takes one again when data comes); with part of a chunk held it keeps it."""
+    ours, peer = pair
+    key, method = keyed("chacha20-ietf-poly1305")
+    encryptor = ss.TcpEncryptor(key, method)
+    wrapped = SsSocket(ours, ss.TcpDecryptor(key, method), ss.TcpEncryptor(key, method))
+    buf = bytearray(1 << 16)
+    reader = gevent.spawn(wrapped.recv_into, buf)
+    gevent.sleep(0.05)
+    assert not reader.ready()
+    assert wrapped._cipher is None  # waiting: nothing held
+    peer.sendall(encryptor.encrypt(b"one"))
+    assert buf[: reader.get(timeout=10)] == b"one"
+    reader = gevent.spawn(wrapped.recv_into, buf)
+    gevent.sleep(0.05)
+    assert wrapped._cipher is None
+    sealed = encryptor.encrypt(b"two")
+    peer.sendall(sealed[:5])  # part of the length chunk: held while it waits for the rest
+    gevent.sleep(0.05)
+    assert not reader.ready()
+    assert wrapped._cipher is not None
+    peer.sendall(sealed[5:])
+    assert buf[: reader.get(timeout=10)] == b"two"
+    reader = gevent.spawn(wrapped.recv_into, buf)
+    gevent.sleep(0.05)
+    peer.shutdown(socket.SHUT_WR)  # EOF while waiting buffer-less
+    assert reader.get(timeout=10) == 0
+
+
+def test_a_waiting_read_keeps_the_socket_timeout(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, _ = pair
+    key, method = keyed("aes-128-gcm")
+    ours.settimeout(0.1)
+    wrapped = SsSocket(ours, ss.TcpDecryptor(key, method), ss.TcpEncryptor(key, method))
+    with pytest.raises(TimeoutError):
+        wrapped.recv_into(bytearray(1 << 16))
