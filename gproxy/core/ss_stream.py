@@ -30,38 +30,37 @@ _SEALED_MAX = (
 )
 
 
-_send_buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
-_read_pools: weakref.WeakKeyDictionary[Hub, list[memoryview]] = weakref.WeakKeyDictionary()
 #: where a waiting stream peeks its first byte (never read: any stream may share it)
 _PEEK = bytearray(1)
 
 
-def _send_buffer() -> memoryview:
-    """One send buffer per hub (thread): filled and handed to the kernel with no yield between."""
+class _HubBuffers:
+    """What the streams of one hub (thread) share: the send buffer, filled and handed to the
+    kernel with no yield between, and the pool of free read buffers."""
+
+    __slots__ = ("send", "free_reads", "__weakref__")
+
+    def __init__(self) -> None:
+        self.send = memoryview(bytearray(_SEALED_MAX))
+        self.free_reads: list[memoryview] = []
+
+    def take_read_buffer(self) -> memoryview:
+        return self.free_reads.pop() if self.free_reads else memoryview(bytearray(_READ_BUFFER))
+
+    def give_back(self, buf: memoryview) -> None:
+        if len(self.free_reads) < READ_POOL:
+            self.free_reads.append(buf)
+
+
+_hub_buffers: weakref.WeakKeyDictionary[Hub, _HubBuffers] = weakref.WeakKeyDictionary()
+
+
+def _this_hubs_buffers() -> _HubBuffers:
     hub = get_hub()
-    buf = _send_buffers.get(hub)
-    if buf is None:
-        buf = _send_buffers[hub] = memoryview(bytearray(_SEALED_MAX))
-    return buf
-
-
-def _read_pool() -> list[memoryview]:
-    hub = get_hub()
-    pool = _read_pools.get(hub)
-    if pool is None:
-        pool = _read_pools[hub] = []
-    return pool
-
-
-def _take_read_buffer() -> memoryview:
-    pool = _read_pool()
-    return pool.pop() if pool else memoryview(bytearray(_READ_BUFFER))
-
-
-def _give_back_read_buffer(buf: memoryview) -> None:
-    pool = _read_pool()
-    if len(pool) < READ_POOL:
-        pool.append(buf)
+    buffers = _hub_buffers.get(hub)
+    if buffers is None:
+        buffers = _hub_buffers[hub] = _HubBuffers()
+    return buffers
 
 
 class SsStreamError(ConnectionError):
@@ -79,7 +78,7 @@ class SsSocket:
     copied out and waits (gevent's ``sendall``).
     """
 
-    __slots__ = ("sock", "_raw", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain")
+    __slots__ = ("sock", "_raw", "_hub", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain")
 
     def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor):
         self.sock = sock
@@ -87,12 +86,13 @@ class SsSocket:
             self._raw: socket.socket | None = raw_socket(sock)
         except (TypeError, GeventInternalsMissing):
             self._raw = None
+        self._hub = _this_hubs_buffers()  # a socket stays in the hub (thread) that made it
         self.decryptor = decryptor
         self.encryptor = encryptor
         held = decryptor.take_buffered()  # what the handshake read past its last complete step
         self._cipher: memoryview | None = None
         if held:
-            self._cipher = _take_read_buffer()
+            self._cipher = self._hub.take_read_buffer()
             self._cipher[: len(held)] = held
         self._start = 0  # ciphertext not yet opened: _cipher[_start:_end]
         self._end = len(held)
@@ -114,7 +114,7 @@ class SsSocket:
                 if written:
                     return written
             if cipher is None:
-                cipher = self._cipher = _take_read_buffer()
+                cipher = self._cipher = self._hub.take_read_buffer()
             if self._start == self._end:
                 self._start = self._end = 0
             elif len(cipher) - self._end < CIPHER_READ:  # keep reads big: the partial chunk moves to the front
@@ -141,7 +141,7 @@ class SsSocket:
         if self._end:  # a partial chunk is held: wait in the buffer (gevent: under the socket's timeout)
             return self.sock.recv_into(space)
         self._cipher = None
-        _give_back_read_buffer(cipher)
+        self._hub.give_back(cipher)
         return -1 if self.sock.recv_into(_PEEK, 1, socket.MSG_PEEK) else 0
 
     def _spare_plain(self) -> bool:
@@ -179,7 +179,7 @@ class SsSocket:
     def sendall(self, data: Buffer, flags: int = 0) -> None:
         size = self.encryptor.sealed_size(len(data))
         shared = size <= _SEALED_MAX
-        out = _send_buffer() if shared else memoryview(bytearray(size))
+        out = self._hub.send if shared else memoryview(bytearray(size))
         n = self.encryptor.encrypt_into(data, out)
         if not n:
             return
