@@ -2,10 +2,11 @@
 
     PYTHONPATH=$PWD python bench/ss_bulk.py [--mb 200] [--rounds 2]
 
-For each method, both servers get the same ss-local, origin and client: a download (the origin
-sends --mb MB) and an upload (the client sends --mb MB). Prints MB/s (1 MB = 10^6 bytes, the best
-of --rounds) and the server process's CPU seconds per GB (utime + stime from /proc, the round
-with the best MB/s). Everything runs on 127.0.0.1; every process is stopped by PID at the end.
+For each method, both servers run side by side, each behind an ss-local of its own, with the same
+origin and client: a download (the origin sends --mb MB) and an upload (the client sends --mb MB),
+the rounds alternating between the servers. Prints MB/s (1 MB = 10^6 bytes, the best of --rounds),
+the server process's CPU seconds per GB (utime + stime from /proc, the round with the best MB/s)
+and gproxy's MB/s over ss-server's. Everything runs on 127.0.0.1; every process is stopped by PID.
 """
 
 from __future__ import annotations
@@ -115,22 +116,29 @@ def through_socks(port: int, dest: int, direction: str, size: int) -> float:
 
 
 def measure(
-    server: subprocess.Popen[bytes], local: int, dest: int, size: int, rounds: int
-) -> dict[str, tuple[float, float]]:
-    """direction -> (MB/s, server CPU s/GB) over ``rounds`` transfers (best MB/s)."""
-    results = {}
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]], dest: int, size: int, rounds: int
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """server name -> direction -> (MB/s, server CPU s/GB), the best MB/s of ``rounds`` transfers.
+
+    ``servers``: name -> (server process, port of its ss-local). Rounds alternate between the
+    servers, so load from elsewhere on the machine falls on both alike. A 1 MB transfer each
+    way first warms every path up.
+    """
+    results: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in servers}
     for direction in ("D", "U"):
-        best: tuple[float, float] | None = None
-        for _ in range(rounds):
-            cpu0 = cpu_seconds(server.pid)
-            took = through_socks(local, dest, direction, size)
-            time.sleep(0.2)  # the server's last chunks
-            cpu = cpu_seconds(server.pid) - cpu0
-            row = (size / took / 1e6, cpu / (size / 1e9))
-            if best is None or row[0] > best[0]:
-                best = row
-        assert best is not None
-        results["download" if direction == "D" else "upload"] = best
+        for _, local in servers.values():
+            through_socks(local, dest, direction, 1_000_000)
+    for _ in range(rounds):
+        for direction in ("D", "U"):
+            key = "download" if direction == "D" else "upload"
+            for name, (server, local) in servers.items():
+                cpu0 = cpu_seconds(server.pid)
+                took = through_socks(local, dest, direction, size)
+                time.sleep(0.2)  # the server's last chunks
+                cpu = cpu_seconds(server.pid) - cpu0
+                row = (size / took / 1e6, cpu / (size / 1e9))
+                if key not in results[name] or row[0] > results[name][key][0]:
+                    results[name][key] = row
     return results
 
 
@@ -153,8 +161,10 @@ def main() -> None:
     print("| method | server | download MB/s | download CPU s/GB | upload MB/s | upload CPU s/GB |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     procs: list[subprocess.Popen[bytes]] = []
+    ratios = []
     try:
         for method in args.methods:
+            servers = {}
             for name in ("gproxy", "ss-server"):
                 port = free_port()
                 if name == "gproxy":
@@ -167,15 +177,22 @@ def main() -> None:
                 wait_port(port)
                 local = free_port()
                 ss_local = start(["ss-local", "-s", "127.0.0.1", "-p", str(port), "-b", "127.0.0.1", "-l", str(local),
-                                  "-k", PASSWORD, "-m", method], logs / "ss_bulk-ss-local.log")  # fmt: skip
+                                  "-k", PASSWORD, "-m", method], logs / f"ss_bulk-ss-local-{name}.log")  # fmt: skip
                 procs.append(ss_local)
                 wait_port(local)
-                result = measure(server, local, dest, size, args.rounds)
+                servers[name] = (server, local)
+            results = measure(servers, dest, size, args.rounds)
+            for name, result in results.items():
                 (dl, dl_cpu), (ul, ul_cpu) = result["download"], result["upload"]
                 print(f"| {method} | {name} | {dl:.0f} | {dl_cpu:.2f} | {ul:.0f} | {ul_cpu:.2f} |", flush=True)
-                for proc in (ss_local, server):
-                    proc.terminate()
-                    proc.wait(10)
+            ours, theirs = results["gproxy"], results["ss-server"]
+            ratios.append((method, *(ours[k][0] / theirs[k][0] for k in ("download", "upload"))))
+            for proc in procs[-4:]:
+                proc.terminate()
+                proc.wait(10)
+        print("\n| method | gproxy / ss-server download | upload |\n| --- | ---: | ---: |")
+        for method, down, up in ratios:
+            print(f"| {method} | {down:.2f}x | {up:.2f}x |")
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -114,30 +114,44 @@ class TcpEncryptor:
         self._counter = 0
         self._pending_salt = True
 
-    def encrypt(self, data: Buffer) -> bytes:
-        """Seal ``data`` in chunks of at most ``MAX_PAYLOAD``; the first non-empty output starts with the salt."""
+    def sealed_size(self, size: int) -> int:
+        """Bytes ``encrypt_into`` writes for ``size`` bytes of plaintext (the salt included if still unsent)."""
+        if not size:
+            return 0
+        chunks = -(-size // MAX_PAYLOAD)
+        return size + chunks * (LENGTH_CHUNK_SIZE + TAG_SIZE) + (len(self.salt) if self._pending_salt else 0)
+
+    def encrypt_into(self, data: Buffer, out: memoryview) -> int:
+        """Seal ``data`` into ``out`` (at least ``sealed_size(len(data))`` bytes) in chunks of at most
+        ``MAX_PAYLOAD``; the first non-empty output starts with the salt. Returns the bytes written."""
         size = len(data)
         if not size:
-            return b""
-        seal = self._aead.encrypt
+            return 0
+        if len(out) < self.sealed_size(size):
+            raise ValueError(f"{len(out)}-byte buffer is too small for {self.sealed_size(size)} sealed bytes")
+        seal = self._aead.encrypt_into
         n = self._counter
-        parts: list[bytes] = []
+        pos = 0
         if self._pending_salt:
-            parts.append(self.salt)
+            pos = len(self.salt)
+            out[:pos] = self.salt
             self._pending_salt = False
-        if size <= MAX_PAYLOAD:  # the common case: one chunk, no slicing
-            parts.append(seal(n.to_bytes(NONCE_SIZE, "little"), size.to_bytes(2, "big"), None))
-            parts.append(seal((n + 1).to_bytes(NONCE_SIZE, "little"), data, None))
-            self._counter = n + 2
-            return b"".join(parts)
-        view = memoryview(data)
+        view = memoryview(data) if size > MAX_PAYLOAD else data  # slices of bytes would copy
         for start in range(0, size, MAX_PAYLOAD):
             piece = view[start : start + MAX_PAYLOAD]
-            parts.append(seal(n.to_bytes(NONCE_SIZE, "little"), len(piece).to_bytes(2, "big"), None))
-            parts.append(seal((n + 1).to_bytes(NONCE_SIZE, "little"), piece, None))
+            payload_at = pos + LENGTH_CHUNK_SIZE
+            seal(n.to_bytes(NONCE_SIZE, "little"), len(piece).to_bytes(2, "big"), None, out[pos:payload_at])
+            pos = payload_at + len(piece) + TAG_SIZE
+            seal((n + 1).to_bytes(NONCE_SIZE, "little"), piece, None, out[payload_at:pos])
             n += 2
         self._counter = n
-        return b"".join(parts)
+        return pos
+
+    def encrypt(self, data: Buffer) -> bytes:
+        """``encrypt_into`` a new buffer: the salt (first time) and the sealed chunks of ``data``."""
+        out = bytearray(self.sealed_size(len(data)))
+        self.encrypt_into(data, memoryview(out))
+        return bytes(out)
 
 
 class TcpDecryptor:
@@ -174,58 +188,71 @@ class TcpDecryptor:
     def feed(self, data: Buffer) -> bytes:
         """Take ``data``, return the plaintext of every chunk now complete (``b""`` if none)."""
         buf = self._buf
-        if buf:
-            buf += data
-            src = memoryview(buf)
-        else:  # nothing held back: work on the caller's bytes, keep only the tail
-            src = memoryview(data)
+        buf += data
+        out = bytearray(len(buf))  # plaintext is never longer than its ciphertext
+        with memoryview(buf) as src, memoryview(out) as dst:
+            used, written = self._open(src, dst)
+        del buf[:used]
+        del out[written:]
+        return bytes(out)
+
+    def take_buffered(self) -> bytes:
+        """The ciphertext ``feed`` holds back (an incomplete step), handed over and forgotten."""
+        held = bytes(self._buf)
+        self._buf.clear()
+        return held
+
+    def open_into(self, src: Buffer, out: memoryview) -> tuple[int, int]:
+        """Open the complete chunks at the start of ``src`` into ``out``, as many as fit; returns
+        (ciphertext bytes used, plaintext bytes written). ``src`` continues the stream right after
+        what was used before; nothing may be held back by ``feed`` (see ``take_buffered``).
+        Neither the salt nor a length needs room in ``out``: only payloads do, whole."""
+        if self._buf:
+            raise ValueError("feed() holds ciphertext back: take_buffered() it first")
+        return self._open(memoryview(src), out)
+
+    def _open(self, src: memoryview, out: memoryview) -> tuple[int, int]:
         size = len(src)
-        pos = 0
-        out: list[bytes] = []
+        pos = written = 0
+        if self._aead is None:
+            salt_size = self._method.salt_size
+            if size < salt_size:
+                return 0, 0
+            self.salt = bytes(src[:salt_size])
+            self._aead = session_aead(self._key, self.salt, self._method)
+            pos = salt_size
+        aead = self._aead
+        open_length, open_into = aead.decrypt, aead.decrypt_into
+        room = len(out)
+        n = self._counter
+        payload_size = self._payload_size
         try:
-            if self._aead is None:
-                salt_size = self._method.salt_size
-                if size < salt_size:
-                    return b""
-                self.salt = bytes(src[:salt_size])
-                self._aead = session_aead(self._key, self.salt, self._method)
-                pos = salt_size
-            open_ = self._aead.decrypt
-            n = self._counter
-            payload_size = self._payload_size
-            try:
-                while True:
-                    if payload_size < 0:
-                        end = pos + LENGTH_CHUNK_SIZE
-                        if end > size:
-                            break
-                        length = open_(n.to_bytes(NONCE_SIZE, "little"), src[pos:end], None)
-                        n += 1
-                        payload_size = (length[0] << 8) | length[1]
-                        if payload_size > MAX_PAYLOAD:
-                            raise ShadowsocksError(f"chunk length {payload_size:#06x} has reserved bits set")
-                        pos = end
-                    end = pos + payload_size + TAG_SIZE
+            while True:
+                if payload_size < 0:
+                    end = pos + LENGTH_CHUNK_SIZE
                     if end > size:
                         break
-                    out.append(open_(n.to_bytes(NONCE_SIZE, "little"), src[pos:end], None))
+                    length = open_length(n.to_bytes(NONCE_SIZE, "little"), src[pos:end], None)
                     n += 1
-                    payload_size = -1
+                    payload_size = (length[0] << 8) | length[1]
+                    if payload_size > MAX_PAYLOAD:
+                        raise ShadowsocksError(f"chunk length {payload_size:#06x} has reserved bits set")
                     pos = end
-            except InvalidTag:
-                raise ShadowsocksError("chunk failed authentication (wrong key or tampered data)") from None
-            finally:
-                self._counter = n
-                self._payload_size = payload_size
+                end = pos + payload_size + TAG_SIZE
+                stop = written + payload_size
+                if end > size or stop > room:
+                    break
+                open_into(n.to_bytes(NONCE_SIZE, "little"), src[pos:end], None, out[written:stop])
+                n += 1
+                payload_size = -1
+                pos = end
+                written = stop
+        except InvalidTag:
+            raise ShadowsocksError("chunk failed authentication (wrong key or tampered data)") from None
         finally:
-            src.release()
-            if buf:
-                del buf[:pos]
-            elif pos < size:
-                buf += memoryview(data)[pos:]
-        if len(out) == 1:
-            return out[0]
-        return b"".join(out)
+            self._counter = n
+            self._payload_size = payload_size
+        return pos, written
 
 
 def try_keys(method: Method, keys: Iterable[tuple[K, bytes]], head: Buffer) -> K | None:

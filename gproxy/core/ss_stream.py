@@ -7,12 +7,60 @@ gevent socket, the relay takes its generic path (one greenlet per direction) for
 from __future__ import annotations
 
 import socket
+import weakref
 
-from gproxy.codec.shadowsocks import MAX_PAYLOAD, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
+from gevent.hub import Hub, get_hub
+
+from gproxy.codec.shadowsocks import MAX_PAYLOAD, METHODS, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
+from gproxy.core._gevent import GeventInternalsMissing, raw_socket
 
 Buffer = bytes | bytearray | memoryview
-#: ciphertext read per recv: four full chunks (length, payload and their tags)
-CIPHER_READ = 4 * (MAX_PAYLOAD + 2 + 2 * TAG_SIZE)
+#: a sealed chunk at its largest: length, payload and their tags
+_CHUNK = 2 + MAX_PAYLOAD + 2 * TAG_SIZE
+#: ciphertext read per recv (at least): eight full chunks, two fillings of the relay's 64 KiB buffer
+CIPHER_READ = 8 * _CHUNK
+#: a read buffer: CIPHER_READ after a partial chunk
+_READ_BUFFER = CIPHER_READ + _CHUNK
+#: free read buffers a hub keeps for its streams (a stream waiting for data holds none)
+READ_POOL = 8
+#: plaintext sealed in the hub's shared send buffer; larger writes get a buffer of their own
+SEAL_BUFFER = 1 << 16
+_SEALED_MAX = (
+    SEAL_BUFFER + -(-SEAL_BUFFER // MAX_PAYLOAD) * (_CHUNK - MAX_PAYLOAD) + max(m.salt_size for m in METHODS.values())
+)
+
+
+#: where a waiting stream peeks its first byte (never read: any stream may share it)
+_PEEK = bytearray(1)
+
+
+class _HubBuffers:
+    """What the streams of one hub (thread) share: the send buffer, filled and handed to the
+    kernel with no yield between, and the pool of free read buffers."""
+
+    __slots__ = ("send", "free_reads", "__weakref__")
+
+    def __init__(self) -> None:
+        self.send = memoryview(bytearray(_SEALED_MAX))
+        self.free_reads: list[memoryview] = []
+
+    def take_read_buffer(self) -> memoryview:
+        return self.free_reads.pop() if self.free_reads else memoryview(bytearray(_READ_BUFFER))
+
+    def give_back(self, buf: memoryview) -> None:
+        if len(self.free_reads) < READ_POOL:
+            self.free_reads.append(buf)
+
+
+_hub_buffers: weakref.WeakKeyDictionary[Hub, _HubBuffers] = weakref.WeakKeyDictionary()
+
+
+def _this_hubs_buffers() -> _HubBuffers:
+    hub = get_hub()
+    buffers = _hub_buffers.get(hub)
+    if buffers is None:
+        buffers = _hub_buffers[hub] = _HubBuffers()
+    return buffers
 
 
 class SsStreamError(ConnectionError):
@@ -20,65 +68,133 @@ class SsStreamError(ConnectionError):
 
 
 class SsSocket:
-    """A socket-like object over ``sock`` that decrypts what it reads and encrypts what it sends."""
+    """A socket-like object over ``sock`` that decrypts what it reads and encrypts what it sends.
 
-    __slots__ = ("sock", "decryptor", "encryptor", "_plain", "_pos", "_cipher")
+    Reading: ciphertext is read into a buffer (``CIPHER_READ`` and a chunk) and its chunks are
+    opened straight into the caller's buffer when it has room for a full chunk, else into a spare
+    one handed out piecewise. A stream that waits for data with no partial chunk held gives its
+    read buffer back to the hub's pool while it waits (idle tunnels hold none). Writing: sealed
+    into the hub's buffer and sent on the kernel socket; only what it does not take at once is
+    copied out and waits (gevent's ``sendall``).
+    """
 
-    def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor, plain: bytes = b""):
+    __slots__ = ("sock", "_raw", "_hub", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain")
+
+    def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor):
         self.sock = sock
+        try:  # the kernel socket: a send that need not wait skips gevent's Python layers
+            self._raw: socket.socket | None = raw_socket(sock)
+        except (TypeError, GeventInternalsMissing):
+            self._raw = None
+        self._hub = _this_hubs_buffers()  # a socket stays in the hub (thread) that made it
         self.decryptor = decryptor
         self.encryptor = encryptor
-        self._plain = plain  # decrypted, not yet handed out
-        self._pos = 0
-        self._cipher = memoryview(bytearray(CIPHER_READ))
+        held = decryptor.take_buffered()  # what the handshake read past its last complete step
+        self._cipher: memoryview | None = None
+        if held:
+            self._cipher = self._hub.take_read_buffer()
+            self._cipher[: len(held)] = held
+        self._start = 0  # ciphertext not yet opened: _cipher[_start:_end]
+        self._end = len(held)
+        self._spare: memoryview | None = None  # plaintext for callers with small buffers
+        self._plain = memoryview(b"")  # opened, not yet handed out (a slice of _spare)
 
     # -- reading ------------------------------------------------------------------------
 
-    def _fill(self) -> bool:
-        """Read and decrypt until some plaintext is there; False at EOF."""
-        cipher = self._cipher
+    def _open_into(self, out: memoryview) -> int:
+        """Open ciphertext into ``out`` (room for a full chunk), reading when none is complete; 0 at EOF."""
         while True:
-            n = self.sock.recv_into(cipher)
+            cipher = self._cipher
+            if self._end > self._start:
+                try:
+                    used, written = self.decryptor.open_into(cipher[self._start : self._end], out)  # type: ignore[index]
+                except ShadowsocksError as exc:
+                    raise SsStreamError(str(exc)) from None
+                self._start += used
+                if written:
+                    return written
+            if cipher is None:
+                cipher = self._cipher = self._hub.take_read_buffer()
+            if self._start == self._end:
+                self._start = self._end = 0
+            elif len(cipher) - self._end < CIPHER_READ:  # keep reads big: the partial chunk moves to the front
+                held = self._end - self._start
+                cipher[:held] = cipher[self._start : self._end]
+                self._start, self._end = 0, held
+            n = self._read(cipher)
+            if n < 0:
+                continue  # waited without the buffer: take one and read
             if not n:
-                return False
-            try:
-                plain = self.decryptor.feed(cipher[:n])
-            except ShadowsocksError as exc:
-                raise SsStreamError(str(exc)) from None
-            if plain:
-                self._plain = plain
-                self._pos = 0
-                return True
+                return 0
+            self._end += n
+
+    def _read(self, cipher: memoryview) -> int:
+        """Read into ``cipher`` after ``_end``: bytes read, 0 at EOF, -1 once data came while the
+        buffer was back in the pool (nothing held: the stream waited with a peek, buffer-less)."""
+        space = cipher[self._end :]
+        if self._raw is None:
+            return self.sock.recv_into(space)
+        try:
+            return self._raw.recv_into(space)
+        except BlockingIOError:
+            pass
+        if self._end:  # a partial chunk is held: wait in the buffer (gevent: under the socket's timeout)
+            return self.sock.recv_into(space)
+        self._cipher = None
+        self._hub.give_back(cipher)
+        return -1 if self.sock.recv_into(_PEEK, 1, socket.MSG_PEEK) else 0
+
+    def _spare_plain(self) -> bool:
+        """Open the next chunks into the spare buffer (``_plain``); False at EOF."""
+        if self._spare is None:
+            self._spare = memoryview(bytearray(MAX_PAYLOAD))
+        n = self._open_into(self._spare)
+        self._plain = self._spare[:n]
+        return n > 0
 
     def recv_into(self, buf: Buffer, nbytes: int = 0, flags: int = 0) -> int:
-        if self._pos >= len(self._plain) and not self._fill():
-            return 0
-        plain, pos = self._plain, self._pos
-        size = min(nbytes or len(buf), len(plain) - pos)
-        if pos == 0 and size == len(plain):
-            buf[:size] = plain  # type: ignore[index]
-            self._plain = b""
-        else:
-            buf[:size] = memoryview(plain)[pos : pos + size]  # type: ignore[index]
-            self._pos = pos + size
+        out = memoryview(buf)
+        if nbytes and nbytes < len(out):
+            out = out[:nbytes]
+        if not self._plain:
+            if len(out) >= MAX_PAYLOAD:  # the relay's case: straight into its buffer
+                return self._open_into(out)
+            if not self._spare_plain():
+                return 0
+        plain = self._plain
+        size = min(len(out), len(plain))
+        out[:size] = plain[:size]
+        self._plain = plain[size:]
         return size
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if self._pos >= len(self._plain) and not self._fill():
+        if not self._plain and not self._spare_plain():
             return b""
-        plain, pos = self._plain, self._pos
-        if pos == 0 and len(plain) <= bufsize:
-            self._plain = b""
-            return plain
-        self._pos = pos + bufsize
-        return plain[pos : pos + bufsize]
+        plain = self._plain
+        self._plain = plain[bufsize:]
+        return bytes(plain[:bufsize])
 
     # -- writing ------------------------------------------------------------------------
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
-        sealed = self.encryptor.encrypt(data)
-        if sealed:
-            self.sock.sendall(sealed)
+        size = self.encryptor.sealed_size(len(data))
+        shared = size <= _SEALED_MAX
+        out = self._hub.send if shared else memoryview(bytearray(size))
+        n = self.encryptor.encrypt_into(data, out)
+        if not n:
+            return
+        sent = 0
+        if self._raw is not None:
+            try:  # noqa: SIM105 (the hot path: no context manager per write)
+                sent = self._raw.send(out[:n])
+            except BlockingIOError:
+                pass
+            if sent == n:
+                return
+        rest = out[sent:n]
+        # gevent's sendall waits for the peer to drain (under the socket's timeout); other
+        # greenlets of this thread reuse the shared buffer meanwhile: the rest is copied out
+        self.sock.sendall(rest.tobytes() if shared else rest)
 
     def send(self, data: Buffer, flags: int = 0) -> int:
         self.sendall(data)

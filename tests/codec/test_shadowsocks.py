@@ -288,3 +288,83 @@ def test_method_names() -> None:
     assert ss.METHODS[ss.DEFAULT_METHOD].key_size == 32
     with pytest.raises(ConfigError, match="chacha20-ietf-poly1305"):
         ss.method_by_name("rc4-md5")
+
+
+# -- encrypt_into / open_into (the stream's zero-copy paths) ------------------------------
+
+
+@pytest.mark.parametrize(("name", "index"), vector_cases("tcp_client"))
+@pytest.mark.parametrize("room", [ss.MAX_PAYLOAD, ss.MAX_PAYLOAD + 1, 1 << 16])
+def test_open_into_reads_what_ss_local_sent(name: str, index: int, room: int) -> None:
+    """Chunks are opened straight into the caller's buffer, as many whole payloads as fit."""
+    record = load(name)
+    case = record["tcp_client"][index]
+    key, method = key_and_method(record)
+    stream = memoryview(bytes.fromhex(case["ciphertext_hex"]))
+    decryptor = ss.TcpDecryptor(key, method)
+    out = memoryview(bytearray(room))
+    got = b""
+    for _ in range(len(stream)):  # bounded: every call uses at least a salt or a chunk
+        used, written = decryptor.open_into(stream, out)
+        got += out[:written]
+        stream = stream[used:]
+        if not stream:
+            break
+        assert used
+    assert got == expected_plaintext(case)
+    assert decryptor.needed == ss.LENGTH_CHUNK_SIZE
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_open_into_waits_for_whole_chunks_and_room(name: str) -> None:
+    method = ss.METHODS[name]
+    key = ss.derive_key("into", method)
+    stream = ss.TcpEncryptor(key, method).encrypt(pattern(100) + pattern(0x3FFF + 7))  # chunks of 0x3FFF and 100 + 7
+    decryptor = ss.TcpDecryptor(key, method)
+    small = memoryview(bytearray(0x3FFF - 1))
+    assert decryptor.open_into(stream[: method.salt_size - 1], small) == (0, 0)  # not even the salt: nothing used
+    assert decryptor.open_into(stream[: method.salt_size + 5], small) == (method.salt_size, 0)
+    rest = memoryview(stream)[method.salt_size :]
+    assert decryptor.open_into(rest, small) == (18, 0)  # the length opens; its payload does not fit
+    rest = rest[18:]
+    big = memoryview(bytearray(1 << 16))
+    assert decryptor.open_into(rest[:100], big) == (0, 0)  # the payload is not all there
+    used, written = decryptor.open_into(rest, big)
+    assert (used, written) == (len(rest), 0x3FFF + 107)
+    assert big[:written] == pattern(100) + pattern(0x3FFF + 7)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_open_into_takes_over_from_feed(name: str) -> None:
+    """The handshake feeds; the stream then opens in place once it took what feed held back."""
+    method = ss.METHODS[name]
+    key = ss.derive_key("handover", method)
+    stream = ss.TcpEncryptor(key, method).encrypt(b"header" + pattern(50_000))
+    decryptor = ss.TcpDecryptor(key, method)
+    cut = method.salt_size + 18 + 5  # salt, length and 5 bytes of a 0x3FFF-byte payload: feed holds those 5
+    assert decryptor.feed(stream[:cut]) == b""
+    with pytest.raises(ValueError, match="take_buffered"):
+        decryptor.open_into(stream[cut:], memoryview(bytearray(1 << 16)))
+    held = decryptor.take_buffered()
+    assert len(held) == 5
+    out = memoryview(bytearray(1 << 16))
+    assert decryptor.open_into(held + stream[cut:], out) == (len(held + stream[cut:]), 50_006)
+    assert out[:50_006] == b"header" + pattern(50_000)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("size", [1, 0x3FFF, 0x3FFF + 1, 1 << 16, 100_000])
+def test_encrypt_into_matches_encrypt_and_sealed_size(name: str, size: int) -> None:
+    method = ss.METHODS[name]
+    key = ss.derive_key("sealed", method)
+    salt = bytes(range(method.salt_size))
+    plain = pattern(size)
+    into, whole = ss.TcpEncryptor(key, method, salt=salt), ss.TcpEncryptor(key, method, salt=salt)
+    for _ in range(2):  # with the salt, then without
+        need = into.sealed_size(size)
+        out = memoryview(bytearray(need + 3))
+        assert into.encrypt_into(plain, out) == need
+        assert out[:need] == whole.encrypt(plain)
+    assert into.sealed_size(0) == into.encrypt_into(b"", memoryview(bytearray())) == 0
+    with pytest.raises(ValueError, match="too small"):
+        into.encrypt_into(plain, memoryview(bytearray(into.sealed_size(size) - 1)))
