@@ -49,6 +49,7 @@ from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_
 from gproxy.core.errors import Outcome, outcome_of
 from gproxy.core.later import call_soon
 from gproxy.core.limits import TokenBucket
+from gproxy.core.stream import send_all
 
 CHUNK = 65536
 #: pipe capacity asked for a spliced direction, and the most one splice() moves
@@ -545,9 +546,10 @@ class _Tunnel(_IdleClock):
         self.limits = limits
 
     def pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
-        """Copy src -> dst until EOF, then half-close dst."""
+        """Copy src -> dst until EOF, then half-close dst. Reads are sized for ``dst``
+        (its ``write_size``: a Shadowsocks stream wants whole chunks), else CHUNK."""
         stats = self.stats
-        buf = memoryview(bytearray(CHUNK))
+        buf = memoryview(bytearray(CHUNK))[: getattr(dst, "write_size", CHUNK)]
         try:
             if self.limits is None:
                 while True:
@@ -558,7 +560,7 @@ class _Tunnel(_IdleClock):
                         stats.up += n
                     else:
                         stats.down += n
-                    dst.sendall(buf[:n])
+                    send_all(dst, buf[:n])
             else:
                 self._pump_limited(src, dst, upward, buf, self.limits[0 if upward else 1])
             if is_tls(dst):
@@ -591,7 +593,7 @@ class _Tunnel(_IdleClock):
                 stats.up += n
             else:
                 stats.down += n
-            dst.sendall(view[:n])
+            send_all(dst, view[:n])
 
     def end_tls(self, tls: socket.socket) -> None:
         """TLS cannot half-close here (``ssl`` drops its state on shutdown):

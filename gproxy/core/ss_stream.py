@@ -80,6 +80,10 @@ class SsSocket:
 
     __slots__ = ("sock", "_raw", "_hub", "decryptor", "encryptor", "_cipher", "_start", "_end", "_spare", "_plain")
 
+    #: what one write should carry (the relay reads this much for it): whole chunks, where
+    #: 64 KiB would end in a 4-byte fifth chunk (an AEAD call more on each side)
+    write_size = 4 * MAX_PAYLOAD
+
     def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor):
         self.sock = sock
         try:  # the kernel socket: a send that need not wait skips gevent's Python layers

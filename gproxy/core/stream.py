@@ -77,16 +77,7 @@ class Conn:
 
     def sendall(self, data: bytes) -> None:
         """Send it all; a short reply on a plain socket goes out in one direct send()."""
-        if type(self.sock) is _PLAIN:  # not TLS (an exact check: hasattr would raise inside gevent)
-            raw = raw_socket(self.sock)
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self.sock.sendall(data)
+        send_all(self.sock, data)
 
     def close_politely(self, linger: float = 0.5) -> None:
         """Shut down our sending half and drain briefly, so the client reads
@@ -105,3 +96,18 @@ class Conn:
         if not data:
             raise ClientClosed("client closed the connection")
         self.buf += data
+
+
+def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
+    """``sock.sendall(data)``, but on a plain gevent socket first one send() on its kernel
+    socket: what it takes at once costs no getsockopt and none of gevent's Python frames;
+    only a rest waits for the peer (gevent's sendall, under the socket's timeout)."""
+    if type(sock) is _PLAIN:  # not TLS (an exact check: hasattr would raise inside gevent)
+        try:
+            sent = raw_socket(sock).send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    sock.sendall(data)

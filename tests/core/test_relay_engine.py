@@ -262,6 +262,28 @@ def test_generic_path(pairs):
     assert (stats.up, stats.down, stats.outcome) == (size, size, "ok")
 
 
+def test_generic_path_reads_what_the_destination_wants_per_write(pairs):
+    """A destination with ``write_size`` (a Shadowsocks stream: whole chunks) gets writes of
+    at most that; a plain destination gets the rest of a partial send through gevent."""
+    client, a, b, upstream = pairs
+
+    class Sized(Wrapped):
+        write_size = 16383 * 4
+        writes: list[int] = []
+
+        def sendall(self, data: bytes | memoryview) -> None:
+            self.writes.append(len(data))
+            super().sendall(data)
+
+    sized = Sized(a)
+    g = start(sized, b)  # downward: upstream -> b (plain) -> a (sized)
+    size = 4 * 1024 * 1024
+    sent, received = _transfer(client, upstream, size)
+    assert received == sent
+    assert g.get(timeout=10).outcome == "ok"
+    assert max(Sized.writes) == Sized.write_size
+
+
 def test_generic_path_counts_into_the_callers_stats_while_it_runs(pairs):
     """The admin listener reads a greenlet-engine tunnel's bytes as they move (TLS, Shadowsocks)."""
     client, a, b, upstream = pairs
