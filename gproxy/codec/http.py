@@ -1,15 +1,16 @@
-"""The proxy-specific parts of HTTP/1.1 that h11 does not do.
+"""HTTP/1.1 as a forwarding proxy needs it, sans I/O.
 
-Bounded request-head reading with strict checks (request smuggling), the
-absolute-URI and CONNECT authority forms, hop-by-hop header stripping,
-Basic credentials and short error responses. Message framing itself (bodies,
-chunked coding, keep-alive) is h11's job. No socket or gevent imports here.
+Bounded request-head reading, request and response heads parsed with strict
+checks (request smuggling) in one pass, the absolute-URI and CONNECT authority
+forms, hop-by-hop header stripping, chunked coding, Basic credentials and short
+error responses. No socket or gevent imports here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -96,10 +97,10 @@ class HeadParser:
         self._line_ended = False
 
     def __call__(self, buf: bytearray) -> tuple[bytes, int] | None:
-        """The raw request head (through its blank line), checked; None until complete.
+        """The raw request head (through its blank line); None until complete.
 
         Up to MAX_EMPTY_LINES leading empty lines are skipped (RFC 9112 2.2).
-        Raises HttpError with 414, 431, 400 or 501.
+        Raises HttpError with 414, 431 or 400 (bounds only: parse_request checks the rest).
         """
         seen, self._seen = self._seen, len(buf)
         start = _skip_empty_lines(buf)
@@ -115,14 +116,29 @@ class HeadParser:
             if len(buf) - start > MAX_HEAD:
                 raise HttpError(431, "request header fields too large", reason=Outcome.HEADERS_TOO_LARGE)
             return None
-        head = bytes(buf[start:end])
-        check_head(head)
-        return head, end
+        return bytes(buf[start:end]), end
+
+
+def plain_head_end(buf: bytearray) -> int | None:
+    """Where the head at the very start of ``buf`` ends when it is plain: no empty line
+    before it, CRLF line ends, within the bounds. None for anything else, which
+    HeadParser then reads (a few C-level calls instead of its scan)."""
+    end = buf.find(b"\r\n\r\n") + 4
+    if end < 4 or end > MAX_HEAD or buf[0] in b"\r\n" or buf.find(b"\n", 0, MAX_REQUEST_LINE + 1) < 0:
+        return None
+    if buf.count(b"\n", 0, end) != buf.count(b"\r\n", 0, end):
+        return None  # a bare LF: a blank line may come earlier
+    return end
 
 
 def parse_head(buf: bytearray) -> tuple[bytes, int] | None:
-    """A one-shot HeadParser: the head at the start of ``buf``, or None."""
-    return HeadParser()(buf)
+    """A one-shot HeadParser whose head also passed check_head: the head at the start
+    of ``buf``, or None. (The proxy leaves the checks to parse_request, which makes them
+    in the same pass as its parsing.)"""
+    parsed = HeadParser()(buf)
+    if parsed is not None:
+        check_head(parsed[0])
+    return parsed
 
 
 def _skip_empty_lines(buf: bytearray) -> int | None:
@@ -228,8 +244,21 @@ def parse_authority(target: bytes) -> Address:
         text = target.decode("ascii")
     except UnicodeDecodeError:
         raise HttpError(400, "request target is not ASCII") from None
-    host, port = _parse_hostport(text, None)
-    return Address(host, port)
+    return _address(text, None)[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(authority: str, default_port: int | None) -> tuple[Address, str]:
+    """The Address an authority names, and the authority for a Host header (brackets
+    added around a bare IPv6 literal). Cached: clients ask the same few origins again
+    and again, and a failure (HttpError) is not kept."""
+    host, port = _parse_hostport(authority, default_port)
+    if ":" in host and not authority.startswith("["):
+        authority = format_hostport(host, port)  # the Host header wants brackets
+    return Address(host, port), authority
+
+
+_AUTHORITY_END = re.compile(rb"[/?#]")
 
 
 def split_absolute_uri(target: bytes) -> Target:
@@ -237,26 +266,24 @@ def split_absolute_uri(target: bytes) -> Target:
 
     Only ``http`` is forwarded (https goes through CONNECT); userinfo is refused.
     """
-    try:
-        text = target.decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpError(400, "request target is not ASCII") from None
-    scheme, sep, rest = text.partition("://")
+    if not target.isascii():
+        raise HttpError(400, "request target is not ASCII")
+    scheme, sep, rest = target.partition(b"://")
     if not sep:
         raise HttpError(400, "a proxy request needs an absolute URI (http://host/path)")
-    if scheme.lower() != "http":
-        raise HttpError(400, f"only http:// URIs are forwarded (use CONNECT for {scheme})")
-    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    if scheme.lower() != b"http":
+        raise HttpError(400, f"only http:// URIs are forwarded (use CONNECT for {scheme.decode()})")
+    end = _AUTHORITY_END.search(rest)
+    cut = len(rest) if end is None else end.start()
     authority, path = rest[:cut], rest[cut:]
-    if "@" in authority:
+    if b"@" in authority:
         raise HttpError(400, "userinfo in the request URI is not allowed")
-    host, port = _parse_hostport(authority, 80)
-    if ":" in host and not authority.startswith("["):
-        authority = format_hostport(host, port)  # the Host header wants brackets
-    path = path.partition("#")[0]
-    if not path.startswith("/"):
-        path = "/" + path
-    return Target(Address(host, port), authority, path.encode("ascii"))
+    address, host_authority = _address(authority.decode(), 80)
+    if b"#" in path:
+        path = path.partition(b"#")[0]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return Target(address, host_authority, path)
 
 
 def host_header(target: Target) -> bytes:
@@ -330,13 +357,22 @@ _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP
 _STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 #: control characters a head never holds (CR only before LF; HTAB is allowed in values)
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+#: every byte a head may hold but CR and LF: deleted from a head, only its line ends are left
+_LINE_BYTES = bytes(byte for byte in range(256) if byte == 0x09 or (byte >= 0x20 and byte != 0x7F))
+#: header names joined by LF, each a token
+_NAMES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 #: methods whose request may be sent again when a kept-alive origin connection fails first
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+#: what never goes to the origin from a request head (Host and framing are written afresh)
+REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length"}
+#: what never goes to the client from a response head (framing is written afresh)
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 @dataclass(slots=True)
 class RequestHead:
-    """A request head as the proxy needs it (after check_head)."""
+    """A request head as the proxy needs it (checked as check_head does)."""
 
     method: bytes
     target: bytes
@@ -346,6 +382,8 @@ class RequestHead:
     chunked: bool
     length: int  # Content-Length, 0 when absent (or when chunked)
     expect_continue: bool
+    names: list[bytes]  # the header names in lower case, in the order of ``headers``
+    tokens: frozenset[bytes]  # the Connection header's tokens, lower case
 
 
 @dataclass(slots=True)
@@ -359,6 +397,8 @@ class ResponseHead:
     chunked: bool
     length: int | None  # None: no Content-Length (chunked, or delimited by close)
     close: bool  # the origin will close after this response
+    names: list[bytes]  # the header names in lower case, in the order of ``headers``
+    tokens: frozenset[bytes]  # the Connection header's tokens, lower case
 
 
 def _header_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -376,8 +416,67 @@ def _split_lines(head: bytes) -> list[bytes]:
     return head.replace(b"\r\n", b"\n").split(b"\n")
 
 
+def _plain_fields(head: bytes, start: int) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | None:
+    """The header fields between ``start`` and the blank line that ends ``head``, and their
+    names in lower case, when every line is plain: CRLF line ends, a token right before
+    each colon, no control character, no folded line. None for anything else, which the
+    strict path then reads (and refuses where it must): one pass of C-level calls."""
+    ends = head.translate(None, _LINE_BYTES)
+    if ends.count(b"\r\n") * 2 != len(ends) or not head.endswith(b"\r\n\r\n"):
+        return None
+    if start >= len(head) - 2:
+        return [], []
+    names, colons, values = zip(*[line.partition(b":") for line in head[start:-4].split(b"\r\n")], strict=True)
+    joined = b"\n".join(names)
+    if b"" in colons or _NAMES.fullmatch(joined) is None:
+        return None
+    return list(zip(names, [value.strip(b" \t") for value in values], strict=True)), joined.lower().split(b"\n")
+
+
+def _tokens(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> frozenset[bytes]:
+    """The Connection tokens (connection_tokens, with the names already lowered)."""
+    count = names.count(b"connection")
+    if not count:
+        return _NO_TOKENS
+    if count > 1:
+        return frozenset(connection_tokens(headers))
+    value = headers[names.index(b"connection")][1]
+    return frozenset(token.strip(b" \t") for token in value.lower().split(b",")) - {b""}
+
+
 def parse_request(head: bytes) -> RequestHead:
-    """The request head that HeadParser returned (already through check_head)."""
+    """The request head that HeadParser returned, checked (as check_head does) and parsed.
+
+    A plain head (the usual one) is read in one pass; anything else goes the strict way.
+    """
+    line_end = head.find(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
+    plain = _plain_fields(head, line_end + 2) if match is not None else None
+    if match is None or plain is None or b"transfer-encoding" in plain[1] or plain[1].count(b"content-length") > 1:
+        return _parse_request_strictly(head)
+    headers, names = plain
+    length = 0
+    if b"content-length" in names:
+        value = headers[names.index(b"content-length")][1]
+        if not value.isdigit():
+            return _parse_request_strictly(head)  # refused there
+        length = int(value)
+    method, target, version = match.groups()
+    tokens = _tokens(headers, names)
+    if version == b"1.1":
+        keep_alive = b"close" not in tokens
+        if b"host" not in names:
+            raise HttpError(400, "an HTTP/1.1 request needs a Host header")
+        expect_continue = b"expect" in names and headers[names.index(b"expect")][1].lower() == b"100-continue"
+    else:
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+        expect_continue = False
+    return RequestHead(method, target, version, headers, keep_alive, False, length, expect_continue, names, tokens)
+
+
+def _parse_request_strictly(head: bytes) -> RequestHead:
+    """parse_request for any head: check_head's checks, then line by line."""
+    check_head(head)
     lines = _split_lines(head)
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
@@ -386,7 +485,7 @@ def parse_request(head: bytes) -> RequestHead:
         raise HttpError(400, "malformed request line")
     method, target, version = match.groups()
     headers = _header_lines(lines[1:])
-    tokens = connection_tokens(headers)
+    tokens = frozenset(connection_tokens(headers))
     if version == b"1.1":
         keep_alive = b"close" not in tokens
         if header(headers, b"host") is None:
@@ -405,7 +504,23 @@ def parse_request(head: bytes) -> RequestHead:
         chunked,
         0 if chunked or length is None else int(length),
         version == b"1.1" and expect is not None and expect.lower() == b"100-continue",
+        [name.lower() for name, _ in headers],
+        tokens,
     )
+
+
+def encode_request_head(request: RequestHead, target: Target) -> bytes:
+    """The head for the origin: hop-by-hop headers gone, Host from the URI, the request's
+    own framing, origin-form target; keep-alive is HTTP/1.1's default."""
+    drop = REQUEST_DROP | request.tokens if request.tokens else REQUEST_DROP
+    lines = kept_lines(request.headers, request.names, drop)
+    lines[:0] = (request.method + b" " + target.path + b" HTTP/1.1", b"Host: " + host_header(target))
+    if request.chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    elif b"content-length" in request.names:
+        lines.append(b"Content-Length: %d" % request.length)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 def response_head_end(buf: bytearray | bytes) -> int | None:
@@ -414,7 +529,49 @@ def response_head_end(buf: bytearray | bytes) -> int | None:
 
 
 def parse_response(head: bytes) -> ResponseHead:
-    """An origin's response head; HttpError(502) if it is not HTTP/1.x or is ambiguous."""
+    """An origin's response head; HttpError(502) if it is not HTTP/1.x or is ambiguous.
+
+    A plain head (the usual one) is read in one pass; anything else goes the strict way.
+    """
+    line_end = head.find(b"\r\n")
+    match = _STATUS_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
+    plain = _plain_fields(head, line_end + 2) if match is not None else None
+    if match is None or plain is None or plain[1].count(b"content-length") > 1:
+        return _parse_response_strictly(head)
+    headers, names = plain
+    length = None
+    if b"content-length" in names:
+        value = headers[names.index(b"content-length")][1]
+        if not value.isdigit():
+            return _parse_response_strictly(head)  # refused there
+        length = int(value)
+    codings = headers[names.index(b"transfer-encoding")][1] if b"transfer-encoding" in names else None
+    version, status, reason = match.groups()
+    return _response(version, status, reason, headers, names, _tokens(headers, names), length, codings)
+
+
+def _response(
+    version: bytes,
+    status: bytes,
+    reason: bytes | None,
+    headers: list[tuple[bytes, bytes]],
+    names: list[bytes],
+    tokens: frozenset[bytes],
+    length: int | None,
+    codings: bytes | None,
+) -> ResponseHead:
+    """The framing of a response whose headers passed the checks."""
+    chunked = codings is not None and codings.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
+    if codings is not None:
+        length = None
+    close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
+    if codings is not None and not chunked or length is None and not chunked:
+        close = True  # delimited by close
+    return ResponseHead(version, int(status), reason or b"", headers, chunked, length, close, names, tokens)
+
+
+def _parse_response_strictly(head: bytes) -> ResponseHead:
+    """parse_response for any head, line by line."""
     try:
         lines = _split_lines(head)
     except HttpError:
@@ -425,18 +582,19 @@ def parse_response(head: bytes) -> ResponseHead:
     version, status, reason = match.groups()
     headers = _header_lines(lines[1:])
     lengths = {value for name, value in headers if name.lower() == b"content-length"}
-    codings = header(headers, b"transfer-encoding")
     if any(not _TOKEN.fullmatch(name) for name, _ in headers):
         raise HttpError(502, "origin sent a malformed header")
     if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
         raise HttpError(502, "origin sent a bad Content-Length")
-    chunked = codings is not None and codings.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
-    length = int(next(iter(lengths))) if lengths and codings is None else None
-    tokens = connection_tokens(headers)
-    close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
-    if codings is not None and not chunked or length is None and not chunked:
-        close = True  # delimited by close
-    return ResponseHead(version, int(status), reason or b"", headers, chunked, length, close)
+    length = int(next(iter(lengths))) if lengths else None
+    names = [name.lower() for name, _ in headers]
+    tokens = frozenset(connection_tokens(headers))
+    return _response(version, status, reason, headers, names, tokens, length, header(headers, b"transfer-encoding"))
+
+
+def kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
+    """``Name: value`` for each header whose lower-case name is not in ``drop``."""
+    return [name + b": " + value for (name, value), lowered in zip(headers, names, strict=True) if lowered not in drop]
 
 
 class ChunkedDecoder:

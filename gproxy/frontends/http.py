@@ -14,10 +14,12 @@ import contextlib
 import socket
 
 import gevent
+from gevent.hub import get_hub, getcurrent
 
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
+from gproxy.core._gevent import is_plain, raw_socket
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
@@ -93,20 +95,41 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes
     """The next request head; None when a kept-alive client is done or idle.
 
     The first request's clock started at accept; the next ones' on a kept-alive
-    connection start at their first byte.
+    connection start at their first byte. A head that came whole in the first read
+    (the usual case) needs no deadline.
     """
     if not first:
-        try:
-            with gevent.Timeout(ctx.config.idle_timeout or None, IdleTimeout):
-                conn.peek_byte()
-        except (ClientClosed, IdleTimeout):
+        if not conn.buf and not _next_bytes(conn, ctx.config.idle_timeout):
             return None
         session.next_request()  # its line is due, even if it fails
+    buf = conn.buf
+    end = http.plain_head_end(buf) if buf else None
+    if end is not None:
+        head = bytes(buf[:end])
+        del buf[:end]
+        return head
     try:
         with handshake_deadline(ctx, session if first else None):
             return conn.read_message(http.HeadParser(), _HEAD_LIMIT)
     except HttpError as exc:
         raise _fail(conn, exc) from None
+
+
+def _next_bytes(conn: Conn, idle: float) -> bool:
+    """Wait for the kept-alive client's next bytes: False when it closed or stayed idle
+    for ``idle`` seconds (0: no limit). A bare timer, not a gevent.Timeout: it runs once
+    per request."""
+    timer = get_hub().loop.timer(idle) if idle else None
+    if timer is not None:
+        timer.start(getcurrent().throw, IdleTimeout)
+    try:
+        conn.peek_byte()
+    except (ClientClosed, IdleTimeout):
+        return False
+    finally:
+        if timer is not None:
+            timer.close()
+    return True
 
 
 def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
@@ -200,13 +223,15 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _Exchange:
-    """One request's origin side: its connection, route and response bytes read so far,
-    and the (upload, download) buckets that hold it to its owner's rate (--rate)."""
+    """One request's origin side: its connection (and the kernel socket under it, None
+    for TLS), route and response bytes read so far, and the (upload, download) buckets
+    that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "via", "pooled", "buf", "limits")
+    __slots__ = ("upstream", "raw", "via", "pooled", "buf", "limits")
 
     def __init__(self, upstream: socket.socket, via: str | None, pooled: bool) -> None:
         self.upstream, self.via, self.pooled = upstream, via, pooled
+        self.raw = raw_socket(upstream) if is_plain(upstream) else None
         self.buf = bytearray()
         self.limits: Limits = None
 
@@ -219,8 +244,12 @@ class _Exchange:
             raise OriginError(f"origin: {exc}") from None
 
     def send(self, data: bytes) -> None:
+        """All of ``data`` to the origin: what the kernel takes at once in one direct
+        send(), the rest through gevent (which waits, under the idle timeout)."""
         try:
-            self.upstream.sendall(data)
+            rest = _send_now(self.raw, data)
+            if rest:
+                self.upstream.sendall(rest)
         except TimeoutError:
             raise OriginError("origin stopped reading", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
@@ -233,6 +262,18 @@ class _Exchange:
         _to_client(conn, data, idle)
         if self.limits is not None:
             _pace(self.limits[1], len(data))
+
+
+def _send_now(raw: socket.socket | None, data: bytes) -> bytes:
+    """Send what the kernel socket ``raw`` takes without waiting; the rest is returned
+    (all of it without a kernel socket: TLS)."""
+    if raw is None:
+        return data
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        return data
+    return data[sent:] if sent < len(data) else b""
 
 
 def _pace(bucket: TokenBucket, n: int) -> None:
@@ -256,7 +297,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         raise _fail(conn, exc) from None
     session.dest = str(target.address)
     idle = ctx.config.idle_timeout or None
-    out_head = _outbound(request, target)
+    out_head = http.encode_request_head(request, target)
     pool = ctx.origin_pool
     key = (ctx.dialer, session.user, target.address.host, target.address.port)
     # Only a request that can be sent again rides a kept-alive connection: the origin
@@ -264,7 +305,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     reuse = pool is not None and request.method in http.IDEMPOTENT and not (request.chunked or request.length)
     limits = rate_limits(ctx, session)  # this request's user (or client IP): its tunnels' buckets
     while True:
-        exchange = _origin_for(conn, ctx, session, target, pool.get(key) if reuse and pool else None, idle)
+        exchange = _origin_for(conn, ctx, session, target, pool.get(key) if reuse and pool is not None else None, idle)
         exchange.limits = limits
         try:
             body_read = _send_request(conn, exchange, request, out_head, session, idle)
@@ -433,24 +474,27 @@ def _send_response(
     body_read: bool,
 ) -> tuple[bool, bool]:
     """Send the response head and body; (origin connection reusable, client connection kept)."""
-    headers = http.strip_hop_by_hop(response.headers, also=(b"content-length",))
+    drop = http.RESPONSE_DROP | response.tokens if response.tokens else http.RESPONSE_DROP
+    lines = http.kept_lines(response.headers, response.names, drop)
+    lines.insert(0, b"HTTP/1.1 %d %b" % (response.status, response.reason))
     no_body = request.method == b"HEAD" or response.status in (204, 304)
     keep_client = request.keep_alive and body_read
     chunk_out = False
     if response.length is not None:
-        headers.append((b"Content-Length", b"%d" % response.length))
+        lines.append(b"Content-Length: %d" % response.length)
     elif not no_body:
         if request.version == b"1.1":
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            lines.append(b"Transfer-Encoding: chunked")
             chunk_out = True
         else:
             keep_client = False  # delimited by our close
     if keep_client:
         if request.version == b"1.0":
-            headers.append((b"Connection", b"keep-alive"))
+            lines.append(b"Connection: keep-alive")
     else:
-        headers.append((b"Connection", b"close"))
-    head = http.encode_head(b"HTTP/1.1 %d %b" % (response.status, response.reason), headers)
+        lines.append(b"Connection: close")
+    lines.append(b"\r\n")
+    head = b"\r\n".join(lines)
     buf = exchange.buf
     if no_body:
         exchange.to_client(conn, head, idle)
@@ -500,18 +544,13 @@ def _send_response(
         data = exchange.recv()
 
 
-def _outbound(request: http.RequestHead, target: http.Target) -> bytes:
-    """The head for the origin: hop-by-hop gone, Host from the URI, framing kept, keep-alive."""
-    headers = http.strip_hop_by_hop(request.headers, also=(b"host", b"content-length"))
-    headers.insert(0, (b"Host", http.host_header(target)))
-    if request.chunked:
-        headers.append((b"Transfer-Encoding", b"chunked"))
-    elif http.header(request.headers, b"content-length") is not None:
-        headers.append((b"Content-Length", b"%d" % request.length))
-    return http.encode_head(request.method + b" " + target.path + b" HTTP/1.1", headers)
-
-
 def _to_client(conn: Conn, data: bytes, idle: float | None) -> None:
-    if data:
+    """``data`` to the client: one direct send() when the kernel takes it all (the usual
+    case), else through gevent under the idle timeout."""
+    if not data:
+        return
+    sock = conn.sock
+    rest = _send_now(raw_socket(sock) if is_plain(sock) else None, data)
+    if rest:
         with gevent.Timeout(idle, IdleTimeout("client read nothing for the idle timeout")):
-            conn.sendall(data)
+            sock.sendall(rest)
