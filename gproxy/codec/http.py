@@ -359,8 +359,9 @@ _STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 #: every byte a head may hold but CR and LF: deleted from a head, only its line ends are left
 _LINE_BYTES = bytes(byte for byte in range(256) if byte == 0x09 or (byte >= 0x20 and byte != 0x7F))
-#: header names joined by LF, each a token
-_NAMES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+#: a header line of a plain head (CRLF line ends, no control character): LF, name, colon, value, CR
+_FIELD = re.compile(rb"\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r]*)\r")
+_FIELD_NAME = re.compile(rb"\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):")
 #: methods whose request may be sent again when a kept-alive origin connection fails first
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: what never goes to the origin from a request head (Host and framing are written afresh)
@@ -417,20 +418,18 @@ def _split_lines(head: bytes) -> list[bytes]:
 
 
 def _plain_fields(head: bytes, start: int) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | None:
-    """The header fields between ``start`` and the blank line that ends ``head``, and their
-    names in lower case, when every line is plain: CRLF line ends, a token right before
-    each colon, no control character, no folded line. None for anything else, which the
-    strict path then reads (and refuses where it must): one pass of C-level calls."""
+    """The header fields between ``start`` (the LF ending the first line) and the blank
+    line that ends ``head``, and their names in lower case, when every line is plain:
+    CRLF line ends, a token right before each colon, no control character, no folded
+    line, no space before a line end. None for anything else, which the strict path
+    then reads (and refuses where it must): a handful of C-level calls in all."""
     ends = head.translate(None, _LINE_BYTES)
-    if ends.count(b"\r\n") * 2 != len(ends) or not head.endswith(b"\r\n\r\n"):
+    if ends.count(b"\r\n") * 2 != len(ends) or b" \r\n" in head or b"\t\r\n" in head:
         return None
-    if start >= len(head) - 2:
-        return [], []
-    names, colons, values = zip(*[line.partition(b":") for line in head[start:-4].split(b"\r\n")], strict=True)
-    joined = b"\n".join(names)
-    if b"" in colons or _NAMES.fullmatch(joined) is None:
-        return None
-    return list(zip(names, [value.strip(b" \t") for value in values], strict=True)), joined.lower().split(b"\n")
+    fields = _FIELD.findall(head, start)
+    if len(fields) * 2 != len(ends) - 4 or not head.endswith(b"\r\n\r\n"):
+        return None  # a line that is not a field
+    return fields, _FIELD_NAME.findall(head.lower(), start)
 
 
 def _tokens(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> frozenset[bytes]:
@@ -440,7 +439,12 @@ def _tokens(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> frozenset
         return _NO_TOKENS
     if count > 1:
         return frozenset(connection_tokens(headers))
-    value = headers[names.index(b"connection")][1]
+    return _token_set(headers[names.index(b"connection")][1])
+
+
+@functools.lru_cache(maxsize=256)
+def _token_set(value: bytes) -> frozenset[bytes]:
+    """One Connection header's tokens, lower case (cached: a few values recur)."""
     return frozenset(token.strip(b" \t") for token in value.lower().split(b",")) - {b""}
 
 
@@ -451,7 +455,7 @@ def parse_request(head: bytes) -> RequestHead:
     """
     line_end = head.find(b"\r\n")
     match = _REQUEST_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    plain = _plain_fields(head, line_end + 2) if match is not None else None
+    plain = _plain_fields(head, line_end + 1) if match is not None else None
     if match is None or plain is None or b"transfer-encoding" in plain[1] or plain[1].count(b"content-length") > 1:
         return _parse_request_strictly(head)
     headers, names = plain
@@ -525,6 +529,9 @@ def encode_request_head(request: RequestHead, target: Target) -> bytes:
 
 def response_head_end(buf: bytearray | bytes) -> int | None:
     """Where a response head ends in ``buf`` (after its blank line); None while incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end >= 0 and buf.count(b"\n", 0, end) == buf.count(b"\r\n", 0, end):
+        return end + 4  # CRLF throughout: no earlier blank line
     return _blank_line_end(buf, 0) if isinstance(buf, bytearray) else _blank_line_end(bytearray(buf), 0)
 
 
@@ -535,7 +542,7 @@ def parse_response(head: bytes) -> ResponseHead:
     """
     line_end = head.find(b"\r\n")
     match = _STATUS_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    plain = _plain_fields(head, line_end + 2) if match is not None else None
+    plain = _plain_fields(head, line_end + 1) if match is not None else None
     if match is None or plain is None or plain[1].count(b"content-length") > 1:
         return _parse_response_strictly(head)
     headers, names = plain
