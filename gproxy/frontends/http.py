@@ -58,23 +58,63 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one client: requests one after another until either side closes."""
     session.proto = "https" if ctx.listener.kind == "https" else "http"
     first = True
-    while True:
-        try:
-            if not _serve_request(conn, ctx, session, first):
-                return
-        except (HttpError, OriginError) as exc:
-            if session.status is None:  # not after the origin's own status went out
-                session.status = exc.status
-            raise
-        first = False
-        if ctx.owner is not None:  # each request gets its own access-log line
-            ctx.owner.log_request(session)
-            session.request_logged()
+    clock = _Clock()
+    try:
+        while True:
+            try:
+                if not _serve_request(conn, ctx, session, first, clock):
+                    return
+            except (HttpError, OriginError) as exc:
+                if session.status is None:  # not after the origin's own status went out
+                    session.status = exc.status
+                raise
+            first = False
+            if ctx.owner is not None:  # each request gets its own access-log line
+                ctx.owner.log_request(session)
+                session.request_logged()
+    finally:
+        clock.close()
 
 
-def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> bool:
+class _Clock:
+    """The idle timer of one client connection: one repeating libev timer, armed around
+    each wait (for the client's next request, for the origin) and stopped after it,
+    throwing the wait's own exception into the session's greenlet. What a gevent.Timeout
+    per wait does, without making a timer for each."""
+
+    __slots__ = ("seconds", "_timer", "_throw")
+
+    def __init__(self) -> None:
+        self.seconds: float = 0
+        self._timer: Any = None
+        self._throw = getcurrent().throw
+
+    def set(self, seconds: float | None) -> None:
+        """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
+        if (seconds or 0) != self.seconds:
+            self.close()
+            self.seconds = seconds or 0
+            if seconds:
+                self._timer = get_hub().loop.timer(seconds, seconds)
+
+    def arm(self, exc: type[BaseException]) -> None:
+        """Throw ``exc`` after ``seconds`` unless disarmed first (the full period, each time)."""
+        if self._timer is not None:
+            self._timer.again(self._throw, exc)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+
+def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bool:
     """Read and serve one request; True if the client connection stays open for the next."""
-    head = _read_head(conn, ctx, session, first)
+    head = _read_head(conn, ctx, session, first, clock)
     if head is None:
         return False
     if ctx.owner is not None:  # checked against the users and rules of this moment (SIGHUP)
@@ -89,10 +129,10 @@ def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> b
     if request.method == b"CONNECT":
         _connect(conn, ctx, session, request)
         return False
-    return _forward(conn, ctx, session, request)
+    return _forward(conn, ctx, session, request, clock)
 
 
-def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes | None:
+def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bytes | None:
     """The next request head; None when a kept-alive client is done or idle.
 
     The first request's clock started at accept; the next ones' on a kept-alive
@@ -100,7 +140,8 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes
     (the usual case) needs no deadline.
     """
     if not first:
-        if not conn.buf and not _next_bytes(conn, ctx.config.idle_timeout):
+        clock.set(ctx.config.idle_timeout)
+        if not conn.buf and not _next_bytes(conn, clock):
             return None
         session.next_request()  # its line is due, even if it fails
     buf = conn.buf
@@ -116,30 +157,17 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes
         raise _fail(conn, exc) from None
 
 
-def _next_bytes(conn: Conn, idle: float) -> bool:
+def _next_bytes(conn: Conn, clock: _Clock) -> bool:
     """Wait for the kept-alive client's next bytes: False when it closed or stayed idle
-    for ``idle`` seconds (0: no limit). A bare timer, not a gevent.Timeout: it runs once
-    per request."""
-    timer = _timer(idle, IdleTimeout)
+    for the clock's period."""
+    clock.arm(IdleTimeout)
     try:
         conn.peek_byte()
     except (ClientClosed, IdleTimeout):
         return False
     finally:
-        if timer is not None:
-            timer.close()
+        clock.disarm()
     return True
-
-
-def _timer(seconds: float | None, exc: type[BaseException]) -> Any:
-    """A started libev timer that throws ``exc`` into this greenlet after ``seconds``
-    (None or 0: no timer); the caller closes it. What gevent.Timeout does, for a fifth
-    of its cost: these run for every request."""
-    if not seconds:
-        return None
-    timer = get_hub().loop.timer(seconds)
-    timer.start(getcurrent().throw, exc)
-    return timer
 
 
 def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
@@ -241,16 +269,16 @@ class _Exchange:
     for TLS), route and response bytes read so far, and the (upload, download) buckets
     that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "raw", "via", "pooled", "idle", "buf", "limits")
+    __slots__ = ("upstream", "raw", "via", "pooled", "clock", "buf", "limits")
 
-    def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, idle: float | None) -> None:
-        self.upstream, self.via, self.pooled, self.idle = upstream, via, pooled, idle
+    def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, clock: _Clock) -> None:
+        self.upstream, self.via, self.pooled, self.clock = upstream, via, pooled, clock
         self.raw = raw_socket(upstream) if is_plain(upstream) else None
         self.buf = bytearray()
         self.limits: Limits = None
 
     def recv(self) -> bytes:
-        timer = _timer(self.idle, _OriginIdle)
+        self.clock.arm(_OriginIdle)
         try:
             return self.upstream.recv(CHUNK)
         except (_OriginIdle, TimeoutError):
@@ -258,8 +286,7 @@ class _Exchange:
         except OSError as exc:
             raise OriginError(f"origin: {exc}") from None
         finally:
-            if timer is not None:
-                timer.close()
+            self.clock.disarm()
 
     def send(self, data: bytes) -> None:
         """All of ``data`` to the origin: what the kernel takes at once in one direct
@@ -267,12 +294,11 @@ class _Exchange:
         try:
             rest = _send_now(self.raw, data)
             if rest:
-                timer = _timer(self.idle, _OriginIdle)
+                self.clock.arm(_OriginIdle)
                 try:
                     self.upstream.sendall(rest)
                 finally:
-                    if timer is not None:
-                        timer.close()
+                    self.clock.disarm()
         except (_OriginIdle, TimeoutError):
             raise OriginError("origin stopped reading", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
@@ -312,7 +338,7 @@ class _Stale(OriginError):
     """A kept-alive origin connection failed before any byte of the response."""
 
 
-def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHead) -> bool:
+def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHead, clock: _Clock) -> bool:
     """Forward one absolute-URI request; True if the client connection stays open."""
     try:
         target = http.split_absolute_uri(request.target)
@@ -320,6 +346,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         raise _fail(conn, exc) from None
     session.dest = str(target.address)
     idle = ctx.config.idle_timeout or None
+    clock.set(idle)
     out_head = http.encode_request_head(request, target)
     pool = ctx.origin_pool
     key = (ctx.dialer, session.user, target.address.host, target.address.port)
@@ -328,7 +355,8 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     reuse = pool is not None and request.method in http.IDEMPOTENT and not (request.chunked or request.length)
     limits = rate_limits(ctx, session)  # this request's user (or client IP): its tunnels' buckets
     while True:
-        exchange = _origin_for(conn, ctx, session, target, pool.get(key) if reuse and pool is not None else None, idle)
+        pooled = pool.get(key) if reuse and pool is not None else None
+        exchange = _origin_for(conn, ctx, session, target, pooled, clock)
         exchange.limits = limits
         try:
             body_read = _send_request(conn, exchange, request, out_head, session, idle)
@@ -365,7 +393,7 @@ def _origin_for(
     session: Session,
     target: http.Target,
     pooled: tuple[socket.socket, str | None] | None,
-    idle: float | None,
+    clock: _Clock,
 ) -> _Exchange:
     """A kept-alive connection (the rules checked again) or a new one."""
     if pooled is not None:
@@ -377,10 +405,10 @@ def _origin_for(
             pooled = None
         else:
             dialled_via.set(via)
-            return _Exchange(upstream, via, True, idle)
+            return _Exchange(upstream, via, True, clock)
     upstream = _dial(conn, ctx, target.address, session)
-    upstream.settimeout(None)  # the exchange's own timers bound each wait (idle)
-    return _Exchange(upstream, dialled_via.get(), False, idle)
+    upstream.settimeout(None)  # the clock bounds each wait (--idle-timeout)
+    return _Exchange(upstream, dialled_via.get(), False, clock)
 
 
 def _send_request(
