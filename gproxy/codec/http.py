@@ -103,6 +103,10 @@ class HeadParser:
         Raises HttpError with 414, 431 or 400 (bounds only: parse_request checks the rest).
         """
         seen, self._seen = self._seen, len(buf)
+        if not seen:  # the first look: a plain head that is all here needs no scan
+            end = plain_head_end(buf)
+            if end is not None:
+                return bytes(buf[:end]), end
         start = _skip_empty_lines(buf)
         if start is None:
             return None

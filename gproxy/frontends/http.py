@@ -86,8 +86,8 @@ class _Clock:
 
     def __init__(self) -> None:
         self.seconds: float = 0
-        self._timer: Any = None
-        self._throw = getcurrent().throw
+        self._timer: Any = None  # made on the first set(): a CONNECT never needs it
+        self._throw: Any = None
 
     def set(self, seconds: float | None) -> None:
         """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
@@ -96,6 +96,7 @@ class _Clock:
             self.seconds = seconds or 0
             if seconds:
                 self._timer = get_hub().loop.timer(seconds, seconds)
+                self._throw = getcurrent().throw
 
     def arm(self, exc: type[BaseException]) -> None:
         """Throw ``exc`` after ``seconds`` unless disarmed first (the full period, each time)."""
