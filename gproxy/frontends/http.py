@@ -20,7 +20,7 @@ from gevent.hub import get_hub, getcurrent
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
-from gproxy.core._gevent import is_plain, raw_socket
+from gproxy.core._gevent import READ, is_plain, raw_socket
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
@@ -34,6 +34,8 @@ from gproxy.core.tunnel import open_upstream, rate_limits, run_tunnel
 from gproxy.core.upstream_group import dialled_via
 
 CHUNK = 65536
+#: one read of a kept-alive client's next request (what Conn reads for a head)
+_CLIENT_READ = 4096
 #: backstop for Conn.read_message; the head parser raises 414/431 well before it
 _HEAD_LIMIT = http.MAX_HEAD + http.MAX_REQUEST_LINE + 2
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -80,14 +82,40 @@ class _Clock:
     """The idle timer of one client connection: one repeating libev timer, armed around
     each wait (for the client's next request, for the origin) and stopped after it,
     throwing the wait's own exception into the session's greenlet. What a gevent.Timeout
-    per wait does, without making a timer for each."""
+    per wait does, without making a timer for each.
 
-    __slots__ = ("seconds", "_timer", "_throw")
+    wait_readable() waits on a kernel socket through an io watcher made once for it,
+    where gevent's recv() first fails with EAGAIN (an exception) and then waits."""
+
+    __slots__ = ("seconds", "_timer", "_throw", "_hub", "_client_io")
 
     def __init__(self) -> None:
         self.seconds: float = 0
         self._timer: Any = None  # made on the first set(): a CONNECT never needs it
         self._throw: Any = None
+        self._hub: Any = None
+        self._client_io: Any = None
+
+    def wait_readable(self, io: Any) -> None:
+        """Until the socket of ``io`` (a read watcher) is readable; the armed timer may throw."""
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = get_hub()
+        hub.wait(io)
+
+    def read_watcher(self, raw: socket.socket) -> Any:
+        """A new read watcher for ``raw`` (the caller closes it)."""
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = get_hub()
+        return hub.loop.io(raw.fileno(), READ)
+
+    def client_io(self, raw: socket.socket) -> Any:
+        """The client socket's read watcher, made once (closed with the clock)."""
+        io = self._client_io
+        if io is None:
+            io = self._client_io = self.read_watcher(raw)
+        return io
 
     def set(self, seconds: float | None) -> None:
         """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
@@ -111,6 +139,9 @@ class _Clock:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
+        if self._client_io is not None:
+            self._client_io.close()
+            self._client_io = None
 
 
 def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bool:
@@ -161,14 +192,28 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _
 def _next_bytes(conn: Conn, clock: _Clock) -> bool:
     """Wait for the kept-alive client's next bytes: False when it closed or stayed idle
     for the clock's period."""
+    sock = conn.sock
     clock.arm(IdleTimeout)
     try:
-        conn.peek_byte()
+        if not is_plain(sock):  # TLS: its own buffering
+            conn.peek_byte()
+            return True
+        raw = raw_socket(sock)
+        io = clock.client_io(raw)
+        while True:
+            clock.wait_readable(io)
+            try:
+                data = raw.recv(_CLIENT_READ)
+            except BlockingIOError:
+                continue
+            if not data:
+                return False
+            conn.buf += data
+            return True
     except (ClientClosed, IdleTimeout):
         return False
     finally:
         clock.disarm()
-    return True
 
 
 def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
@@ -270,18 +315,44 @@ class _Exchange:
     for TLS), route and response bytes read so far, and the (upload, download) buckets
     that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "raw", "via", "pooled", "clock", "buf", "limits")
+    __slots__ = ("upstream", "raw", "via", "pooled", "clock", "buf", "limits", "io")
 
     def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, clock: _Clock) -> None:
         self.upstream, self.via, self.pooled, self.clock = upstream, via, pooled, clock
         self.raw = raw_socket(upstream) if is_plain(upstream) else None
+        self.io: Any = None  # a read watcher for raw, made when first waited on
         self.buf = bytearray()
         self.limits: Limits = None
 
-    def recv(self) -> bytes:
+    def close(self, *, keep: bool = False) -> None:
+        """The exchange is over: its watcher closed, and its connection unless ``keep``."""
+        if self.io is not None:
+            self.io.close()
+            self.io = None
+        if not keep:
+            self.upstream.close()
+
+    def recv(self, wait_first: bool = False) -> bytes:
+        """The origin's next bytes (b"": it closed). ``wait_first``: the bytes cannot be
+        there yet (the request has just gone out), so wait before reading."""
         self.clock.arm(_OriginIdle)
         try:
-            return self.upstream.recv(CHUNK)
+            raw = self.raw
+            if raw is None:
+                return self.upstream.recv(CHUNK)
+            if not wait_first:
+                try:
+                    return raw.recv(CHUNK)
+                except BlockingIOError:
+                    pass
+            if self.io is None:
+                self.io = self.clock.read_watcher(raw)
+            while True:
+                self.clock.wait_readable(self.io)
+                try:
+                    return raw.recv(CHUNK)
+                except BlockingIOError:
+                    continue
         except (_OriginIdle, TimeoutError):
             raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
@@ -363,26 +434,27 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
             body_read = _send_request(conn, exchange, request, out_head, session, idle)
             response = _response_head(exchange)
         except _Stale:
-            exchange.upstream.close()
+            exchange.close()
             reuse = False  # once, on a new connection
             continue
         except OriginError as exc:
-            exchange.upstream.close()
+            exchange.close()
             raise _fail(conn, exc) from None
         except BaseException:
-            exchange.upstream.close()
+            exchange.close()
             raise
         break
     session.status = response.status
     try:
         keep_origin, keep_client = _send_response(conn, exchange, request, response, session, idle, body_read)
     except BaseException:
-        exchange.upstream.close()
+        exchange.close()
         raise
     if keep_origin and pool is not None:
+        exchange.close(keep=True)
         pool.put(key, exchange.upstream, exchange.via)
     else:
-        exchange.upstream.close()
+        exchange.close()
     if not body_read:  # answered before its body was read
         conn.close_politely()
     return keep_client
@@ -494,7 +566,7 @@ def _response_head(exchange: _Exchange) -> http.ResponseHead:
             if len(buf) > http.MAX_HEAD:
                 raise OriginError("origin sent a response head larger than 64 KiB")
             try:
-                data = exchange.recv()
+                data = exchange.recv(wait_first=not buf)
             except OriginError as exc:
                 if exchange.pooled and not buf and exc.status == 502:
                     raise _Stale(str(exc)) from None
