@@ -84,8 +84,9 @@ class _Clock:
     throwing the wait's own exception into the session's greenlet. What a gevent.Timeout
     per wait does, without making a timer for each.
 
-    wait_readable() waits on a kernel socket through an io watcher made once for it,
-    where gevent's recv() first fails with EAGAIN (an exception) and then waits."""
+    wait_readable() waits on the client's kernel socket through an io watcher made once
+    for the connection, where gevent's recv() first fails with EAGAIN (an exception)
+    and then waits: a kept-alive client's next request is never there at once."""
 
     __slots__ = ("seconds", "_timer", "_throw", "_hub", "_client_io")
 
@@ -103,18 +104,14 @@ class _Clock:
             hub = self._hub = get_hub()
         hub.wait(io)
 
-    def read_watcher(self, raw: socket.socket) -> Any:
-        """A new read watcher for ``raw`` (the caller closes it)."""
-        hub = self._hub
-        if hub is None:
-            hub = self._hub = get_hub()
-        return hub.loop.io(raw.fileno(), READ)
-
     def client_io(self, raw: socket.socket) -> Any:
         """The client socket's read watcher, made once (closed with the clock)."""
         io = self._client_io
         if io is None:
-            io = self._client_io = self.read_watcher(raw)
+            hub = self._hub
+            if hub is None:
+                hub = self._hub = get_hub()
+            io = self._client_io = hub.loop.io(raw.fileno(), READ)
         return io
 
     def set(self, seconds: float | None) -> None:
@@ -315,44 +312,21 @@ class _Exchange:
     for TLS), route and response bytes read so far, and the (upload, download) buckets
     that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "raw", "via", "pooled", "clock", "buf", "limits", "io")
+    __slots__ = ("upstream", "raw", "via", "pooled", "clock", "buf", "limits")
 
     def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, clock: _Clock) -> None:
         self.upstream, self.via, self.pooled, self.clock = upstream, via, pooled, clock
         self.raw = raw_socket(upstream) if is_plain(upstream) else None
-        self.io: Any = None  # a read watcher for raw, made when first waited on
         self.buf = bytearray()
         self.limits: Limits = None
 
-    def close(self, *, keep: bool = False) -> None:
-        """The exchange is over: its watcher closed, and its connection unless ``keep``."""
-        if self.io is not None:
-            self.io.close()
-            self.io = None
-        if not keep:
-            self.upstream.close()
-
-    def recv(self, wait_first: bool = False) -> bytes:
-        """The origin's next bytes (b"": it closed). ``wait_first``: the bytes cannot be
-        there yet (the request has just gone out), so wait before reading."""
+    def recv(self) -> bytes:
+        """The origin's next bytes (b"": it closed), through gevent: the socket's own
+        watcher lives as long as the pooled connection (a new one per request would cost
+        epoll_ctl calls)."""
         self.clock.arm(_OriginIdle)
         try:
-            raw = self.raw
-            if raw is None:
-                return self.upstream.recv(CHUNK)
-            if not wait_first:
-                try:
-                    return raw.recv(CHUNK)
-                except BlockingIOError:
-                    pass
-            if self.io is None:
-                self.io = self.clock.read_watcher(raw)
-            while True:
-                self.clock.wait_readable(self.io)
-                try:
-                    return raw.recv(CHUNK)
-                except BlockingIOError:
-                    continue
+            return self.upstream.recv(CHUNK)
         except (_OriginIdle, TimeoutError):
             raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
@@ -434,27 +408,26 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
             body_read = _send_request(conn, exchange, request, out_head, session, idle)
             response = _response_head(exchange)
         except _Stale:
-            exchange.close()
+            exchange.upstream.close()
             reuse = False  # once, on a new connection
             continue
         except OriginError as exc:
-            exchange.close()
+            exchange.upstream.close()
             raise _fail(conn, exc) from None
         except BaseException:
-            exchange.close()
+            exchange.upstream.close()
             raise
         break
     session.status = response.status
     try:
         keep_origin, keep_client = _send_response(conn, exchange, request, response, session, idle, body_read)
     except BaseException:
-        exchange.close()
+        exchange.upstream.close()
         raise
     if keep_origin and pool is not None:
-        exchange.close(keep=True)
         pool.put(key, exchange.upstream, exchange.via)
     else:
-        exchange.close()
+        exchange.upstream.close()
     if not body_read:  # answered before its body was read
         conn.close_politely()
     return keep_client
@@ -566,7 +539,7 @@ def _response_head(exchange: _Exchange) -> http.ResponseHead:
             if len(buf) > http.MAX_HEAD:
                 raise OriginError("origin sent a response head larger than 64 KiB")
             try:
-                data = exchange.recv(wait_first=not buf)
+                data = exchange.recv()
             except OriginError as exc:
                 if exchange.pooled and not buf and exc.status == 502:
                     raise _Stale(str(exc)) from None
