@@ -77,6 +77,8 @@ class Target:
     address: Address
     authority: str  # for the Host header: host[:port] as the client wrote it
     path: bytes  # origin-form: "/path?query"
+    dest: str  # str(address), for the log
+    host: bytes  # the Host header's value (authority, ASCII)
 
 
 # -- request head ---------------------------------------------------------------
@@ -252,14 +254,16 @@ def parse_authority(target: bytes) -> Address:
 
 
 @functools.lru_cache(maxsize=1024)
-def _address(authority: str, default_port: int | None) -> tuple[Address, str]:
-    """The Address an authority names, and the authority for a Host header (brackets
-    added around a bare IPv6 literal). Cached: clients ask the same few origins again
-    and again, and a failure (HttpError) is not kept."""
+def _address(authority: str, default_port: int | None) -> tuple[Address, str, str, bytes]:
+    """The Address an authority names, the authority for a Host header (brackets added
+    around a bare IPv6 literal), the Address as text and the Host header's value.
+    Cached: clients ask the same few origins again and again, and a failure (HttpError)
+    is not kept."""
     host, port = _parse_hostport(authority, default_port)
     if ":" in host and not authority.startswith("["):
         authority = format_hostport(host, port)  # the Host header wants brackets
-    return Address(host, port), authority
+    address = Address(host, port)
+    return address, authority, str(address), authority.encode("ascii")
 
 
 _AUTHORITY_END = re.compile(rb"[/?#]")
@@ -282,17 +286,17 @@ def split_absolute_uri(target: bytes) -> Target:
     authority, path = rest[:cut], rest[cut:]
     if b"@" in authority:
         raise HttpError(400, "userinfo in the request URI is not allowed")
-    address, host_authority = _address(authority.decode(), 80)
+    address, host_authority, dest, host = _address(authority.decode(), 80)
     if b"#" in path:
         path = path.partition(b"#")[0]
     if not path.startswith(b"/"):
         path = b"/" + path
-    return Target(address, host_authority, path)
+    return Target(address, host_authority, path, dest, host)
 
 
 def host_header(target: Target) -> bytes:
     """The Host header for the origin (RFC 9112 3.2.2: the URI's authority wins)."""
-    return target.authority.encode("ascii")
+    return target.host
 
 
 # -- headers --------------------------------------------------------------------------
@@ -522,7 +526,7 @@ def encode_request_head(request: RequestHead, target: Target) -> bytes:
     own framing, origin-form target; keep-alive is HTTP/1.1's default."""
     drop = REQUEST_DROP | request.tokens if request.tokens else REQUEST_DROP
     lines = kept_lines(request.headers, request.names, drop)
-    lines[:0] = (request.method + b" " + target.path + b" HTTP/1.1", b"Host: " + host_header(target))
+    lines[:0] = (request.method + b" " + target.path + b" HTTP/1.1", b"Host: " + target.host)
     if request.chunked:
         lines.append(b"Transfer-Encoding: chunked")
     elif b"content-length" in request.names:

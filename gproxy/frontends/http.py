@@ -60,7 +60,7 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one client: requests one after another until either side closes."""
     session.proto = "https" if ctx.listener.kind == "https" else "http"
     first = True
-    clock = _Clock()
+    clock = _Clock(conn)
     try:
         while True:
             try:
@@ -88,10 +88,12 @@ class _Clock:
     for the connection, where gevent's recv() first fails with EAGAIN (an exception)
     and then waits: a kept-alive client's next request is never there at once."""
 
-    __slots__ = ("seconds", "_timer", "_throw", "_hub", "_client_io")
+    __slots__ = ("seconds", "client_raw", "_timer", "_throw", "_hub", "_client_io")
 
-    def __init__(self) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.seconds: float = 0
+        #: the client's kernel socket (None for TLS), for sends and waits that skip gevent's wrappers
+        self.client_raw = raw_socket(conn.sock) if is_plain(conn.sock) else None
         self._timer: Any = None  # made on the first set(): a CONNECT never needs it
         self._throw: Any = None
         self._hub: Any = None
@@ -189,13 +191,12 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _
 def _next_bytes(conn: Conn, clock: _Clock) -> bool:
     """Wait for the kept-alive client's next bytes: False when it closed or stayed idle
     for the clock's period."""
-    sock = conn.sock
+    raw = clock.client_raw
     clock.arm(IdleTimeout)
     try:
-        if not is_plain(sock):  # TLS: its own buffering
+        if raw is None:  # TLS: its own buffering
             conn.peek_byte()
             return True
-        raw = raw_socket(sock)
         io = clock.client_io(raw)
         while True:
             clock.wait_readable(io)
@@ -338,7 +339,14 @@ class _Exchange:
         """All of ``data`` to the origin: what the kernel takes at once in one direct
         send(), the rest through gevent (which waits, under the idle timeout)."""
         try:
-            rest = _send_now(self.raw, data)
+            raw = self.raw
+            rest = data
+            if raw is not None:
+                try:
+                    sent = raw.send(data)
+                except BlockingIOError:
+                    sent = 0
+                rest = data[sent:] if sent < len(data) else b""
             if rest:
                 self.clock.arm(_OriginIdle)
                 try:
@@ -353,22 +361,20 @@ class _Exchange:
             _pace(self.limits[0], len(data))
 
     def to_client(self, conn: Conn, data: bytes, idle: float | None) -> None:
-        """``data`` to the client, held to the download rate."""
-        _to_client(conn, data, idle)
+        """``data`` to the client, held to the download rate: one direct send() when the
+        kernel takes it all (the usual case), else through gevent under the idle timeout."""
+        raw = self.clock.client_raw
+        if raw is not None and data:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                _to_client(conn, data[sent:], idle)
+        else:
+            _to_client(conn, data, idle)
         if self.limits is not None:
             _pace(self.limits[1], len(data))
-
-
-def _send_now(raw: socket.socket | None, data: bytes) -> bytes:
-    """Send what the kernel socket ``raw`` takes without waiting; the rest is returned
-    (all of it without a kernel socket: TLS)."""
-    if raw is None:
-        return data
-    try:
-        sent = raw.send(data)
-    except BlockingIOError:
-        return data
-    return data[sent:] if sent < len(data) else b""
 
 
 def _pace(bucket: TokenBucket, n: int) -> None:
@@ -390,7 +396,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         target = http.split_absolute_uri(request.target)
     except HttpError as exc:
         raise _fail(conn, exc) from None
-    session.dest = str(target.address)
+    session.dest = target.dest
     idle = ctx.config.idle_timeout or None
     clock.set(idle)
     out_head = http.encode_request_head(request, target)
@@ -642,12 +648,7 @@ def _send_response(
 
 
 def _to_client(conn: Conn, data: bytes, idle: float | None) -> None:
-    """``data`` to the client: one direct send() when the kernel takes it all (the usual
-    case), else through gevent under the idle timeout."""
-    if not data:
-        return
-    sock = conn.sock
-    rest = _send_now(raw_socket(sock) if is_plain(sock) else None, data)
-    if rest:
+    """``data`` to the client through gevent, under the idle timeout."""
+    if data:
         with gevent.Timeout(idle, IdleTimeout("client read nothing for the idle timeout")):
-            sock.sendall(rest)
+            conn.sock.sendall(data)
