@@ -377,6 +377,16 @@ REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length"}
 #: what never goes to the client from a response head (framing is written afresh)
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 _NO_TOKENS: frozenset[bytes] = frozenset()
+#: Connection tokens that name no header to drop besides the hop-by-hop ones
+_PLAIN_TOKENS = frozenset({b"keep-alive", b"close"})
+#: a plain response's header block after its status line: CRLF lines of a token, a colon
+#: and a value without control characters (HTAB allowed), then the blank line
+_PLAIN_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*\r\n\r\n")
+#: in a lower-cased plain head: a line the client does not get (RESPONSE_DROP), with its value
+_NOT_PASSED = re.compile(
+    rb"\r\n(connection|proxy-connection|keep-alive|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade|expect|content-length):([^\r]*)"
+)
 
 
 @dataclass(slots=True)
@@ -402,11 +412,12 @@ class ResponseHead:
     version: bytes
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]]
+    #: the header lines the client gets, each ``CRLF name ":" value``: hop-by-hop ones,
+    #: those the Connection header names and Content-Length left out (framing is the proxy's)
+    passed: bytes
     chunked: bool
     length: int | None  # None: no Content-Length (chunked, or delimited by close)
     close: bool  # the origin will close after this response
-    names: list[bytes]  # the header names in lower case, in the order of ``headers``
     tokens: frozenset[bytes]  # the Connection header's tokens, lower case
 
 
@@ -546,31 +557,55 @@ def response_head_end(buf: bytearray | bytes) -> int | None:
 def parse_response(head: bytes) -> ResponseHead:
     """An origin's response head; HttpError(502) if it is not HTTP/1.x or is ambiguous.
 
-    A plain head (the usual one) is read in one pass; anything else goes the strict way.
+    A plain head (the usual one) is read in one pass and its lines passed on as they
+    came; anything else goes the strict way.
     """
     line_end = head.find(b"\r\n")
     match = _STATUS_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    plain = _plain_fields(head, line_end + 1) if match is not None else None
-    if match is None or plain is None or plain[1].count(b"content-length") > 1:
-        return _parse_response_strictly(head)
-    headers, names = plain
-    length = None
-    if b"content-length" in names:
-        value = headers[names.index(b"content-length")][1]
-        if not value.isdigit():
-            return _parse_response_strictly(head)  # refused there
-        length = int(value)
-    codings = headers[names.index(b"transfer-encoding")][1] if b"transfer-encoding" in names else None
-    version, status, reason = match.groups()
-    return _response(version, status, reason, headers, names, _tokens(headers, names), length, codings)
+    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
+        plain = _plain_response(head, line_end, match)
+        if plain is not None:
+            return plain
+    return _parse_response_strictly(head)
+
+
+def _plain_response(head: bytes, line_end: int, status_line: re.Match[bytes]) -> ResponseHead | None:
+    """A response head whose header block passed _PLAIN_BLOCK: the lines not passed on
+    are found in the lower-cased head and cut out; None when the strict path must decide
+    (Content-Length twice or not a number, Connection twice or naming other headers)."""
+    pieces = []
+    at = line_end
+    length = codings = connection = None
+    for found in _NOT_PASSED.finditer(head.lower(), line_end):
+        start, end = found.span()
+        pieces.append(head[at:start])
+        at = end
+        name, value = found.groups()
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            if codings is None:
+                codings = value
+        elif name == b"connection":
+            if connection is not None:
+                return None
+            connection = value
+    pieces.append(head[at:-4])
+    tokens = _NO_TOKENS if connection is None else _token_set(connection)
+    if not tokens <= _PLAIN_TOKENS:
+        return None
+    version, status, reason = status_line.groups()
+    return _response(version, status, reason, b"".join(pieces), tokens, length, codings)
 
 
 def _response(
     version: bytes,
     status: bytes,
     reason: bytes | None,
-    headers: list[tuple[bytes, bytes]],
-    names: list[bytes],
+    passed: bytes,
     tokens: frozenset[bytes],
     length: int | None,
     codings: bytes | None,
@@ -582,7 +617,7 @@ def _response(
     close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
     if codings is not None and not chunked or length is None and not chunked:
         close = True  # delimited by close
-    return ResponseHead(version, int(status), reason or b"", headers, chunked, length, close, names, tokens)
+    return ResponseHead(version, int(status), reason or b"", passed, chunked, length, close, tokens)
 
 
 def _parse_response_strictly(head: bytes) -> ResponseHead:
@@ -604,7 +639,8 @@ def _parse_response_strictly(head: bytes) -> ResponseHead:
     length = int(next(iter(lengths))) if lengths else None
     names = [name.lower() for name, _ in headers]
     tokens = frozenset(connection_tokens(headers))
-    return _response(version, status, reason, headers, names, tokens, length, header(headers, b"transfer-encoding"))
+    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, RESPONSE_DROP | tokens)])
+    return _response(version, status, reason, passed, tokens, length, header(headers, b"transfer-encoding"))
 
 
 def kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:

@@ -577,27 +577,24 @@ def _send_response(
     body_read: bool,
 ) -> tuple[bool, bool]:
     """Send the response head and body; (origin connection reusable, client connection kept)."""
-    drop = http.RESPONSE_DROP | response.tokens if response.tokens else http.RESPONSE_DROP
-    lines = http.kept_lines(response.headers, response.names, drop)
-    lines.insert(0, b"HTTP/1.1 %d %b" % (response.status, response.reason))
     no_body = request.method == b"HEAD" or response.status in (204, 304)
     keep_client = request.keep_alive and body_read
     chunk_out = False
+    framing = b""
     if response.length is not None:
-        lines.append(b"Content-Length: %d" % response.length)
+        framing = b"\r\nContent-Length: %d" % response.length
     elif not no_body:
         if request.version == b"1.1":
-            lines.append(b"Transfer-Encoding: chunked")
+            framing = b"\r\nTransfer-Encoding: chunked"
             chunk_out = True
         else:
             keep_client = False  # delimited by our close
     if keep_client:
         if request.version == b"1.0":
-            lines.append(b"Connection: keep-alive")
+            framing += b"\r\nConnection: keep-alive"
     else:
-        lines.append(b"Connection: close")
-    lines.append(b"\r\n")
-    head = b"\r\n".join(lines)
+        framing += b"\r\nConnection: close"
+    head = b"HTTP/1.1 %d %b%b%b\r\n\r\n" % (response.status, response.reason, response.passed, framing)
     buf = exchange.buf
     if no_body:
         exchange.to_client(conn, head, idle)
