@@ -365,11 +365,6 @@ _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP
 _STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 #: control characters a head never holds (CR only before LF; HTAB is allowed in values)
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
-#: every byte a head may hold but CR and LF: deleted from a head, only its line ends are left
-_LINE_BYTES = bytes(byte for byte in range(256) if byte == 0x09 or (byte >= 0x20 and byte != 0x7F))
-#: a header line of a plain head (CRLF line ends, no control character): LF, name, colon, value, CR
-_FIELD = re.compile(rb"\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r]*)\r")
-_FIELD_NAME = re.compile(rb"\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):")
 #: methods whose request may be sent again when a kept-alive origin connection fails first
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: what never goes to the origin from a request head (Host and framing are written afresh)
@@ -382,6 +377,11 @@ _PLAIN_TOKENS = frozenset({b"keep-alive", b"close"})
 #: a plain response's header block after its status line: CRLF lines of a token, a colon
 #: and a value without control characters (HTAB allowed), then the blank line
 _PLAIN_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*\r\n\r\n")
+#: in a lower-cased plain request head: a line the origin does not get (REQUEST_DROP), with its value
+_NOT_FORWARDED = re.compile(
+    rb"\r\n(connection|proxy-connection|keep-alive|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade|expect|host|content-length):([^\r]*)"
+)
 #: in a lower-cased plain head: a line the client does not get (RESPONSE_DROP), with its value
 _NOT_PASSED = re.compile(
     rb"\r\n(connection|proxy-connection|keep-alive|proxy-authenticate|proxy-authorization|te|trailer"
@@ -396,13 +396,16 @@ class RequestHead:
     method: bytes
     target: bytes
     version: bytes  # b"1.0" or b"1.1"
-    headers: list[tuple[bytes, bytes]]
     keep_alive: bool  # the client asked to keep its connection open
     chunked: bool
     length: int  # Content-Length, 0 when absent (or when chunked)
+    has_length: bool  # a Content-Length came (0 included)
     expect_continue: bool
-    names: list[bytes]  # the header names in lower case, in the order of ``headers``
     tokens: frozenset[bytes]  # the Connection header's tokens, lower case
+    #: the header lines the origin gets, each ``CRLF name ":" value``: hop-by-hop ones, those
+    #: the Connection header names, Host and Content-Length left out (written afresh)
+    passed: bytes
+    authorization: bytes | None  # Proxy-Authorization's value (the first)
 
 
 @dataclass(slots=True)
@@ -436,31 +439,6 @@ def _split_lines(head: bytes) -> list[bytes]:
     return head.replace(b"\r\n", b"\n").split(b"\n")
 
 
-def _plain_fields(head: bytes, start: int) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | None:
-    """The header fields between ``start`` (the LF ending the first line) and the blank
-    line that ends ``head``, and their names in lower case, when every line is plain:
-    CRLF line ends, a token right before each colon, no control character, no folded
-    line, no space before a line end. None for anything else, which the strict path
-    then reads (and refuses where it must): a handful of C-level calls in all."""
-    ends = head.translate(None, _LINE_BYTES)
-    if ends.count(b"\r\n") * 2 != len(ends) or b" \r\n" in head or b"\t\r\n" in head:
-        return None
-    fields = _FIELD.findall(head, start)
-    if len(fields) * 2 != len(ends) - 4 or not head.endswith(b"\r\n\r\n"):
-        return None  # a line that is not a field
-    return fields, _FIELD_NAME.findall(head.lower(), start)
-
-
-def _tokens(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> frozenset[bytes]:
-    """The Connection tokens (connection_tokens, with the names already lowered)."""
-    count = names.count(b"connection")
-    if not count:
-        return _NO_TOKENS
-    if count > 1:
-        return frozenset(connection_tokens(headers))
-    return _token_set(headers[names.index(b"connection")][1])
-
-
 @functools.lru_cache(maxsize=256)
 def _token_set(value: bytes) -> frozenset[bytes]:
     """One Connection header's tokens, lower case (cached: a few values recur)."""
@@ -470,31 +448,69 @@ def _token_set(value: bytes) -> frozenset[bytes]:
 def parse_request(head: bytes) -> RequestHead:
     """The request head that HeadParser returned, checked (as check_head does) and parsed.
 
-    A plain head (the usual one) is read in one pass; anything else goes the strict way.
+    A plain head (the usual one) is read in one pass and its lines passed on as they
+    came; anything else goes the strict way.
     """
     line_end = head.find(b"\r\n")
     match = _REQUEST_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    plain = _plain_fields(head, line_end + 1) if match is not None else None
-    if match is None or plain is None or b"transfer-encoding" in plain[1] or plain[1].count(b"content-length") > 1:
-        return _parse_request_strictly(head)
-    headers, names = plain
+    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
+        plain = _plain_request(head, line_end, match)
+        if plain is not None:
+            return plain
+    return _parse_request_strictly(head)
+
+
+def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) -> RequestHead | None:
+    """A request head whose header block passed _PLAIN_BLOCK: the lines not forwarded are
+    found in the lower-cased head and cut out; None when the strict path must decide
+    (Transfer-Encoding, Content-Length twice or not a number, Connection twice or naming
+    other headers)."""
+    pieces = []
+    at = line_end
     length = 0
-    if b"content-length" in names:
-        value = headers[names.index(b"content-length")][1]
-        if not value.isdigit():
-            return _parse_request_strictly(head)  # refused there
-        length = int(value)
-    method, target, version = match.groups()
-    tokens = _tokens(headers, names)
+    has_length = has_host = False
+    connection = expect = authorization = None
+    for found in _NOT_FORWARDED.finditer(head.lower(), line_end):
+        start, end = found.span()
+        pieces.append(head[at:start])
+        at = end
+        name, value = found.groups()
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            if has_length or not value.isdigit():
+                return None
+            length, has_length = int(value), True
+        elif name == b"host":
+            has_host = True
+        elif name == b"connection":
+            if connection is not None:
+                return None
+            connection = value
+        elif name == b"expect":
+            if expect is None:
+                expect = value.strip(b" \t")
+        elif name == b"proxy-authorization":
+            if authorization is None:  # its own case: credentials are case-sensitive
+                authorization = head[found.start(2) : found.end(2)].strip(b" \t")
+        elif name == b"transfer-encoding":
+            return None
+    pieces.append(head[at:-4])
+    tokens = _NO_TOKENS if connection is None else _token_set(connection)
+    if not tokens <= _PLAIN_TOKENS:
+        return None
+    method, target, version = request_line.groups()
     if version == b"1.1":
         keep_alive = b"close" not in tokens
-        if b"host" not in names:
+        if not has_host:
             raise HttpError(400, "an HTTP/1.1 request needs a Host header")
-        expect_continue = b"expect" in names and headers[names.index(b"expect")][1].lower() == b"100-continue"
+        expect_continue = expect == b"100-continue"
     else:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
         expect_continue = False
-    return RequestHead(method, target, version, headers, keep_alive, False, length, expect_continue, names, tokens)
+    passed = b"".join(pieces)
+    return RequestHead(
+        method, target, version, keep_alive, False, length, has_length, expect_continue, tokens, passed, authorization
+    )
 
 
 def _parse_request_strictly(head: bytes) -> RequestHead:
@@ -518,32 +534,34 @@ def _parse_request_strictly(head: bytes) -> RequestHead:
     chunked = header(headers, b"transfer-encoding") is not None  # check_head: then only "chunked"
     length = header(headers, b"content-length")
     expect = header(headers, b"expect")
+    names = [name.lower() for name, _ in headers]
+    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, REQUEST_DROP | tokens)])
     return RequestHead(
         method,
         target,
         version,
-        headers,
         keep_alive,
         chunked,
         0 if chunked or length is None else int(length),
+        length is not None,
         version == b"1.1" and expect is not None and expect.lower() == b"100-continue",
-        [name.lower() for name, _ in headers],
         tokens,
+        passed,
+        header(headers, b"proxy-authorization"),
     )
 
 
 def encode_request_head(request: RequestHead, target: Target) -> bytes:
     """The head for the origin: hop-by-hop headers gone, Host from the URI, the request's
     own framing, origin-form target; keep-alive is HTTP/1.1's default."""
-    drop = REQUEST_DROP | request.tokens if request.tokens else REQUEST_DROP
-    lines = kept_lines(request.headers, request.names, drop)
-    lines[:0] = (request.method + b" " + target.path + b" HTTP/1.1", b"Host: " + target.host)
     if request.chunked:
-        lines.append(b"Transfer-Encoding: chunked")
-    elif b"content-length" in request.names:
-        lines.append(b"Content-Length: %d" % request.length)
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
+        framing = b"\r\nTransfer-Encoding: chunked"
+    elif request.has_length:
+        framing = b"\r\nContent-Length: %d" % request.length
+    else:
+        framing = b""
+    line = b"%b %b HTTP/1.1\r\nHost: %b" % (request.method, target.path, target.host)
+    return line + request.passed + framing + b"\r\n\r\n"
 
 
 def response_head_end(buf: bytearray | bytes) -> int | None:

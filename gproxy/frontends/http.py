@@ -227,7 +227,7 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
     failure), which leaves the connection open for the retry when no body follows."""
     if not ctx.users:
         return True
-    given = http.header(request.headers, b"proxy-authorization")
+    given = request.authorization
     if given is None:
         session.status = 407
         ctx.metrics.auth_challenged(session.proto)
