@@ -70,7 +70,7 @@ class HttpError(ClientProtocolError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, per request
 class Target:
     """Where an absolute-URI request goes, and what to ask there."""
 
