@@ -88,13 +88,13 @@ class _Clock:
     for the connection, where gevent's recv() first fails with EAGAIN (an exception)
     and then waits: a kept-alive client's next request is never there at once."""
 
-    __slots__ = ("seconds", "client_raw", "_timer", "_throw", "_hub", "_client_io")
+    __slots__ = ("seconds", "client_raw", "_repeating", "_throw", "_hub", "_client_io")
 
     def __init__(self, conn: Conn) -> None:
         self.seconds: float = 0
         #: the client's kernel socket (None for TLS), for sends and waits that skip gevent's wrappers
         self.client_raw = raw_socket(conn.sock) if is_plain(conn.sock) else None
-        self._timer: Any = None  # made on the first set(): a CONNECT never needs it
+        self._repeating: Any = None  # made on the first set(): a CONNECT never needs it
         self._throw: Any = None
         self._hub: Any = None
         self._client_io: Any = None
@@ -122,22 +122,22 @@ class _Clock:
             self.close()
             self.seconds = seconds or 0
             if seconds:
-                self._timer = get_hub().loop.timer(seconds, seconds)
+                self._repeating = get_hub().loop.timer(seconds, seconds)
                 self._throw = getcurrent().throw
 
     def arm(self, exc: type[BaseException]) -> None:
         """Throw ``exc`` after ``seconds`` unless disarmed first (the full period, each time)."""
-        if self._timer is not None:
-            self._timer.again(self._throw, exc)
+        if self._repeating is not None:
+            self._repeating.again(self._throw, exc)
 
     def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
+        if self._repeating is not None:
+            self._repeating.stop()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+        if self._repeating is not None:
+            self._repeating.close()
+            self._repeating = None
         if self._client_io is not None:
             self._client_io.close()
             self._client_io = None
