@@ -1,15 +1,16 @@
-"""The proxy-specific parts of HTTP/1.1 that h11 does not do.
+"""HTTP/1.1 as a forwarding proxy needs it, sans I/O.
 
-Bounded request-head reading with strict checks (request smuggling), the
-absolute-URI and CONNECT authority forms, hop-by-hop header stripping,
-Basic credentials and short error responses. Message framing itself (bodies,
-chunked coding, keep-alive) is h11's job. No socket or gevent imports here.
+Bounded request-head reading, request and response heads parsed with strict
+checks (request smuggling) in one pass, the absolute-URI and CONNECT authority
+forms, hop-by-hop header stripping, chunked coding, Basic credentials and short
+error responses. No socket or gevent imports here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -69,13 +70,15 @@ class HttpError(ClientProtocolError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, per request
 class Target:
     """Where an absolute-URI request goes, and what to ask there."""
 
     address: Address
     authority: str  # for the Host header: host[:port] as the client wrote it
     path: bytes  # origin-form: "/path?query"
+    dest: str  # str(address), for the log
+    host: bytes  # the Host header's value (authority, ASCII)
 
 
 # -- request head ---------------------------------------------------------------
@@ -96,12 +99,16 @@ class HeadParser:
         self._line_ended = False
 
     def __call__(self, buf: bytearray) -> tuple[bytes, int] | None:
-        """The raw request head (through its blank line), checked; None until complete.
+        """The raw request head (through its blank line); None until complete.
 
         Up to MAX_EMPTY_LINES leading empty lines are skipped (RFC 9112 2.2).
-        Raises HttpError with 414, 431, 400 or 501.
+        Raises HttpError with 414, 431 or 400 (bounds only: parse_request checks the rest).
         """
         seen, self._seen = self._seen, len(buf)
+        if not seen:  # the first look: a plain head that is all here needs no scan
+            end = plain_head_end(buf)
+            if end is not None:
+                return bytes(buf[:end]), end
         start = _skip_empty_lines(buf)
         if start is None:
             return None
@@ -115,14 +122,29 @@ class HeadParser:
             if len(buf) - start > MAX_HEAD:
                 raise HttpError(431, "request header fields too large", reason=Outcome.HEADERS_TOO_LARGE)
             return None
-        head = bytes(buf[start:end])
-        check_head(head)
-        return head, end
+        return bytes(buf[start:end]), end
+
+
+def plain_head_end(buf: bytearray) -> int | None:
+    """Where the head at the very start of ``buf`` ends when it is plain: no empty line
+    before it, CRLF line ends, within the bounds. None for anything else, which
+    HeadParser then reads (a few C-level calls instead of its scan)."""
+    end = buf.find(b"\r\n\r\n") + 4
+    if end < 4 or end > MAX_HEAD or buf[0] in b"\r\n" or buf.find(b"\n", 0, MAX_REQUEST_LINE + 1) < 0:
+        return None
+    if buf.count(b"\n", 0, end) != buf.count(b"\r\n", 0, end):
+        return None  # a bare LF: a blank line may come earlier
+    return end
 
 
 def parse_head(buf: bytearray) -> tuple[bytes, int] | None:
-    """A one-shot HeadParser: the head at the start of ``buf``, or None."""
-    return HeadParser()(buf)
+    """A one-shot HeadParser whose head also passed check_head: the head at the start
+    of ``buf``, or None. (The proxy leaves the checks to parse_request, which makes them
+    in the same pass as its parsing.)"""
+    parsed = HeadParser()(buf)
+    if parsed is not None:
+        check_head(parsed[0])
+    return parsed
 
 
 def _skip_empty_lines(buf: bytearray) -> int | None:
@@ -228,8 +250,23 @@ def parse_authority(target: bytes) -> Address:
         text = target.decode("ascii")
     except UnicodeDecodeError:
         raise HttpError(400, "request target is not ASCII") from None
-    host, port = _parse_hostport(text, None)
-    return Address(host, port)
+    return _address(text, None)[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(authority: str, default_port: int | None) -> tuple[Address, str, str, bytes]:
+    """The Address an authority names, the authority for a Host header (brackets added
+    around a bare IPv6 literal), the Address as text and the Host header's value.
+    Cached: clients ask the same few origins again and again, and a failure (HttpError)
+    is not kept."""
+    host, port = _parse_hostport(authority, default_port)
+    if ":" in host and not authority.startswith("["):
+        authority = format_hostport(host, port)  # the Host header wants brackets
+    address = Address(host, port)
+    return address, authority, str(address), authority.encode("ascii")
+
+
+_AUTHORITY_END = re.compile(rb"[/?#]")
 
 
 def split_absolute_uri(target: bytes) -> Target:
@@ -237,31 +274,29 @@ def split_absolute_uri(target: bytes) -> Target:
 
     Only ``http`` is forwarded (https goes through CONNECT); userinfo is refused.
     """
-    try:
-        text = target.decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpError(400, "request target is not ASCII") from None
-    scheme, sep, rest = text.partition("://")
+    if not target.isascii():
+        raise HttpError(400, "request target is not ASCII")
+    scheme, sep, rest = target.partition(b"://")
     if not sep:
         raise HttpError(400, "a proxy request needs an absolute URI (http://host/path)")
-    if scheme.lower() != "http":
-        raise HttpError(400, f"only http:// URIs are forwarded (use CONNECT for {scheme})")
-    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    if scheme.lower() != b"http":
+        raise HttpError(400, f"only http:// URIs are forwarded (use CONNECT for {scheme.decode()})")
+    end = _AUTHORITY_END.search(rest)
+    cut = len(rest) if end is None else end.start()
     authority, path = rest[:cut], rest[cut:]
-    if "@" in authority:
+    if b"@" in authority:
         raise HttpError(400, "userinfo in the request URI is not allowed")
-    host, port = _parse_hostport(authority, 80)
-    if ":" in host and not authority.startswith("["):
-        authority = format_hostport(host, port)  # the Host header wants brackets
-    path = path.partition("#")[0]
-    if not path.startswith("/"):
-        path = "/" + path
-    return Target(Address(host, port), authority, path.encode("ascii"))
+    address, host_authority, dest, host = _address(authority.decode(), 80)
+    if b"#" in path:
+        path = path.partition(b"#")[0]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return Target(address, host_authority, path, dest, host)
 
 
 def host_header(target: Target) -> bytes:
     """The Host header for the origin (RFC 9112 3.2.2: the URI's authority wins)."""
-    return target.authority.encode("ascii")
+    return target.host
 
 
 # -- headers --------------------------------------------------------------------------
@@ -332,20 +367,45 @@ _STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 #: methods whose request may be sent again when a kept-alive origin connection fails first
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+#: what never goes to the origin from a request head (Host and framing are written afresh)
+REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length"}
+#: what never goes to the client from a response head (framing is written afresh)
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+_NO_TOKENS: frozenset[bytes] = frozenset()
+#: Connection tokens that name no header to drop besides the hop-by-hop ones
+_PLAIN_TOKENS = frozenset({b"keep-alive", b"close"})
+#: a plain response's header block after its status line: CRLF lines of a token, a colon
+#: and a value without control characters (HTAB allowed), then the blank line
+_PLAIN_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*\r\n\r\n")
+#: in a lower-cased plain request head: a line the origin does not get (REQUEST_DROP), with its value
+_NOT_FORWARDED = re.compile(
+    rb"\r\n(connection|proxy-connection|keep-alive|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade|expect|host|content-length):([^\r]*)"
+)
+#: in a lower-cased plain head: a line the client does not get (RESPONSE_DROP), with its value
+_NOT_PASSED = re.compile(
+    rb"\r\n(connection|proxy-connection|keep-alive|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade|expect|content-length):([^\r]*)"
+)
 
 
 @dataclass(slots=True)
 class RequestHead:
-    """A request head as the proxy needs it (after check_head)."""
+    """A request head as the proxy needs it (checked as check_head does)."""
 
     method: bytes
     target: bytes
     version: bytes  # b"1.0" or b"1.1"
-    headers: list[tuple[bytes, bytes]]
     keep_alive: bool  # the client asked to keep its connection open
     chunked: bool
     length: int  # Content-Length, 0 when absent (or when chunked)
+    has_length: bool  # a Content-Length came (0 included)
     expect_continue: bool
+    tokens: frozenset[bytes]  # the Connection header's tokens, lower case
+    #: the header lines the origin gets, each ``CRLF name ":" value``: hop-by-hop ones, those
+    #: the Connection header names, Host and Content-Length left out (written afresh)
+    passed: bytes
+    authorization: bytes | None  # Proxy-Authorization's value (the first)
 
 
 @dataclass(slots=True)
@@ -355,10 +415,13 @@ class ResponseHead:
     version: bytes
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]]
+    #: the header lines the client gets, each ``CRLF name ":" value``: hop-by-hop ones,
+    #: those the Connection header names and Content-Length left out (framing is the proxy's)
+    passed: bytes
     chunked: bool
     length: int | None  # None: no Content-Length (chunked, or delimited by close)
     close: bool  # the origin will close after this response
+    tokens: frozenset[bytes]  # the Connection header's tokens, lower case
 
 
 def _header_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -376,8 +439,83 @@ def _split_lines(head: bytes) -> list[bytes]:
     return head.replace(b"\r\n", b"\n").split(b"\n")
 
 
+@functools.lru_cache(maxsize=256)
+def _token_set(value: bytes) -> frozenset[bytes]:
+    """One Connection header's tokens, lower case (cached: a few values recur)."""
+    return frozenset(token.strip(b" \t") for token in value.lower().split(b",")) - {b""}
+
+
 def parse_request(head: bytes) -> RequestHead:
-    """The request head that HeadParser returned (already through check_head)."""
+    """The request head that HeadParser returned, checked (as check_head does) and parsed.
+
+    A plain head (the usual one) is read in one pass and its lines passed on as they
+    came; anything else goes the strict way.
+    """
+    line_end = head.find(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
+    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
+        plain = _plain_request(head, line_end, match)
+        if plain is not None:
+            return plain
+    return _parse_request_strictly(head)
+
+
+def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) -> RequestHead | None:
+    """A request head whose header block passed _PLAIN_BLOCK: the lines not forwarded are
+    found in the lower-cased head and cut out; None when the strict path must decide
+    (Transfer-Encoding, Content-Length twice or not a number, Connection twice or naming
+    other headers)."""
+    pieces = []
+    at = line_end
+    length = 0
+    has_length = has_host = False
+    connection = expect = authorization = None
+    for found in _NOT_FORWARDED.finditer(head.lower(), line_end):
+        start, end = found.span()
+        pieces.append(head[at:start])
+        at = end
+        name, value = found.groups()
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            if has_length or not value.isdigit():
+                return None
+            length, has_length = int(value), True
+        elif name == b"host":
+            has_host = True
+        elif name == b"connection":
+            if connection is not None:
+                return None
+            connection = value
+        elif name == b"expect":
+            if expect is None:
+                expect = value.strip(b" \t")
+        elif name == b"proxy-authorization":
+            if authorization is None:  # its own case: credentials are case-sensitive
+                authorization = head[found.start(2) : found.end(2)].strip(b" \t")
+        elif name == b"transfer-encoding":
+            return None
+    pieces.append(head[at:-4])
+    tokens = _NO_TOKENS if connection is None else _token_set(connection)
+    if not tokens <= _PLAIN_TOKENS:
+        return None
+    method, target, version = request_line.groups()
+    if version == b"1.1":
+        keep_alive = b"close" not in tokens
+        if not has_host:
+            raise HttpError(400, "an HTTP/1.1 request needs a Host header")
+        expect_continue = expect == b"100-continue"
+    else:
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+        expect_continue = False
+    passed = b"".join(pieces)
+    return RequestHead(
+        method, target, version, keep_alive, False, length, has_length, expect_continue, tokens, passed, authorization
+    )
+
+
+def _parse_request_strictly(head: bytes) -> RequestHead:
+    """parse_request for any head: check_head's checks, then line by line."""
+    check_head(head)
     lines = _split_lines(head)
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
@@ -386,7 +524,7 @@ def parse_request(head: bytes) -> RequestHead:
         raise HttpError(400, "malformed request line")
     method, target, version = match.groups()
     headers = _header_lines(lines[1:])
-    tokens = connection_tokens(headers)
+    tokens = frozenset(connection_tokens(headers))
     if version == b"1.1":
         keep_alive = b"close" not in tokens
         if header(headers, b"host") is None:
@@ -396,25 +534,112 @@ def parse_request(head: bytes) -> RequestHead:
     chunked = header(headers, b"transfer-encoding") is not None  # check_head: then only "chunked"
     length = header(headers, b"content-length")
     expect = header(headers, b"expect")
+    names = [name.lower() for name, _ in headers]
+    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, REQUEST_DROP | tokens)])
     return RequestHead(
         method,
         target,
         version,
-        headers,
         keep_alive,
         chunked,
         0 if chunked or length is None else int(length),
+        length is not None,
         version == b"1.1" and expect is not None and expect.lower() == b"100-continue",
+        tokens,
+        passed,
+        header(headers, b"proxy-authorization"),
     )
+
+
+def encode_request_head(request: RequestHead, target: Target) -> bytes:
+    """The head for the origin: hop-by-hop headers gone, Host from the URI, the request's
+    own framing, origin-form target; keep-alive is HTTP/1.1's default."""
+    if request.chunked:
+        framing = b"\r\nTransfer-Encoding: chunked"
+    elif request.has_length:
+        framing = b"\r\nContent-Length: %d" % request.length
+    else:
+        framing = b""
+    line = b"%b %b HTTP/1.1\r\nHost: %b" % (request.method, target.path, target.host)
+    return line + request.passed + framing + b"\r\n\r\n"
 
 
 def response_head_end(buf: bytearray | bytes) -> int | None:
     """Where a response head ends in ``buf`` (after its blank line); None while incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end >= 0 and buf.count(b"\n", 0, end) == buf.count(b"\r\n", 0, end):
+        return end + 4  # CRLF throughout: no earlier blank line
     return _blank_line_end(buf, 0) if isinstance(buf, bytearray) else _blank_line_end(bytearray(buf), 0)
 
 
 def parse_response(head: bytes) -> ResponseHead:
-    """An origin's response head; HttpError(502) if it is not HTTP/1.x or is ambiguous."""
+    """An origin's response head; HttpError(502) if it is not HTTP/1.x or is ambiguous.
+
+    A plain head (the usual one) is read in one pass and its lines passed on as they
+    came; anything else goes the strict way.
+    """
+    line_end = head.find(b"\r\n")
+    match = _STATUS_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
+    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
+        plain = _plain_response(head, line_end, match)
+        if plain is not None:
+            return plain
+    return _parse_response_strictly(head)
+
+
+def _plain_response(head: bytes, line_end: int, status_line: re.Match[bytes]) -> ResponseHead | None:
+    """A response head whose header block passed _PLAIN_BLOCK: the lines not passed on
+    are found in the lower-cased head and cut out; None when the strict path must decide
+    (Content-Length twice or not a number, Connection twice or naming other headers)."""
+    pieces = []
+    at = line_end
+    length = codings = connection = None
+    for found in _NOT_PASSED.finditer(head.lower(), line_end):
+        start, end = found.span()
+        pieces.append(head[at:start])
+        at = end
+        name, value = found.groups()
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            if codings is None:
+                codings = value
+        elif name == b"connection":
+            if connection is not None:
+                return None
+            connection = value
+    pieces.append(head[at:-4])
+    tokens = _NO_TOKENS if connection is None else _token_set(connection)
+    if not tokens <= _PLAIN_TOKENS:
+        return None
+    version, status, reason = status_line.groups()
+    return _response(version, status, reason, b"".join(pieces), tokens, length, codings)
+
+
+def _response(
+    version: bytes,
+    status: bytes,
+    reason: bytes | None,
+    passed: bytes,
+    tokens: frozenset[bytes],
+    length: int | None,
+    codings: bytes | None,
+) -> ResponseHead:
+    """The framing of a response whose headers passed the checks."""
+    chunked = codings is not None and codings.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
+    if codings is not None:
+        length = None
+    close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
+    if codings is not None and not chunked or length is None and not chunked:
+        close = True  # delimited by close
+    return ResponseHead(version, int(status), reason or b"", passed, chunked, length, close, tokens)
+
+
+def _parse_response_strictly(head: bytes) -> ResponseHead:
+    """parse_response for any head, line by line."""
     try:
         lines = _split_lines(head)
     except HttpError:
@@ -425,18 +650,20 @@ def parse_response(head: bytes) -> ResponseHead:
     version, status, reason = match.groups()
     headers = _header_lines(lines[1:])
     lengths = {value for name, value in headers if name.lower() == b"content-length"}
-    codings = header(headers, b"transfer-encoding")
     if any(not _TOKEN.fullmatch(name) for name, _ in headers):
         raise HttpError(502, "origin sent a malformed header")
     if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
         raise HttpError(502, "origin sent a bad Content-Length")
-    chunked = codings is not None and codings.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
-    length = int(next(iter(lengths))) if lengths and codings is None else None
-    tokens = connection_tokens(headers)
-    close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
-    if codings is not None and not chunked or length is None and not chunked:
-        close = True  # delimited by close
-    return ResponseHead(version, int(status), reason or b"", headers, chunked, length, close)
+    length = int(next(iter(lengths))) if lengths else None
+    names = [name.lower() for name, _ in headers]
+    tokens = frozenset(connection_tokens(headers))
+    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, RESPONSE_DROP | tokens)])
+    return _response(version, status, reason, passed, tokens, length, header(headers, b"transfer-encoding"))
+
+
+def kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
+    """``Name: value`` for each header whose lower-case name is not in ``drop``."""
+    return [name + b": " + value for (name, value), lowered in zip(headers, names, strict=True) if lowered not in drop]
 
 
 class ChunkedDecoder:

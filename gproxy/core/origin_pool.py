@@ -19,6 +19,8 @@ from gproxy.core._gevent import raw_socket
 PER_ORIGIN = 128
 TOTAL = 1024
 IDLE_EXPIRY = 15.0
+#: a peek that does not block (an int: OR-ing the enum flags costs three calls each time)
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 class OriginPool:
@@ -107,7 +109,7 @@ def _looks_open(sock: socket.socket) -> bool:
     except TypeError:
         return True
     try:
-        kernel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # EOF or bytes: unusable
+        kernel.recv(1, _PEEK_NOW)  # EOF or bytes: unusable
         return False
     except BlockingIOError:
         return True

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from typing import Any
 
 import gevent
+from gevent.hub import get_hub, getcurrent
 
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
+from gproxy.core._gevent import READ, is_plain, raw_socket
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
@@ -31,6 +34,8 @@ from gproxy.core.tunnel import open_upstream, rate_limits, run_tunnel
 from gproxy.core.upstream_group import dialled_via
 
 CHUNK = 65536
+#: one read of a kept-alive client's next request (what Conn reads for a head)
+_CLIENT_READ = 4096
 #: backstop for Conn.read_message; the head parser raises 414/431 well before it
 _HEAD_LIMIT = http.MAX_HEAD + http.MAX_REQUEST_LINE + 2
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -55,23 +60,92 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one client: requests one after another until either side closes."""
     session.proto = "https" if ctx.listener.kind == "https" else "http"
     first = True
-    while True:
-        try:
-            if not _serve_request(conn, ctx, session, first):
-                return
-        except (HttpError, OriginError) as exc:
-            if session.status is None:  # not after the origin's own status went out
-                session.status = exc.status
-            raise
-        first = False
-        if ctx.owner is not None:  # each request gets its own access-log line
-            ctx.owner.log_request(session)
-            session.request_logged()
+    clock = _Clock(conn)
+    try:
+        while True:
+            try:
+                if not _serve_request(conn, ctx, session, first, clock):
+                    return
+            except (HttpError, OriginError) as exc:
+                if session.status is None:  # not after the origin's own status went out
+                    session.status = exc.status
+                raise
+            first = False
+            if ctx.owner is not None:  # each request gets its own access-log line
+                ctx.owner.log_request(session)
+                session.request_logged()
+    finally:
+        clock.close()
 
 
-def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> bool:
+class _Clock:
+    """The idle timer of one client connection: one repeating libev timer, armed around
+    each wait (for the client's next request, for the origin) and stopped after it,
+    throwing the wait's own exception into the session's greenlet. What a gevent.Timeout
+    per wait does, without making a timer for each.
+
+    wait_readable() waits on the client's kernel socket through an io watcher made once
+    for the connection, where gevent's recv() first fails with EAGAIN (an exception)
+    and then waits: a kept-alive client's next request is never there at once."""
+
+    __slots__ = ("seconds", "client_raw", "_repeating", "_throw", "_hub", "_client_io")
+
+    def __init__(self, conn: Conn) -> None:
+        self.seconds: float = 0
+        #: the client's kernel socket (None for TLS), for sends and waits that skip gevent's wrappers
+        self.client_raw = raw_socket(conn.sock) if is_plain(conn.sock) else None
+        self._repeating: Any = None  # made on the first set(): a CONNECT never needs it
+        self._throw: Any = None
+        self._hub: Any = None
+        self._client_io: Any = None
+
+    def wait_readable(self, io: Any) -> None:
+        """Until the socket of ``io`` (a read watcher) is readable; the armed timer may throw."""
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = get_hub()
+        hub.wait(io)
+
+    def client_io(self, raw: socket.socket) -> Any:
+        """The client socket's read watcher, made once (closed with the clock)."""
+        io = self._client_io
+        if io is None:
+            hub = self._hub
+            if hub is None:
+                hub = self._hub = get_hub()
+            io = self._client_io = hub.loop.io(raw.fileno(), READ)
+        return io
+
+    def set(self, seconds: float | None) -> None:
+        """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
+        if (seconds or 0) != self.seconds:
+            self.close()
+            self.seconds = seconds or 0
+            if seconds:
+                self._repeating = get_hub().loop.timer(seconds, seconds)
+                self._throw = getcurrent().throw
+
+    def arm(self, exc: type[BaseException]) -> None:
+        """Throw ``exc`` after ``seconds`` unless disarmed first (the full period, each time)."""
+        if self._repeating is not None:
+            self._repeating.again(self._throw, exc)
+
+    def disarm(self) -> None:
+        if self._repeating is not None:
+            self._repeating.stop()
+
+    def close(self) -> None:
+        if self._repeating is not None:
+            self._repeating.close()
+            self._repeating = None
+        if self._client_io is not None:
+            self._client_io.close()
+            self._client_io = None
+
+
+def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bool:
     """Read and serve one request; True if the client connection stays open for the next."""
-    head = _read_head(conn, ctx, session, first)
+    head = _read_head(conn, ctx, session, first, clock)
     if head is None:
         return False
     if ctx.owner is not None:  # checked against the users and rules of this moment (SIGHUP)
@@ -86,27 +160,58 @@ def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool) -> b
     if request.method == b"CONNECT":
         _connect(conn, ctx, session, request)
         return False
-    return _forward(conn, ctx, session, request)
+    return _forward(conn, ctx, session, request, clock)
 
 
-def _read_head(conn: Conn, ctx: Context, session: Session, first: bool) -> bytes | None:
+def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bytes | None:
     """The next request head; None when a kept-alive client is done or idle.
 
     The first request's clock started at accept; the next ones' on a kept-alive
-    connection start at their first byte.
+    connection start at their first byte. A head that came whole in the first read
+    (the usual case) needs no deadline.
     """
     if not first:
-        try:
-            with gevent.Timeout(ctx.config.idle_timeout or None, IdleTimeout):
-                conn.peek_byte()
-        except (ClientClosed, IdleTimeout):
+        clock.set(ctx.config.idle_timeout)
+        if not conn.buf and not _next_bytes(conn, clock):
             return None
         session.next_request()  # its line is due, even if it fails
+    buf = conn.buf
+    end = http.plain_head_end(buf) if buf else None
+    if end is not None:
+        head = bytes(buf[:end])
+        del buf[:end]
+        return head
     try:
         with handshake_deadline(ctx, session if first else None):
             return conn.read_message(http.HeadParser(), _HEAD_LIMIT)
     except HttpError as exc:
         raise _fail(conn, exc) from None
+
+
+def _next_bytes(conn: Conn, clock: _Clock) -> bool:
+    """Wait for the kept-alive client's next bytes: False when it closed or stayed idle
+    for the clock's period."""
+    raw = clock.client_raw
+    clock.arm(IdleTimeout)
+    try:
+        if raw is None:  # TLS: its own buffering
+            conn.peek_byte()
+            return True
+        io = clock.client_io(raw)
+        while True:
+            clock.wait_readable(io)
+            try:
+                data = raw.recv(_CLIENT_READ)
+            except BlockingIOError:
+                continue
+            if not data:
+                return False
+            conn.buf += data
+            return True
+    except (ClientClosed, IdleTimeout):
+        return False
+    finally:
+        clock.disarm()
 
 
 def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
@@ -122,7 +227,7 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
     failure), which leaves the connection open for the retry when no body follows."""
     if not ctx.users:
         return True
-    given = http.header(request.headers, b"proxy-authorization")
+    given = request.authorization
     if given is None:
         session.status = 407
         ctx.metrics.auth_challenged(session.proto)
@@ -199,29 +304,56 @@ def _connect(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+class _OriginIdle(Exception):  # noqa: N818 (never leaves this module: turned into OriginError)
+    """Thrown by an origin-side idle timer into the greenlet waiting on the origin."""
+
+
 class _Exchange:
-    """One request's origin side: its connection, route and response bytes read so far,
-    and the (upload, download) buckets that hold it to its owner's rate (--rate)."""
+    """One request's origin side: its connection (and the kernel socket under it, None
+    for TLS), route and response bytes read so far, and the (upload, download) buckets
+    that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "via", "pooled", "buf", "limits")
+    __slots__ = ("upstream", "raw", "via", "pooled", "clock", "buf", "limits")
 
-    def __init__(self, upstream: socket.socket, via: str | None, pooled: bool) -> None:
-        self.upstream, self.via, self.pooled = upstream, via, pooled
+    def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, clock: _Clock) -> None:
+        self.upstream, self.via, self.pooled, self.clock = upstream, via, pooled, clock
+        self.raw = raw_socket(upstream) if is_plain(upstream) else None
         self.buf = bytearray()
         self.limits: Limits = None
 
     def recv(self) -> bytes:
+        """The origin's next bytes (b"": it closed), through gevent: the socket's own
+        watcher lives as long as the pooled connection (a new one per request would cost
+        epoll_ctl calls)."""
+        self.clock.arm(_OriginIdle)
         try:
             return self.upstream.recv(CHUNK)
-        except TimeoutError:
+        except (_OriginIdle, TimeoutError):
             raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
             raise OriginError(f"origin: {exc}") from None
+        finally:
+            self.clock.disarm()
 
     def send(self, data: bytes) -> None:
+        """All of ``data`` to the origin: what the kernel takes at once in one direct
+        send(), the rest through gevent (which waits, under the idle timeout)."""
         try:
-            self.upstream.sendall(data)
-        except TimeoutError:
+            raw = self.raw
+            rest = data
+            if raw is not None:
+                try:
+                    sent = raw.send(data)
+                except BlockingIOError:
+                    sent = 0
+                rest = data[sent:] if sent < len(data) else b""
+            if rest:
+                self.clock.arm(_OriginIdle)
+                try:
+                    self.upstream.sendall(rest)
+                finally:
+                    self.clock.disarm()
+        except (_OriginIdle, TimeoutError):
             raise OriginError("origin stopped reading", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
             raise OriginError(f"origin: {exc}") from None
@@ -229,8 +361,18 @@ class _Exchange:
             _pace(self.limits[0], len(data))
 
     def to_client(self, conn: Conn, data: bytes, idle: float | None) -> None:
-        """``data`` to the client, held to the download rate."""
-        _to_client(conn, data, idle)
+        """``data`` to the client, held to the download rate: one direct send() when the
+        kernel takes it all (the usual case), else through gevent under the idle timeout."""
+        raw = self.clock.client_raw
+        if raw is not None and data:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                _to_client(conn, data[sent:], idle)
+        else:
+            _to_client(conn, data, idle)
         if self.limits is not None:
             _pace(self.limits[1], len(data))
 
@@ -248,15 +390,16 @@ class _Stale(OriginError):
     """A kept-alive origin connection failed before any byte of the response."""
 
 
-def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHead) -> bool:
+def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHead, clock: _Clock) -> bool:
     """Forward one absolute-URI request; True if the client connection stays open."""
     try:
         target = http.split_absolute_uri(request.target)
     except HttpError as exc:
         raise _fail(conn, exc) from None
-    session.dest = str(target.address)
+    session.dest = target.dest
     idle = ctx.config.idle_timeout or None
-    out_head = _outbound(request, target)
+    clock.set(idle)
+    out_head = http.encode_request_head(request, target)
     pool = ctx.origin_pool
     key = (ctx.dialer, session.user, target.address.host, target.address.port)
     # Only a request that can be sent again rides a kept-alive connection: the origin
@@ -264,7 +407,8 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     reuse = pool is not None and request.method in http.IDEMPOTENT and not (request.chunked or request.length)
     limits = rate_limits(ctx, session)  # this request's user (or client IP): its tunnels' buckets
     while True:
-        exchange = _origin_for(conn, ctx, session, target, pool.get(key) if reuse and pool else None, idle)
+        pooled = pool.get(key) if reuse and pool is not None else None
+        exchange = _origin_for(conn, ctx, session, target, pooled, clock)
         exchange.limits = limits
         try:
             body_read = _send_request(conn, exchange, request, out_head, session, idle)
@@ -301,7 +445,7 @@ def _origin_for(
     session: Session,
     target: http.Target,
     pooled: tuple[socket.socket, str | None] | None,
-    idle: float | None,
+    clock: _Clock,
 ) -> _Exchange:
     """A kept-alive connection (the rules checked again) or a new one."""
     if pooled is not None:
@@ -313,10 +457,10 @@ def _origin_for(
             pooled = None
         else:
             dialled_via.set(via)
-            return _Exchange(upstream, via, True)
+            return _Exchange(upstream, via, True, clock)
     upstream = _dial(conn, ctx, target.address, session)
-    upstream.settimeout(idle)
-    return _Exchange(upstream, dialled_via.get(), False)
+    upstream.settimeout(None)  # the clock bounds each wait (--idle-timeout)
+    return _Exchange(upstream, dialled_via.get(), False, clock)
 
 
 def _send_request(
@@ -433,24 +577,24 @@ def _send_response(
     body_read: bool,
 ) -> tuple[bool, bool]:
     """Send the response head and body; (origin connection reusable, client connection kept)."""
-    headers = http.strip_hop_by_hop(response.headers, also=(b"content-length",))
     no_body = request.method == b"HEAD" or response.status in (204, 304)
     keep_client = request.keep_alive and body_read
     chunk_out = False
+    framing = b""
     if response.length is not None:
-        headers.append((b"Content-Length", b"%d" % response.length))
+        framing = b"\r\nContent-Length: %d" % response.length
     elif not no_body:
         if request.version == b"1.1":
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            framing = b"\r\nTransfer-Encoding: chunked"
             chunk_out = True
         else:
             keep_client = False  # delimited by our close
     if keep_client:
         if request.version == b"1.0":
-            headers.append((b"Connection", b"keep-alive"))
+            framing += b"\r\nConnection: keep-alive"
     else:
-        headers.append((b"Connection", b"close"))
-    head = http.encode_head(b"HTTP/1.1 %d %b" % (response.status, response.reason), headers)
+        framing += b"\r\nConnection: close"
+    head = b"HTTP/1.1 %d %b%b%b\r\n\r\n" % (response.status, response.reason, response.passed, framing)
     buf = exchange.buf
     if no_body:
         exchange.to_client(conn, head, idle)
@@ -500,18 +644,8 @@ def _send_response(
         data = exchange.recv()
 
 
-def _outbound(request: http.RequestHead, target: http.Target) -> bytes:
-    """The head for the origin: hop-by-hop gone, Host from the URI, framing kept, keep-alive."""
-    headers = http.strip_hop_by_hop(request.headers, also=(b"host", b"content-length"))
-    headers.insert(0, (b"Host", http.host_header(target)))
-    if request.chunked:
-        headers.append((b"Transfer-Encoding", b"chunked"))
-    elif http.header(request.headers, b"content-length") is not None:
-        headers.append((b"Content-Length", b"%d" % request.length))
-    return http.encode_head(request.method + b" " + target.path + b" HTTP/1.1", headers)
-
-
 def _to_client(conn: Conn, data: bytes, idle: float | None) -> None:
+    """``data`` to the client through gevent, under the idle timeout."""
     if data:
         with gevent.Timeout(idle, IdleTimeout("client read nothing for the idle timeout")):
-            conn.sendall(data)
+            conn.sock.sendall(data)

@@ -257,3 +257,167 @@ def test_chunked_decoder_bounds_the_trailer_section():
     ok = ChunkedDecoder()
     assert ok.feed(b"3\r\nabc\r\n0\r\nX-One: 1\r\n\r\nnext") == [b"abc"]
     assert ok.done and ok.rest == b"next"
+
+
+# -- heads for forwarding: the one-pass path must read what the strict path reads ----------------
+
+SMUGGLING = [
+    b"Content-Length: 5\r\nContent-Length: 5\r\n",
+    b"Content-Length: 5, 5\r\n",
+    b"Content-Length: -1\r\n",
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked, identity\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Content-Length : 5\r\n",
+    b"Host\t: a\r\n",
+    b"Host: a\r\n folded\r\n",
+    b"no colon here\r\n",
+    b"Bad[name]: 1\r\n",
+    b"X-Nul: a\x00b\r\n",
+    b"X-Cr: a\rb\r\n",
+]
+
+
+@pytest.mark.parametrize("headers", SMUGGLING)
+def test_parse_request_makes_the_head_checks(headers):
+    """The proxy no longer runs check_head while reading: parse_request refuses what it refuses."""
+    raw = b"POST http://a/ HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n"
+    with pytest.raises(HttpError) as info:
+        http.parse_request(raw)
+    assert info.value.status in (400, 501)
+
+
+def _outcome(parse, head: bytes):
+    try:
+        return parse(head)
+    except HttpError as exc:
+        return exc.status
+
+
+_NAME = st.sampled_from(
+    [
+        b"Host",
+        b"host",
+        b"Content-Length",
+        b"content-length",
+        b"Transfer-Encoding",
+        b"Connection",
+        b"connection",
+        b"Expect",
+        b"Keep-Alive",
+        b"Proxy-Connection",
+        b"X-A",
+        b"Accept",
+        b"TE",
+        b"Upgrade",
+        b"Bad Name",
+        b"",
+        b" Folded",
+    ]  # fmt: skip
+)
+_VALUE = st.sampled_from(
+    [
+        b"",
+        b"5",
+        b" 5 ",
+        b"x",
+        b"chunked",
+        b"Chunked ",
+        b"gzip, chunked",
+        b"close",
+        b"keep-alive, X-A",
+        b"Keep-Alive",
+        b"100-continue",
+        b"a\tb",
+        b"a\x00b",
+        b"a\rb",
+        b"\xff",
+        b"-1",
+        b"5, 5",
+        b"upgrade",
+    ]  # fmt: skip
+)
+_SEP = st.sampled_from([b":", b": ", b":\t", b" : "])
+_EOL = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n"])
+
+
+@given(
+    st.sampled_from(
+        [b"GET http://a/ HTTP/1.1", b"POST http://a/x HTTP/1.0", b"CONNECT a:1 HTTP/1.1", b"GET / HTTP/2.0"]
+    ),
+    st.lists(st.tuples(_NAME, _SEP, _VALUE, _EOL), max_size=6),
+)
+def test_one_pass_request_parse_matches_the_strict_one(line, fields):
+    """Same framing and credentials, and the same headers for the origin (the plain path passes its lines on)."""
+    head = line + b"\r\n" + b"".join(name + sep + value + eol for name, sep, value, eol in fields) + b"\r\n"
+    assert _request_view(head, http.parse_request) == _request_view(head, http._parse_request_strictly)
+
+
+def _request_view(head: bytes, parse):
+    try:
+        request = parse(head)
+    except HttpError as exc:
+        return exc.status
+    return (request.method, request.target, request.version, request.keep_alive, request.chunked, request.length,
+            request.has_length, request.expect_continue, request.tokens, request.authorization,
+            _passed_pairs(request.passed))  # fmt: skip
+
+
+def _passed_pairs(passed: bytes) -> list[tuple[bytes, bytes]]:
+    lines = passed.split(b"\r\n")
+    assert lines[0] == b""
+    return [(name, value.strip(b" \t")) for name, _, value in (line.partition(b":") for line in lines[1:])]
+
+
+@given(
+    st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 204 No Content", b"HTTP/1.1 304", b"HTTP/1.1 99 x", b"ICY 200"]),
+    st.lists(st.tuples(_NAME, _SEP, _VALUE, _EOL), max_size=6),
+)
+def test_one_pass_response_parse_matches_the_strict_one(line, fields):
+    """Same framing, and the same headers for the client (the plain path passes its lines on as they came)."""
+    head = line + b"\r\n" + b"".join(name + sep + value + eol for name, sep, value, eol in fields) + b"\r\n"
+    assert _client_view(head, http.parse_response) == _client_view(head, http._parse_response_strictly)
+
+
+def _client_view(head: bytes, parse):
+    try:
+        response = parse(head)
+    except HttpError as exc:
+        return exc.status
+    return (response.version, response.status, response.reason, response.chunked, response.length, response.close,
+            response.tokens, _passed_pairs(response.passed))  # fmt: skip
+
+
+def test_the_client_gets_no_hop_by_hop_response_header():
+    head = (
+        b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+        b"Content-Length: 2\r\nTE: trailers\r\nX-A:1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    response = http.parse_response(head)
+    assert response.passed == b"\r\nServer: x\r\nX-A:1" and response.chunked and response.length is None
+    named = http.parse_response(b"HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nX-B: 2\r\n\r\n")
+    assert named.passed == b"\r\nX-B: 2" and named.close
+
+
+@given(st.binary(max_size=200), st.sampled_from([b"", b"\r\n\r\n", b"\r\n\r\nbody", b"\n\n", b"\r\n"]))
+def test_plain_head_end_agrees_with_the_head_parser(data, tail):
+    buf = bytearray(b"GET http://a/ HTTP/1.1\r\n" + data + tail)
+    end = http.plain_head_end(buf)
+    if end is not None:
+        assert http.HeadParser()(buf) == (bytes(buf[:end]), end)
+
+
+def test_head_for_the_origin():
+    raw = (
+        b"GET http://Example.com:8080/p?q HTTP/1.1\r\nHost: wrong\r\nConnection: keep-alive, X-Secret\r\n"
+        b"X-Secret: 1\r\nProxy-Authorization: Basic dTpw\r\nAccept:  */* \r\nProxy-Connection: keep-alive\r\n\r\n"
+    )
+    request = http.parse_request(raw)
+    out = http.encode_request_head(request, http.split_absolute_uri(request.target))
+    assert out == b"GET /p?q HTTP/1.1\r\nHost: Example.com:8080\r\nAccept: */*\r\n\r\n"
+    plain = http.parse_request(raw.replace(b", X-Secret", b""))  # nothing named: the plain path, lines as they came
+    out = http.encode_request_head(plain, http.split_absolute_uri(plain.target))
+    assert out == b"GET /p?q HTTP/1.1\r\nHost: Example.com:8080\r\nX-Secret: 1\r\nAccept:  */* \r\n\r\n"
+    assert plain.authorization == b"Basic dTpw"
+    post = http.parse_request(b"POST http://a/ HTTP/1.0\r\nContent-Length: 3\r\n\r\n")
+    assert http.encode_request_head(post, http.split_absolute_uri(post.target)).endswith(b"Content-Length: 3\r\n\r\n")

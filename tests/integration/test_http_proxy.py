@@ -516,3 +516,45 @@ def test_an_early_answer_from_the_origin_reaches_the_client(start):
         assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b"too big!")
     finally:
         server.stop(timeout=1)
+
+
+def test_a_silent_origin_gets_504_after_the_idle_timeout(start, sessions):
+    """The origin reads the request and never answers: 504 (origin_timeout) once --idle-timeout
+    passes, on a fresh origin connection and on one kept alive from an earlier request."""
+    import time
+
+    from gevent.server import StreamServer
+
+    def answer_once_then_hang(sock, _addr):
+        with sock:
+            for _ in range(2):
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    data = sock.recv(4096)
+                    if not data:
+                        return
+                    head += data
+                if b"/silent" in head:
+                    gevent.sleep(30)  # killed when the server stops
+                    return
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = StreamServer(("127.0.0.1", 0), answer_once_then_hang)
+    server.start()
+    try:
+        host, port = start(idle_timeout=0.5, metrics=sessions)
+        base = f"http://127.0.0.1:{server.server_port}"
+        for warm in (False, True):  # fresh, then kept alive (pooled)
+            client = RawClient((host, port))
+            try:
+                if warm:
+                    assert client.request(get(base + "/ok"))[0].status_code == 200
+                began = time.monotonic()
+                response, _ = client.request(get(base + "/silent"))
+                assert response.status_code == 504
+                assert 0.3 < time.monotonic() - began < 8
+            finally:
+                client.close()
+        assert any(session.outcome == "origin_timeout" for session in sessions.closed)
+    finally:
+        server.stop(timeout=1)
