@@ -149,6 +149,7 @@ class Proxy:
         self.reuse_port = reuse_port  # --workers: every worker binds the same ports
         self.announce = announce  # the supervisor prints the "listening" lines instead
         self._contexts: dict[int, Context] = {}  # listener index -> Context for new clients
+        self._latest: dict[int, Context] = {}  # id(listener spec) -> its Context in _contexts
         #: names go to this; None given: --resolver's own DNS client (built at start) or the system's
         self.resolver: Resolver = resolver or system_resolve
         self._dns: DnsResolver | None = None
@@ -249,7 +250,7 @@ class Proxy:
             if spec.kind in SERVICES:
                 built.append(SERVICES[spec.kind](self, spec, sock))
             elif spec.kind in HANDLERS:
-                self._contexts[index] = self.context(spec, own)
+                self._contexts[index] = self._latest[id(spec)] = self.context(spec, own)
                 built.append(
                     Acceptor(
                         sock,
@@ -279,6 +280,7 @@ class Proxy:
         self._services.clear()
         self._sockets.clear()
         self._contexts.clear()
+        self._latest.clear()
         if self.access_log is not None:
             self.access_log.close()
             self.access_log = None
@@ -379,7 +381,8 @@ class Proxy:
             self.clients = ClientRules(new.allow, new.deny)
             own = [(ip, port) for _, ip, port in self._bound_ips()]
             for index in self._contexts:
-                self._contexts[index] = self.context(self._sockets[index][0], own)
+                spec = self._sockets[index][0]
+                self._contexts[index] = self._latest[id(spec)] = self.context(spec, own)
         logger.info("reloaded")
         return True
 
@@ -657,7 +660,7 @@ class Proxy:
 
     def latest(self, ctx: Context) -> Context:
         """SessionOwner: the context a new client of ``ctx``'s listener would get now."""
-        return next((new for new in self._contexts.values() if new.listener is ctx.listener), ctx)
+        return self._latest.get(id(ctx.listener), ctx)
 
     def log_request(self, session: Session) -> None:
         """SessionOwner: the access-log line of one request on a kept-alive HTTP connection."""
