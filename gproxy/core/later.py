@@ -11,15 +11,15 @@ greenlet of its own, as before.
 
 from __future__ import annotations
 
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import gevent
-from gevent.hub import Hub, Waiter, get_hub
+from gevent.hub import Hub, Waiter
 
 from gproxy.core.log import logger
+from gproxy.core.per_hub import PerHub
 
 Call = tuple[Callable[[Any], object], Any]
 
@@ -69,13 +69,9 @@ def _run_one(fn: Callable[[Any], object], arg: Any) -> None:
         logger.exception("a deferred call failed")
 
 
-_runners: weakref.WeakKeyDictionary[Hub, _Runner] = weakref.WeakKeyDictionary()
+_runners: PerHub[_Runner] = PerHub(_Runner)
 
 
 def call_soon(fn: Callable[[Any], object], arg: Any) -> None:
     """Run ``fn(arg)`` soon, in a greenlet (never inside the caller's callback); in order."""
-    hub = get_hub()
-    runner = _runners.get(hub)
-    if runner is None:
-        runner = _runners[hub] = _Runner(hub)
-    runner.add(fn, arg)
+    _runners.get().add(fn, arg)

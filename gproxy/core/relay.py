@@ -35,7 +35,6 @@ import errno
 import fcntl
 import os
 import socket
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -49,6 +48,7 @@ from gproxy.core._gevent import READ, WRITE, io_watcher, is_plain, is_tls, send_
 from gproxy.core.errors import Outcome, outcome_of
 from gproxy.core.later import call_soon
 from gproxy.core.limits import TokenBucket
+from gproxy.core.per_hub import PerHub
 from gproxy.core.stream import send_all
 
 CHUNK = 65536
@@ -69,9 +69,9 @@ _PlainSocket: Any = _socket.socket
 #: a tunnel's (upload, download) buckets, or None: no rate limit
 Limits = tuple[TokenBucket, TokenBucket] | None
 
-_buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
-#: the hub that asked last and its buffer
-_last: tuple[Hub | None, memoryview] = (None, memoryview(b""))
+#: one receive buffer per hub (thread): callbacks never yield between filling it
+#: and handing its contents to the kernel or to a private copy
+_BUFFERS: PerHub[memoryview] = PerHub(lambda hub: memoryview(bytearray(CHUNK)))
 
 
 @dataclass(slots=True)
@@ -81,21 +81,6 @@ class RelayStats:
     up: int = 0
     down: int = 0
     outcome: Outcome = Outcome.OK
-
-
-def _hub_buffer() -> memoryview:
-    """One receive buffer per hub (thread): callbacks never yield between
-    filling it and handing its contents to the kernel or to a private copy."""
-    global _last  # noqa: PLW0603 (the one-hub fast path: no weak-dictionary lookup)
-    hub = get_hub()
-    last = _last  # read once: another thread's hub may replace it
-    if last[0] is hub:
-        return last[1]
-    buf = _buffers.get(hub)
-    if buf is None:
-        buf = _buffers[hub] = memoryview(bytearray(CHUNK))
-    _last = (hub, buf)
-    return buf
 
 
 class Engine(StrEnum):
@@ -155,20 +140,15 @@ class _Periodic:
             self.check(member)
 
 
-_periodic: weakref.WeakKeyDictionary[Hub, dict[tuple[Callable[[Any], object], float], _Periodic]] = (
-    weakref.WeakKeyDictionary()
-)
+_periodic: PerHub[dict[tuple[Callable[[Any], object], float], _Periodic]] = PerHub(lambda hub: {})
 
 
 def _every(interval: float, check: Callable[[Any], object]) -> _Periodic:
     """This hub's _Periodic for ``check`` every ``interval`` seconds (one per pair)."""
-    hub = get_hub()
-    mine = _periodic.get(hub)
-    if mine is None:
-        mine = _periodic[hub] = {}
+    mine = _periodic.get()
     periodic = mine.get((check, interval))
     if periodic is None:
-        periodic = mine[check, interval] = _Periodic(hub, interval, check)
+        periodic = mine[check, interval] = _Periodic(get_hub(), interval, check)
     return periodic
 
 
@@ -209,7 +189,7 @@ class _Direction:
     def __init__(self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         self.tunnel = tunnel
         self.stats = tunnel.stats  # counted per chunk (one attribute hop less)
-        self.buf = _hub_buffer()  # a direction runs on the hub that made it
+        self.buf = _BUFFERS.get()  # a direction runs on the hub that made it
         self.src = src  # kernel sockets the tunnel owns (see _take_over)
         self.dst = dst
         self.reader = io_watcher(src.fileno(), READ)

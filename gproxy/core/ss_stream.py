@@ -7,12 +7,10 @@ gevent socket, the relay takes its generic path (one greenlet per direction) for
 from __future__ import annotations
 
 import socket
-import weakref
-
-from gevent.hub import Hub, get_hub
 
 from gproxy.codec.shadowsocks import MAX_PAYLOAD, METHODS, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
 from gproxy.core._gevent import GeventInternalsMissing, raw_socket
+from gproxy.core.per_hub import PerHub
 
 Buffer = bytes | bytearray | memoryview
 #: a sealed chunk at its largest: length, payload and their tags
@@ -52,15 +50,7 @@ class _HubBuffers:
             self.free_reads.append(buf)
 
 
-_hub_buffers: weakref.WeakKeyDictionary[Hub, _HubBuffers] = weakref.WeakKeyDictionary()
-
-
-def _this_hubs_buffers() -> _HubBuffers:
-    hub = get_hub()
-    buffers = _hub_buffers.get(hub)
-    if buffers is None:
-        buffers = _hub_buffers[hub] = _HubBuffers()
-    return buffers
+_hub_buffers: PerHub[_HubBuffers] = PerHub(lambda hub: _HubBuffers())
 
 
 class SsStreamError(ConnectionError):
@@ -90,7 +80,7 @@ class SsSocket:
             self._raw: socket.socket | None = raw_socket(sock)
         except (TypeError, GeventInternalsMissing):
             self._raw = None
-        self._hub = _this_hubs_buffers()  # a socket stays in the hub (thread) that made it
+        self._hub = _hub_buffers.get()  # a socket stays in the hub (thread) that made it
         self.decryptor = decryptor
         self.encryptor = encryptor
         held = decryptor.take_buffered()  # what the handshake read past its last complete step

@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-import weakref
 from typing import TYPE_CHECKING, TypeVar
 
 import gevent
-from gevent.hub import Hub, get_hub
 
 from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
@@ -30,6 +28,7 @@ from gproxy.core.dial import resolve
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.outbound import Outbound
+from gproxy.core.per_hub import PerHub
 from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
@@ -59,16 +58,9 @@ _UNKNOWN_HOSTS = frozenset({"0", "0.0.0.0", "::"})
 K = TypeVar("K")
 T = TypeVar("T")
 
-_buffers: weakref.WeakKeyDictionary[Hub, memoryview] = weakref.WeakKeyDictionary()
-
-
-def _hub_buffer() -> memoryview:
-    """One receive buffer per hub; loops never yield while it holds a datagram."""
-    hub = get_hub()
-    buf = _buffers.get(hub)
-    if buf is None:
-        buf = _buffers[hub] = memoryview(bytearray(BUFFER_SIZE))
-    return buf
+#: one receive buffer per hub; loops never yield while it holds a datagram
+_BUFFERS: PerHub[memoryview] = PerHub(lambda hub: memoryview(bytearray(BUFFER_SIZE)))
+_hub_buffer = _BUFFERS.get
 
 
 def _raw(sock: socket.socket) -> socket.socket:

@@ -44,7 +44,7 @@ def test_a_call_that_blocks_does_not_hold_the_next_ones_up():
         done.append("slow")
 
     from_callback(slow, None)
-    wait_for(lambda: later._runners[get_hub()].busy)
+    wait_for(lambda: later._runners.get().busy)
     from_callback(done.append, "quick")
     wait_for(lambda: done == ["quick"])  # ran while slow() still waits
     release.set()
@@ -67,7 +67,7 @@ def test_a_killed_runner_is_replaced():
     done: list[int] = []
     from_callback(done.append, 1)
     wait_for(lambda: done == [1])
-    runner = later._runners[get_hub()]
+    runner = later._runners.get()
     assert runner.greenlet is not None
     runner.greenlet.kill()
     call_soon(done.append, 2)  # from a greenlet, too

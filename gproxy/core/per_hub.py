@@ -1,0 +1,39 @@
+"""One object per hub (per thread running gevent), made on first use.
+
+A process serves from one hub, but the Python API may run proxies in several
+threads, each with its own hub: what a hub's callbacks share (receive
+buffers, timers, a greenlet) must never cross threads. The last hub's object
+is found without a weak-dictionary lookup (Python code) on every call.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from gevent.hub import Hub, get_hub
+
+T = TypeVar("T")
+
+
+class PerHub(Generic[T]):
+    """``get()``: this hub's T, made by ``make(hub)`` the first time."""
+
+    __slots__ = ("_make", "_made", "_last")
+
+    def __init__(self, make: Callable[[Hub], T]) -> None:
+        self._make = make
+        self._made: weakref.WeakKeyDictionary[Hub, T] = weakref.WeakKeyDictionary()
+        self._last: tuple[Hub, T] | None = None  # the hub that asked last, and its T
+
+    def get(self) -> T:
+        hub = get_hub()
+        last = self._last  # read once: another thread may replace it meanwhile
+        if last is not None and last[0] is hub:
+            return last[1]
+        made = self._made.get(hub)
+        if made is None:
+            made = self._made[hub] = self._make(hub)
+        self._last = (hub, made)
+        return made
