@@ -185,7 +185,7 @@ def _connect_one(family: int, sockaddr: tuple[object, ...], timeout: float, prep
             prepare(raw)
         err = raw.connect_ex(sockaddr)
         if err in _IN_PROGRESS:
-            gsocket.wait_write(raw.fileno(), timeout, TimeoutError(errno.ETIMEDOUT, "connect timed out"))
+            _wait_writable(raw.fileno(), timeout)
             err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -194,3 +194,21 @@ def _connect_one(family: int, sockaddr: tuple[object, ...], timeout: float, prep
         raw.close()
         raise
     return gsocket.socket(family, socket.SOCK_STREAM, 0, raw.detach())  # type: ignore[no-any-return]
+
+
+def _wait_writable(fd: int, timeout: float) -> None:
+    """Sleep until ``fd`` is writable (its connect() is done) or ``timeout`` passes
+    (TimeoutError): two loop watchers and a Waiter, none of gevent.Timeout's Python."""
+    loop = get_hub().loop
+    waiter: Waiter[bool] = Waiter()
+    writable = loop.io(fd, _WRITE)
+    deadline = loop.timer(timeout)
+    writable.start(waiter.switch, True)
+    deadline.start(waiter.switch, False)
+    try:
+        connected = waiter.get()
+    finally:
+        writable.close()
+        deadline.close()
+    if not connected:
+        raise TimeoutError(errno.ETIMEDOUT, "connect timed out")
