@@ -79,7 +79,7 @@ class _Race:
         """The connected socket; raises the last OSError, or TimeoutError after ``timeout``."""
         self.start_next()
         if not self.done:
-            # one address (a literal, or a single answer): no stagger timer to pay for
+            # every address already tried (the others failed at once): no stagger timer
             stagger = self.loop.timer(ATTEMPT_DELAY, ATTEMPT_DELAY) if self.addrs else None
             deadline = self.loop.timer(timeout)
             if stagger is not None:
@@ -98,23 +98,15 @@ class _Race:
             if self.timed_out or not self.errors:
                 raise TimeoutError(errno.ETIMEDOUT, "connect timed out")
             raise self.errors[-1]
-        raw = winner.raw
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return gsocket.socket(winner.family, socket.SOCK_STREAM, 0, raw.detach())  # type: ignore[no-any-return]
+        return _connected(winner.raw, winner.family)
 
     def start_next(self) -> None:
         """Start one more attempt (from the stagger timer, or at once after a failure)."""
         while self.addrs and not self.done:
             family, sockaddr = self.addrs.pop(0)
-            raw = None
             try:
-                raw = _socket.socket(family, _FLAGS)
-                if self.prepare is not None:
-                    self.prepare(raw)
-                err = raw.connect_ex(sockaddr)
+                raw, err = _start_connect(family, sockaddr, self.prepare)
             except OSError as exc:  # EMFILE, EPERM from prepare, a bad address: next one
-                if raw is not None:
-                    raw.close()
                 self.errors.append(exc)
                 continue
             attempt = _Attempt(self, raw, family)
@@ -179,20 +171,36 @@ def race(addrs: Addresses, timeout: float, prepare: Prepare | None = None) -> so
 def _connect_one(family: int, sockaddr: tuple[object, ...], timeout: float, prepare: Prepare | None) -> socket.socket:
     """One address (a literal, or a single answer): nothing to race, so none of the race's
     objects; one non-blocking connect(), a wait for writability, one SO_ERROR read."""
-    raw = _socket.socket(family, _FLAGS)
+    raw, err = _start_connect(family, sockaddr, prepare)
     try:
-        if prepare is not None:
-            prepare(raw)
-        err = raw.connect_ex(sockaddr)
         if err in _IN_PROGRESS:
             _wait_writable(raw.fileno(), timeout)
             err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _connected(raw, family)
     except BaseException:
         raw.close()
         raise
+
+
+def _start_connect(family: int, sockaddr: tuple[object, ...], prepare: Prepare | None) -> tuple[Any, int]:
+    """A new non-blocking socket, prepared, its connect() started: (socket, errno), errno 0
+    (connected), in progress, or the failure. Raises OSError (the socket closed) when it
+    cannot be made, prepared (--outgoing, --mark) or aimed at ``sockaddr``."""
+    raw = _socket.socket(family, _FLAGS)
+    try:
+        if prepare is not None:
+            prepare(raw)
+        return raw, raw.connect_ex(sockaddr)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _connected(raw: Any, family: int) -> socket.socket:
+    """A connected kernel socket as the gevent socket callers get, with TCP_NODELAY."""
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return gsocket.socket(family, socket.SOCK_STREAM, 0, raw.detach())  # type: ignore[no-any-return]
 
 
