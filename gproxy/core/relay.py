@@ -183,7 +183,6 @@ class _Direction:
         "can_splice",
         "stats",
         "buf",
-        "__weakref__",
     )
 
     def __init__(self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool) -> None:
