@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import gevent
 from gevent import socket as gsocket
@@ -62,6 +62,18 @@ from gproxy.services.shadowsocks_udp import ShadowsocksUdp
 from gproxy.services.tproxy_udp import TproxyUdp
 
 Handler = Callable[[Conn, Context, Session], None]
+
+
+#: what a connection is counted under: its --max-conns-per-ip keys, and whether it counts in --max-conns
+Counted = tuple[list[str], bool]
+
+
+class Admitted(NamedTuple):
+    """A connection admit_client() let in."""
+
+    client: Address
+    accepted: float  # time.monotonic() at accept
+    counted: Counted
 
 
 class Service(Protocol):
@@ -163,8 +175,6 @@ class Proxy:
         self._sessions = SessionGreenlets()  # unbounded: --max-conns refuses instead of queueing
         self._active = 0
         self._active_by_ip: dict[str, int] = {}  # --max-conns-per-ip key -> open connections
-        #: client socket -> its keys in _active_by_ip, and whether it counts in _active
-        self._counted: dict[socket.socket, tuple[list[str], bool]] = {}
         #: the tunnels that went on without their session's greenlet
         self.tunnels = Tunnels(self._session_ended)
         self.rates = RateLimits()  # kept across reloads: a changed rate gets fresh buckets
@@ -515,9 +525,10 @@ class Proxy:
 
     def admit_client(
         self, sock: socket.socket, peer: tuple[object, ...], kind: str, *, in_total: bool = True
-    ) -> tuple[Address, float] | None:
+    ) -> Admitted | None:
         """Client rules, limits and the PROXY header for a new connection on a ``kind`` listener:
-        (the client's address, when it was accepted), counted until release_client(); None: drop it.
+        the client's address, when it was accepted, and what it is counted under until
+        release_client(admitted.counted); None: drop it.
 
         ``in_total=False`` (metrics scrapes): not held to, nor counted in, --max-conns, so
         monitoring still works when the proxy is full; the per-ip limit still applies.
@@ -552,25 +563,24 @@ class Proxy:
         finally:
             if not admitted:
                 self._release(keys, in_total=in_total)
-        self._counted[sock] = (keys, in_total)
-        return client, accepted
+        return Admitted(client, accepted, (keys, in_total))
 
-    def release_client(self, sock: socket.socket) -> None:
-        """The connection admit_client() counted is over."""
-        keys, in_total = self._counted.pop(sock)
+    def release_client(self, counted: Counted) -> None:
+        """The connection admit_client() counted (``Admitted.counted``) is over."""
+        keys, in_total = counted
         self._release(keys, in_total=in_total)
 
     def _serve_client(self, sock: socket.socket, peer: tuple[object, ...], ctx: Context, handler: Handler) -> None:
         admitted = self.admit_client(sock, peer, ctx.listener.kind)
         if admitted is None:
             return
-        client, accepted = admitted
+        client, accepted, counted = admitted
         session = Session(client, ctx.listener.kind)
         session.started = accepted
         prefix = "" if self.worker is None else f"{self.worker.index}-"
         session.id = f"{prefix}{next(self._session_ids)}"
         self.open[session.id] = (session, gevent.getcurrent())
-        session.admission = self._counted.pop(sock)  # released when the session ends (a tunnel's, without its socket)
+        session.admission = counted  # released when the session ends (a tunnel's, without its socket)
         self.metrics.session_opened(ctx.listener.kind)
         conn = Conn(sock)
         try:
@@ -648,9 +658,8 @@ class Proxy:
     def _session_ended(self, session: Session) -> None:
         """Counters, metrics and the access-log line (from a greenlet: they may yield)."""
         if session.admission is not None:
-            keys, in_total = session.admission
-            session.admission = None
-            self._release(keys, in_total=in_total)
+            counted, session.admission = session.admission, None
+            self.release_client(counted)
         self.open.pop(session.id, None)
         if session.user_slot is not None:
             session.user_slot.release()

@@ -41,9 +41,10 @@ class GatedServer(WSGIServer):  # type: ignore[misc]
         if self.proxy is None:
             super().handle(sock, address)
             return
-        if self.proxy.admit_client(sock, address, self.kind, in_total=False) is None:
+        admitted = self.proxy.admit_client(sock, address, self.kind, in_total=False)
+        if admitted is None:
             return  # closed by the server
         try:
             super().handle(sock, address)
         finally:
-            self.proxy.release_client(sock)
+            self.proxy.release_client(admitted.counted)
