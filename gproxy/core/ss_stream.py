@@ -11,6 +11,7 @@ import socket
 from gproxy.codec.shadowsocks import MAX_PAYLOAD, METHODS, TAG_SIZE, ShadowsocksError, TcpDecryptor, TcpEncryptor
 from gproxy.core._gevent import GeventInternalsMissing, raw_socket
 from gproxy.core.per_hub import PerHub
+from gproxy.core.stream import send_now
 
 Buffer = bytes | bytearray | memoryview
 #: a sealed chunk at its largest: length, payload and their tags
@@ -76,7 +77,7 @@ class SsSocket:
 
     def __init__(self, sock: socket.socket, decryptor: TcpDecryptor, encryptor: TcpEncryptor):
         self.sock = sock
-        try:  # the kernel socket: a send that need not wait skips gevent's Python layers
+        try:  # the kernel socket: a read that need not wait skips gevent's Python layers
             self._raw: socket.socket | None = raw_socket(sock)
         except (TypeError, GeventInternalsMissing):
             self._raw = None
@@ -175,16 +176,9 @@ class SsSocket:
         shared = size <= _SEALED_MAX
         out = self._hub.send if shared else memoryview(bytearray(size))
         n = self.encryptor.encrypt_into(data, out)
-        if not n:
+        sent = send_now(self.sock, out[:n]) if n else 0
+        if sent == n:
             return
-        sent = 0
-        if self._raw is not None:
-            try:  # noqa: SIM105 (the hot path: no context manager per write)
-                sent = self._raw.send(out[:n])
-            except BlockingIOError:
-                pass
-            if sent == n:
-                return
         rest = out[sent:n]
         # gevent's sendall waits for the peer to drain (under the socket's timeout); other
         # greenlets of this thread reuse the shared buffer meanwhile: the rest is copied out

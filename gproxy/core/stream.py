@@ -98,16 +98,21 @@ class Conn:
         self.buf += data
 
 
+def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
+    """What one send() on a plain gevent socket's kernel socket takes of ``data`` at once,
+    without gevent's Python layers (its sendall costs a getsockopt and several frames);
+    0 for any other socket, or when the kernel's buffer is full."""
+    if type(sock) is not _PLAIN:  # TLS or socket-like (an exact check: hasattr would raise inside gevent)
+        return 0
+    try:
+        return int(raw_socket(sock).send(data))
+    except BlockingIOError:
+        return 0
+
+
 def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
-    """``sock.sendall(data)``, but on a plain gevent socket first one send() on its kernel
-    socket: what it takes at once costs no getsockopt and none of gevent's Python frames;
-    only a rest waits for the peer (gevent's sendall, under the socket's timeout)."""
-    if type(sock) is _PLAIN:  # not TLS (an exact check: hasattr would raise inside gevent)
-        try:
-            sent = raw_socket(sock).send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    sock.sendall(data)
+    """``sock.sendall(data)``, first trying send_now(): only a rest waits for the peer
+    (gevent's sendall, under the socket's timeout)."""
+    sent = send_now(sock, data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
