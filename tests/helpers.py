@@ -232,6 +232,27 @@ def read_socks5_bound(sock: socket.socket) -> tuple[str, int]:
     return host, port
 
 
+def feed_every_split(parse: Callable[[bytearray], Any], message: bytes) -> Any:
+    """Every proper prefix needs more data; the whole message parses, using all of it."""
+    for cut in range(len(message)):
+        assert parse(bytearray(message[:cut])) is None, f"prefix of {cut} bytes parsed"
+    result = parse(bytearray(message))
+    assert result is not None and result[1] == len(message)
+    return result[0]
+
+
+def recv_head(sock: socket.socket, limit: int = 65536) -> bytes:
+    """Bytes up to and including the blank line that ends an HTTP head (fewer if the peer
+    closes first); reads at most ``limit`` bytes."""
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
 def socks5_address(host: str, port: int) -> bytes:
     """``ATYP ADDR PORT`` for an IP literal or a name."""
     import ipaddress
@@ -534,12 +555,9 @@ class FakeHttpUpstream:
     def _handle(self, sock: socket.socket, _addr: object) -> None:
         from gproxy.core.relay import relay
 
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            head += chunk
+        head = recv_head(sock)
+        if b"\r\n\r\n" not in head:
+            return
         self.heads.append(head)
         if self.status != 200:
             sock.sendall(f"HTTP/1.1 {self.status} No\r\nContent-Length: 0\r\n\r\n".encode())

@@ -17,10 +17,14 @@ from tests.helpers import child_pids, gproxy_env, start_gproxy, wait_for
 SECRET = "hunter2"
 
 
-def run_gproxy(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
+def one_line_error(*args: str, cwd: Path) -> str:
+    """``python -m gproxy ARGS`` must exit 2 with one line on stderr; returns that line."""
+    proc = subprocess.run(
         [sys.executable, "-m", "gproxy", *args], capture_output=True, env=gproxy_env(), cwd=cwd, timeout=20
     )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    return err
 
 
 USERS_FILE_TYPOS = {
@@ -35,9 +39,7 @@ USERS_FILE_TYPOS = {
 def test_a_bad_users_file_line_is_named_by_file_and_line(tmp_path, content):
     users = tmp_path / "users"
     users.write_text(content)
-    proc = run_gproxy("--socks", "0", "--users-file", str(users), cwd=tmp_path)
-    err = proc.stderr.decode()
-    assert proc.returncode == 2 and err.count("\n") == 1, err
+    err = one_line_error("--socks", "0", "--users-file", str(users), cwd=tmp_path)
     assert f"{users}:3" in err and SECRET not in err
 
 
@@ -54,10 +56,7 @@ ARGV_TYPOS = {
 
 @pytest.mark.parametrize("args", list(ARGV_TYPOS.values()), ids=list(ARGV_TYPOS))
 def test_flag_errors_do_not_print_the_password(tmp_path, args):
-    proc = run_gproxy("--socks", "0", *args, cwd=tmp_path)
-    err = proc.stderr.decode()
-    assert proc.returncode == 2 and err.count("\n") == 1, err
-    assert SECRET not in err
+    assert SECRET not in one_line_error("--socks", "0", *args, cwd=tmp_path)
 
 
 TOML_TYPOS = {
@@ -72,10 +71,7 @@ TOML_TYPOS = {
 def test_config_file_errors_do_not_print_the_password(tmp_path, content):
     config = tmp_path / "gproxy.toml"
     config.write_text(content)
-    proc = run_gproxy("--config", str(config), cwd=tmp_path)
-    err = proc.stderr.decode()
-    assert proc.returncode == 2 and err.count("\n") == 1, err
-    assert SECRET not in err
+    assert SECRET not in one_line_error("--config", str(config), cwd=tmp_path)
 
 
 def test_a_reload_with_a_typo_logs_the_line_not_the_password(proxy, tmp_path, caplog):

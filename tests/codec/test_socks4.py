@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from gproxy.codec import socks4
 from gproxy.core.addr import Address
 from gproxy.core.errors import ClientProtocolError
+from tests.helpers import feed_every_split
 
 REQUESTS = {
     "connect-ipv4": (
@@ -29,14 +30,6 @@ REQUESTS = {
         socks4.Request(1, Address("localhost", 80), b"", True),
     ),
 }
-
-
-def feed_every_split(parse, message: bytes):
-    for cut in range(len(message)):
-        assert parse(bytearray(message[:cut])) is None, f"prefix of {cut} bytes parsed"
-    result = parse(bytearray(message))
-    assert result is not None and result[1] == len(message)
-    return result[0]
 
 
 @pytest.mark.parametrize("name", REQUESTS)

@@ -12,6 +12,7 @@ from gproxy.codec import socks5
 from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address, unmap_ip
 from gproxy.core.errors import ClientProtocolError
+from tests.helpers import feed_every_split
 
 GREETING = b"\x05\x02\x00\x02"
 AUTH = b"\x01\x05alice\x06secret"
@@ -20,15 +21,6 @@ REQUESTS = {
     "ipv6": (b"\x05\x01\x00\x04" + b"\x00" * 15 + b"\x01\x01\xbb", Address("::1", 443)),
     "domain": (b"\x05\x01\x00\x03\x0bexample.com\x1f\x90", Address("example.com", 8080)),
 }
-
-
-def feed_every_split(parse, message: bytes):
-    """Every proper prefix needs more data; the whole message parses, using all of it."""
-    for cut in range(len(message)):
-        assert parse(bytearray(message[:cut])) is None, f"prefix of {cut} bytes parsed"
-    result = parse(bytearray(message))
-    assert result is not None and result[1] == len(message)
-    return result[0]
 
 
 def test_greeting():

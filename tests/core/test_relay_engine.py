@@ -52,31 +52,23 @@ def test_both_directions_and_counts(pairs):
     assert (stats.up, stats.down, stats.outcome) == (4, 5, "ok")
 
 
-def test_client_half_close_keeps_downstream(pairs):
+@pytest.mark.parametrize("first_to_close", ["client", "upstream"])
+def test_a_half_close_keeps_the_other_direction(pairs, first_to_close):
+    """One side sends and shuts down its write half: the EOF reaches the other side, and
+    the other direction still flows until it ends too."""
     client, a, b, upstream = pairs
     g = start(a, b)
-    client.sendall(b"request")
-    client.shutdown(socket.SHUT_WR)
-    assert recv_all(upstream) == b"request"  # EOF reached the upstream
+    closer, other = (client, upstream) if first_to_close == "client" else (upstream, client)
+    closer.sendall(b"request")
+    closer.shutdown(socket.SHUT_WR)
+    assert recv_all(other) == b"request"  # EOF reached the other side
     assert not g.ready()
-    upstream.sendall(b"late answer")
-    upstream.shutdown(socket.SHUT_WR)
-    assert recv_all(client) == b"late answer"
+    other.sendall(b"late answer")
+    other.shutdown(socket.SHUT_WR)
+    assert recv_all(closer) == b"late answer"
     stats = g.get(timeout=10)
-    assert (stats.up, stats.down, stats.outcome) == (7, 11, "ok")
-
-
-def test_upstream_half_close_keeps_upstream(pairs):
-    client, a, b, upstream = pairs
-    g = start(a, b)
-    upstream.sendall(b"banner")
-    upstream.shutdown(socket.SHUT_WR)
-    assert recv_all(client) == b"banner"
-    client.sendall(b"still talking")
-    assert recv_exact(upstream, 13) == b"still talking"
-    client.shutdown(socket.SHUT_WR)
-    stats = g.get(timeout=10)
-    assert (stats.up, stats.down) == (13, 6)
+    expected = (7, 11) if first_to_close == "client" else (11, 7)
+    assert (stats.up, stats.down, stats.outcome) == (*expected, "ok")
 
 
 def test_idle_timeout_closes_both(pairs):

@@ -13,7 +13,7 @@ import pytest
 from gproxy.core import relay as relay_mod
 from gproxy.core.limits import RateLimits, TokenBucket
 from gproxy.core.relay import relay, start_relay
-from tests.helpers import Wrapped
+from tests.helpers import Wrapped, wait_for
 
 RATE = 512 * 1024
 BLOCK = b"r" * 65536
@@ -120,10 +120,7 @@ def test_an_unlimited_tunnel_runs_the_unlimited_code_and_is_not_slowed(pairs):
     assert busy.get(timeout=30)[0] == 3 * RATE
     client.shutdown(socket.SHUT_WR)
     limited_client.shutdown(socket.SHUT_WR)
-    for _ in range(100):
-        if len(ended) == 2:
-            break
-        gevent.sleep(0.05)
+    wait_for(lambda: len(ended) == 2, what="both tunnels' on_done")
     assert sorted(stats.down for stats in ended) == [3 * RATE, 6 * RATE]
 
 
@@ -149,16 +146,9 @@ def test_abort_while_paused_closes_the_resume_timer(pairs):
     ended = []
     tunnel = start_relay(a, b, idle_timeout=30, on_done=ended.append, limits=limits)
     sender = gevent.spawn(client.sendall, b"z" * (256 * 1024))
-    for _ in range(100):  # the burst passes, then the direction pauses
-        if tunnel.up.timer is not None:
-            break
-        gevent.sleep(0.02)
-    assert tunnel.up.timer is not None
+    wait_for(lambda: tunnel.up.timer is not None, what="the pause after the burst")
     tunnel.abort("shutdown")
     assert tunnel.up.timer is None
-    for _ in range(100):
-        if ended:
-            break
-        gevent.sleep(0.02)
+    wait_for(lambda: ended, what="on_done")
     assert ended[0].outcome == "shutdown"
     sender.kill()

@@ -320,27 +320,23 @@ def test_second_lookup_is_served_from_the_cache(dns_server: FakeDns, make_resolv
     assert dns_server.queries == {("svc.test", "A"): 1, ("svc.test", "AAAA"): 1}
 
 
-def test_cache_expires_with_the_ttl(dns_server: FakeDns, make_resolver: Any, clock: FakeClock) -> None:
+@pytest.mark.parametrize(
+    ("name", "ttl", "kept"),
+    [("short.test", 300, 300), ("long.test", 86400, 3600)],
+    ids=["expires_with_the_ttl", "ttl_capped_at_one_hour"],
+)
+def test_cache_keeps_an_answer_for_its_ttl(
+    dns_server: FakeDns, make_resolver: Any, clock: FakeClock, name: str, ttl: int, kept: int
+) -> None:
+    dns_server.records[(name, "A")] = (["192.0.2.9"], ttl)
     resolver = make_resolver(udp_url(dns_server))
-    resolver("svc.test", 80)
-    clock.now += 299
-    resolver("svc.test", 80)
-    assert dns_server.queries[("svc.test", "A")] == 1
+    resolver(name, 80)
+    clock.now += kept - 1
+    resolver(name, 80)
+    assert dns_server.queries[(name, "A")] == 1
     clock.now += 2
-    resolver("svc.test", 80)
-    assert dns_server.queries[("svc.test", "A")] == 2
-
-
-def test_ttl_is_capped_at_one_hour(dns_server: FakeDns, make_resolver: Any, clock: FakeClock) -> None:
-    dns_server.records[("long.test", "A")] = (["192.0.2.9"], 86400)
-    resolver = make_resolver(udp_url(dns_server))
-    resolver("long.test", 80)
-    clock.now += 3599
-    resolver("long.test", 80)
-    assert dns_server.queries[("long.test", "A")] == 1
-    clock.now += 2
-    resolver("long.test", 80)
-    assert dns_server.queries[("long.test", "A")] == 2
+    resolver(name, 80)
+    assert dns_server.queries[(name, "A")] == 2
 
 
 def test_cname_chain_is_followed(dns_server: FakeDns, make_resolver: Any) -> None:

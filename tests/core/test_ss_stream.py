@@ -12,6 +12,7 @@ import pytest
 
 from gproxy.codec import shadowsocks as ss
 from gproxy.core.ss_stream import SEAL_BUFFER, SsSocket, SsStreamError
+from tests.helpers import wait_for
 
 METHOD_NAMES = ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm"]
 
@@ -205,9 +206,8 @@ def test_a_waiting_stream_holds_no_read_buffer(pair: tuple[socket.socket, socket
     assert wrapped._cipher is None
     sealed = encryptor.encrypt(b"two")
     peer.sendall(sealed[:5])  # part of the length chunk: held while it waits for the rest
-    gevent.sleep(0.05)
+    wait_for(lambda: wrapped._cipher is not None, timeout=5, what="the partial chunk read")
     assert not reader.ready()
-    assert wrapped._cipher is not None
     peer.sendall(sealed[5:])
     assert buf[: reader.get(timeout=10)] == b"two"
     reader = gevent.spawn(wrapped.recv_into, buf)

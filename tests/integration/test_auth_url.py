@@ -19,6 +19,7 @@ from tests.helpers import (
     read_socks5_reply,
     recv_all,
     recv_exact,
+    recv_head,
     run_gproxy,
     start_gproxy,
     wait_for,
@@ -53,13 +54,7 @@ def http_connect(sock: socket.socket, port: int, user: str, password: str) -> by
         f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Proxy-Authorization: Basic {token}\r\n\r\n".encode()
     )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return head.split(b"\r\n")[0]
+    return recv_head(sock).split(b"\r\n")[0]
 
 
 def log_entries(path: Path) -> list[dict[str, str]]:

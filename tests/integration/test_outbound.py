@@ -50,6 +50,17 @@ def _connect_by_name(proxy: Any, name: str, port: int) -> tuple[socket.socket, b
     return socks5_connect(("127.0.0.1", proxy.address().port), name_dest(name, port))
 
 
+def udp_echo_through(proxy: Any, host: str, port: int, payload: bytes) -> bytes:
+    """One datagram to host:port over a new SOCKS5 UDP association; the payload that came back."""
+    association = Association(("127.0.0.1", proxy.address().port))
+    try:
+        association.send(host, port, payload)
+        return association.recv()[1]
+    finally:
+        association.control.close()
+        association.udp.close()
+
+
 def test_names_go_to_the_resolver_once_then_the_cache(dns, peer_echo):
     proxy = make_proxy(socks=["127.0.0.1:0"], resolver=[f"127.0.0.1:{dns.port}"])
     try:
@@ -77,11 +88,7 @@ def test_forward_targets_and_udp_datagrams_use_the_same_resolver(dns, peer_echo)
             forwarded = socket.create_connection(("127.0.0.1", proxy.address("forward").port), timeout=5)
             assert recv_exact(forwarded, 16).strip() == b"127.0.0.1"
             forwarded.close()
-            association = Association(("127.0.0.1", proxy.address().port))
-            association.send("svc.test", udp_echo.port, b"over udp")
-            assert association.recv()[1] == b"over udp"
-            association.control.close()
-            association.udp.close()
+            assert udp_echo_through(proxy, "svc.test", udp_echo.port, b"over udp") == b"over udp"
             assert dns.queries[("svc.test", "A")] == 1  # TCP forward and UDP shared one answer
         finally:
             proxy.stop(0)
@@ -110,11 +117,7 @@ def test_outgoing_address_is_the_source_of_tcp_and_udp(peer_echo):
             assert reply[1] == 0
             assert recv_exact(client, 16).strip() == b"127.0.0.2"
             client.close()
-            association = Association(("127.0.0.1", proxy.address().port))
-            association.send("127.0.0.1", udp_echo.port, b"hello")
-            assert association.recv()[1] == b"hello"
-            association.control.close()
-            association.udp.close()
+            assert udp_echo_through(proxy, "127.0.0.1", udp_echo.port, b"hello") == b"hello"
             assert udp_echo.sources[-1][0] == "127.0.0.2"
         finally:
             proxy.stop(0)

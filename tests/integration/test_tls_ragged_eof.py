@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 
@@ -21,10 +22,10 @@ def _lines(path):
     )
 
 
-@pytest.mark.parametrize("upload", [b"", b"x" * 5000])
-def test_tls_client_closing_without_close_notify_ends_ok(proxy, echo_tcp, cert, tmp_path, upload):
-    log = tmp_path / "access.log"
-    running = proxy(https=["127.0.0.1:0"], cert=cert[0], key=cert[1], access_log=str(log))
+@contextlib.contextmanager
+def tls_tunnel_to(port, running):
+    """A TLS client with a CONNECT tunnel to 127.0.0.1:``port`` through the https listener;
+    on exit its TCP ends under the TLS object: no close_notify is ever sent (no unwrap())."""
     address = running.address("https")
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -32,14 +33,21 @@ def test_tls_client_closing_without_close_notify_ends_ok(proxy, echo_tcp, cert, 
     raw = socket.create_connection((address.host, address.port), timeout=10)
     tls = context.wrap_socket(raw, server_hostname="localhost")
     try:
-        tls.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % echo_tcp.port)
+        tls.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % port)
         assert recv_exact(tls, 39).startswith(b"HTTP/1.1 200")
-        tls.sendall(b"ping" + upload)
-        assert recv_exact(tls, 4 + len(upload)) == b"ping" + upload
+        yield tls
     finally:
-        # TCP ends under the TLS object: no close_notify is ever sent (no unwrap())
         socket.socket(fileno=tls.detach()).close()
         raw.close()
+
+
+@pytest.mark.parametrize("upload", [b"", b"x" * 5000])
+def test_tls_client_closing_without_close_notify_ends_ok(proxy, echo_tcp, cert, tmp_path, upload):
+    log = tmp_path / "access.log"
+    running = proxy(https=["127.0.0.1:0"], cert=cert[0], key=cert[1], access_log=str(log))
+    with tls_tunnel_to(echo_tcp.port, running) as tls:
+        tls.sendall(b"ping" + upload)
+        assert recv_exact(tls, 4 + len(upload)) == b"ping" + upload
     (entry,) = wait_for(lambda: _lines(log), what="the tunnel's line")
     assert (entry["outcome"], entry["up"], entry["down"]) == ("ok", str(4 + len(upload)), str(4 + len(upload)))
 
@@ -49,18 +57,7 @@ def test_tls_client_gone_while_data_flows_to_it_is_named_as_on_tcp(proxy, echo_t
     fails with SSLEOFError, named as TCP names it (broken_pipe/reset), not ``error``."""
     log = tmp_path / "access.log"
     running = proxy(https=["127.0.0.1:0"], cert=cert[0], key=cert[1], access_log=str(log))
-    address = running.address("https")
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection((address.host, address.port), timeout=10)
-    tls = context.wrap_socket(raw, server_hostname="localhost")
-    try:
-        tls.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % echo_tcp.port)
-        assert recv_exact(tls, 39).startswith(b"HTTP/1.1 200")
+    with tls_tunnel_to(echo_tcp.port, running) as tls:
         tls.sendall(b"x" * 100_000)  # echoed back to a client that is gone
-    finally:
-        socket.socket(fileno=tls.detach()).close()
-        raw.close()
     (entry,) = wait_for(lambda: _lines(log), what="the tunnel's line")
     assert entry["outcome"] in ("ok", "broken_pipe", "reset")
