@@ -52,12 +52,6 @@ K = TypeVar("K")
 T = TypeVar("T")
 
 
-def _raw(sock: socket.socket) -> socket.socket:
-    """The non-blocking kernel socket under a gevent socket (sends never yield); raises if gevent
-    no longer has one (never the cooperative socket instead: see the shared-buffer rule)."""
-    return raw_socket(sock)
-
-
 def outbound_udp_socket(outbound: Outbound, family: int) -> socket.socket:
     """A UDP socket toward destinations: bound to --outgoing's address of ``family``, marked (--mark)."""
     return udp_socket(family, outbound.udp_host(family), outbound)
@@ -116,7 +110,7 @@ class UdpAssociation:
             family, host = (socket.AF_INET6, "::") if client_ip.version == 6 else (socket.AF_INET, "0.0.0.0")
         self.client_sock = udp_socket(family, host)
         self.relay = relay
-        self._outbound: dict[int, socket.socket] = {}
+        self._outbound: dict[int, tuple[socket.socket, socket.socket]] = {}  # family -> socket, its kernel socket
         self._by_header: dict[bytes, _Peer | _Via | Denied] = {}  # keyed by the address bytes the client sent
         self._by_source: dict[tuple[str, int], _Peer] = {}  # replies are accepted from these only
         self._loops: list[gevent.Greenlet] = []
@@ -158,7 +152,7 @@ class UdpAssociation:
     def close(self) -> None:
         """Close every socket first (no yield), then stop the loops."""
         self.client_sock.close()
-        for sock in self._outbound.values():
+        for sock, _ in self._outbound.values():
             sock.close()
         if self.relay is not None:
             self.relay.close()
@@ -221,7 +215,7 @@ class UdpAssociation:
                     assert self.relay is not None
                     self.relay.send(data, peer.dest)
                 else:
-                    _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
+                    (self._outbound.get(peer.family) or self._open_outbound(peer.family))[1].sendto(data, peer.sockaddr)
             except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only, never counted as sent
                 self._drop(f"send to {peer}: {exc}")
                 metrics.udp_datagram(kind, "up", dropped="send_failed")
@@ -260,19 +254,20 @@ class UdpAssociation:
         router = self.ctx.dialer
         return isinstance(router, Router) and bool(router.bypass) and router.bypassed(dest)
 
-    def _outbound_for(self, family: int) -> socket.socket:
-        sock = self._outbound.get(family)
-        if sock is None:
-            sock = self._outbound[family] = outbound_udp_socket(self.ctx.outbound, family)
-            self._loops.append(gevent.spawn(self._reply_loop, sock))
-        return sock
+    def _open_outbound(self, family: int) -> tuple[socket.socket, socket.socket]:
+        """The outbound socket of ``family`` (its replies read by a loop of their own), and its
+        kernel socket: sends through it never yield (see the shared-buffer rule)."""
+        sock = outbound_udp_socket(self.ctx.outbound, family)
+        out = self._outbound[family] = sock, raw_socket(sock)
+        self._loops.append(gevent.spawn(self._reply_loop, sock))
+        return out
 
     # -- destinations -> client -----------------------------------------------------
 
     def _reply_loop(self, sock: socket.socket) -> None:
         buf = hub_buffer()
         body = buf[HEADROOM:]
-        client = _raw(self.client_sock)
+        client = raw_socket(self.client_sock)
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
         while True:
             try:
@@ -305,7 +300,7 @@ class UdpAssociation:
     def _relay_loop(self, relay: UdpRelay) -> None:
         """Replies through the upstream, headed with the source it reports (it filters its own)."""
         buf = hub_buffer()
-        client = _raw(self.client_sock)
+        client = raw_socket(self.client_sock)
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
         while True:
             try:
@@ -434,7 +429,7 @@ class _Mapping:
     def __init__(self, client: tuple[object, ...], sock: socket.socket, session: Session, now: int) -> None:
         self.client = client
         self.sock = sock
-        self.raw = _raw(sock)
+        self.raw = raw_socket(sock)
         self.session = session
         self.last = now
         self.loop: gevent.Greenlet | None = None
@@ -550,7 +545,7 @@ class UdpForwarder(UdpService[tuple[object, ...], _Mapping]):
 
     def _reply_loop(self, mapping: _Mapping) -> None:
         buf = hub_buffer()
-        listener = _raw(self.sock)
+        listener = raw_socket(self.sock)
         metrics = self.proxy.metrics
         while True:
             try:

@@ -18,6 +18,7 @@ import gevent
 
 from gproxy.codec import socks5
 from gproxy.codec.shadowsocks import ShadowsocksError, decrypt_udp, encrypt_udp, method_by_name, try_udp_keys
+from gproxy.core._gevent import raw_socket
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
@@ -27,7 +28,7 @@ from gproxy.core.session import Session
 from gproxy.core.ss_keys import keyring_for, users_generation
 from gproxy.core.tunnel import rate_limits
 from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer
-from gproxy.frontends.udp import MAX_PEERS, NAME_TTL, _raw, _remember, outbound_udp_socket, resolve_datagram_dest
+from gproxy.frontends.udp import MAX_PEERS, NAME_TTL, _remember, outbound_udp_socket, resolve_datagram_dest
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
@@ -44,7 +45,7 @@ class _Mapping:
         self.user = user
         self.key = key
         self.session = session
-        self.outbound: dict[int, socket.socket] = {}
+        self.outbound: dict[int, tuple[socket.socket, socket.socket]] = {}  # family -> socket, its kernel socket
         self.by_dest: dict[bytes, tuple[int, Sockaddr, float] | Denied] = {}  # address header -> where
         self.by_source: dict[tuple[str, int], bytes] = {}  # a destination that may answer -> its header
         self.last = now
@@ -52,7 +53,7 @@ class _Mapping:
 
     def close(self) -> None:
         gevent.killall(self.loops, block=False)
-        for sock in self.outbound.values():
+        for sock, _ in self.outbound.values():
             sock.close()
 
 
@@ -129,7 +130,7 @@ class ShadowsocksUdp(UdpService[tuple[Sockaddr, str], _Mapping]):
             metrics.udp_datagram("ss", "up", dropped="rate")
             return
         try:
-            _raw(self._outbound(mapping, family)).sendto(data, sockaddr)
+            (mapping.outbound.get(family) or self._open_outbound(mapping, family))[1].sendto(data, sockaddr)
         except OSError:
             metrics.udp_datagram("ss", "up", dropped="send_failed")
             return
@@ -167,18 +168,18 @@ class ShadowsocksUdp(UdpService[tuple[Sockaddr, str], _Mapping]):
             mapping.session.dest = str(dest)
         return result
 
-    def _outbound(self, mapping: _Mapping, family: int) -> socket.socket:
-        sock = mapping.outbound.get(family)
-        if sock is None:
-            sock = mapping.outbound[family] = outbound_udp_socket(self.ctx.outbound, family)
-            mapping.loops.append(gevent.spawn(self._reply_loop, mapping, sock))
-        return sock
+    def _open_outbound(self, mapping: _Mapping, family: int) -> tuple[socket.socket, socket.socket]:
+        """The mapping's socket of ``family`` (replies read by a loop of its own) and its kernel socket."""
+        sock = outbound_udp_socket(self.ctx.outbound, family)
+        out = mapping.outbound[family] = sock, raw_socket(sock)
+        mapping.loops.append(gevent.spawn(self._reply_loop, mapping, sock))
+        return out
 
     # -- destinations -> client -----------------------------------------------------------------
 
     def _reply_loop(self, mapping: _Mapping, sock: socket.socket) -> None:
         buf = hub_buffer()
-        listener = _raw(self.sock)
+        listener = raw_socket(self.sock)
         metrics = self.proxy.metrics
         while True:
             try:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import socket as gsocket
 
+from gproxy.core._gevent import raw_socket
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
@@ -30,7 +31,6 @@ from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer
 from gproxy.core.udp_upstream import UdpRelay, UdpUpstream, open_relay, udp_route
 from gproxy.core.upstream_group import DIRECT
 from gproxy.frontends.transparent import parse_sockaddr
-from gproxy.frontends.udp import _raw
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
@@ -72,7 +72,7 @@ def reply_socket(dest: Address) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
-        _raw(sock).bind((str(ip), dest.port))
+        raw_socket(sock).bind((str(ip), dest.port))
     except BaseException:
         sock.close()
         raise
@@ -163,7 +163,7 @@ class TproxyUdp(UdpService[FlowKey, _Flow]):
                 continue
             try:
                 if flow.outbound is not None:
-                    _raw(flow.outbound).send(data)
+                    raw_socket(flow.outbound).send(data)
                 elif flow.relay is not None:
                     flow.relay.send(data, dest)
                 elif len(flow.pending) < MAX_PENDING:
@@ -251,7 +251,7 @@ class TproxyUdp(UdpService[FlowKey, _Flow]):
         relay = flow.relay
         sock = flow.outbound if relay is None else relay.sock
         assert sock is not None
-        reply = _raw(flow.reply)
+        reply = raw_socket(flow.reply)
         dest = flow.dest
         metrics = self.proxy.metrics
         while True:
@@ -289,7 +289,7 @@ def _outbound_socket(dest: Address, prepare: Prepare | None) -> socket.socket:
     try:
         if prepare is not None:
             prepare(sock)
-        _raw(sock).connect((str(ip), dest.port))  # UDP: never blocks, never resolves
+        raw_socket(sock).connect((str(ip), dest.port))  # UDP: never blocks, never resolves
     except BaseException:
         sock.close()
         raise
