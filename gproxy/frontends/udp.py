@@ -28,45 +28,28 @@ from gproxy.core.dial import resolve
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, GproxyError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.outbound import Outbound
-from gproxy.core.per_hub import PerHub
 from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import rate_limits
+from gproxy.core.udp_mappings import UdpService, hub_buffer
 from gproxy.core.udp_upstream import UdpRelay, open_relay, udp_socket, udp_upstreams
 from gproxy.core.upstream_group import Router, dialled_via
-from gproxy.services.udp_mappings import MappingTable
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
 
 #: room in front of a received reply for the largest reply header (IPv6 source)
 HEADROOM = 22
-#: the largest datagram plus the largest header, with room to spare
-BUFFER_SIZE = 65535 + socks5.MAX_UDP_HEADER
 #: destinations an association remembers (resolution, rules, reply filter)
 MAX_PEERS = 1024
 #: how long a resolved name is reused
 NAME_TTL = 60.0
-#: client mappings one --udp-forward listener keeps before evicting the idlest
-MAX_MAPPINGS = 4096
-#: without --idle-timeout, forward mappings still expire after this long
-DEFAULT_MAPPING_IDLE = 300.0
 #: a client sends "0" as a name (PySocks) or zeros when it does not know its address
 _UNKNOWN_HOSTS = frozenset({"0", "0.0.0.0", "::"})
 
 K = TypeVar("K")
 T = TypeVar("T")
-
-#: one receive buffer per hub; loops never yield while it holds a datagram
-_BUFFERS: PerHub[memoryview] = PerHub(lambda hub: memoryview(bytearray(BUFFER_SIZE)))
-_hub_buffer = _BUFFERS.get
-
-
-def _raw(sock: socket.socket) -> socket.socket:
-    """The non-blocking kernel socket under a gevent socket (sends never yield); raises if gevent
-    no longer has one (never the cooperative socket instead: see the shared-buffer rule)."""
-    return raw_socket(sock)
 
 
 def outbound_udp_socket(outbound: Outbound, family: int) -> socket.socket:
@@ -127,7 +110,7 @@ class UdpAssociation:
             family, host = (socket.AF_INET6, "::") if client_ip.version == 6 else (socket.AF_INET, "0.0.0.0")
         self.client_sock = udp_socket(family, host)
         self.relay = relay
-        self._outbound: dict[int, socket.socket] = {}
+        self._outbound: dict[int, tuple[socket.socket, socket.socket]] = {}  # family -> socket, its kernel socket
         self._by_header: dict[bytes, _Peer | _Via | Denied] = {}  # keyed by the address bytes the client sent
         self._by_source: dict[tuple[str, int], _Peer] = {}  # replies are accepted from these only
         self._loops: list[gevent.Greenlet] = []
@@ -169,7 +152,7 @@ class UdpAssociation:
     def close(self) -> None:
         """Close every socket first (no yield), then stop the loops."""
         self.client_sock.close()
-        for sock in self._outbound.values():
+        for sock, _ in self._outbound.values():
             sock.close()
         if self.relay is not None:
             self.relay.close()
@@ -186,7 +169,7 @@ class UdpAssociation:
 
     def _client_loop(self) -> None:
         sock = self.client_sock
-        buf = _hub_buffer()
+        buf = hub_buffer()
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
         while True:
             try:
@@ -232,7 +215,7 @@ class UdpAssociation:
                     assert self.relay is not None
                     self.relay.send(data, peer.dest)
                 else:
-                    _raw(self._outbound_for(peer.family)).sendto(data, peer.sockaddr)
+                    (self._outbound.get(peer.family) or self._open_outbound(peer.family))[1].sendto(data, peer.sockaddr)
             except OSError as exc:  # EAGAIN, unreachable, too big: this datagram only, never counted as sent
                 self._drop(f"send to {peer}: {exc}")
                 metrics.udp_datagram(kind, "up", dropped="send_failed")
@@ -271,19 +254,20 @@ class UdpAssociation:
         router = self.ctx.dialer
         return isinstance(router, Router) and bool(router.bypass) and router.bypassed(dest)
 
-    def _outbound_for(self, family: int) -> socket.socket:
-        sock = self._outbound.get(family)
-        if sock is None:
-            sock = self._outbound[family] = outbound_udp_socket(self.ctx.outbound, family)
-            self._loops.append(gevent.spawn(self._reply_loop, sock))
-        return sock
+    def _open_outbound(self, family: int) -> tuple[socket.socket, socket.socket]:
+        """The outbound socket of ``family`` (its replies read by a loop of their own), and its
+        kernel socket: sends through it never yield (see the shared-buffer rule)."""
+        sock = outbound_udp_socket(self.ctx.outbound, family)
+        out = self._outbound[family] = sock, raw_socket(sock)
+        self._loops.append(gevent.spawn(self._reply_loop, sock))
+        return out
 
     # -- destinations -> client -----------------------------------------------------
 
     def _reply_loop(self, sock: socket.socket) -> None:
-        buf = _hub_buffer()
+        buf = hub_buffer()
         body = buf[HEADROOM:]
-        client = _raw(self.client_sock)
+        client = raw_socket(self.client_sock)
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
         while True:
             try:
@@ -315,8 +299,8 @@ class UdpAssociation:
 
     def _relay_loop(self, relay: UdpRelay) -> None:
         """Replies through the upstream, headed with the source it reports (it filters its own)."""
-        buf = _hub_buffer()
-        client = _raw(self.client_sock)
+        buf = hub_buffer()
+        client = raw_socket(self.client_sock)
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
         while True:
             try:
@@ -445,7 +429,7 @@ class _Mapping:
     def __init__(self, client: tuple[object, ...], sock: socket.socket, session: Session, now: int) -> None:
         self.client = client
         self.sock = sock
-        self.raw = _raw(sock)
+        self.raw = raw_socket(sock)
         self.session = session
         self.last = now
         self.loop: gevent.Greenlet | None = None
@@ -456,11 +440,7 @@ class _Mapping:
         self.sock.close()
 
 
-#: seconds between two warnings about mappings that cannot be opened
-WARN_EVERY = 10.0
-
-
-class UdpForwarder:
+class UdpForwarder(UdpService[tuple[object, ...], _Mapping]):
     """``--udp-forward ADDR=HOST:PORT``: a Service over the bound listener socket.
 
     Each client address gets its own socket connected to the target, so the
@@ -468,18 +448,16 @@ class UdpForwarder:
     Mappings idle for the idle timeout expire; at most MAX_MAPPINGS are kept.
     """
 
+    label = "udp-forward"
+
     def __init__(self, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> None:
         assert spec.target is not None
+        super().__init__(proxy, sock, proxy.config.idle_timeout)
         self.proxy = proxy
         self.spec = spec
         self.target = spec.target
-        self.sock = sock
         self.ctx = proxy.context(spec)
-        idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
-        self.mappings: MappingTable[tuple[object, ...], _Mapping] = MappingTable(idle, MAX_MAPPINGS, proxy)
         self._target: tuple[int, tuple[object, ...], float] | None = None
-        self._loops: list[gevent.Greenlet] = []
-        self._last_warning = -WARN_EVERY
         # Our own UDP listeners: a target among them turns one datagram into a storm
         # (each one relayed comes back from a new source port: a new mapping).
         own = (addr for kind, addr in proxy.addresses if kind == spec.kind)
@@ -499,46 +477,23 @@ class UdpForwarder:
     def max_mappings(self, limit: int) -> None:
         self.mappings.limit = limit
 
-    def start(self) -> None:
-        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self.mappings.reap)]
-
-    def stop(self) -> None:
-        gevent.killall(self._loops)
-        self.mappings.end_all(Outcome.SHUTDOWN)
-
-    def _listen_loop(self) -> None:
-        buf = _hub_buffer()
-        sock = self.sock
-        metrics = self.proxy.metrics
-        while True:
-            try:
-                n, client = sock.recvfrom_into(buf)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue
-            mapping = self.mappings.get(client)
-            data: memoryview | bytes = buf[:n]
+    def datagram(self, buf: memoryview, n: int, client: tuple[object, ...]) -> None:
+        mappings = self.mappings
+        mapping = mappings.get(client)
+        data: memoryview | bytes = buf[:n]
+        if mapping is None:
+            data = bytes(data)  # opening a mapping may yield (DNS)
+            mapping = self._open(client)
             if mapping is None:
-                data = bytes(data)  # opening a mapping may yield (DNS)
-                mapping = self._open(client)
-                if mapping is None:
-                    continue
-            mapping.last = self.mappings.clock
-            try:
-                mapping.raw.send(data)
-            except OSError:  # EAGAIN, or ECONNREFUSED from an earlier ICMP: this datagram only, never counted
-                metrics.udp_datagram("udp-forward", "up", dropped="send_failed")
-                continue
-            mapping.session.up += n
-            metrics.udp_datagram("udp-forward", "up")
-
-    def _warn(self, exc: BaseException) -> None:
-        """One warning per WARN_EVERY seconds: under EMFILE every datagram fails."""
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_EVERY:
-            self._last_warning = now
-            logger.warning("udp-forward %s: %s", self.target, exc)
+                return
+        mapping.last = mappings.clock
+        try:
+            mapping.raw.send(data)
+        except OSError:  # EAGAIN, or ECONNREFUSED from an earlier ICMP: this datagram only, never counted
+            self.proxy.metrics.udp_datagram("udp-forward", "up", dropped="send_failed")
+            return
+        mapping.session.up += n
+        self.proxy.metrics.udp_datagram("udp-forward", "up")
 
     def _open(self, client: tuple[object, ...]) -> _Mapping | None:
         ip = parse_ip(str(client[0]))
@@ -548,13 +503,13 @@ class UdpForwarder:
             family, sockaddr = self._resolve_target()
             sock = outbound_udp_socket(self.ctx.outbound, family)
         except (OSError, Denied) as exc:
-            self._warn(exc)
+            self.warn(f"{self.target}: {exc}")
             return None
         try:
             sock.connect(sockaddr)  # the kernel now drops datagrams from anyone but the target
         except OSError as exc:
             sock.close()
-            self._warn(exc)
+            self.warn(f"{self.target}: {exc}")
             return None
         session = Session(from_sockaddr(client), self.spec.kind, proto="udp", cmd="udp-forward", dest=str(self.target))
         self.proxy.metrics.session_opened(self.spec.kind)
@@ -589,8 +544,8 @@ class UdpForwarder:
         raise refused
 
     def _reply_loop(self, mapping: _Mapping) -> None:
-        buf = _hub_buffer()
-        listener = _raw(self.sock)
+        buf = hub_buffer()
+        listener = raw_socket(self.sock)
         metrics = self.proxy.metrics
         while True:
             try:

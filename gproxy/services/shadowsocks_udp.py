@@ -18,31 +18,20 @@ import gevent
 
 from gproxy.codec import socks5
 from gproxy.codec.shadowsocks import ShadowsocksError, decrypt_udp, encrypt_udp, method_by_name, try_udp_keys
+from gproxy.core._gevent import raw_socket
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
-from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError, Outcome
+from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialError
 from gproxy.core.log import logger
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.ss_keys import keyring_for, users_generation
 from gproxy.core.tunnel import rate_limits
-from gproxy.frontends.udp import (
-    BUFFER_SIZE,
-    DEFAULT_MAPPING_IDLE,
-    MAX_MAPPINGS,
-    MAX_PEERS,
-    NAME_TTL,
-    _raw,
-    _remember,
-    outbound_udp_socket,
-    resolve_datagram_dest,
-)
-from gproxy.services.udp_mappings import MappingTable
+from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer
+from gproxy.frontends.udp import MAX_PEERS, NAME_TTL, _remember, outbound_udp_socket, resolve_datagram_dest
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
-
-Sockaddr = tuple[object, ...]
 
 
 class _Mapping:
@@ -56,7 +45,7 @@ class _Mapping:
         self.user = user
         self.key = key
         self.session = session
-        self.outbound: dict[int, socket.socket] = {}
+        self.outbound: dict[int, tuple[socket.socket, socket.socket]] = {}  # family -> socket, its kernel socket
         self.by_dest: dict[bytes, tuple[int, Sockaddr, float] | Denied] = {}  # address header -> where
         self.by_source: dict[tuple[str, int], bytes] = {}  # a destination that may answer -> its header
         self.last = now
@@ -64,37 +53,28 @@ class _Mapping:
 
     def close(self) -> None:
         gevent.killall(self.loops, block=False)
-        for sock in self.outbound.values():
+        for sock, _ in self.outbound.values():
             sock.close()
 
 
-class ShadowsocksUdp:
+class ShadowsocksUdp(UdpService[tuple[Sockaddr, str], _Mapping]):
     """The UDP half of an --ss listener: a Service over its bound UDP socket."""
 
+    label = "ss udp"
+
     def __init__(self, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> None:
+        super().__init__(proxy, sock, proxy.config.idle_timeout)
         self.proxy = proxy
         self.spec = replace(spec, kind="ss")  # rules, sessions and metrics of the ss listener
-        self.sock = sock
         self.ctx = proxy.context(self.spec)
         self.method = method_by_name(proxy.config.ss_method)
         self.keyring = keyring_for(self.method)
         if not self._keys():
             raise ConfigError("--ss needs a user with a clear-text password: the password is the key")
-        idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
-        self.mappings: MappingTable[tuple[Sockaddr, str], _Mapping] = MappingTable(idle, MAX_MAPPINGS, proxy)
         self.last_user: dict[Sockaddr, str] = {}  # client address -> the user its last packet opened with
-        self._loops: list[gevent.Greenlet] = []
-        self._buf = memoryview(bytearray(BUFFER_SIZE))
 
     def _keys(self) -> tuple[tuple[str, bytes], ...]:
         return self.keyring.keys(self.proxy.config, users_generation(self.proxy.users))
-
-    def start(self) -> None:
-        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self.mappings.reap)]
-
-    def stop(self) -> None:
-        gevent.killall(self._loops)
-        self.mappings.end_all(Outcome.SHUTDOWN)
 
     # -- client -> destinations ---------------------------------------------------------------
 
@@ -106,70 +86,59 @@ class ShadowsocksUdp:
         (user, key), plain = opened
         return user, key, plain
 
-    def _listen_loop(self) -> None:
-        buf = self._buf
-        sock = self.sock
+    def datagram(self, buf: memoryview, n: int, client: Sockaddr) -> None:
+        ip = parse_ip(str(client[0]))
+        if ip is None or not self.proxy.clients.permits(ip):
+            return
         metrics = self.proxy.metrics
-        while True:
-            try:
-                n, client = sock.recvfrom_into(buf)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue
-            ip = parse_ip(str(client[0]))
-            if ip is None or not self.proxy.clients.permits(ip):
-                continue
-            packet = buf[:n]
-            opened = None
-            last = self.last_user.get(client)
-            if last is not None:
-                mapping = self.mappings.get((client, last))
-                if mapping is not None:
-                    try:
-                        opened = last, mapping.key, decrypt_udp(mapping.key, self.method, packet)
-                    except ShadowsocksError:
-                        opened = None
-            if opened is None:
-                opened = self._open(packet)
-            if opened is None:
-                metrics.udp_datagram("ss", "up", dropped="ss_probe")
-                continue
-            user, key, plain = opened
-            try:
-                parsed = socks5.parse_address(plain, 0)
-            except ClientProtocolError:
-                parsed = None
-            if parsed is None:
-                metrics.udp_datagram("ss", "up", dropped="malformed")
-                continue
-            dest, start = parsed
-            mapping = self._mapping(client, user, key)
-            if mapping is None:
-                continue
-            header = plain[:start]
-            peer = mapping.by_dest.get(header)
-            if peer is None or (not isinstance(peer, Denied) and peer[2] < time.monotonic()):
-                peer = self._lookup(mapping, header, dest)
-            if isinstance(peer, Denied):
-                logger.debug("%s: ss udp datagram dropped: %s", mapping.session.client, peer)
-                metrics.udp_datagram("ss", "up", dropped="denied")
-                continue
-            family, sockaddr, _ = peer
-            data = memoryview(plain)[start:]
-            if mapping.limits is not None and not mapping.limits[0].take_whole(len(data)):
-                metrics.udp_datagram("ss", "up", dropped="rate")
-                continue
-            try:
-                _raw(self._outbound(mapping, family)).sendto(data, sockaddr)
-            except OSError:
-                metrics.udp_datagram("ss", "up", dropped="send_failed")
-                continue
-            mapping.last = self.mappings.clock
-            mapping.session.up += len(data)
-            metrics.udp_datagram("ss", "up")
+        packet = buf[:n]
+        opened = None
+        last = self.last_user.get(client)
+        if last is not None:
+            mapping = self.mappings.get((client, last))
+            if mapping is not None:
+                try:
+                    opened = last, mapping.key, decrypt_udp(mapping.key, self.method, packet)
+                except ShadowsocksError:
+                    opened = None
+        if opened is None:
+            opened = self._open(packet)
+        if opened is None:
+            metrics.udp_datagram("ss", "up", dropped="ss_probe")
+            return
+        user, key, plain = opened
+        try:
+            parsed = socks5.parse_address(plain, 0)
+        except ClientProtocolError:
+            parsed = None
+        if parsed is None:
+            metrics.udp_datagram("ss", "up", dropped="malformed")
+            return
+        dest, start = parsed
+        mapping = self._mapping(client, user, key)
+        header = plain[:start]
+        peer = mapping.by_dest.get(header)
+        if peer is None or (not isinstance(peer, Denied) and peer[2] < time.monotonic()):
+            peer = self._lookup(mapping, header, dest)
+        if isinstance(peer, Denied):
+            logger.debug("%s: ss udp datagram dropped: %s", mapping.session.client, peer)
+            metrics.udp_datagram("ss", "up", dropped="denied")
+            return
+        family, sockaddr, _ = peer
+        data = memoryview(plain)[start:]
+        if mapping.limits is not None and not mapping.limits[0].take_whole(len(data)):
+            metrics.udp_datagram("ss", "up", dropped="rate")
+            return
+        try:
+            (mapping.outbound.get(family) or self._open_outbound(mapping, family))[1].sendto(data, sockaddr)
+        except OSError:
+            metrics.udp_datagram("ss", "up", dropped="send_failed")
+            return
+        mapping.last = self.mappings.clock
+        mapping.session.up += len(data)
+        metrics.udp_datagram("ss", "up")
 
-    def _mapping(self, client: Sockaddr, user: str, key: bytes) -> _Mapping | None:
+    def _mapping(self, client: Sockaddr, user: str, key: bytes) -> _Mapping:
         if client not in self.last_user and len(self.last_user) > MAX_PEERS * 4:
             self.last_user = {c: u for c, u in self.mappings}  # forget clients whose mappings ended
         self.last_user[client] = user
@@ -199,18 +168,18 @@ class ShadowsocksUdp:
             mapping.session.dest = str(dest)
         return result
 
-    def _outbound(self, mapping: _Mapping, family: int) -> socket.socket:
-        sock = mapping.outbound.get(family)
-        if sock is None:
-            sock = mapping.outbound[family] = outbound_udp_socket(self.ctx.outbound, family)
-            mapping.loops.append(gevent.spawn(self._reply_loop, mapping, sock))
-        return sock
+    def _open_outbound(self, mapping: _Mapping, family: int) -> tuple[socket.socket, socket.socket]:
+        """The mapping's socket of ``family`` (replies read by a loop of its own) and its kernel socket."""
+        sock = outbound_udp_socket(self.ctx.outbound, family)
+        out = mapping.outbound[family] = sock, raw_socket(sock)
+        mapping.loops.append(gevent.spawn(self._reply_loop, mapping, sock))
+        return out
 
     # -- destinations -> client -----------------------------------------------------------------
 
     def _reply_loop(self, mapping: _Mapping, sock: socket.socket) -> None:
-        buf = memoryview(bytearray(BUFFER_SIZE))
-        listener = _raw(self.sock)
+        buf = hub_buffer()
+        listener = raw_socket(self.sock)
         metrics = self.proxy.metrics
         while True:
             try:

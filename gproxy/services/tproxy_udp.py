@@ -11,13 +11,13 @@ rules apply when a mapping opens; mappings expire when idle (see ``udp_mappings`
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import gevent
 from gevent import socket as gsocket
 
+from gproxy.core._gevent import raw_socket
 from gproxy.core.addr import Address, from_sockaddr, parse_ip
 from gproxy.core.config import ListenerSpec
 from gproxy.core.context import Context
@@ -27,11 +27,10 @@ from gproxy.core.log import logger
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.tunnel import rate_limits
+from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer
 from gproxy.core.udp_upstream import UdpRelay, UdpUpstream, open_relay, udp_route
 from gproxy.core.upstream_group import DIRECT
 from gproxy.frontends.transparent import parse_sockaddr
-from gproxy.frontends.udp import DEFAULT_MAPPING_IDLE, MAX_MAPPINGS, WARN_EVERY, _hub_buffer, _raw
-from gproxy.services.udp_mappings import MappingTable
 
 if TYPE_CHECKING:
     from gproxy.server.proxy import Proxy
@@ -46,8 +45,6 @@ ANCILLARY_SIZE = socket.CMSG_SPACE(28)
 #: datagrams kept for a mapping while its upstream association opens
 MAX_PENDING = 16
 KIND = "tproxy"
-
-Sockaddr = tuple[object, ...]
 FlowKey = tuple[str, int, str, int]  # client host, port, original destination host, port
 
 
@@ -75,7 +72,7 @@ def reply_socket(dest: Address) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
-        _raw(sock).bind((str(ip), dest.port))
+        raw_socket(sock).bind((str(ip), dest.port))
     except BaseException:
         sock.close()
         raise
@@ -111,13 +108,15 @@ class _Flow:
             self.relay.close()
 
 
-class TproxyUdp:
+class TproxyUdp(UdpService[FlowKey, _Flow]):
     """The UDP half of a --tproxy listener: a Service over its bound (transparent) UDP socket."""
 
+    label = "tproxy udp"
+
     def __init__(self, proxy: Proxy, spec: ListenerSpec, sock: socket.socket) -> None:
+        super().__init__(proxy, sock, proxy.config.idle_timeout)
         self.proxy = proxy
         self.spec = replace(spec, kind=KIND)  # rules, sessions and metrics of the tproxy listener
-        self.sock = sock
         level, option = (
             (socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR)
             if sock.family == socket.AF_INET6
@@ -125,17 +124,6 @@ class TproxyUdp:
         )
         sock.setsockopt(level, option, 1)
         self.ctx = proxy.context(self.spec)
-        idle = proxy.config.idle_timeout or DEFAULT_MAPPING_IDLE
-        self.mappings: MappingTable[FlowKey, _Flow] = MappingTable(idle, MAX_MAPPINGS, proxy)
-        self._loops: list[gevent.Greenlet] = []
-        self._last_warning = -WARN_EVERY
-
-    def start(self) -> None:
-        self._loops = [gevent.spawn(self._listen_loop), gevent.spawn(self.mappings.reap)]
-
-    def stop(self) -> None:
-        gevent.killall(self._loops)
-        self.mappings.end_all(Outcome.SHUTDOWN)
 
     def _context(self) -> Context:
         """The latest rules: rebuilt after a reload (a new Config), else the same one."""
@@ -143,17 +131,11 @@ class TproxyUdp:
             self.ctx = self.proxy.context(self.spec)
         return self.ctx
 
-    def _warn(self, what: object) -> None:
-        """One warning per WARN_EVERY seconds: when a route fails, every datagram fails."""
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_EVERY:
-            self._last_warning = now
-            logger.warning("tproxy udp: %s", what)
-
     # -- client -> destinations ----------------------------------------------------------
 
-    def _listen_loop(self) -> None:
-        buf = _hub_buffer()
+    def receive_loop(self) -> None:
+        """Like UdpService's, with each datagram's original destination (a control message)."""
+        buf = hub_buffer()
         sock = self.sock
         metrics = self.proxy.metrics
         while True:
@@ -181,7 +163,7 @@ class TproxyUdp:
                 continue
             try:
                 if flow.outbound is not None:
-                    _raw(flow.outbound).send(data)
+                    raw_socket(flow.outbound).send(data)
                 elif flow.relay is not None:
                     flow.relay.send(data, dest)
                 elif len(flow.pending) < MAX_PENDING:
@@ -211,7 +193,7 @@ class TproxyUdp:
             if isinstance(exc, Denied):
                 logger.debug("%s: tproxy udp to %s dropped: %s", key[0], dest, exc)
             else:
-                self._warn(f"to {dest}: {exc}")
+                self.warn(f"to {dest}: {exc}")
             metrics.udp_datagram(KIND, "up", dropped="denied" if isinstance(exc, Denied) else "send_failed")
             return None
         via = DIRECT if upstreams is None else str(upstreams[0].upstream)  # the one chosen, once open
@@ -222,7 +204,7 @@ class TproxyUdp:
                 flow.outbound = _outbound_socket(dest, ctx.outbound.prepare())
             except OSError as exc:
                 flow.close()
-                self._warn(f"to {dest}: {exc}")
+                self.warn(f"to {dest}: {exc}")
                 metrics.udp_datagram(KIND, "up", dropped="send_failed")
                 return None
         metrics.session_opened(KIND)
@@ -238,7 +220,7 @@ class TproxyUdp:
         try:
             upstream, relay = open_relay(upstreams, self.proxy.config.connect_timeout, ctx.outbound)
         except DialError as exc:
-            self._warn(exc)
+            self.warn(exc)
             self._end(key, flow, exc.reason)
             return
         flow.relay = relay
@@ -265,11 +247,11 @@ class TproxyUdp:
     # -- destinations -> client ------------------------------------------------------------
 
     def _reply_loop(self, flow: _Flow) -> None:
-        buf = _hub_buffer()
+        buf = hub_buffer()
         relay = flow.relay
         sock = flow.outbound if relay is None else relay.sock
         assert sock is not None
-        reply = _raw(flow.reply)
+        reply = raw_socket(flow.reply)
         dest = flow.dest
         metrics = self.proxy.metrics
         while True:
@@ -307,7 +289,7 @@ def _outbound_socket(dest: Address, prepare: Prepare | None) -> socket.socket:
     try:
         if prepare is not None:
             prepare(sock)
-        _raw(sock).connect((str(ip), dest.port))  # UDP: never blocks, never resolves
+        raw_socket(sock).connect((str(ip), dest.port))  # UDP: never blocks, never resolves
     except BaseException:
         sock.close()
         raise

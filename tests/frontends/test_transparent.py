@@ -29,11 +29,11 @@ from gproxy.core.config import Config
 from gproxy.core.context import Metrics
 from gproxy.core.errors import ConfigError, DialError
 from gproxy.core.session import Session
+from gproxy.core.udp_mappings import MappingTable
 from gproxy.core.udp_upstream import Socks5UdpRelay, udp_route
 from gproxy.frontends.transparent import parse_sockaddr
 from gproxy.server.proxy import Proxy
 from gproxy.services.tproxy_udp import original_destination
-from gproxy.services.udp_mappings import MappingTable
 from tests.helpers import ROOT, gproxy_env, run_gproxy
 from tests.robustness.live import DrainedGproxy
 
