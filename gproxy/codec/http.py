@@ -12,7 +12,7 @@ import base64
 import binascii
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gproxy.core.addr import Address, format_hostport, parse_ip
@@ -137,14 +137,11 @@ def plain_head_end(buf: bytearray) -> int | None:
     return end
 
 
-def parse_head(buf: bytearray) -> tuple[bytes, int] | None:
-    """A one-shot HeadParser whose head also passed check_head: the head at the start
-    of ``buf``, or None. (The proxy leaves the checks to parse_request, which makes them
-    in the same pass as its parsing.)"""
-    parsed = HeadParser()(buf)
-    if parsed is not None:
-        check_head(parsed[0])
-    return parsed
+def parse_head(buf: bytearray) -> tuple[RequestHead, int] | None:
+    """The request at the start of ``buf`` read and checked as the proxy does it (HeadParser,
+    then parse_request): the parsed head and the bytes it took, or None until complete."""
+    read = HeadParser()(buf)
+    return None if read is None else (parse_request(read[0]), read[1])
 
 
 def _skip_empty_lines(buf: bytearray) -> int | None:
@@ -162,13 +159,13 @@ def _skip_empty_lines(buf: bytearray) -> int | None:
     raise HttpError(400, f"more than {MAX_EMPTY_LINES} empty lines before the request")
 
 
-def _blank_line_end(buf: bytearray, start: int) -> int | None:
+def _blank_line_end(buf: bytes | bytearray, start: int) -> int | None:
     """The end of the first ``LF [CR] LF`` at or after ``start``, or None."""
     ends = [at + len(blank) for blank in (b"\n\n", b"\n\r\n") if (at := buf.find(blank, start)) >= 0]
     return min(ends, default=None)
 
 
-def check_head(head: bytes) -> None:
+def _check_head(head: bytes) -> None:
     """Strict checks on a raw head, where laxness lets requests be smuggled.
 
     One Content-Length at most; Transfer-Encoding as a token list whose only
@@ -294,11 +291,6 @@ def split_absolute_uri(target: bytes) -> Target:
     return Target(address, host_authority, path, dest, host)
 
 
-def host_header(target: Target) -> bytes:
-    """The Host header for the origin (RFC 9112 3.2.2: the URI's authority wins)."""
-    return target.host
-
-
 # -- headers --------------------------------------------------------------------------
 
 
@@ -310,12 +302,6 @@ def connection_tokens(headers: Headers) -> set[bytes]:
             tokens.update(token.strip(b" \t").lower() for token in value.split(b","))
     tokens.discard(b"")
     return tokens
-
-
-def strip_hop_by_hop(headers: Headers, also: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
-    """Headers without hop-by-hop ones, those named in Connection, and ``also``."""
-    drop = HOP_BY_HOP | connection_tokens(headers) | {name.lower() for name in also}
-    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 def header(headers: Headers, wanted: bytes) -> bytes | None:
@@ -391,7 +377,7 @@ _NOT_PASSED = re.compile(
 
 @dataclass(slots=True)
 class RequestHead:
-    """A request head as the proxy needs it (checked as check_head does)."""
+    """A request head as the proxy needs it (checked as _check_head does)."""
 
     method: bytes
     target: bytes
@@ -446,7 +432,7 @@ def _token_set(value: bytes) -> frozenset[bytes]:
 
 
 def parse_request(head: bytes) -> RequestHead:
-    """The request head that HeadParser returned, checked (as check_head does) and parsed.
+    """The request head that HeadParser returned, checked (as _check_head does) and parsed.
 
     A plain head (the usual one) is read in one pass and its lines passed on as they
     came; anything else goes the strict way.
@@ -514,8 +500,8 @@ def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) ->
 
 
 def _parse_request_strictly(head: bytes) -> RequestHead:
-    """parse_request for any head: check_head's checks, then line by line."""
-    check_head(head)
+    """parse_request for any head: _check_head's checks, then line by line."""
+    _check_head(head)
     lines = _split_lines(head)
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
@@ -531,11 +517,11 @@ def _parse_request_strictly(head: bytes) -> RequestHead:
             raise HttpError(400, "an HTTP/1.1 request needs a Host header")
     else:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
-    chunked = header(headers, b"transfer-encoding") is not None  # check_head: then only "chunked"
+    chunked = header(headers, b"transfer-encoding") is not None  # _check_head: then only "chunked"
     length = header(headers, b"content-length")
     expect = header(headers, b"expect")
     names = [name.lower() for name, _ in headers]
-    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, REQUEST_DROP | tokens)])
+    passed = b"".join([b"\r\n" + line for line in _kept_lines(headers, names, REQUEST_DROP | tokens)])
     return RequestHead(
         method,
         target,
@@ -569,7 +555,7 @@ def response_head_end(buf: bytearray | bytes) -> int | None:
     end = buf.find(b"\r\n\r\n")
     if end >= 0 and buf.count(b"\n", 0, end) == buf.count(b"\r\n", 0, end):
         return end + 4  # CRLF throughout: no earlier blank line
-    return _blank_line_end(buf, 0) if isinstance(buf, bytearray) else _blank_line_end(bytearray(buf), 0)
+    return _blank_line_end(buf, 0)
 
 
 def parse_response(head: bytes) -> ResponseHead:
@@ -657,11 +643,11 @@ def _parse_response_strictly(head: bytes) -> ResponseHead:
     length = int(next(iter(lengths))) if lengths else None
     names = [name.lower() for name, _ in headers]
     tokens = frozenset(connection_tokens(headers))
-    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, RESPONSE_DROP | tokens)])
+    passed = b"".join([b"\r\n" + line for line in _kept_lines(headers, names, RESPONSE_DROP | tokens)])
     return _response(version, status, reason, passed, tokens, length, header(headers, b"transfer-encoding"))
 
 
-def kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
+def _kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
     """``Name: value`` for each header whose lower-case name is not in ``drop``."""
     return [name + b": " + value for (name, value), lowered in zip(headers, names, strict=True) if lowered not in drop]
 
@@ -733,8 +719,3 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
-
-
-def encode_head(first_line: bytes, headers: Headers) -> bytes:
-    """A message head: the first line, the headers, the blank line."""
-    return b"\r\n".join([first_line, *[name + b": " + value for name, value in headers]]) + b"\r\n\r\n"
