@@ -214,10 +214,15 @@ def _next_bytes(conn: Conn, clock: _Clock) -> bool:
         clock.disarm()
 
 
+def _answer(conn: Conn, status: int, message: str, headers: http.Headers = (), *, close: bool = True) -> None:
+    """A short response of the proxy's own; a client already gone is no further error."""
+    with contextlib.suppress(OSError):
+        conn.sendall(http.encode_response(status, message, headers, close=close))
+
+
 def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
     """Send the error response for ``exc`` and hand it back for raising."""
-    with contextlib.suppress(OSError):
-        conn.sendall(http.encode_response(exc.status, str(exc)))
+    _answer(conn, exc.status, str(exc))
     return exc
 
 
@@ -231,11 +236,7 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
     if given is None:
         session.status = 407
         ctx.metrics.auth_challenged(session.proto)
-        challenge = http.encode_response(
-            407, "proxy authentication required", _AUTHENTICATE, close=not _may_retry(request)
-        )
-        with contextlib.suppress(OSError):
-            conn.sendall(challenge)
+        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE, close=not _may_retry(request))
         return False
     credentials = http.basic_credentials(given)
     if credentials is not None:
@@ -247,15 +248,13 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
             raise AuthFailed("missing or wrong Proxy-Authorization")
     except AuthFailed:  # or AuthUnavailable: the --auth-url service gave no answer
         session.status = 407
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(407, "proxy authentication required", _AUTHENTICATE))
+        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE)
         raise
     try:
         ctx.users.admit(session)  # counted against the user's max-conns from here on
     except UserLimit:
         session.status = 429
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(429, "too many open connections for this user"))
+        _answer(conn, 429, "too many open connections for this user")
         raise
     return True
 
@@ -272,13 +271,11 @@ def _dial(conn: Conn, ctx: Context, dest: Address, session: Session) -> socket.s
         return open_upstream(ctx, dest, session.user)
     except Denied as exc:
         session.status = 403
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(403, "destination not allowed"))
+        _answer(conn, 403, "destination not allowed")
         raise exc from None
     except DialError as exc:
         status = session.status = 504 if exc.reply == ReplyCode.TTL_EXPIRED else 502
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(status, f"cannot connect to {dest}"))
+        _answer(conn, status, f"cannot connect to {dest}")
         raise exc from None
 
 
