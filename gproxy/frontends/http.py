@@ -47,6 +47,9 @@ class IdleTimeout(GproxyError):
 
     reason = Outcome.IDLE_TIMEOUT
 
+    def __init__(self, message: str = "no bytes moved for --idle-timeout") -> None:
+        super().__init__(message)
+
 
 class OriginError(GproxyError):
     """The origin failed; ``status`` is what the client is told (502 or 504)."""
@@ -336,14 +339,7 @@ class _Exchange:
         """All of ``data`` to the origin: what the kernel takes at once in one direct
         send(), the rest through gevent (which waits, under the idle timeout)."""
         try:
-            raw = self.raw
-            rest = data
-            if raw is not None:
-                try:
-                    sent = raw.send(data)
-                except BlockingIOError:
-                    sent = 0
-                rest = data[sent:] if sent < len(data) else b""
+            rest = data if self.raw is None else _send_now(self.raw, data)
             if rest:
                 self.clock.arm(_OriginIdle)
                 try:
@@ -357,21 +353,24 @@ class _Exchange:
         if self.limits is not None:
             _pace(self.limits[0], len(data))
 
-    def to_client(self, conn: Conn, data: bytes, idle: float | None) -> None:
+    def to_client(self, conn: Conn, data: bytes) -> None:
         """``data`` to the client, held to the download rate: one direct send() when the
         kernel takes it all (the usual case), else through gevent under the idle timeout."""
         raw = self.clock.client_raw
-        if raw is not None and data:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                _to_client(conn, data[sent:], idle)
-        else:
-            _to_client(conn, data, idle)
+        rest = _send_now(raw, data) if raw is not None and data else data
+        if rest:
+            _to_client(conn, rest, self.clock)
         if self.limits is not None:
             _pace(self.limits[1], len(data))
+
+
+def _send_now(raw: socket.socket, data: bytes) -> bytes:
+    """What of ``data`` the kernel socket ``raw`` did not take in one send() that does not wait."""
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        return data
+    return data[sent:] if sent < len(data) else b""
 
 
 def _pace(bucket: TokenBucket, n: int) -> None:
@@ -394,8 +393,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     except HttpError as exc:
         raise _fail(conn, exc) from None
     session.dest = target.dest
-    idle = ctx.config.idle_timeout or None
-    clock.set(idle)
+    clock.set(ctx.config.idle_timeout)
     out_head = http.encode_request_head(request, target)
     pool = ctx.origin_pool
     key = (ctx.dialer, session.user, target.address.host, target.address.port)
@@ -408,7 +406,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         exchange = _origin_for(conn, ctx, session, target, pooled, clock)
         exchange.limits = limits
         try:
-            body_read = _send_request(conn, exchange, request, out_head, session, idle)
+            body_read = _send_request(conn, exchange, request, out_head, session)
             response = _response_head(exchange)
         except _Stale:
             exchange.upstream.close()
@@ -423,7 +421,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         break
     session.status = response.status
     try:
-        keep_origin, keep_client = _send_response(conn, exchange, request, response, session, idle, body_read)
+        keep_origin, keep_client = _send_response(conn, exchange, request, response, session, body_read)
     except BaseException:
         exchange.upstream.close()
         raise
@@ -466,7 +464,6 @@ def _send_request(
     request: http.RequestHead,
     out_head: bytes,
     session: Session,
-    idle: float | None,
 ) -> bool:
     """Send the head and body to the origin; False if the origin stopped taking the body."""
     if not (request.chunked or request.length):
@@ -479,9 +476,9 @@ def _send_request(
         return True
     exchange.send(out_head)
     if request.expect_continue:
-        _to_client(conn, _CONTINUE, idle)
+        _to_client(conn, _CONTINUE, exchange.clock)
     try:
-        _send_body(conn, exchange, request, session, idle)
+        _send_body(conn, exchange, request, session)
     except OriginError as exc:
         # The origin may have answered early (413, 401) and closed: that answer
         # is still worth reading, unless the origin simply stopped reading.
@@ -491,9 +488,7 @@ def _send_request(
     return True
 
 
-def _send_body(
-    conn: Conn, exchange: _Exchange, request: http.RequestHead, session: Session, idle: float | None
-) -> None:
+def _send_body(conn: Conn, exchange: _Exchange, request: http.RequestHead, session: Session) -> None:
     """Stream the client's request body to the origin, chunk by chunk."""
     if not request.chunked:
         left = request.length
@@ -501,7 +496,7 @@ def _send_body(
             data = bytes(conn.buf[:left])
             del conn.buf[: len(data)]
             if not data:
-                data = _from_client(conn, min(left, CHUNK), idle)
+                data = _from_client(conn, min(left, CHUNK), exchange.clock)
             left -= len(data)
             session.up += len(data)
             exchange.send(data)
@@ -521,12 +516,16 @@ def _send_body(
             return
         if out:
             exchange.send(out)
-        data = _from_client(conn, CHUNK, idle)
+        data = _from_client(conn, CHUNK, exchange.clock)
 
 
-def _from_client(conn: Conn, size: int, idle: float | None) -> bytes:
-    with gevent.Timeout(idle, IdleTimeout("client sent nothing for the idle timeout")):
+def _from_client(conn: Conn, size: int, clock: _Clock) -> bytes:
+    """The client's next bytes of its request body, within the idle timeout."""
+    clock.arm(IdleTimeout)
+    try:
         data = conn.sock.recv(size)
+    finally:
+        clock.disarm()
     if not data:
         raise ClientClosed("client closed in the middle of its request body")
     return data
@@ -570,7 +569,6 @@ def _send_response(
     request: http.RequestHead,
     response: http.ResponseHead,
     session: Session,
-    idle: float | None,
     body_read: bool,
 ) -> tuple[bool, bool]:
     """Send the response head and body; (origin connection reusable, client connection kept)."""
@@ -594,7 +592,7 @@ def _send_response(
     head = b"HTTP/1.1 %d %b%b%b\r\n\r\n" % (response.status, response.reason, response.passed, framing)
     buf = exchange.buf
     if no_body:
-        exchange.to_client(conn, head, idle)
+        exchange.to_client(conn, head)
         return not (response.close or buf), keep_client
     if response.length is not None:
         left = response.length
@@ -603,7 +601,7 @@ def _send_response(
         while True:
             left -= len(data)
             session.down += len(data)
-            exchange.to_client(conn, head + data, idle)
+            exchange.to_client(conn, head + data)
             head = b""
             if not left:
                 return not (response.close or buf), keep_client
@@ -622,9 +620,9 @@ def _send_response(
             session.down += sum(map(len, pieces))
             out = b"".join(map(http.encode_chunk, pieces)) if chunk_out else b"".join(pieces)
             if decoder.done:
-                exchange.to_client(conn, head + out + (http.LAST_CHUNK if chunk_out else b""), idle)  # trailers dropped
+                exchange.to_client(conn, head + out + (http.LAST_CHUNK if chunk_out else b""))  # trailers dropped
                 return not (response.close or decoder.rest), keep_client
-            exchange.to_client(conn, head + out, idle)
+            exchange.to_client(conn, head + out)
             head = b""
             data = exchange.recv()
             if not data:
@@ -634,15 +632,18 @@ def _send_response(
         session.down += len(data)
         out = http.encode_chunk(data) if chunk_out else data
         if not data:
-            exchange.to_client(conn, head + (http.LAST_CHUNK if chunk_out else b""), idle)
+            exchange.to_client(conn, head + (http.LAST_CHUNK if chunk_out else b""))
             return False, keep_client
-        exchange.to_client(conn, head + out, idle)
+        exchange.to_client(conn, head + out)
         head = b""
         data = exchange.recv()
 
 
-def _to_client(conn: Conn, data: bytes, idle: float | None) -> None:
+def _to_client(conn: Conn, data: bytes, clock: _Clock) -> None:
     """``data`` to the client through gevent, under the idle timeout."""
     if data:
-        with gevent.Timeout(idle, IdleTimeout("client read nothing for the idle timeout")):
+        clock.arm(IdleTimeout)
+        try:
             conn.sock.sendall(data)
+        finally:
+            clock.disarm()

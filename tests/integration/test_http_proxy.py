@@ -558,3 +558,18 @@ def test_a_silent_origin_gets_504_after_the_idle_timeout(start, sessions):
         assert any(session.outcome == "origin_timeout" for session in sessions.closed)
     finally:
         server.stop(timeout=1)
+
+
+def test_a_client_that_stalls_in_its_request_body_is_cut_off_after_the_idle_timeout(start, origin, sessions):
+    """3 of 10 body bytes, then nothing: the proxy closes the client after --idle-timeout (idle_timeout)."""
+    import time
+
+    host, port = start(idle_timeout=0.3, metrics=sessions)
+    with socket.create_connection((host, port), timeout=10) as client:
+        url = origin.url("/stall").encode()
+        client.sendall(b"POST " + url + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        began = time.monotonic()
+        recv_all(client)  # whatever comes, then the close
+        assert 0.2 < time.monotonic() - began < 8
+    (session,) = wait_for_sessions(sessions, 1)
+    assert session.outcome == "idle_timeout"
