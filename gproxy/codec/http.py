@@ -437,30 +437,42 @@ def parse_request(head: bytes) -> RequestHead:
     A plain head (the usual one) is read in one pass and its lines passed on as they
     came; anything else goes the strict way.
     """
+    plain = _plain_head(head, _REQUEST_LINE, _NOT_FORWARDED)
+    request = None if plain is None else _plain_request(head, *plain)
+    return _parse_request_strictly(head) if request is None else request
+
+
+def _plain_head(
+    head: bytes, first_line: re.Pattern[bytes], not_passed: re.Pattern[bytes]
+) -> tuple[re.Match[bytes], bytes, list[re.Match[bytes]]] | None:
+    """A plain head (``first_line``, then a _PLAIN_BLOCK) in one pass: its first line, its
+    header lines without those ``not_passed`` finds in the lower-cased head (the others as
+    they came) and the lines it found; None for any other head (the strict path's)."""
     line_end = head.find(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
-        plain = _plain_request(head, line_end, match)
-        if plain is not None:
-            return plain
-    return _parse_request_strictly(head)
-
-
-def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) -> RequestHead | None:
-    """A request head whose header block passed _PLAIN_BLOCK: the lines not forwarded are
-    found in the lower-cased head and cut out; None when the strict path must decide
-    (Transfer-Encoding, Content-Length twice or not a number, Connection twice or naming
-    other headers)."""
+    match = first_line.fullmatch(head, 0, line_end) if line_end > 0 else None
+    if match is None or _PLAIN_BLOCK.fullmatch(head, line_end) is None:
+        return None
     pieces = []
     at = line_end
+    found = list(not_passed.finditer(head.lower(), line_end))
+    for line in found:
+        pieces.append(head[at : line.start()])
+        at = line.end()
+    pieces.append(head[at:-4])
+    return match, b"".join(pieces), found
+
+
+def _plain_request(
+    head: bytes, request_line: re.Match[bytes], passed: bytes, found: list[re.Match[bytes]]
+) -> RequestHead | None:
+    """A plain request head from its lines not forwarded; None when the strict path must
+    decide (Transfer-Encoding, Content-Length twice or not a number, Connection twice or
+    naming other headers)."""
     length = 0
     has_length = has_host = False
     connection = expect = authorization = None
-    for found in _NOT_FORWARDED.finditer(head.lower(), line_end):
-        start, end = found.span()
-        pieces.append(head[at:start])
-        at = end
-        name, value = found.groups()
+    for line in found:
+        name, value = line.groups()
         if name == b"content-length":
             value = value.strip(b" \t")
             if has_length or not value.isdigit():
@@ -477,10 +489,9 @@ def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) ->
                 expect = value.strip(b" \t")
         elif name == b"proxy-authorization":
             if authorization is None:  # its own case: credentials are case-sensitive
-                authorization = head[found.start(2) : found.end(2)].strip(b" \t")
+                authorization = head[line.start(2) : line.end(2)].strip(b" \t")
         elif name == b"transfer-encoding":
             return None
-    pieces.append(head[at:-4])
     tokens = _NO_TOKENS if connection is None else _token_set(connection)
     if not tokens <= _PLAIN_TOKENS:
         return None
@@ -493,7 +504,6 @@ def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) ->
     else:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
         expect_continue = False
-    passed = b"".join(pieces)
     return RequestHead(
         method, target, version, keep_alive, False, length, has_length, expect_continue, tokens, passed, authorization
     )
@@ -564,27 +574,17 @@ def parse_response(head: bytes) -> ResponseHead:
     A plain head (the usual one) is read in one pass and its lines passed on as they
     came; anything else goes the strict way.
     """
-    line_end = head.find(b"\r\n")
-    match = _STATUS_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
-        plain = _plain_response(head, line_end, match)
-        if plain is not None:
-            return plain
-    return _parse_response_strictly(head)
+    plain = _plain_head(head, _STATUS_LINE, _NOT_PASSED)
+    response = None if plain is None else _plain_response(*plain)
+    return _parse_response_strictly(head) if response is None else response
 
 
-def _plain_response(head: bytes, line_end: int, status_line: re.Match[bytes]) -> ResponseHead | None:
-    """A response head whose header block passed _PLAIN_BLOCK: the lines not passed on
-    are found in the lower-cased head and cut out; None when the strict path must decide
-    (Content-Length twice or not a number, Connection twice or naming other headers)."""
-    pieces = []
-    at = line_end
+def _plain_response(status_line: re.Match[bytes], passed: bytes, found: list[re.Match[bytes]]) -> ResponseHead | None:
+    """A plain response head from its lines not passed on; None when the strict path must
+    decide (Content-Length twice or not a number, Connection twice or naming other headers)."""
     length = codings = connection = None
-    for found in _NOT_PASSED.finditer(head.lower(), line_end):
-        start, end = found.span()
-        pieces.append(head[at:start])
-        at = end
-        name, value = found.groups()
+    for line in found:
+        name, value = line.groups()
         if name == b"content-length":
             value = value.strip(b" \t")
             if length is not None or not value.isdigit():
@@ -597,12 +597,11 @@ def _plain_response(head: bytes, line_end: int, status_line: re.Match[bytes]) ->
             if connection is not None:
                 return None
             connection = value
-    pieces.append(head[at:-4])
     tokens = _NO_TOKENS if connection is None else _token_set(connection)
     if not tokens <= _PLAIN_TOKENS:
         return None
     version, status, reason = status_line.groups()
-    return _response(version, status, reason, b"".join(pieces), tokens, length, codings)
+    return _response(version, status, reason, passed, tokens, length, codings)
 
 
 def _response(
