@@ -15,7 +15,7 @@ import requests
 
 from gproxy import Config, Proxy
 from gproxy.core.context import Metrics
-from tests.helpers import RecordingOrigin, big_body_sha256, recv_all, recv_exact
+from tests.helpers import RecordingOrigin, big_body_sha256, recv_all, recv_exact, wait_for
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 BASIC = b"Basic " + base64.b64encode(b"u:p")
@@ -154,11 +154,8 @@ def test_requests_with_credentials_in_the_proxy_url(start, origin, sessions):
 
 
 def wait_for_sessions(sessions: Sessions, count: int) -> list:
-    for _ in range(200):
-        if len(sessions.closed) >= count:
-            break
-        gevent.sleep(0.05)
-    return sessions.closed
+    """The closed sessions once there are ``count`` (TimeoutError after 10 s)."""
+    return wait_for(lambda: len(sessions.closed) >= count and sessions.closed, what=f"{count} closed sessions")
 
 
 def test_two_requests_to_two_origins_over_one_connection(start, origin, origin2, sessions):
