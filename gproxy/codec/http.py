@@ -75,10 +75,9 @@ class Target:
     """Where an absolute-URI request goes, and what to ask there."""
 
     address: Address
-    authority: str  # for the Host header: host[:port] as the client wrote it
     path: bytes  # origin-form: "/path?query"
     dest: str  # str(address), for the log
-    host: bytes  # the Host header's value (authority, ASCII)
+    host: bytes  # the Host header's value: host[:port] as the client wrote it (a bare IPv6 literal bracketed)
 
 
 # -- request head ---------------------------------------------------------------
@@ -251,16 +250,16 @@ def parse_authority(target: bytes) -> Address:
 
 
 @functools.lru_cache(maxsize=1024)
-def _address(authority: str, default_port: int | None) -> tuple[Address, str, str, bytes]:
-    """The Address an authority names, the authority for a Host header (brackets added
-    around a bare IPv6 literal), the Address as text and the Host header's value.
+def _address(authority: str, default_port: int | None) -> tuple[Address, str, bytes]:
+    """The Address an authority names, the Address as text and the Host header's value
+    (the authority, brackets added around a bare IPv6 literal).
     Cached: clients ask the same few origins again and again, and a failure (HttpError)
     is not kept."""
     host, port = _parse_hostport(authority, default_port)
     if ":" in host and not authority.startswith("["):
         authority = format_hostport(host, port)  # the Host header wants brackets
     address = Address(host, port)
-    return address, authority, str(address), authority.encode("ascii")
+    return address, str(address), authority.encode("ascii")
 
 
 _AUTHORITY_END = re.compile(rb"[/?#]")
@@ -283,12 +282,12 @@ def split_absolute_uri(target: bytes) -> Target:
     authority, path = rest[:cut], rest[cut:]
     if b"@" in authority:
         raise HttpError(400, "userinfo in the request URI is not allowed")
-    address, host_authority, dest, host = _address(authority.decode(), 80)
+    address, dest, host = _address(authority.decode(), 80)
     if b"#" in path:
         path = path.partition(b"#")[0]
     if not path.startswith(b"/"):
         path = b"/" + path
-    return Target(address, host_authority, path, dest, host)
+    return Target(address, path, dest, host)
 
 
 # -- headers --------------------------------------------------------------------------
