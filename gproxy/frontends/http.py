@@ -99,25 +99,18 @@ class _Clock:
         self.client_raw = raw_socket(conn.sock) if is_plain(conn.sock) else None
         self._repeating: Any = None  # made on the first set(): a CONNECT never needs it
         self._throw: Any = None
-        self._hub: Any = None
+        self._hub: Any = get_hub()
         self._client_io: Any = None
 
     def wait_readable(self, io: Any) -> None:
         """Until the socket of ``io`` (a read watcher) is readable; the armed timer may throw."""
-        hub = self._hub
-        if hub is None:
-            hub = self._hub = get_hub()
-        hub.wait(io)
+        self._hub.wait(io)
 
     def client_io(self, raw: socket.socket) -> Any:
         """The client socket's read watcher, made once (closed with the clock)."""
-        io = self._client_io
-        if io is None:
-            hub = self._hub
-            if hub is None:
-                hub = self._hub = get_hub()
-            io = self._client_io = hub.loop.io(raw.fileno(), READ)
-        return io
+        if self._client_io is None:
+            self._client_io = self._hub.loop.io(raw.fileno(), READ)
+        return self._client_io
 
     def set(self, seconds: float | None) -> None:
         """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
@@ -125,7 +118,7 @@ class _Clock:
             self.close()
             self.seconds = seconds or 0
             if seconds:
-                self._repeating = get_hub().loop.timer(seconds, seconds)
+                self._repeating = self._hub.loop.timer(seconds, seconds)
                 self._throw = getcurrent().throw
 
     def arm(self, exc: type[BaseException]) -> None:
