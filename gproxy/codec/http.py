@@ -12,7 +12,7 @@ import base64
 import binascii
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gproxy.core.addr import Address, format_hostport, parse_ip
@@ -75,10 +75,9 @@ class Target:
     """Where an absolute-URI request goes, and what to ask there."""
 
     address: Address
-    authority: str  # for the Host header: host[:port] as the client wrote it
     path: bytes  # origin-form: "/path?query"
     dest: str  # str(address), for the log
-    host: bytes  # the Host header's value (authority, ASCII)
+    host: bytes  # the Host header's value: host[:port] as the client wrote it (a bare IPv6 literal bracketed)
 
 
 # -- request head ---------------------------------------------------------------
@@ -137,14 +136,11 @@ def plain_head_end(buf: bytearray) -> int | None:
     return end
 
 
-def parse_head(buf: bytearray) -> tuple[bytes, int] | None:
-    """A one-shot HeadParser whose head also passed check_head: the head at the start
-    of ``buf``, or None. (The proxy leaves the checks to parse_request, which makes them
-    in the same pass as its parsing.)"""
-    parsed = HeadParser()(buf)
-    if parsed is not None:
-        check_head(parsed[0])
-    return parsed
+def parse_head(buf: bytearray) -> tuple[RequestHead, int] | None:
+    """The request at the start of ``buf`` read and checked as the proxy does it (HeadParser,
+    then parse_request): the parsed head and the bytes it took, or None until complete."""
+    read = HeadParser()(buf)
+    return None if read is None else (parse_request(read[0]), read[1])
 
 
 def _skip_empty_lines(buf: bytearray) -> int | None:
@@ -162,13 +158,13 @@ def _skip_empty_lines(buf: bytearray) -> int | None:
     raise HttpError(400, f"more than {MAX_EMPTY_LINES} empty lines before the request")
 
 
-def _blank_line_end(buf: bytearray, start: int) -> int | None:
+def _blank_line_end(buf: bytes | bytearray, start: int) -> int | None:
     """The end of the first ``LF [CR] LF`` at or after ``start``, or None."""
     ends = [at + len(blank) for blank in (b"\n\n", b"\n\r\n") if (at := buf.find(blank, start)) >= 0]
     return min(ends, default=None)
 
 
-def check_head(head: bytes) -> None:
+def _check_head(head: bytes) -> None:
     """Strict checks on a raw head, where laxness lets requests be smuggled.
 
     One Content-Length at most; Transfer-Encoding as a token list whose only
@@ -254,16 +250,16 @@ def parse_authority(target: bytes) -> Address:
 
 
 @functools.lru_cache(maxsize=1024)
-def _address(authority: str, default_port: int | None) -> tuple[Address, str, str, bytes]:
-    """The Address an authority names, the authority for a Host header (brackets added
-    around a bare IPv6 literal), the Address as text and the Host header's value.
+def _address(authority: str, default_port: int | None) -> tuple[Address, str, bytes]:
+    """The Address an authority names, the Address as text and the Host header's value
+    (the authority, brackets added around a bare IPv6 literal).
     Cached: clients ask the same few origins again and again, and a failure (HttpError)
     is not kept."""
     host, port = _parse_hostport(authority, default_port)
     if ":" in host and not authority.startswith("["):
         authority = format_hostport(host, port)  # the Host header wants brackets
     address = Address(host, port)
-    return address, authority, str(address), authority.encode("ascii")
+    return address, str(address), authority.encode("ascii")
 
 
 _AUTHORITY_END = re.compile(rb"[/?#]")
@@ -286,17 +282,12 @@ def split_absolute_uri(target: bytes) -> Target:
     authority, path = rest[:cut], rest[cut:]
     if b"@" in authority:
         raise HttpError(400, "userinfo in the request URI is not allowed")
-    address, host_authority, dest, host = _address(authority.decode(), 80)
+    address, dest, host = _address(authority.decode(), 80)
     if b"#" in path:
         path = path.partition(b"#")[0]
     if not path.startswith(b"/"):
         path = b"/" + path
-    return Target(address, host_authority, path, dest, host)
-
-
-def host_header(target: Target) -> bytes:
-    """The Host header for the origin (RFC 9112 3.2.2: the URI's authority wins)."""
-    return target.host
+    return Target(address, path, dest, host)
 
 
 # -- headers --------------------------------------------------------------------------
@@ -310,12 +301,6 @@ def connection_tokens(headers: Headers) -> set[bytes]:
             tokens.update(token.strip(b" \t").lower() for token in value.split(b","))
     tokens.discard(b"")
     return tokens
-
-
-def strip_hop_by_hop(headers: Headers, also: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
-    """Headers without hop-by-hop ones, those named in Connection, and ``also``."""
-    drop = HOP_BY_HOP | connection_tokens(headers) | {name.lower() for name in also}
-    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 def header(headers: Headers, wanted: bytes) -> bytes | None:
@@ -391,7 +376,7 @@ _NOT_PASSED = re.compile(
 
 @dataclass(slots=True)
 class RequestHead:
-    """A request head as the proxy needs it (checked as check_head does)."""
+    """A request head as the proxy needs it (checked as _check_head does)."""
 
     method: bytes
     target: bytes
@@ -446,35 +431,47 @@ def _token_set(value: bytes) -> frozenset[bytes]:
 
 
 def parse_request(head: bytes) -> RequestHead:
-    """The request head that HeadParser returned, checked (as check_head does) and parsed.
+    """The request head that HeadParser returned, checked (as _check_head does) and parsed.
 
     A plain head (the usual one) is read in one pass and its lines passed on as they
     came; anything else goes the strict way.
     """
+    plain = _plain_head(head, _REQUEST_LINE, _NOT_FORWARDED)
+    request = None if plain is None else _plain_request(head, *plain)
+    return _parse_request_strictly(head) if request is None else request
+
+
+def _plain_head(
+    head: bytes, first_line: re.Pattern[bytes], not_passed: re.Pattern[bytes]
+) -> tuple[re.Match[bytes], bytes, list[re.Match[bytes]]] | None:
+    """A plain head (``first_line``, then a _PLAIN_BLOCK) in one pass: its first line, its
+    header lines without those ``not_passed`` finds in the lower-cased head (the others as
+    they came) and the lines it found; None for any other head (the strict path's)."""
     line_end = head.find(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
-        plain = _plain_request(head, line_end, match)
-        if plain is not None:
-            return plain
-    return _parse_request_strictly(head)
-
-
-def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) -> RequestHead | None:
-    """A request head whose header block passed _PLAIN_BLOCK: the lines not forwarded are
-    found in the lower-cased head and cut out; None when the strict path must decide
-    (Transfer-Encoding, Content-Length twice or not a number, Connection twice or naming
-    other headers)."""
+    match = first_line.fullmatch(head, 0, line_end) if line_end > 0 else None
+    if match is None or _PLAIN_BLOCK.fullmatch(head, line_end) is None:
+        return None
     pieces = []
     at = line_end
+    found = list(not_passed.finditer(head.lower(), line_end))
+    for line in found:
+        pieces.append(head[at : line.start()])
+        at = line.end()
+    pieces.append(head[at:-4])
+    return match, b"".join(pieces), found
+
+
+def _plain_request(
+    head: bytes, request_line: re.Match[bytes], passed: bytes, found: list[re.Match[bytes]]
+) -> RequestHead | None:
+    """A plain request head from its lines not forwarded; None when the strict path must
+    decide (Transfer-Encoding, Content-Length twice or not a number, Connection twice or
+    naming other headers)."""
     length = 0
     has_length = has_host = False
     connection = expect = authorization = None
-    for found in _NOT_FORWARDED.finditer(head.lower(), line_end):
-        start, end = found.span()
-        pieces.append(head[at:start])
-        at = end
-        name, value = found.groups()
+    for line in found:
+        name, value = line.groups()
         if name == b"content-length":
             value = value.strip(b" \t")
             if has_length or not value.isdigit():
@@ -491,10 +488,9 @@ def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) ->
                 expect = value.strip(b" \t")
         elif name == b"proxy-authorization":
             if authorization is None:  # its own case: credentials are case-sensitive
-                authorization = head[found.start(2) : found.end(2)].strip(b" \t")
+                authorization = head[line.start(2) : line.end(2)].strip(b" \t")
         elif name == b"transfer-encoding":
             return None
-    pieces.append(head[at:-4])
     tokens = _NO_TOKENS if connection is None else _token_set(connection)
     if not tokens <= _PLAIN_TOKENS:
         return None
@@ -507,15 +503,14 @@ def _plain_request(head: bytes, line_end: int, request_line: re.Match[bytes]) ->
     else:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
         expect_continue = False
-    passed = b"".join(pieces)
     return RequestHead(
         method, target, version, keep_alive, False, length, has_length, expect_continue, tokens, passed, authorization
     )
 
 
 def _parse_request_strictly(head: bytes) -> RequestHead:
-    """parse_request for any head: check_head's checks, then line by line."""
-    check_head(head)
+    """parse_request for any head: _check_head's checks, then line by line."""
+    _check_head(head)
     lines = _split_lines(head)
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
@@ -531,11 +526,11 @@ def _parse_request_strictly(head: bytes) -> RequestHead:
             raise HttpError(400, "an HTTP/1.1 request needs a Host header")
     else:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
-    chunked = header(headers, b"transfer-encoding") is not None  # check_head: then only "chunked"
+    chunked = header(headers, b"transfer-encoding") is not None  # _check_head: then only "chunked"
     length = header(headers, b"content-length")
     expect = header(headers, b"expect")
     names = [name.lower() for name, _ in headers]
-    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, REQUEST_DROP | tokens)])
+    passed = b"".join([b"\r\n" + line for line in _kept_lines(headers, names, REQUEST_DROP | tokens)])
     return RequestHead(
         method,
         target,
@@ -569,7 +564,7 @@ def response_head_end(buf: bytearray | bytes) -> int | None:
     end = buf.find(b"\r\n\r\n")
     if end >= 0 and buf.count(b"\n", 0, end) == buf.count(b"\r\n", 0, end):
         return end + 4  # CRLF throughout: no earlier blank line
-    return _blank_line_end(buf, 0) if isinstance(buf, bytearray) else _blank_line_end(bytearray(buf), 0)
+    return _blank_line_end(buf, 0)
 
 
 def parse_response(head: bytes) -> ResponseHead:
@@ -578,27 +573,17 @@ def parse_response(head: bytes) -> ResponseHead:
     A plain head (the usual one) is read in one pass and its lines passed on as they
     came; anything else goes the strict way.
     """
-    line_end = head.find(b"\r\n")
-    match = _STATUS_LINE.fullmatch(head, 0, line_end) if line_end > 0 else None
-    if match is not None and _PLAIN_BLOCK.fullmatch(head, line_end) is not None:
-        plain = _plain_response(head, line_end, match)
-        if plain is not None:
-            return plain
-    return _parse_response_strictly(head)
+    plain = _plain_head(head, _STATUS_LINE, _NOT_PASSED)
+    response = None if plain is None else _plain_response(*plain)
+    return _parse_response_strictly(head) if response is None else response
 
 
-def _plain_response(head: bytes, line_end: int, status_line: re.Match[bytes]) -> ResponseHead | None:
-    """A response head whose header block passed _PLAIN_BLOCK: the lines not passed on
-    are found in the lower-cased head and cut out; None when the strict path must decide
-    (Content-Length twice or not a number, Connection twice or naming other headers)."""
-    pieces = []
-    at = line_end
+def _plain_response(status_line: re.Match[bytes], passed: bytes, found: list[re.Match[bytes]]) -> ResponseHead | None:
+    """A plain response head from its lines not passed on; None when the strict path must
+    decide (Content-Length twice or not a number, Connection twice or naming other headers)."""
     length = codings = connection = None
-    for found in _NOT_PASSED.finditer(head.lower(), line_end):
-        start, end = found.span()
-        pieces.append(head[at:start])
-        at = end
-        name, value = found.groups()
+    for line in found:
+        name, value = line.groups()
         if name == b"content-length":
             value = value.strip(b" \t")
             if length is not None or not value.isdigit():
@@ -611,12 +596,11 @@ def _plain_response(head: bytes, line_end: int, status_line: re.Match[bytes]) ->
             if connection is not None:
                 return None
             connection = value
-    pieces.append(head[at:-4])
     tokens = _NO_TOKENS if connection is None else _token_set(connection)
     if not tokens <= _PLAIN_TOKENS:
         return None
     version, status, reason = status_line.groups()
-    return _response(version, status, reason, b"".join(pieces), tokens, length, codings)
+    return _response(version, status, reason, passed, tokens, length, codings)
 
 
 def _response(
@@ -657,11 +641,11 @@ def _parse_response_strictly(head: bytes) -> ResponseHead:
     length = int(next(iter(lengths))) if lengths else None
     names = [name.lower() for name, _ in headers]
     tokens = frozenset(connection_tokens(headers))
-    passed = b"".join([b"\r\n" + line for line in kept_lines(headers, names, RESPONSE_DROP | tokens)])
+    passed = b"".join([b"\r\n" + line for line in _kept_lines(headers, names, RESPONSE_DROP | tokens)])
     return _response(version, status, reason, passed, tokens, length, header(headers, b"transfer-encoding"))
 
 
-def kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
+def _kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
     """``Name: value`` for each header whose lower-case name is not in ``drop``."""
     return [name + b": " + value for (name, value), lowered in zip(headers, names, strict=True) if lowered not in drop]
 
@@ -733,8 +717,3 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
-
-
-def encode_head(first_line: bytes, headers: Headers) -> bytes:
-    """A message head: the first line, the headers, the blank line."""
-    return b"\r\n".join([first_line, *[name + b": " + value for name, value in headers]]) + b"\r\n\r\n"

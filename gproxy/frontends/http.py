@@ -47,6 +47,9 @@ class IdleTimeout(GproxyError):
 
     reason = Outcome.IDLE_TIMEOUT
 
+    def __init__(self, message: str = "no bytes moved for --idle-timeout") -> None:
+        super().__init__(message)
+
 
 class OriginError(GproxyError):
     """The origin failed; ``status`` is what the client is told (502 or 504)."""
@@ -96,25 +99,18 @@ class _Clock:
         self.client_raw = raw_socket(conn.sock) if is_plain(conn.sock) else None
         self._repeating: Any = None  # made on the first set(): a CONNECT never needs it
         self._throw: Any = None
-        self._hub: Any = None
+        self._hub: Any = get_hub()
         self._client_io: Any = None
 
     def wait_readable(self, io: Any) -> None:
         """Until the socket of ``io`` (a read watcher) is readable; the armed timer may throw."""
-        hub = self._hub
-        if hub is None:
-            hub = self._hub = get_hub()
-        hub.wait(io)
+        self._hub.wait(io)
 
     def client_io(self, raw: socket.socket) -> Any:
         """The client socket's read watcher, made once (closed with the clock)."""
-        io = self._client_io
-        if io is None:
-            hub = self._hub
-            if hub is None:
-                hub = self._hub = get_hub()
-            io = self._client_io = hub.loop.io(raw.fileno(), READ)
-        return io
+        if self._client_io is None:
+            self._client_io = self._hub.loop.io(raw.fileno(), READ)
+        return self._client_io
 
     def set(self, seconds: float | None) -> None:
         """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
@@ -122,7 +118,7 @@ class _Clock:
             self.close()
             self.seconds = seconds or 0
             if seconds:
-                self._repeating = get_hub().loop.timer(seconds, seconds)
+                self._repeating = self._hub.loop.timer(seconds, seconds)
                 self._throw = getcurrent().throw
 
     def arm(self, exc: type[BaseException]) -> None:
@@ -214,10 +210,15 @@ def _next_bytes(conn: Conn, clock: _Clock) -> bool:
         clock.disarm()
 
 
+def _answer(conn: Conn, status: int, message: str, headers: http.Headers = (), *, close: bool = True) -> None:
+    """A short response of the proxy's own; a client already gone is no further error."""
+    with contextlib.suppress(OSError):
+        conn.sendall(http.encode_response(status, message, headers, close=close))
+
+
 def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
     """Send the error response for ``exc`` and hand it back for raising."""
-    with contextlib.suppress(OSError):
-        conn.sendall(http.encode_response(exc.status, str(exc)))
+    _answer(conn, exc.status, str(exc))
     return exc
 
 
@@ -231,11 +232,7 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
     if given is None:
         session.status = 407
         ctx.metrics.auth_challenged(session.proto)
-        challenge = http.encode_response(
-            407, "proxy authentication required", _AUTHENTICATE, close=not _may_retry(request)
-        )
-        with contextlib.suppress(OSError):
-            conn.sendall(challenge)
+        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE, close=not _may_retry(request))
         return False
     credentials = http.basic_credentials(given)
     if credentials is not None:
@@ -247,15 +244,13 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
             raise AuthFailed("missing or wrong Proxy-Authorization")
     except AuthFailed:  # or AuthUnavailable: the --auth-url service gave no answer
         session.status = 407
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(407, "proxy authentication required", _AUTHENTICATE))
+        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE)
         raise
     try:
         ctx.users.admit(session)  # counted against the user's max-conns from here on
     except UserLimit:
         session.status = 429
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(429, "too many open connections for this user"))
+        _answer(conn, 429, "too many open connections for this user")
         raise
     return True
 
@@ -272,13 +267,11 @@ def _dial(conn: Conn, ctx: Context, dest: Address, session: Session) -> socket.s
         return open_upstream(ctx, dest, session.user)
     except Denied as exc:
         session.status = 403
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(403, "destination not allowed"))
+        _answer(conn, 403, "destination not allowed")
         raise exc from None
     except DialError as exc:
         status = session.status = 504 if exc.reply == ReplyCode.TTL_EXPIRED else 502
-        with contextlib.suppress(OSError):
-            conn.sendall(http.encode_response(status, f"cannot connect to {dest}"))
+        _answer(conn, status, f"cannot connect to {dest}")
         raise exc from None
 
 
@@ -339,14 +332,7 @@ class _Exchange:
         """All of ``data`` to the origin: what the kernel takes at once in one direct
         send(), the rest through gevent (which waits, under the idle timeout)."""
         try:
-            raw = self.raw
-            rest = data
-            if raw is not None:
-                try:
-                    sent = raw.send(data)
-                except BlockingIOError:
-                    sent = 0
-                rest = data[sent:] if sent < len(data) else b""
+            rest = data if self.raw is None else _send_now(self.raw, data)
             if rest:
                 self.clock.arm(_OriginIdle)
                 try:
@@ -360,21 +346,24 @@ class _Exchange:
         if self.limits is not None:
             _pace(self.limits[0], len(data))
 
-    def to_client(self, conn: Conn, data: bytes, idle: float | None) -> None:
+    def to_client(self, conn: Conn, data: bytes) -> None:
         """``data`` to the client, held to the download rate: one direct send() when the
         kernel takes it all (the usual case), else through gevent under the idle timeout."""
         raw = self.clock.client_raw
-        if raw is not None and data:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                _to_client(conn, data[sent:], idle)
-        else:
-            _to_client(conn, data, idle)
+        rest = _send_now(raw, data) if raw is not None and data else data
+        if rest:
+            _to_client(conn, rest, self.clock)
         if self.limits is not None:
             _pace(self.limits[1], len(data))
+
+
+def _send_now(raw: socket.socket, data: bytes) -> bytes:
+    """What of ``data`` the kernel socket ``raw`` did not take in one send() that does not wait."""
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        return data
+    return data[sent:] if sent < len(data) else b""
 
 
 def _pace(bucket: TokenBucket, n: int) -> None:
@@ -397,8 +386,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     except HttpError as exc:
         raise _fail(conn, exc) from None
     session.dest = target.dest
-    idle = ctx.config.idle_timeout or None
-    clock.set(idle)
+    clock.set(ctx.config.idle_timeout)
     out_head = http.encode_request_head(request, target)
     pool = ctx.origin_pool
     key = (ctx.dialer, session.user, target.address.host, target.address.port)
@@ -411,7 +399,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         exchange = _origin_for(conn, ctx, session, target, pooled, clock)
         exchange.limits = limits
         try:
-            body_read = _send_request(conn, exchange, request, out_head, session, idle)
+            body_read = _send_request(conn, exchange, request, out_head, session)
             response = _response_head(exchange)
         except _Stale:
             exchange.upstream.close()
@@ -426,7 +414,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         break
     session.status = response.status
     try:
-        keep_origin, keep_client = _send_response(conn, exchange, request, response, session, idle, body_read)
+        keep_origin, keep_client = _send_response(conn, exchange, request, response, session, body_read)
     except BaseException:
         exchange.upstream.close()
         raise
@@ -469,7 +457,6 @@ def _send_request(
     request: http.RequestHead,
     out_head: bytes,
     session: Session,
-    idle: float | None,
 ) -> bool:
     """Send the head and body to the origin; False if the origin stopped taking the body."""
     if not (request.chunked or request.length):
@@ -482,9 +469,9 @@ def _send_request(
         return True
     exchange.send(out_head)
     if request.expect_continue:
-        _to_client(conn, _CONTINUE, idle)
+        _to_client(conn, _CONTINUE, exchange.clock)
     try:
-        _send_body(conn, exchange, request, session, idle)
+        _send_body(conn, exchange, request, session)
     except OriginError as exc:
         # The origin may have answered early (413, 401) and closed: that answer
         # is still worth reading, unless the origin simply stopped reading.
@@ -494,9 +481,7 @@ def _send_request(
     return True
 
 
-def _send_body(
-    conn: Conn, exchange: _Exchange, request: http.RequestHead, session: Session, idle: float | None
-) -> None:
+def _send_body(conn: Conn, exchange: _Exchange, request: http.RequestHead, session: Session) -> None:
     """Stream the client's request body to the origin, chunk by chunk."""
     if not request.chunked:
         left = request.length
@@ -504,7 +489,7 @@ def _send_body(
             data = bytes(conn.buf[:left])
             del conn.buf[: len(data)]
             if not data:
-                data = _from_client(conn, min(left, CHUNK), idle)
+                data = _from_client(conn, min(left, CHUNK), exchange.clock)
             left -= len(data)
             session.up += len(data)
             exchange.send(data)
@@ -524,12 +509,16 @@ def _send_body(
             return
         if out:
             exchange.send(out)
-        data = _from_client(conn, CHUNK, idle)
+        data = _from_client(conn, CHUNK, exchange.clock)
 
 
-def _from_client(conn: Conn, size: int, idle: float | None) -> bytes:
-    with gevent.Timeout(idle, IdleTimeout("client sent nothing for the idle timeout")):
+def _from_client(conn: Conn, size: int, clock: _Clock) -> bytes:
+    """The client's next bytes of its request body, within the idle timeout."""
+    clock.arm(IdleTimeout)
+    try:
         data = conn.sock.recv(size)
+    finally:
+        clock.disarm()
     if not data:
         raise ClientClosed("client closed in the middle of its request body")
     return data
@@ -573,7 +562,6 @@ def _send_response(
     request: http.RequestHead,
     response: http.ResponseHead,
     session: Session,
-    idle: float | None,
     body_read: bool,
 ) -> tuple[bool, bool]:
     """Send the response head and body; (origin connection reusable, client connection kept)."""
@@ -597,7 +585,7 @@ def _send_response(
     head = b"HTTP/1.1 %d %b%b%b\r\n\r\n" % (response.status, response.reason, response.passed, framing)
     buf = exchange.buf
     if no_body:
-        exchange.to_client(conn, head, idle)
+        exchange.to_client(conn, head)
         return not (response.close or buf), keep_client
     if response.length is not None:
         left = response.length
@@ -606,7 +594,7 @@ def _send_response(
         while True:
             left -= len(data)
             session.down += len(data)
-            exchange.to_client(conn, head + data, idle)
+            exchange.to_client(conn, head + data)
             head = b""
             if not left:
                 return not (response.close or buf), keep_client
@@ -625,9 +613,9 @@ def _send_response(
             session.down += sum(map(len, pieces))
             out = b"".join(map(http.encode_chunk, pieces)) if chunk_out else b"".join(pieces)
             if decoder.done:
-                exchange.to_client(conn, head + out + (http.LAST_CHUNK if chunk_out else b""), idle)  # trailers dropped
+                exchange.to_client(conn, head + out + (http.LAST_CHUNK if chunk_out else b""))  # trailers dropped
                 return not (response.close or decoder.rest), keep_client
-            exchange.to_client(conn, head + out, idle)
+            exchange.to_client(conn, head + out)
             head = b""
             data = exchange.recv()
             if not data:
@@ -637,15 +625,18 @@ def _send_response(
         session.down += len(data)
         out = http.encode_chunk(data) if chunk_out else data
         if not data:
-            exchange.to_client(conn, head + (http.LAST_CHUNK if chunk_out else b""), idle)
+            exchange.to_client(conn, head + (http.LAST_CHUNK if chunk_out else b""))
             return False, keep_client
-        exchange.to_client(conn, head + out, idle)
+        exchange.to_client(conn, head + out)
         head = b""
         data = exchange.recv()
 
 
-def _to_client(conn: Conn, data: bytes, idle: float | None) -> None:
+def _to_client(conn: Conn, data: bytes, clock: _Clock) -> None:
     """``data`` to the client through gevent, under the idle timeout."""
     if data:
-        with gevent.Timeout(idle, IdleTimeout("client read nothing for the idle timeout")):
+        clock.arm(IdleTimeout)
+        try:
             conn.sock.sendall(data)
+        finally:
+            clock.disarm()

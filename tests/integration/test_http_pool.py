@@ -9,6 +9,7 @@ import socket
 import subprocess
 
 import gevent
+import gevent.event
 import pytest
 from gevent.server import StreamServer
 
@@ -20,10 +21,11 @@ from tests.integration.test_http_proxy import RawClient, get
 class CountingOrigin:
     """A keep-alive HTTP/1.1 origin answering ``NAME conn=N path=P``; ``drop_second`` closes a
     connection, unanswered, when its second request arrives (an origin's idle close racing a
-    kept-alive request); ``delay`` holds each answer."""
+    kept-alive request); ``together`` holds every answer until that many requests came."""
 
-    def __init__(self, name: str, *, drop_second: bool = False, delay: float = 0) -> None:
-        self.name, self.drop_second, self.delay = name, drop_second, delay
+    def __init__(self, name: str, *, drop_second: bool = False, together: int = 0) -> None:
+        self.name, self.drop_second, self.together = name, drop_second, together
+        self._all_in = gevent.event.Event()
         self.connections = 0
         self.open = 0
         self.requests: list[tuple[int, bytes, bytes]] = []  # (connection, method, path)
@@ -71,7 +73,10 @@ class CountingOrigin:
                     return
                 self.requests.append((number, method, path))
                 served += 1
-                gevent.sleep(self.delay)
+                if self.together:  # no answer before ``together`` requests are in (10 s at most)
+                    if len(self.requests) >= self.together:
+                        self._all_in.set()
+                    self._all_in.wait(10)
                 body = b"%s conn=%d path=%s" % (self.name.encode(), number, path)
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         finally:
@@ -170,7 +175,7 @@ def test_idle_origin_connections_expire(proxy, origin_a):
 
 
 def test_the_pool_keeps_at_most_per_origin_connections(proxy):
-    with CountingOrigin("a", delay=0.3) as origin:
+    with CountingOrigin("a", together=4) as origin:
         running, address = _http(proxy)
         running.origin_pool.per_origin = 2
         clients = [RawClient(address) for _ in range(4)]

@@ -15,7 +15,7 @@ import requests
 
 from gproxy import Config, Proxy
 from gproxy.core.context import Metrics
-from tests.helpers import RecordingOrigin, big_body_sha256, recv_all, recv_exact
+from tests.helpers import RecordingOrigin, big_body_sha256, recv_all, recv_exact, wait_for
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 BASIC = b"Basic " + base64.b64encode(b"u:p")
@@ -154,11 +154,8 @@ def test_requests_with_credentials_in_the_proxy_url(start, origin, sessions):
 
 
 def wait_for_sessions(sessions: Sessions, count: int) -> list:
-    for _ in range(200):
-        if len(sessions.closed) >= count:
-            break
-        gevent.sleep(0.05)
-    return sessions.closed
+    """The closed sessions once there are ``count`` (TimeoutError after 10 s)."""
+    return wait_for(lambda: len(sessions.closed) >= count and sessions.closed, what=f"{count} closed sessions")
 
 
 def test_two_requests_to_two_origins_over_one_connection(start, origin, origin2, sessions):
@@ -558,3 +555,18 @@ def test_a_silent_origin_gets_504_after_the_idle_timeout(start, sessions):
         assert any(session.outcome == "origin_timeout" for session in sessions.closed)
     finally:
         server.stop(timeout=1)
+
+
+def test_a_client_that_stalls_in_its_request_body_is_cut_off_after_the_idle_timeout(start, origin, sessions):
+    """3 of 10 body bytes, then nothing: the proxy closes the client after --idle-timeout (idle_timeout)."""
+    import time
+
+    host, port = start(idle_timeout=0.3, metrics=sessions)
+    with socket.create_connection((host, port), timeout=10) as client:
+        url = origin.url("/stall").encode()
+        client.sendall(b"POST " + url + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        began = time.monotonic()
+        recv_all(client)  # whatever comes, then the close
+        assert 0.2 < time.monotonic() - began < 8
+    (session,) = wait_for_sessions(sessions, 1)
+    assert session.outcome == "idle_timeout"

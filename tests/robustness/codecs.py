@@ -167,8 +167,8 @@ TARGETS += (
         seeds=(
             _HTTP_HEAD,
             b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-            b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Type: x\r\n\r\n",
-            b"GET http://a/ HTTP/1.1\nConnection: keep-alive, x-foo\nX-Foo: 1\n\n",
+            b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Type: x\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\nHost: a\nConnection: keep-alive, x-foo\nX-Foo: 1\n\n",
         ),
     ),
     Target(
