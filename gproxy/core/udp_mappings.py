@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Hashable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Hashable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import gevent
 
@@ -39,6 +39,18 @@ _BUFFERS: PerHub[memoryview] = PerHub(lambda hub: memoryview(bytearray(BUFFER_SI
 hub_buffer = _BUFFERS.get
 
 Sockaddr = tuple[object, ...]
+
+
+def received(sock: socket.socket, buf: memoryview) -> Iterator[tuple[int, Any]]:
+    """(size, source) of each datagram ``sock`` receives into ``buf`` (which the caller must be
+    done with before asking for the next); ends once the socket is closed. An error queued on
+    the socket (an ICMP unreachable for an earlier send) is not fatal: skipped."""
+    while True:
+        try:
+            yield sock.recvfrom_into(buf)
+        except OSError:
+            if sock.fileno() < 0:
+                return
 
 
 class Mapping(Protocol):
@@ -126,15 +138,8 @@ class UdpService(Generic[K, M]):
     def receive_loop(self) -> None:
         """Each datagram into the hub's buffer, then to ``datagram``; returns once the socket closes."""
         buf = hub_buffer()
-        sock = self.sock
         datagram = self.datagram
-        while True:
-            try:
-                n, source = sock.recvfrom_into(buf)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue  # a queued ICMP error on the socket: not fatal
+        for n, source in received(self.sock, buf):
             datagram(buf, n, source)
 
     def datagram(self, buf: memoryview, n: int, source: Sockaddr) -> None:

@@ -32,7 +32,7 @@ from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import rate_limits
-from gproxy.core.udp_mappings import UdpService, hub_buffer
+from gproxy.core.udp_mappings import UdpService, hub_buffer, received
 from gproxy.core.udp_upstream import UdpRelay, open_relay, udp_socket, udp_upstreams
 from gproxy.core.upstream_group import Router, dialled_via
 
@@ -171,13 +171,7 @@ class UdpAssociation:
         sock = self.client_sock
         buf = hub_buffer()
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
-        while True:
-            try:
-                n, source = sock.recvfrom_into(buf)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue  # a queued ICMP error on the socket: not fatal
+        for n, source in received(sock, buf):
             if source[0] != self.client_ip or (self.client_port is not None and source[1] != self.client_port):
                 self.dropped += 1  # not our client
                 continue
@@ -269,13 +263,7 @@ class UdpAssociation:
         body = buf[HEADROOM:]
         client = raw_socket(self.client_sock)
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
-        while True:
-            try:
-                n, source = sock.recvfrom_into(body)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue
+        for n, source in received(sock, body):
             peer = self._by_source.get((source[0], source[1]))
             if peer is None or self.client_addr is None:
                 self.dropped += 1  # only destinations the client sent to may answer

@@ -27,7 +27,7 @@ from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.ss_keys import keyring_for, users_generation
 from gproxy.core.tunnel import rate_limits
-from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer
+from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer, received
 from gproxy.frontends.udp import MAX_PEERS, NAME_TTL, _remember, outbound_udp_socket, resolve_datagram_dest
 
 if TYPE_CHECKING:
@@ -181,13 +181,7 @@ class ShadowsocksUdp(UdpService[tuple[Sockaddr, str], _Mapping]):
         buf = hub_buffer()
         listener = raw_socket(self.sock)
         metrics = self.proxy.metrics
-        while True:
-            try:
-                n, source = sock.recvfrom_into(buf)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue
+        for n, source in received(sock, buf):
             header = mapping.by_source.get((str(source[0]), int(source[1])))
             if header is None:
                 metrics.udp_datagram("ss", "down", dropped="unknown_source")
