@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from proxyprocs import cpu_seconds, descendants
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,20 +83,6 @@ def spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU of a process and its live children (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(word) for word in children.read_text().split()]
-    total = 0.0
-    for each in pids:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def measure(
     workers: int, target_port: int, args: argparse.Namespace, extra: list[str] | None = None
 ) -> dict[str, float]:
@@ -110,7 +98,7 @@ def measure(
             spawn(__file__, "client", str(port), str(target_port), str(args.seconds), str(args.concurrency), args.name)
             for _ in range(args.clients)
         ]
-        cpu_before = cpu_seconds(proxy.pid)
+        cpu_before = cpu_seconds(descendants(proxy.pid))
         ok = errors = 0
         for client in clients:
             out, err = client.communicate(timeout=args.seconds + 60)
@@ -119,7 +107,7 @@ def measure(
             counts = json.loads(out)
             ok += counts["ok"]
             errors += counts["errors"]
-        cpu = cpu_seconds(proxy.pid) - cpu_before
+        cpu = cpu_seconds(descendants(proxy.pid)) - cpu_before
         return {
             "workers": workers,
             "connections": ok,

@@ -6,7 +6,8 @@
 
 Starts nginx (a temp config on a free loopback port), then gproxy, Squid (no
 cache, foreground) and tinyproxy if installed, one at a time, and prints each
-one's requests/s and its ratio to Squid's in the same run. Absolute-URI
+one's requests/s, the proxy's CPU per request (utime + stime of its processes over
+the run) and both as ratios to Squid's in the same run. Absolute-URI
 requests with client keep-alive, as browsers send them to a proxy. Every
 process it starts is stopped by its PID; the temp directory is removed.
 """
@@ -26,7 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from proxyprocs import free_port, squid_argv, tinyproxy_argv, wait_connectable
+from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, tinyproxy_argv, wait_connectable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,6 +110,7 @@ def main() -> int:
         proxies["tinyproxy"] = (tinyproxy_argv, {})
     wanted = [name for name in args.only.split(",") if name] or list(proxies)
     rates: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="gproxy-bench-") as tmpdir:
         tmp = Path(tmpdir)
         origin = free_port()
@@ -118,18 +120,25 @@ def main() -> int:
                 build, kwargs = proxies[name]
                 port = free_port()
                 try:
-                    with running(build(tmp, port), port, tmp / f"{name}.out", **kwargs):  # type: ignore[operator]
+                    with running(build(tmp, port), port, tmp / f"{name}.out", **kwargs) as proc:  # type: ignore[operator]
                         ab(port, url, min(1000, args.requests), args.concurrency)  # warm-up
+                        pids = descendants(proc.pid)
+                        before = cpu_seconds(pids)
                         rates[name] = ab(port, url, args.requests, args.concurrency)
+                        cpu_us[name] = (cpu_seconds(pids) - before) / args.requests * 1e6
                 except RuntimeError as exc:
                     print(f"{name}: {exc}", file=sys.stderr)
                     with contextlib.suppress(OSError):
                         print((tmp / f"{name}.out").read_text()[-800:], file=sys.stderr)
     squid = rates.get("squid")
-    print(f"{'proxy':<10} {'req/s':>9} {'vs squid':>9}   (ab -k -c {args.concurrency} -n {args.requests}, 1 KiB GET)")
+    print(
+        f"{'proxy':<10} {'req/s':>9} {'vs squid':>9} {'CPU us/req':>11} {'vs squid':>9}"
+        f"   (ab -k -c {args.concurrency} -n {args.requests}, 1 KiB GET)"
+    )
     for name, rate in rates.items():
         ratio = f"{rate / squid:.2f}x" if squid else "-"
-        print(f"{name:<10} {rate:>9.0f} {ratio:>9}")
+        cpu_ratio = f"{cpu_us[name] / cpu_us['squid']:.2f}x" if squid and cpu_us["squid"] else "-"
+        print(f"{name:<10} {rate:>9.0f} {ratio:>9} {cpu_us[name]:>11.1f} {cpu_ratio:>9}")
     return 0 if rates else 1
 
 

@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: free loopback ports, waiting for a listener,
-and temp configs for the reference HTTP proxies (Squid, tinyproxy).
+a process's CPU time (with its workers), and temp configs for the reference HTTP proxies (Squid, tinyproxy).
 
 Both proxies are configured to serve only 127.0.0.1 clients going to 127.0.0.1 (GET
 or CONNECT to any port), with no cache and no access log, and to run in the foreground
@@ -9,10 +9,36 @@ so that the caller starts and stops them by PID.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and its child processes (workers), recursively."""
+    pids, todo = [], [pid]
+    while todo and len(pids) < 64:
+        p = todo.pop()
+        pids.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (Linux /proc); gone ones count 0."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
 
 
 def free_port() -> int:

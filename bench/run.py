@@ -32,13 +32,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from proxyprocs import free_port, squid_argv, tinyproxy_argv, wait_connectable
+from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, tinyproxy_argv, wait_connectable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 OUT = HERE / "out"
 LOADGEN = OUT / "loadgen"
-TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 BULK = [("down1", "down", 1), ("up1", "up", 1), ("down8", "down", 8), ("up8", "up", 8)]
@@ -57,28 +56,6 @@ def loadgen(*args: object, timeout: float = 120) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"loadgen {args}: {out.stderr.strip()}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and its child processes (workers), recursively."""
-    pids, todo = [], [pid]
-    while todo and len(pids) < 64:
-        p = todo.pop()
-        pids.append(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-    return pids
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICK
 
 
 def rss_bytes(pids: list[int]) -> int:

@@ -20,11 +20,12 @@ import threading
 import time
 from pathlib import Path
 
+from proxyprocs import cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm")
 PASSWORD = "bench-pw"
 BLOCK = memoryview(os.urandom(1 << 20))
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def origin() -> tuple[socket.socket, int]:
@@ -82,11 +83,6 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def through_socks(port: int, dest: int, direction: str, size: int) -> float:
     """One transfer through ss-local's SOCKS5 port; returns the seconds it took."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -132,10 +128,10 @@ def measure(
         for direction in ("D", "U"):
             key = "download" if direction == "D" else "upload"
             for name, (server, local) in servers.items():
-                cpu0 = cpu_seconds(server.pid)
+                cpu0 = cpu_seconds([server.pid])
                 took = through_socks(local, dest, direction, size)
                 time.sleep(0.2)  # the server's last chunks
-                cpu = cpu_seconds(server.pid) - cpu0
+                cpu = cpu_seconds([server.pid]) - cpu0
                 row = (size / took / 1e6, cpu / (size / 1e9))
                 if key not in results[name] or row[0] > results[name][key][0]:
                     results[name][key] = row
