@@ -106,6 +106,23 @@ def take_kernel_socket(sock: socket.socket) -> socket.socket:
     return raw  # type: ignore[no-any-return]
 
 
+def read_watcher(sock: socket.socket) -> Any:
+    """The read watcher a plain gevent socket made for itself (``_read_event``, what its
+    own recv() waits on): waiting on it before a read that cannot be ready yet skips
+    the recv() that fails with EAGAIN, and no new watcher is made.
+
+    Raises:
+        TypeError: not a plain gevent socket.
+        GeventInternalsMissing: gevent no longer keeps ``_read_event``.
+    """
+    if type(sock) is not PLAIN:
+        raise TypeError(f"not a plain gevent socket: {type(sock).__name__}")
+    try:
+        return sock._read_event  # type: ignore[attr-defined]
+    except AttributeError:
+        raise GeventInternalsMissing("gevent.socket.socket._read_event is missing") from None
+
+
 def is_tls(sock: object) -> bool:
     """A TLS socket (stdlib or gevent SSLSocket). ``ssl`` is only looked up if
     already imported: gproxy imports it lazily so that gevent can patch it first."""

@@ -20,7 +20,7 @@ from gevent.hub import get_hub, getcurrent
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
-from gproxy.core._gevent import READ, is_plain, raw_socket
+from gproxy.core._gevent import PLAIN, READ, is_plain, raw_socket, read_watcher
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
@@ -306,20 +306,31 @@ class _Exchange:
     for TLS), route and response bytes read so far, and the (upload, download) buckets
     that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "raw", "via", "pooled", "clock", "buf", "limits")
+    __slots__ = ("upstream", "raw", "readable", "via", "pooled", "clock", "buf", "limits")
 
     def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, clock: _Clock) -> None:
         self.upstream, self.via, self.pooled, self.clock = upstream, via, pooled, clock
         self.raw = raw_socket(upstream) if is_plain(upstream) else None
+        #: the gevent socket's own read watcher (None for TLS, or a socket without one)
+        self.readable = read_watcher(upstream) if type(upstream) is PLAIN else None
         self.buf = bytearray()
         self.limits: Limits = None
 
-    def recv(self) -> bytes:
-        """The origin's next bytes (b"": it closed), through gevent: the socket's own
-        watcher lives as long as the pooled connection (a new one per request would cost
+    def recv(self, *, waiting: bool = False) -> bytes:
+        """The origin's next bytes (b"": it closed). ``waiting``: none can be there yet
+        (the request just went out), so wait first, on the socket's own watcher, instead
+        of a recv() that fails with EAGAIN; else through gevent's recv. The watcher
+        lives as long as the pooled connection (a new one per request would cost
         epoll_ctl calls)."""
         self.clock.arm(_OriginIdle)
         try:
+            if waiting and self.readable is not None and self.raw is not None:
+                while True:
+                    self.clock.wait_readable(self.readable)
+                    try:
+                        return self.raw.recv(CHUNK)
+                    except BlockingIOError:
+                        continue
             return self.upstream.recv(CHUNK)
         except (_OriginIdle, TimeoutError):
             raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
@@ -534,7 +545,7 @@ def _response_head(exchange: _Exchange) -> http.ResponseHead:
             if len(buf) > http.MAX_HEAD:
                 raise OriginError("origin sent a response head larger than 64 KiB")
             try:
-                data = exchange.recv()
+                data = exchange.recv(waiting=not buf)
             except OriginError as exc:
                 if exchange.pooled and not buf and exc.status == 502:
                     raise _Stale(str(exc)) from None

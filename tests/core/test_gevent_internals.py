@@ -127,6 +127,21 @@ def test_loop_io_watcher_on_a_raw_descriptor():
             watcher.close()
 
 
+def test_read_watcher_is_the_one_the_socket_reads_with():
+    """read_watcher(): gevent's own _read_event, which fires when the socket is readable;
+    anything but a plain gevent socket is refused."""
+    a, b = gsocket.socketpair()
+    with a, b:
+        watcher = _gevent.read_watcher(a)
+        assert watcher is a._read_event
+        b.sendall(b"x")
+        with gevent.Timeout(5):
+            gevent.get_hub().wait(watcher)
+        assert a.recv(1) == b"x"
+        with pytest.raises(TypeError):
+            _gevent.read_watcher(_gevent.raw_socket(a))
+
+
 def test_listening_socket_has__accept():
     """accept_fd(): _accept() on the listener (plain gevent socket or the kernel socket a started
     StreamServer keeps in .socket) returns a descriptor without blocking."""
