@@ -79,12 +79,14 @@ def _detached_placeholder() -> Any:
 _DETACHED = _detached_placeholder()
 
 
-def take_kernel_socket(sock: socket.socket) -> socket.socket:
+def take_kernel_socket(sock: socket.socket) -> tuple[socket.socket, Any]:
     """Take the kernel socket out of a plain gevent socket, which is left detached: its
     ``close()`` no longer touches the descriptor. What ``detach()`` does (the public
     way), without its cost per tunnel: no family/type/proto reads, no new kernel socket
     object for the descriptor (and its ``getsockname``), no wait cancelling (the caller
-    has no wait pending on it). The gevent socket's own watchers are closed.
+    has no wait pending on it). Returns the kernel socket and the gevent socket's read
+    watcher, now the caller's (stopped; a watcher made anew would cost an ``fcntl``);
+    the write watcher is closed.
 
     Raises:
         TypeError: not a plain gevent socket.
@@ -94,16 +96,17 @@ def take_kernel_socket(sock: socket.socket) -> socket.socket:
         raise TypeError(f"not a plain gevent socket: {type(sock).__name__}")
     try:
         raw = sock._sock  # type: ignore[attr-defined]
-        watchers = (sock._read_event, sock._write_event)  # type: ignore[attr-defined]
+        reader, writer = sock._read_event, sock._write_event  # type: ignore[attr-defined]
     except AttributeError as exc:
         raise GeventInternalsMissing(f"gevent.socket.socket internals are missing: {exc}") from None
-    for watcher in watchers:
-        if watcher is not None:
-            watcher.close()
+    if writer is not None:
+        writer.close()
     sock._read_event = sock._write_event = None  # type: ignore[attr-defined]
     sock._sock = _DETACHED  # type: ignore[attr-defined]
     sock.close()  # marks it closed; with the placeholder, touches nothing
-    return raw  # type: ignore[no-any-return]
+    if reader is None:  # not expected of a socket that was open: make one
+        reader = get_hub().loop.io(raw.fileno(), READ)
+    return raw, reader
 
 
 def read_watcher(sock: socket.socket) -> Any:
@@ -115,12 +118,22 @@ def read_watcher(sock: socket.socket) -> Any:
         TypeError: not a plain gevent socket.
         GeventInternalsMissing: gevent no longer keeps ``_read_event``.
     """
+    return _own_watcher(sock, "_read_event")
+
+
+def write_watcher(sock: socket.socket) -> Any:
+    """The write watcher a plain gevent socket made for itself (``_write_event``): what
+    waiting for its connect() to finish needs, without a watcher made for it."""
+    return _own_watcher(sock, "_write_event")
+
+
+def _own_watcher(sock: socket.socket, name: str) -> Any:
     if type(sock) is not PLAIN:
         raise TypeError(f"not a plain gevent socket: {type(sock).__name__}")
     try:
-        return sock._read_event  # type: ignore[attr-defined]
+        return getattr(sock, name)
     except AttributeError:
-        raise GeventInternalsMissing("gevent.socket.socket._read_event is missing") from None
+        raise GeventInternalsMissing(f"gevent.socket.socket.{name} is missing") from None
 
 
 def is_tls(sock: object) -> bool:

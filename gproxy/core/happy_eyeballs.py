@@ -22,6 +22,8 @@ from typing import Any
 from gevent import socket as gsocket
 from gevent.hub import Waiter, get_hub
 
+from gproxy.core._gevent import raw_socket, write_watcher
+
 #: RFC 8305 section 5: the recommended Connection Attempt Delay
 ATTEMPT_DELAY = 0.25
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
@@ -170,17 +172,24 @@ def race(addrs: Addresses, timeout: float, prepare: Prepare | None = None) -> so
 
 def _connect_one(family: int, sockaddr: tuple[object, ...], timeout: float, prepare: Prepare | None) -> socket.socket:
     """One address (a literal, or a single answer): nothing to race, so none of the race's
-    objects; one non-blocking connect(), a wait for writability, one SO_ERROR read."""
-    raw, err = _start_connect(family, sockaddr, prepare)
+    objects. The gevent socket callers get is made first and its kernel socket connected
+    (one non-blocking connect(), a wait on the socket's own write watcher, one SO_ERROR
+    read): no second object for the descriptor, no watcher made for the wait."""
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
     try:
+        raw = raw_socket(sock)
+        if prepare is not None:
+            prepare(raw)
+        err = raw.connect_ex(sockaddr)
         if err in _IN_PROGRESS:
-            _wait_writable(raw.fileno(), timeout)
+            _wait_writable(write_watcher(sock), timeout)
             err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
-        return _connected(raw, family)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock  # type: ignore[no-any-return]
     except BaseException:
-        raw.close()
+        sock.close()
         raise
 
 
@@ -204,19 +213,18 @@ def _connected(raw: Any, family: int) -> socket.socket:
     return gsocket.socket(family, socket.SOCK_STREAM, 0, raw.detach())  # type: ignore[no-any-return]
 
 
-def _wait_writable(fd: int, timeout: float) -> None:
-    """Sleep until ``fd`` is writable (its connect() is done) or ``timeout`` passes
-    (TimeoutError): two loop watchers and a Waiter, none of gevent.Timeout's Python."""
-    loop = get_hub().loop
+def _wait_writable(writable: Any, timeout: float) -> None:
+    """Sleep until the ``writable`` watcher fires (its socket's connect() is done) or
+    ``timeout`` passes (TimeoutError): the watcher, a loop timer and a Waiter, none of
+    gevent.Timeout's Python."""
     waiter: Waiter[bool] = Waiter()
-    writable = loop.io(fd, _WRITE)
-    deadline = loop.timer(timeout)
+    deadline = get_hub().loop.timer(timeout)
     writable.start(waiter.switch, True)
     deadline.start(waiter.switch, False)
     try:
         connected = waiter.get()
     finally:
-        writable.close()
+        writable.stop()
         deadline.close()
     if not connected:
         raise TimeoutError(errno.ETIMEDOUT, "connect timed out")

@@ -103,17 +103,19 @@ def engine_for(client: socket.socket, upstream: socket.socket) -> Engine:
     return Engine.GREENLETS
 
 
-def _take_over(sock: socket.socket) -> socket.socket:
+def _take_over(sock: socket.socket) -> tuple[socket.socket, Any]:
     """The caller's socket object gives up its descriptor; a non-blocking kernel socket
-    that only the relay holds owns it from now on. A gevent socket hands over the
-    kernel socket it wraps (take_kernel_socket()); a standard library one is
-    detached (public ``detach()``) into a new kernel socket object."""
+    that only the relay holds owns it from now on, and a read watcher on it. A gevent
+    socket hands over the kernel socket it wraps and its own read watcher
+    (take_kernel_socket()); a standard library one is detached (public ``detach()``)
+    into a new kernel socket object, with a new watcher."""
     if type(sock) is gsocket.socket:
         return take_kernel_socket(sock)
     if sock.gettimeout() != 0.0:
         sock.setblocking(False)
     # a relayed socket is always a TCP stream (engine_for() checked it is plain)
-    return _PlainSocket(sock.family, socket.SOCK_STREAM | _SOCK_NONBLOCK, 0, sock.detach())  # type: ignore[no-any-return]
+    raw = _PlainSocket(sock.family, socket.SOCK_STREAM | _SOCK_NONBLOCK, 0, sock.detach())
+    return raw, io_watcher(raw.fileno(), READ)
 
 
 class _Periodic:
@@ -185,13 +187,13 @@ class _Direction:
         "buf",
     )
 
-    def __init__(self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+    def __init__(self, tunnel: _EventTunnel, src: tuple[socket.socket, Any], dst: socket.socket, upward: bool) -> None:
         self.tunnel = tunnel
         self.stats = tunnel.stats  # counted per chunk (one attribute hop less)
         self.buf = _BUFFERS.get()  # a direction runs on the hub that made it
-        self.src = src  # kernel sockets the tunnel owns (see _take_over)
+        # kernel sockets the tunnel owns, and the read watcher on src (see _take_over)
+        self.src, self.reader = src
         self.dst = dst
-        self.reader = io_watcher(src.fileno(), READ)
         self.writer: Any = None  # made on the first wait for the destination to drain
         self.upward = upward
         self.pending: bytes | memoryview = b""  # bytes a partial send left (plain mode)
@@ -353,7 +355,12 @@ class _LimitedDirection(_Direction):
     __slots__ = ("bucket", "timer")
 
     def __init__(
-        self, tunnel: _EventTunnel, src: socket.socket, dst: socket.socket, upward: bool, bucket: TokenBucket
+        self,
+        tunnel: _EventTunnel,
+        src: tuple[socket.socket, Any],
+        dst: socket.socket,
+        upward: bool,
+        bucket: TokenBucket,
     ) -> None:
         super().__init__(tunnel, src, dst, upward)
         self.bucket = bucket
@@ -456,16 +463,19 @@ class _EventTunnel(_IdleClock):
 
     __slots__ = ("up", "down", "waiter", "on_done", "finished")
 
-    def __init__(self, a: socket.socket, b: socket.socket, stats: RelayStats, limits: Limits = None) -> None:
-        super().__init__(a, b, stats)
+    def __init__(
+        self, a: tuple[socket.socket, Any], b: tuple[socket.socket, Any], stats: RelayStats, limits: Limits = None
+    ) -> None:
+        """``a`` and ``b``: (kernel socket, its read watcher), as _take_over() gives them."""
+        super().__init__(a[0], b[0], stats)
         self.up: _Direction
         self.down: _Direction
         if limits is None:
-            self.up = _Direction(self, a, b, True)
-            self.down = _Direction(self, b, a, False)
+            self.up = _Direction(self, a, b[0], True)
+            self.down = _Direction(self, b, a[0], False)
         else:
-            self.up = _LimitedDirection(self, a, b, True, limits[0])
-            self.down = _LimitedDirection(self, b, a, False, limits[1])
+            self.up = _LimitedDirection(self, a, b[0], True, limits[0])
+            self.down = _LimitedDirection(self, b, a[0], False, limits[1])
         self.waiter: Waiter[None] | None = None
         self.on_done: Callable[[RelayStats], object] | None = None
         self.finished = False

@@ -31,10 +31,11 @@ def test_take_kernel_socket_leaves_the_gevent_socket_detached():
     as the placeholder: the gevent socket's close() then leaves the descriptor alone."""
     a, b = gsocket.socketpair()
     with b:
-        kernel = a._sock
+        kernel, own_reader = a._sock, a._read_event
         fd = a.fileno()
-        taken = _gevent.take_kernel_socket(a)
+        taken, reader = _gevent.take_kernel_socket(a)
         assert taken is kernel and taken.fileno() == fd and taken.gettimeout() == 0.0
+        assert reader is own_reader and reader.fd == fd and not reader.active  # the caller's now
         assert a._read_event is None and a._write_event is None
         assert not a._sock  # gevent's falsy placeholder
         a.close()  # what StreamServer does when the handler returns
@@ -42,6 +43,7 @@ def test_take_kernel_socket_leaves_the_gevent_socket_detached():
         assert b.recv(1) == b"x"
         with pytest.raises(OSError):
             a.send(b"y")
+        reader.close()
         taken.close()
         assert b.recv(1) == b""
 
@@ -128,7 +130,8 @@ def test_loop_io_watcher_on_a_raw_descriptor():
 
 
 def test_read_watcher_is_the_one_the_socket_reads_with():
-    """read_watcher(): gevent's own _read_event, which fires when the socket is readable;
+    """read_watcher() and write_watcher(): gevent's own _read_event (which fires when the
+    socket is readable) and _write_event;
     anything but a plain gevent socket is refused."""
     a, b = gsocket.socketpair()
     with a, b:
@@ -138,6 +141,7 @@ def test_read_watcher_is_the_one_the_socket_reads_with():
         with gevent.Timeout(5):
             gevent.get_hub().wait(watcher)
         assert a.recv(1) == b"x"
+        assert _gevent.write_watcher(a) is a._write_event
         with pytest.raises(TypeError):
             _gevent.read_watcher(_gevent.raw_socket(a))
 

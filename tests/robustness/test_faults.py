@@ -224,6 +224,8 @@ def test_out_of_fds_when_dialing_gets_a_reply(probe, sandbox, monkeypatch):
     with EchoServer() as echo:
         dest = Address("127.0.0.1", echo.port)
         running = sandbox(probe, dest, metrics=log)
+        # both ways a connect starts: a single address (a gevent socket) and the race (kernel sockets)
+        monkeypatch.setattr(happy_eyeballs, "gsocket", types.SimpleNamespace(socket=no_fds))
         monkeypatch.setattr(happy_eyeballs, "_socket", types.SimpleNamespace(socket=no_fds))
         attempt = attack(_address(running, probe), probe.handshake(dest), wait=10)
         monkeypatch.undo()
