@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from gevent import socket as gsocket
+from gevent.hub import get_hub
 
-from gproxy.core._gevent import raw_socket
+from gproxy.core._gevent import raw_socket, read_watcher
 from gproxy.core.errors import ClientClosed, ClientProtocolError
 
 T = TypeVar("T")
@@ -25,13 +26,20 @@ _RECV_SIZE = 4096
 
 
 class Conn:
-    """A socket plus the bytes read from it but not yet consumed."""
+    """A socket plus the bytes read from it but not yet consumed.
 
-    __slots__ = ("sock", "buf")
+    After a reply goes out (sendall), the peer's next message cannot be there yet
+    unless it came early: the next read of an empty buffer waits for the socket to
+    become readable first, on the socket's own watcher, instead of a recv() that
+    fails with EAGAIN (a system call and an exception per handshake step).
+    """
+
+    __slots__ = ("sock", "buf", "replied")
 
     def __init__(self, sock: socket.socket, initial: bytes = b"") -> None:
         self.sock = sock
         self.buf = bytearray(initial)
+        self.replied = False
 
     def read_message(self, parse: Callable[[bytearray], tuple[T, int] | None], limit: int) -> T:
         """Read until ``parse`` yields a message of at most ``limit`` bytes.
@@ -78,6 +86,7 @@ class Conn:
     def sendall(self, data: bytes) -> None:
         """Send it all; a short reply on a plain socket goes out in one direct send()."""
         send_all(self.sock, data)
+        self.replied = True
 
     def close_politely(self, linger: float = 0.5) -> None:
         """Shut down our sending half and drain briefly, so the client reads
@@ -92,7 +101,13 @@ class Conn:
             pass
 
     def _fill(self, size: int) -> None:
-        data = self.sock.recv(size)
+        sock = self.sock
+        if self.replied:
+            self.replied = False
+            # only without a socket timeout (the caller's deadline bounds the wait), as gevent's recv would wait
+            if type(sock) is _PLAIN and sock.gettimeout() is None:
+                get_hub().wait(read_watcher(sock))
+        data = sock.recv(size)
         if not data:
             raise ClientClosed("client closed the connection")
         self.buf += data

@@ -141,3 +141,41 @@ def test_conn_sendall_on_plain_and_wrapped_sockets():
         with wrapped:
             Conn(wrapped).sendall(b"wrapped")
             assert b.recv(16) == b"wrapped"
+
+
+def test_the_read_after_a_reply_waits_on_the_sockets_own_watcher(monkeypatch):
+    """After sendall(), the next read of an empty buffer waits for readability on the
+    socket's own read watcher (no recv() that fails with EAGAIN) and then gets the
+    answer; the read after that (nothing replied in between) reads at once."""
+    import gevent
+
+    from gproxy.core import stream
+
+    waited_on = []
+    monkeypatch.setattr(stream, "read_watcher", lambda sock: waited_on.append(sock) or sock._read_event)
+    a, b = gsocket.socketpair()
+    with a, b:
+        conn = Conn(a)
+        conn.sendall(b"\x05\x00")
+        gevent.spawn_later(0.05, b.sendall, b"abc")
+        with gevent.Timeout(5):
+            assert conn.read_exact(3) == b"abc"
+        assert waited_on == [a]
+        b.sendall(b"d")
+        with gevent.Timeout(5):
+            assert conn.read_exact(1) == b"d"
+        assert waited_on == [a]
+
+
+def test_a_socket_timeout_still_bounds_the_read_after_a_reply():
+    """A socket with a timeout of its own (an upstream handshake) is read through gevent's
+    recv, which honours it: a peer that never answers is a TimeoutError, not a hang."""
+    import gevent
+
+    a, b = gsocket.socketpair()
+    with a, b:
+        a.settimeout(0.2)
+        conn = Conn(a)
+        conn.sendall(b"hello")
+        with gevent.Timeout(10), pytest.raises(TimeoutError):
+            conn.read_exact(1)
