@@ -5,6 +5,7 @@ proxy's CPU per connection (or per GB), rounds alternating between them.
     git worktree add /tmp/old 55518bd
     python bench/compare_trees.py /tmp/old .                      # connections/s
     python bench/compare_trees.py /tmp/old . --mode down:1        # 1 tunnel of bulk download
+    python bench/compare_trees.py /tmp/old . --mode ping          # 64 B ping-pong p50 and p99
 
 Each checkout's gproxy runs from its own directory (``python -m gproxy`` imports the
 checkout's package); the C load generator and targets are run.py's. The machine's noise
@@ -23,7 +24,11 @@ import run as bench
 
 
 def measure(server: bench.Server, ports: dict, mode: str, secs: float) -> tuple[float, float]:
-    """(rate, proxy CPU per unit): connections/s and us per connection, or GB/s and s per GB."""
+    """(rate, proxy CPU per unit): connections/s and us per connection, or GB/s and s per GB;
+    for ping, the round trip's p50 and p99 in us."""
+    if mode == "ping":
+        out = bench.loadgen("pingpong", ports["echo"], server.port, secs)
+        return out["p50_us"], out["p99_us"]
     pids = server.pids()
     before = bench.cpu_seconds(pids)
     if mode == "conn":
@@ -41,12 +46,13 @@ def measure(server: bench.Server, ports: dict, mode: str, secs: float) -> tuple[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trees", nargs="+", help="gproxy checkouts (directories)")
-    parser.add_argument("--mode", default="conn", help="conn, or DIRECTION:TUNNELS bulk (down:1, up:8)")
+    parser.add_argument("--mode", default="conn", help="conn, ping, or DIRECTION:TUNNELS bulk (down:1, up:8)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--secs", type=float, default=3.0)
     args = parser.parse_args()
-    if args.mode != "conn" and (args.mode.count(":") != 1 or args.mode.split(":")[0] not in ("down", "up")):
-        parser.error("--mode is conn or down:N / up:N")
+    bulk = args.mode.count(":") == 1 and args.mode.split(":")[0] in ("down", "up")
+    if args.mode not in ("conn", "ping") and not bulk:
+        parser.error("--mode is conn, ping or down:N / up:N")
     trees = [Path(tree).resolve() for tree in args.trees]
     for tree in trees:
         if not (tree / "gproxy" / "__main__.py").is_file():
@@ -76,7 +82,9 @@ def main() -> int:
         finally:
             for _, server in servers:
                 server.stop()
-    unit = ("connections/s", "proxy CPU us per connection") if args.mode == "conn" else ("GB/s", "proxy CPU s per GB")
+    unit = {"conn": ("connections/s", "proxy CPU us per connection"), "ping": ("ping-pong p50, us", "p99, us")}.get(
+        args.mode, ("GB/s", "proxy CPU s per GB")
+    )
     print(f"\n| checkout | {unit[0]} | {unit[1]} |\n|---|---|---|")
     for name, values in results.items():
         rate, cost = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
