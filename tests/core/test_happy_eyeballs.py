@@ -3,6 +3,7 @@ working IPv4 one on the same port, failures moving on at once, the deadline, no 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -39,27 +40,30 @@ def _open_fds() -> int:
 @pytest.fixture
 def black_hole_v6_working_v4() -> Iterator[tuple[int, socket.socket]]:
     """[::1]:P drops SYNs (its accept queue is full), 127.0.0.1:P accepts: a host whose
-    IPv6 address is unreachable but still answers AAAA."""
-    hole = socket.socket(V6, socket.SOCK_STREAM)
-    hole.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    hole.bind(("::1", 0))
-    hole.listen(0)
-    port = hole.getsockname()[1]
-    fillers = []
-    for _ in range(2):  # a backlog of 0 holds one; the next SYNs are dropped
-        filler = socket.socket(V6, socket.SOCK_STREAM)
-        filler.setblocking(False)
-        filler.connect_ex(("::1", port))
-        fillers.append(filler)
-    time.sleep(0.2)
-    good = socket.socket(V4, socket.SOCK_STREAM)
-    good.bind(("127.0.0.1", port))
-    good.listen(16)
-    try:
+    IPv6 address is unreachable but still answers AAAA. The port is one that is free on
+    both addresses (another process may hold it on one: then the next one is tried)."""
+    with contextlib.ExitStack() as sockets:
+        for _ in range(20):
+            good = sockets.enter_context(socket.socket(V4, socket.SOCK_STREAM))
+            good.bind(("127.0.0.1", 0))
+            port = good.getsockname()[1]
+            hole = sockets.enter_context(socket.socket(V6, socket.SOCK_STREAM))
+            hole.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                hole.bind(("::1", port))
+                break
+            except OSError:  # taken on ::1: try another port
+                continue
+        else:
+            pytest.fail("no port free on both 127.0.0.1 and ::1 in 20 tries")
+        hole.listen(0)
+        for _ in range(2):  # a backlog of 0 holds one; the next SYNs are dropped
+            filler = sockets.enter_context(socket.socket(V6, socket.SOCK_STREAM))
+            filler.setblocking(False)
+            filler.connect_ex(("::1", port))
+        time.sleep(0.2)
+        good.listen(16)
         yield port, good
-    finally:
-        for sock in (hole, good, *fillers):
-            sock.close()
 
 
 def _both(port: int) -> list[tuple[int, tuple[object, ...]]]:
