@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -66,9 +67,9 @@ class Session:
         """
         via = "" if self.via is None else f" via={_quote(self.via)}"
         status = "" if self.status is None else f" status={self.status}"
-        return (
-            f"ts={_TIMESTAMPS.now()} client={_quote(str(self.client))} user={_quote(self.user or '-')}"
-            f" proto={_quote(self.proto)} cmd={_quote(self.cmd)} dest={_quote(self.dest)}{via}{status}"
+        return (  # client (an address from the kernel or a checked PROXY header) and proto (ours) need no quoting
+            f"ts={_TIMESTAMPS.now()} client={self.client} user={_quote(self.user or '-')}"
+            f" proto={self.proto} cmd={_quote(self.cmd)} dest={_quote(self.dest)}{via}{status}"
             f" up={self.up - self.logged[0]} down={self.down - self.logged[1]}"
             f" dur={time.monotonic() - self.started:.3f} outcome={self.outcome}"
         )
@@ -87,7 +88,14 @@ class Session:
 
 def _quote(value: str) -> str:
     """``value`` (its first MAX_FIELD characters) as logfmt writes it: bare when it can be."""
-    value = value[:MAX_FIELD]
+    return _quote_capped(value[:MAX_FIELD])
+
+
+@functools.lru_cache(maxsize=1024)
+def _quote_capped(value: str) -> str:
+    """Cached: the same users, destinations and routes come back line after line, and the
+    lookup costs less than the regular expression (keys already capped: at most 1,024
+    values of MAX_FIELD characters, whatever clients send)."""
     if value and _BARE.fullmatch(value):
         return value
     return json.dumps(value)  # quotes, and escapes control characters
