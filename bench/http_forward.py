@@ -3,6 +3,7 @@
 
     python bench/http_forward.py                 # 20,000 requests per proxy, 50 concurrent
     python bench/http_forward.py -n 5000 --gproxy-args="--workers 2"
+    python bench/http_forward.py --access-log    # gproxy and Squid each writing its access log
 
 Starts nginx (a temp config on a free loopback port), then gproxy, Squid (no
 cache, foreground) and tinyproxy if installed, one at a time, and prints each
@@ -92,6 +93,11 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=50)
     parser.add_argument("--gproxy-args", default="", help="extra gproxy flags, e.g. '--workers 2'")
     parser.add_argument("--only", default="", help="comma-separated proxies to run (gproxy,squid,tinyproxy)")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="gproxy and Squid write an access log (a file in the temp directory); tinyproxy is left out",
+    )
     args = parser.parse_args()
     if shutil.which("ab") is None:
         print("ab (apache2-utils) is needed", file=sys.stderr)
@@ -100,13 +106,15 @@ def main() -> int:
     proxies: dict[str, tuple[object, dict[str, object]]] = {
         "gproxy": (
             lambda tmp, port: (
-                [sys.executable, "-m", "gproxy", "--http", f"127.0.0.1:{port}", "-q"] + shlex.split(args.gproxy_args)
+                [sys.executable, "-m", "gproxy", "--http", f"127.0.0.1:{port}", "-q"]
+                + (["--access-log", str(tmp / f"gproxy-{port}-access.log")] if args.access_log else [])
+                + shlex.split(args.gproxy_args)
             ),
             {"env": env, "cwd": ROOT},
         ),
-        "squid": (squid_argv, {}),
+        "squid": (lambda tmp, port: squid_argv(tmp, port, args.access_log), {}),
     }
-    if shutil.which("tinyproxy"):
+    if shutil.which("tinyproxy") and not args.access_log:
         proxies["tinyproxy"] = (tinyproxy_argv, {})
     wanted = [name for name in args.only.split(",") if name] or list(proxies)
     rates: dict[str, float] = {}
@@ -130,6 +138,9 @@ def main() -> int:
                     print(f"{name}: {exc}", file=sys.stderr)
                     with contextlib.suppress(OSError):
                         print((tmp / f"{name}.out").read_text()[-800:], file=sys.stderr)
+        for log in sorted(tmp.rglob("*-access.log")):  # each proxy logged every request (warm-up included)
+            with open(log, "rb") as lines:
+                print(f"{log.name}: {sum(1 for _ in lines)} lines")
     squid = rates.get("squid")
     print(
         f"{'proxy':<10} {'req/s':>9} {'vs squid':>9} {'CPU us/req':>11} {'vs squid':>9}"

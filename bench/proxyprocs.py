@@ -59,9 +59,17 @@ def wait_connectable(port: int, proc: subprocess.Popen | None = None, timeout: f
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
-def squid_argv(tmp: Path, port: int) -> list[str]:
-    """Squid in the foreground (-N): no cache, no access log, cache log in tmp."""
+def squid_argv(tmp: Path, port: int, access_log: bool = False) -> list[str]:
+    """Squid in the foreground (-N): no cache, cache log in tmp; an access log (its own
+    stdio module, in tmp) only with ``access_log``."""
     conf = tmp / f"squid-{port}.conf"
+    log_line = "access_log none"
+    if access_log:  # in a directory Squid's own user (it drops root) may write to
+        logs = tmp / f"squid-{port}-logs"
+        logs.mkdir(exist_ok=True)
+        for path in (tmp, logs):
+            path.chmod(0o777 if path == logs else 0o755)
+        log_line = f"access_log stdio:{logs}/squid-{port}-access.log"
     conf.write_text(
         f"""http_port 127.0.0.1:{port}
 acl from_lo src 127.0.0.1/32
@@ -70,7 +78,7 @@ http_access allow from_lo to_lo
 http_access deny all
 cache deny all
 cache_mem 0 MB
-access_log none
+{log_line}
 cache_log {tmp}/squid-{port}-cache.log
 pid_filename {tmp}/squid-{port}.pid
 coredump_dir {tmp}
