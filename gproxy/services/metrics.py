@@ -92,8 +92,8 @@ class PrometheusMetrics(Metrics):
         self.dial_failures = counter("gproxy_dial_failures", "outbound connects that failed, by reply", ["reply"])
         self.udp_datagrams = counter("gproxy_udp_datagrams", "UDP datagrams relayed", ["listener", "direction"])
         self.udp_drops = counter("gproxy_udp_dropped", "UDP datagrams dropped", ["listener", "direction", "reason"])
-        #: (listener, direction, reason) -> its child counter: labels() costs about 1 us, paid per datagram
-        self._udp_counts: dict[tuple[str, str, str | None], Counter] = {}
+        #: (metric, label values) -> its child: labels() costs about 1 us, paid per session and datagram
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.upstream_up = Gauge(
             "gproxy_upstream_up",
             "1 while an upstream answers, 0 after it failed itself",
@@ -108,53 +108,58 @@ class PrometheusMetrics(Metrics):
 
     # -- Metrics ------------------------------------------------------------------
 
+    def _child(self, metric: Counter | Gauge, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once per label set (label values come
+        from the config and fixed vocabularies: a bounded set)."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def session_opened(self, listener: str) -> None:
-        self.accepted.labels(listener).inc()
-        self.active.labels(listener).inc()
+        self._child(self.accepted, listener).inc()
+        self._child(self.active, listener).inc()
         self.worker_active.inc()
 
     def session_closed(self, session: Session) -> None:
-        self.active.labels(session.listener).dec()
+        listener, proto = session.listener, session.proto
+        self._child(self.active, listener).dec()
         self.worker_active.dec()
-        self.sessions.labels(session.listener, session.proto, session.outcome).inc()
+        self._child(self.sessions, listener, proto, session.outcome).inc()
         if session.up:
-            self.bytes_up.labels(session.listener, session.proto).inc(session.up)
+            self._child(self.bytes_up, listener, proto).inc(session.up)
         if session.down:
-            self.bytes_down.labels(session.listener, session.proto).inc(session.down)
+            self._child(self.bytes_down, listener, proto).inc(session.down)
 
     def session_failed(self, session: Session, exc: BaseException) -> None:
         reason = exc.reason if isinstance(exc, GproxyError) else Outcome.ERROR
         if isinstance(exc, AuthFailed):
-            self.auth_failures.labels(session.proto, reason).inc()
+            self._child(self.auth_failures, session.proto, reason).inc()
         elif isinstance(exc, DialError):
-            self.dial_failures.labels(exc.reply.name.lower()).inc()
+            self._child(self.dial_failures, exc.reply.name.lower()).inc()
         elif isinstance(exc, Denied):
-            self.denied.labels(session.proto).inc()
+            self._child(self.denied, session.proto).inc()
         elif isinstance(exc, ClientProtocolError | HandshakeTimeout | ClientClosed):
-            self.handshake_failures.labels(session.proto, reason).inc()
+            self._child(self.handshake_failures, session.proto, reason).inc()
 
     def auth_challenged(self, proto: str) -> None:
-        self.auth_challenges.labels(proto).inc()
+        self._child(self.auth_challenges, proto).inc()
 
     def connection_refused(self, listener: str, reason: Outcome) -> None:
-        self.refused.labels(listener, reason).inc()
+        self._child(self.refused, listener, reason).inc()
 
     def udp_datagram(self, listener: str, direction: str, dropped: str | None = None) -> None:
-        key = (listener, direction, dropped)
-        count = self._udp_counts.get(key)
-        if count is None:
-            count = self._udp_counts[key] = (
-                self.udp_datagrams.labels(listener, direction)
-                if dropped is None
-                else self.udp_drops.labels(listener, direction, dropped)
-            )
-        count.inc()
+        if dropped is None:
+            self._child(self.udp_datagrams, listener, direction).inc()
+        else:
+            self._child(self.udp_drops, listener, direction, dropped).inc()
 
     def upstream_state(self, upstream: str, up: bool) -> None:
         self.upstream_up.labels(upstream).set(1 if up else 0)
 
     def upstream_dial(self, upstream: str, result: str) -> None:
-        self.upstream_dials.labels(upstream, result).inc()
+        self._child(self.upstream_dials, upstream, result).inc()
 
     # -- exposition -----------------------------------------------------------------
 
