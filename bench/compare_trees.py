@@ -6,6 +6,7 @@ proxy's CPU per connection (or per GB), rounds alternating between them.
     python bench/compare_trees.py /tmp/old .                      # connections/s
     python bench/compare_trees.py /tmp/old . --mode down:1        # 1 tunnel of bulk download
     python bench/compare_trees.py /tmp/old . --mode ping          # 64 B ping-pong p50 and p99
+    python bench/compare_trees.py /tmp/old . --gproxy-args="--metrics 127.0.0.1:0 --access-log /tmp/a.log"
 
 Each checkout's gproxy runs from its own directory (``python -m gproxy`` imports the
 checkout's package); the C load generator and targets are run.py's. The machine's noise
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -49,6 +51,7 @@ def main() -> int:
     parser.add_argument("--mode", default="conn", help="conn, ping, or DIRECTION:TUNNELS bulk (down:1, up:8)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--secs", type=float, default=3.0)
+    parser.add_argument("--gproxy-args", default="", help="extra flags for every checkout's gproxy")
     args = parser.parse_args()
     bulk = args.mode.count(":") == 1 and args.mode.split(":")[0] in ("down", "up")
     if args.mode not in ("conn", "ping") and not bulk:
@@ -61,7 +64,8 @@ def main() -> int:
     servers = []
     for index, tree in enumerate(trees):
         server = bench.Server(
-            f"{index}:{tree.name}", [sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:{port}", "-q"]
+            f"{index}:{tree.name}",
+            [sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:{port}", "-q", *shlex.split(args.gproxy_args)],
         )
         servers.append((tree, server))
     results: dict[str, list[tuple[float, float]]] = {server.name: [] for _, server in servers}
