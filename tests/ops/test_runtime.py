@@ -15,3 +15,21 @@ def test_fast_greenlets_respects_the_environment(monkeypatch):
     monkeypatch.delenv("GEVENT_TRACK_GREENLET_TREE")
     fast_greenlets()
     assert not gevent.config.track_greenlet_tree
+
+
+def test_settle_heap_freezes_the_startup_objects_and_widens_the_youngest_generation():
+    """What a serving process does once: the objects made so far leave the collector's
+    sight, and the youngest generation grows to GC_YOUNG_THRESHOLD before a pass (the
+    older generations' thresholds untouched). Restored after, for the other tests."""
+    import gc
+
+    from gproxy.ops.runtime import GC_YOUNG_THRESHOLD, settle_heap
+
+    threshold = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
