@@ -106,7 +106,9 @@ class Conn:
             self.replied = False
             # only without a socket timeout (the caller's deadline bounds the wait), as gevent's recv would wait
             if type(sock) is _PLAIN and sock.gettimeout() is None:
-                get_hub().wait(read_watcher(sock))
+                watcher = read_watcher(sock)
+                if watcher is not None:  # None once the socket is closed: recv() below says so
+                    get_hub().wait(watcher)
         data = sock.recv(size)
         if not data:
             raise ClientClosed("client closed the connection")

@@ -179,3 +179,15 @@ def test_a_socket_timeout_still_bounds_the_read_after_a_reply():
         conn.sendall(b"hello")
         with gevent.Timeout(10), pytest.raises(TimeoutError):
             conn.read_exact(1)
+
+
+def test_a_read_after_a_reply_on_a_socket_closed_meanwhile_is_an_os_error():
+    """Closed between the reply and the next read (by another greenlet): recv()'s
+    OSError, as before, not an AttributeError from a watcher gevent has dropped."""
+    a, b = gsocket.socketpair()
+    with b:
+        conn = Conn(a)
+        conn.sendall(b"reply")
+        a.close()
+        with pytest.raises(OSError):
+            conn.read_exact(1)
