@@ -92,13 +92,18 @@ def test_smuggling_and_malformed_headers(headers, status):
 
 
 @pytest.mark.parametrize(
-    "headers",
-    [b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: Chunked \r\n", b""],
+    ("headers", "chunked", "length"),
+    [
+        (b"Content-Length: 5\r\n", False, 5),
+        (b"Transfer-Encoding: chunked\r\n", True, 0),
+        (b"Transfer-Encoding: Chunked \r\n", True, 0),
+        (b"", False, 0),
+    ],
 )
-def test_well_formed_framing_is_accepted(headers):
+def test_well_formed_framing_is_accepted(headers, chunked, length):
     raw = b"POST http://a/ HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n"
     request, used = http.parse_head(bytearray(raw))
-    assert used == len(raw) and request.method == b"POST"
+    assert used == len(raw) and (request.chunked, request.length) == (chunked, length)
 
 
 @given(st.binary(max_size=300))

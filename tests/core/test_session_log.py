@@ -60,10 +60,15 @@ def test_the_timestamp_is_utc_to_the_millisecond(monkeypatch):
     assert abs((parsed - before).total_seconds()) < 5
     # the second is formatted once and reused; a new second formats a new one
     clock = [1_700_000_000.25]
+    formatted = []
+    strftime = session_mod.time.strftime
     monkeypatch.setattr(session_mod.time, "time", lambda: clock[0])
+    monkeypatch.setattr(session_mod.time, "strftime", lambda *args: formatted.append(args) or strftime(*args))
     session = Session(Address("127.0.0.1", 5), "socks5")
     assert fields(session.logfmt())["ts"] == "2023-11-14T22:13:20.250Z"
     clock[0] = 1_700_000_000.999
     assert fields(session.logfmt())["ts"] == "2023-11-14T22:13:20.999Z"
+    assert len(formatted) == 1  # the same second: formatted once
     clock[0] = 1_700_000_061.007
     assert fields(session.logfmt())["ts"] == "2023-11-14T22:14:21.007Z"
+    assert len(formatted) == 2
