@@ -133,7 +133,7 @@ def test_sendall_waits_for_a_slow_reader(pair: tuple[socket.socket, socket.socke
     data = pattern(1 << 16)
     count = 200  # 13 MB: well past any default socketpair buffer
     writer = gevent.spawn(lambda: [wrapped.sendall(data) for _ in range(count)])
-    gevent.sleep(0.2)
+    gevent.idle()  # until the spawned greenlet blocks
     assert not writer.ready()  # blocked on the full socket, not failed
     decryptor = ss.TcpDecryptor(key, method)
     got = 0
@@ -173,7 +173,7 @@ def test_a_waiting_write_keeps_its_bytes_while_others_write() -> None:
         data_a, data_b = pattern(SEAL_BUFFER), bytes(reversed(pattern(SEAL_BUFFER)))
         count = 100
         writer = gevent.spawn(lambda: [slow.sendall(data_a) for _ in range(count)])
-        gevent.sleep(0.1)
+        gevent.idle()  # until the spawned greenlet blocks
         assert not writer.ready()  # waiting, its rest copied out of the shared buffer
         drain = gevent.spawn(lambda: [peer_b.recv(1 << 20) for _ in range(count)])
         for _ in range(10):
@@ -196,13 +196,13 @@ def test_a_waiting_stream_holds_no_read_buffer(pair: tuple[socket.socket, socket
     wrapped = SsSocket(ours, ss.TcpDecryptor(key, method), ss.TcpEncryptor(key, method))
     buf = bytearray(1 << 16)
     reader = gevent.spawn(wrapped.recv_into, buf)
-    gevent.sleep(0.05)
+    gevent.idle()  # until the spawned greenlet blocks
     assert not reader.ready()
     assert wrapped._cipher is None  # waiting: nothing held
     peer.sendall(encryptor.encrypt(b"one"))
     assert buf[: reader.get(timeout=10)] == b"one"
     reader = gevent.spawn(wrapped.recv_into, buf)
-    gevent.sleep(0.05)
+    gevent.idle()  # until the spawned greenlet blocks
     assert wrapped._cipher is None
     sealed = encryptor.encrypt(b"two")
     peer.sendall(sealed[:5])  # part of the length chunk: held while it waits for the rest
@@ -211,7 +211,7 @@ def test_a_waiting_stream_holds_no_read_buffer(pair: tuple[socket.socket, socket
     peer.sendall(sealed[5:])
     assert buf[: reader.get(timeout=10)] == b"two"
     reader = gevent.spawn(wrapped.recv_into, buf)
-    gevent.sleep(0.05)
+    gevent.idle()  # until the spawned greenlet blocks
     peer.shutdown(socket.SHUT_WR)  # EOF while waiting buffer-less
     assert reader.get(timeout=10) == 0
 
