@@ -118,6 +118,20 @@ def _take_over(sock: socket.socket) -> tuple[socket.socket, Any]:
     return raw, io_watcher(raw.fileno(), READ)
 
 
+def _take_over_both(
+    client: socket.socket, upstream: socket.socket
+) -> tuple[tuple[socket.socket, Any], tuple[socket.socket, Any]]:
+    """_take_over() of both, or of neither: when the upstream's fails, the client's kernel
+    socket and watcher (no longer the caller's to close) are closed before it raises."""
+    taken = _take_over(client)
+    try:
+        return taken, _take_over(upstream)
+    except BaseException:
+        taken[1].close()
+        taken[0].close()
+        raise
+
+
 class _Periodic:
     """Members of one hub that need the same periodic check, on one repeating timer
     (a timer per tunnel would cost its watcher and a heap insert and removal each)."""
@@ -664,7 +678,7 @@ def relay(
         _close_both(client, upstream)
         return stats
     if engine_for(client, upstream) is Engine.EVENTS:
-        tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats, limits)
+        tunnel = _EventTunnel(*_take_over_both(client, upstream), stats, limits)
         tunnel.start(idle_timeout)
         tunnel.wait()
         return stats
@@ -706,7 +720,7 @@ def start_relay(
     if engine_for(client, upstream) is not Engine.EVENTS:
         return None
     stats = _send_first(client, upstream, first_up, b"", limits)
-    tunnel = _EventTunnel(_take_over(client), _take_over(upstream), stats, limits)
+    tunnel = _EventTunnel(*_take_over_both(client, upstream), stats, limits)
     tunnel.on_done = on_done
     if stats.outcome != Outcome.OK:
         tunnel.abort(stats.outcome)

@@ -90,7 +90,7 @@ def test_tunnels_with_one_idle_timeout_share_one_timer_and_each_waits_the_whole_
         started = time.monotonic()
         late = start(pairs_[4][1], pairs_[5][0], idle_timeout=0.8)
         clock = relay_mod._every(0.2, relay_mod._IdleClock.on_tick)
-        wait_for(lambda: len(clock.members) == 3, timeout=0.5)  # all three on the one timer
+        wait_for(lambda: len(clock.members) == 3, what="all three on the one timer")
         assert late.get(timeout=10).outcome == "idle_timeout"
         assert time.monotonic() - started >= 0.75  # never before the timeout (a tick's rounding aside)
         for g in first:
@@ -522,3 +522,23 @@ def test_raw_socket_only_for_plain_gevent_sockets():
     with gsocket.socket() as plain, Wrapped() as wrapped:
         assert engine_for(plain, plain) is Engine.EVENTS
         assert engine_for(wrapped, plain) is Engine.GREENLETS  # e.g. an SSLSocket: the greenlet engine
+
+
+def test_a_failed_take_over_of_the_upstream_closes_the_client_it_took(pairs, monkeypatch):
+    """Guards the class "a socket nobody owns": the client was taken over (detached from
+    the caller's object) when the upstream's take-over fails; it is closed, not leaked."""
+    _, proxy_a, proxy_b, _ = pairs
+    real = relay_mod._take_over
+    taken = []
+
+    def fail_on_the_upstream(sock):  # type: ignore[no-untyped-def]
+        if sock is proxy_b:
+            raise OSError(errno.EBADF, "cannot take it over")
+        taken.append(real(sock))
+        return taken[-1]
+
+    monkeypatch.setattr(relay_mod, "_take_over", fail_on_the_upstream)
+    with pytest.raises(OSError):
+        relay_mod._take_over_both(proxy_a, proxy_b)
+    kernel, watcher = taken[0]
+    assert kernel.fileno() == -1 and not watcher.active
