@@ -37,7 +37,7 @@ class _HubBuffers:
     """What the streams of one hub (thread) share: the send buffer, filled and handed to the
     kernel with no yield between, and the pool of free read buffers."""
 
-    __slots__ = ("send", "free_reads", "__weakref__")
+    __slots__ = ("send", "free_reads")
 
     def __init__(self) -> None:
         self.send = memoryview(bytearray(_SEALED_MAX))
