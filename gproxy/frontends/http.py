@@ -20,7 +20,7 @@ from gevent.hub import get_hub, getcurrent
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
-from gproxy.core._gevent import PLAIN, read_watcher
+from gproxy.core._gevent import PLAIN, READ, is_plain, raw_socket, read_watcher
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
@@ -29,11 +29,13 @@ from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, Gpro
 from gproxy.core.limits import TokenBucket
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
-from gproxy.core.stream import Conn, send_now
+from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, rate_limits, run_tunnel
 from gproxy.core.upstream_group import dialled_via
 
 CHUNK = 65536
+#: one read of a kept-alive client's next request (what Conn reads for a head)
+_CLIENT_READ = 4096
 #: backstop for Conn.read_message; the head parser raises 414/431 well before it
 _HEAD_LIMIT = http.MAX_HEAD + http.MAX_REQUEST_LINE + 2
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -61,7 +63,7 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one client: requests one after another until either side closes."""
     session.proto = "https" if ctx.listener.kind == "https" else "http"
     first = True
-    clock = _Clock()
+    clock = _Clock(conn)
     try:
         while True:
             try:
@@ -83,19 +85,32 @@ class _Clock:
     """The idle timer of one client connection: one repeating libev timer, armed around
     each wait (for the client's next request, for the origin) and stopped after it,
     throwing the wait's own exception into the session's greenlet. What a gevent.Timeout
-    per wait does, without making a timer for each."""
+    per wait does, without making a timer for each.
 
-    __slots__ = ("seconds", "_repeating", "_throw", "_hub")
+    wait_readable() waits on the client's kernel socket through an io watcher made once
+    for the connection, where gevent's recv() first fails with EAGAIN (an exception)
+    and then waits: a kept-alive client's next request is never there at once."""
 
-    def __init__(self) -> None:
+    __slots__ = ("seconds", "client_raw", "_repeating", "_throw", "_hub", "_client_io")
+
+    def __init__(self, conn: Conn) -> None:
         self.seconds: float = 0
+        #: the client's kernel socket (None for TLS), for sends and waits that skip gevent's wrappers
+        self.client_raw = raw_socket(conn.sock) if is_plain(conn.sock) else None
         self._repeating: Any = None  # made on the first set(): a CONNECT never needs it
         self._throw: Any = None
         self._hub: Any = get_hub()
+        self._client_io: Any = None
 
-    def wait_readable(self, watcher: Any) -> None:
-        """Until the socket of ``watcher`` (a read watcher) is readable; the armed timer may throw."""
-        self._hub.wait(watcher)
+    def wait_readable(self, io: Any) -> None:
+        """Until the socket of ``io`` (a read watcher) is readable; the armed timer may throw."""
+        self._hub.wait(io)
+
+    def client_io(self, raw: socket.socket) -> Any:
+        """The client socket's read watcher, made once (closed with the clock)."""
+        if self._client_io is None:
+            self._client_io = self._hub.loop.io(raw.fileno(), READ)
+        return self._client_io
 
     def set(self, seconds: float | None) -> None:
         """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
@@ -119,6 +134,9 @@ class _Clock:
         if self._repeating is not None:
             self._repeating.close()
             self._repeating = None
+        if self._client_io is not None:
+            self._client_io.close()
+            self._client_io = None
 
 
 def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bool:
@@ -168,11 +186,24 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _
 
 def _next_bytes(conn: Conn, clock: _Clock) -> bool:
     """Wait for the kept-alive client's next bytes: False when it closed or stayed idle
-    for the clock's period. (The response went out: Conn waits for readability first.)"""
+    for the clock's period."""
+    raw = clock.client_raw
     clock.arm(IdleTimeout)
     try:
-        conn.peek_byte()
-        return True
+        if raw is None:  # TLS: its own buffering
+            conn.peek_byte()
+            return True
+        io = clock.client_io(raw)
+        while True:
+            clock.wait_readable(io)
+            try:
+                data = raw.recv(_CLIENT_READ)
+            except BlockingIOError:
+                continue
+            if not data:
+                return False
+            conn.buf += data
+            return True
     except (ClientClosed, IdleTimeout):
         return False
     finally:
@@ -271,27 +302,35 @@ class _OriginIdle(Exception):  # noqa: N818 (never leaves this module: turned in
 
 
 class _Exchange:
-    """One request's origin side: its connection, route and response bytes read so far,
-    and the (upload, download) buckets that hold it to its owner's rate (--rate)."""
+    """One request's origin side: its connection (and the kernel socket under it, None
+    for TLS), route and response bytes read so far, and the (upload, download) buckets
+    that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "readable", "via", "pooled", "clock", "buf", "limits")
+    __slots__ = ("upstream", "raw", "readable", "via", "pooled", "clock", "buf", "limits")
 
     def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, clock: _Clock) -> None:
         self.upstream, self.via, self.pooled, self.clock = upstream, via, pooled, clock
-        #: the gevent socket's own read watcher (None for TLS)
+        self.raw = raw_socket(upstream) if is_plain(upstream) else None
+        #: the gevent socket's own read watcher (None for TLS, or a socket without one)
         self.readable = read_watcher(upstream) if type(upstream) is PLAIN else None
         self.buf = bytearray()
         self.limits: Limits = None
 
     def recv(self, *, waiting: bool = False) -> bytes:
         """The origin's next bytes (b"": it closed). ``waiting``: none can be there yet
-        (the request just went out), so wait for readability first, on the socket's own
-        watcher, instead of a recv() that fails with EAGAIN. The watcher lives as long as
-        the pooled connection (a new one per request would cost epoll_ctl calls)."""
+        (the request just went out), so wait first, on the socket's own watcher, instead
+        of a recv() that fails with EAGAIN; else through gevent's recv. The watcher
+        lives as long as the pooled connection (a new one per request would cost
+        epoll_ctl calls)."""
         self.clock.arm(_OriginIdle)
         try:
-            if waiting and self.readable is not None:
-                self.clock.wait_readable(self.readable)
+            if waiting and self.readable is not None and self.raw is not None:
+                while True:
+                    self.clock.wait_readable(self.readable)
+                    try:
+                        return self.raw.recv(CHUNK)
+                    except BlockingIOError:
+                        continue
             return self.upstream.recv(CHUNK)
         except (_OriginIdle, TimeoutError):
             raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
@@ -304,11 +343,11 @@ class _Exchange:
         """All of ``data`` to the origin: what the kernel takes at once in one direct
         send(), the rest through gevent (which waits, under the idle timeout)."""
         try:
-            sent = send_now(self.upstream, data)
-            if sent < len(data):
+            rest = data if self.raw is None else _send_now(self.raw, data)
+            if rest:
                 self.clock.arm(_OriginIdle)
                 try:
-                    self.upstream.sendall(data[sent:])
+                    self.upstream.sendall(rest)
                 finally:
                     self.clock.disarm()
         except (_OriginIdle, TimeoutError):
@@ -321,12 +360,21 @@ class _Exchange:
     def to_client(self, conn: Conn, data: bytes) -> None:
         """``data`` to the client, held to the download rate: one direct send() when the
         kernel takes it all (the usual case), else through gevent under the idle timeout."""
-        sent = send_now(conn.sock, data)
-        if sent < len(data):
-            _to_client(conn, data[sent:], self.clock)
-        conn.replied = True  # the client's next request answers this response
+        raw = self.clock.client_raw
+        rest = _send_now(raw, data) if raw is not None and data else data
+        if rest:
+            _to_client(conn, rest, self.clock)
         if self.limits is not None:
             _pace(self.limits[1], len(data))
+
+
+def _send_now(raw: socket.socket, data: bytes) -> bytes:
+    """What of ``data`` the kernel socket ``raw`` did not take in one send() that does not wait."""
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        return data
+    return data[sent:] if sent < len(data) else b""
 
 
 def _pace(bucket: TokenBucket, n: int) -> None:
