@@ -119,10 +119,9 @@ def test_one_address_is_connected_without_a_race(black_hole_v6_working_v4, close
     monkeypatch.setattr(happy_eyeballs, "_Race", None)  # any use of the race machinery would fail
     before = _open_fds()
     prepared = []
-    sock = connect_any([(V4, ("127.0.0.1", port))], timeout=10, prepare=lambda raw: prepared.append(raw.family))
-    assert sock.getpeername() == ("127.0.0.1", port) and prepared == [V4]
-    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    sock.close()
+    with connect_any([(V4, ("127.0.0.1", port))], timeout=10, prepare=lambda raw: prepared.append(raw.family)) as sock:
+        assert sock.getpeername() == ("127.0.0.1", port) and prepared == [V4]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     with pytest.raises(DialError) as refused:
         connect_any([(V4, ("127.0.0.1", closed_port))], timeout=5, what="x")
     assert refused.value.reply == ReplyCode.CONNECTION_REFUSED

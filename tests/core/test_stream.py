@@ -185,7 +185,7 @@ def test_a_read_after_a_reply_on_a_socket_closed_meanwhile_is_an_os_error():
     """Closed between the reply and the next read (by another greenlet): recv()'s
     OSError, as before, not an AttributeError from a watcher gevent has dropped."""
     a, b = gsocket.socketpair()
-    with b:
+    with a, b:  # closing a twice is harmless
         conn = Conn(a)
         conn.sendall(b"reply")
         a.close()

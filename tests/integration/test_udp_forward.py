@@ -6,7 +6,7 @@ import socket
 
 import gevent
 
-from tests.helpers import GproxyProcess, UdpEchoServer
+from tests.helpers import GproxyProcess, UdpEchoServer, wait_for
 
 
 def client_socket(timeout: float = 5) -> socket.socket:
@@ -63,10 +63,8 @@ def test_idle_mappings_expire_and_are_logged(proxy, echo_udp, tmp_path):
         sock.sendto(b"hello", address)
         assert sock.recvfrom(100)[0] == b"hello"
         assert len(service.mappings) == 1
-        with gevent.Timeout(10):
-            while service.mappings or not log.read_text():  # the line is written when the loop next runs
-                gevent.sleep(0.05)
-        line = log.read_text()
+        # the mapping expires, and its line is written when the loop next runs its callbacks
+        line = wait_for(lambda: not service.mappings and log.read_text(), what="the expired mapping's line")
         assert "cmd=udp-forward" in line and "up=5 down=5" in line
         sock.sendto(b"again", address)  # a new mapping for the same client
         assert sock.recvfrom(100)[0] == b"again"
@@ -117,7 +115,6 @@ def test_10000_datagrams_through_the_cli(echo_udp):
 
 def test_serve_forever_with_only_udp_listeners_starts_once(echo_udp):
     """Regression: serve_forever() used to start() again when no TCP listener existed."""
-    import gevent
 
     from gproxy import Config, Proxy
 
