@@ -2,7 +2,8 @@
 
 Bounded per key (origin, route, user) and in total; a connection idle for
 longer than ``idle_expiry`` is closed by a reaper greenlet, and one the origin
-has closed (or sent unasked bytes on) is dropped when taken.
+has closed (or sent unasked bytes on) is dropped when taken. Each one is kept
+as an OriginConn: the socket, its route and the read waiter that stays with it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Hashable
+from dataclasses import dataclass
 
 import gevent
 
 from gproxy.core._gevent import raw_socket
+from gproxy.core.readable import ReadWaiter
 
 #: defaults: idle connections per origin, in total, and seconds kept idle
 PER_ORIGIN = 128
@@ -23,6 +26,22 @@ IDLE_EXPIRY = 15.0
 _PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
+@dataclass(slots=True)
+class OriginConn:
+    """A connection to an origin, the route it took (``via``) and, for a plain socket,
+    the ReadWaiter its responses are awaited on (kept started for its whole life)."""
+
+    sock: socket.socket
+    via: str | None
+    reader: ReadWaiter | None
+
+    def close(self) -> None:
+        """The watcher first, then the socket."""
+        if self.reader is not None:
+            self.reader.close()
+        self.sock.close()
+
+
 class OriginPool:
     """Idle keep-alive connections to origins, newest first out."""
 
@@ -30,7 +49,7 @@ class OriginPool:
         self.per_origin = per_origin
         self.total = total
         self.idle_expiry = idle_expiry
-        self._idle: dict[Hashable, list[tuple[socket.socket, str | None, float]]] = {}
+        self._idle: dict[Hashable, list[tuple[OriginConn, float]]] = {}
         self._count = 0
         self._reaper: gevent.Greenlet[[], None] | None = None
         self._closed = False
@@ -38,29 +57,29 @@ class OriginPool:
     def __len__(self) -> int:
         return self._count
 
-    def get(self, key: Hashable) -> tuple[socket.socket, str | None] | None:
-        """An idle connection for ``key`` that still looks open, and its route; or None."""
+    def get(self, key: Hashable) -> OriginConn | None:
+        """An idle connection for ``key`` that still looks open; or None."""
         stack = self._idle.get(key)
         now = time.monotonic()
         while stack:
-            sock, via, since = stack.pop()
+            conn, since = stack.pop()
             self._count -= 1
             if not stack:
                 del self._idle[key]
-            if now - since < self.idle_expiry and _looks_open(sock):
-                return sock, via
-            sock.close()
+            if now - since < self.idle_expiry and _looks_open(conn.sock):
+                return conn
+            conn.close()
         return None
 
-    def put(self, key: Hashable, sock: socket.socket, via: str | None) -> None:
-        """Keep ``sock`` for the next request to ``key``; closed instead when full."""
+    def put(self, key: Hashable, conn: OriginConn) -> None:
+        """Keep ``conn`` for the next request to ``key``; closed instead when full."""
         stack = self._idle.setdefault(key, [])
         if self._closed or len(stack) >= self.per_origin or self._count >= self.total:
             if not stack:
                 del self._idle[key]
-            sock.close()
+            conn.close()
             return
-        stack.append((sock, via, time.monotonic()))
+        stack.append((conn, time.monotonic()))
         self._count += 1
         if self._reaper is None:
             self._reaper = gevent.spawn(self._reap)
@@ -70,9 +89,9 @@ class OriginPool:
         cutoff = (time.monotonic() if now is None else now) - self.idle_expiry
         for key in list(self._idle):
             stack = self._idle[key]
-            fresh = [entry for entry in stack if entry[2] > cutoff]
+            fresh = [entry for entry in stack if entry[1] > cutoff]
             for entry in stack:
-                if entry[2] <= cutoff:
+                if entry[1] <= cutoff:
                     entry[0].close()
             self._count -= len(stack) - len(fresh)
             if fresh:
@@ -87,8 +106,8 @@ class OriginPool:
             self._reaper.kill(block=False)
             self._reaper = None
         for stack in self._idle.values():
-            for sock, _, _ in stack:
-                sock.close()
+            for conn, _ in stack:
+                conn.close()
         self._idle.clear()
         self._count = 0
 

@@ -20,13 +20,15 @@ from gevent.hub import get_hub, getcurrent
 from gproxy.codec import http
 from gproxy.codec.http import HttpError
 from gproxy.codec.replies import ReplyCode
-from gproxy.core._gevent import PLAIN, READ, is_plain, raw_socket, read_watcher
+from gproxy.core._gevent import PLAIN, is_plain, raw_socket
 from gproxy.core.access import UserLimit
 from gproxy.core.addr import Address
 from gproxy.core.context import Context
 from gproxy.core.deadline import handshake_deadline
 from gproxy.core.errors import AuthFailed, ClientClosed, Denied, DialError, GproxyError, Outcome
 from gproxy.core.limits import TokenBucket
+from gproxy.core.origin_pool import OriginConn
+from gproxy.core.readable import ReadWaiter
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
@@ -87,11 +89,12 @@ class _Clock:
     throwing the wait's own exception into the session's greenlet. What a gevent.Timeout
     per wait does, without making a timer for each.
 
-    wait_readable() waits on the client's kernel socket through an io watcher made once
-    for the connection, where gevent's recv() first fails with EAGAIN (an exception)
-    and then waits: a kept-alive client's next request is never there at once."""
+    client_reader() waits on the client's kernel socket through a ReadWaiter made once
+    for the connection (its watcher stays started: no epoll_ctl per request), where
+    gevent's recv() first fails with EAGAIN (an exception) and then waits: a kept-alive
+    client's next request is never there at once."""
 
-    __slots__ = ("seconds", "client_raw", "_repeating", "_throw", "_hub", "_client_io")
+    __slots__ = ("seconds", "client_raw", "_repeating", "_throw", "_hub", "_client_reader")
 
     def __init__(self, conn: Conn) -> None:
         self.seconds: float = 0
@@ -100,17 +103,13 @@ class _Clock:
         self._repeating: Any = None  # made on the first set(): a CONNECT never needs it
         self._throw: Any = None
         self._hub: Any = get_hub()
-        self._client_io: Any = None
+        self._client_reader: ReadWaiter | None = None
 
-    def wait_readable(self, io: Any) -> None:
-        """Until the socket of ``io`` (a read watcher) is readable; the armed timer may throw."""
-        self._hub.wait(io)
-
-    def client_io(self, raw: socket.socket) -> Any:
-        """The client socket's read watcher, made once (closed with the clock)."""
-        if self._client_io is None:
-            self._client_io = self._hub.loop.io(raw.fileno(), READ)
-        return self._client_io
+    def client_reader(self, raw: socket.socket) -> ReadWaiter:
+        """The client socket's ReadWaiter, made once (closed with the clock)."""
+        if self._client_reader is None:
+            self._client_reader = ReadWaiter(raw.fileno())
+        return self._client_reader
 
     def set(self, seconds: float | None) -> None:
         """--idle-timeout as it is now (a SIGHUP may change it between requests); 0: none."""
@@ -134,9 +133,9 @@ class _Clock:
         if self._repeating is not None:
             self._repeating.close()
             self._repeating = None
-        if self._client_io is not None:
-            self._client_io.close()
-            self._client_io = None
+        if self._client_reader is not None:
+            self._client_reader.close()
+            self._client_reader = None
 
 
 def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bool:
@@ -193,9 +192,9 @@ def _next_bytes(conn: Conn, clock: _Clock) -> bool:
         if raw is None:  # TLS: its own buffering
             conn.peek_byte()
             return True
-        io = clock.client_io(raw)
+        reader = clock.client_reader(raw)
         while True:
-            clock.wait_readable(io)
+            reader.wait()  # the armed clock may throw
             try:
                 data = raw.recv(_CLIENT_READ)
             except BlockingIOError:
@@ -301,37 +300,44 @@ class _OriginIdle(Exception):  # noqa: N818 (never leaves this module: turned in
     """Thrown by an origin-side idle timer into the greenlet waiting on the origin."""
 
 
+def _origin_conn(upstream: socket.socket, via: str | None) -> OriginConn:
+    """A new origin connection; a plain one gets the ReadWaiter it keeps for life."""
+    reader = ReadWaiter(upstream.fileno()) if type(upstream) is PLAIN else None
+    return OriginConn(upstream, via, reader)
+
+
 class _Exchange:
     """One request's origin side: its connection (and the kernel socket under it, None
-    for TLS), route and response bytes read so far, and the (upload, download) buckets
-    that hold it to its owner's rate (--rate)."""
+    for TLS), whether it came from the pool, the response bytes read so far, and the
+    (upload, download) buckets that hold it to its owner's rate (--rate)."""
 
-    __slots__ = ("upstream", "raw", "readable", "via", "pooled", "clock", "buf", "limits")
+    __slots__ = ("origin", "upstream", "raw", "pooled", "clock", "buf", "limits")
 
-    def __init__(self, upstream: socket.socket, via: str | None, pooled: bool, clock: _Clock) -> None:
-        self.upstream, self.via, self.pooled, self.clock = upstream, via, pooled, clock
-        self.raw = raw_socket(upstream) if is_plain(upstream) else None
-        #: the gevent socket's own read watcher (None for TLS, or a socket without one)
-        self.readable = read_watcher(upstream) if type(upstream) is PLAIN else None
+    def __init__(self, origin: OriginConn, pooled: bool, clock: _Clock) -> None:
+        self.origin, self.upstream, self.pooled, self.clock = origin, origin.sock, pooled, clock
+        #: the kernel socket, read directly with the connection's ReadWaiter (None: TLS)
+        self.raw = raw_socket(origin.sock) if origin.reader is not None else None
         self.buf = bytearray()
         self.limits: Limits = None
 
     def recv(self, *, waiting: bool = False) -> bytes:
         """The origin's next bytes (b"": it closed). ``waiting``: none can be there yet
-        (the request just went out), so wait first, on the socket's own watcher, instead
-        of a recv() that fails with EAGAIN; else through gevent's recv. The watcher
-        lives as long as the pooled connection (a new one per request would cost
-        epoll_ctl calls)."""
+        (the request just went out), so wait first instead of a recv() that fails with
+        EAGAIN. A plain connection is read on its kernel socket and awaited on its
+        ReadWaiter (started once for the connection's life: no epoll_ctl per request);
+        TLS through its own recv."""
         self.clock.arm(_OriginIdle)
         try:
-            if waiting and self.readable is not None and self.raw is not None:
-                while True:
-                    self.clock.wait_readable(self.readable)
-                    try:
-                        return self.raw.recv(CHUNK)
-                    except BlockingIOError:
-                        continue
-            return self.upstream.recv(CHUNK)
+            raw, reader = self.raw, self.origin.reader
+            if raw is None or reader is None:
+                return self.upstream.recv(CHUNK)
+            if waiting:
+                reader.wait()
+            while True:
+                try:
+                    return raw.recv(CHUNK)
+                except BlockingIOError:
+                    reader.wait()
         except (_OriginIdle, TimeoutError):
             raise OriginError("origin sent nothing for the idle timeout", 504, reason=Outcome.ORIGIN_TIMEOUT) from None
         except OSError as exc:
@@ -413,26 +419,26 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
             body_read = _send_request(conn, exchange, request, out_head, session)
             response = _response_head(exchange)
         except _Stale:
-            exchange.upstream.close()
+            exchange.origin.close()
             reuse = False  # once, on a new connection
             continue
         except OriginError as exc:
-            exchange.upstream.close()
+            exchange.origin.close()
             raise _fail(conn, exc) from None
         except BaseException:
-            exchange.upstream.close()
+            exchange.origin.close()
             raise
         break
     session.status = response.status
     try:
         keep_origin, keep_client = _send_response(conn, exchange, request, response, session, body_read)
     except BaseException:
-        exchange.upstream.close()
+        exchange.origin.close()
         raise
     if keep_origin and pool is not None:
-        pool.put(key, exchange.upstream, exchange.via)
+        pool.put(key, exchange.origin)
     else:
-        exchange.upstream.close()
+        exchange.origin.close()
     if not body_read:  # answered before its body was read
         conn.close_politely()
     return keep_client
@@ -443,23 +449,26 @@ def _origin_for(
     ctx: Context,
     session: Session,
     target: http.Target,
-    pooled: tuple[socket.socket, str | None] | None,
+    pooled: OriginConn | None,
     clock: _Clock,
 ) -> _Exchange:
     """A kept-alive connection (the rules checked again) or a new one."""
     if pooled is not None:
-        upstream, via = pooled
         try:
             ctx.destinations.for_user(session.user).check(target.address)
         except Denied:
-            upstream.close()
-            pooled = None
+            pooled.close()
         else:
-            dialled_via.set(via)
-            return _Exchange(upstream, via, True, clock)
+            dialled_via.set(pooled.via)
+            return _Exchange(pooled, True, clock)
     upstream = _dial(conn, ctx, target.address, session)
     upstream.settimeout(None)  # the clock bounds each wait (--idle-timeout)
-    return _Exchange(upstream, dialled_via.get(), False, clock)
+    try:
+        origin = _origin_conn(upstream, dialled_via.get())
+    except BaseException:
+        upstream.close()
+        raise
+    return _Exchange(origin, False, clock)
 
 
 def _send_request(

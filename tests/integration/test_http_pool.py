@@ -207,3 +207,32 @@ def test_one_access_log_line_per_pooled_request(proxy, origin_a, origin_b, tmp_p
         ("get", f"127.0.0.1:{origin_b.port}", "200", "17"),
         ("get", f"127.0.0.1:{origin_a.port}", "200", "17"),
     ]
+
+
+def test_each_connections_read_watcher_is_started_once_for_all_its_requests(proxy, origin_a, monkeypatch):
+    """A kept-alive client and its pooled origin connection each keep one started watcher
+    across requests (a watcher started again per wait costs libev a failing epoll_ctl)."""
+    from gproxy.core import readable
+    from gproxy.frontends import http as http_front
+
+    starts: list[int] = []
+
+    class CountingReadWaiter(readable.ReadWaiter):
+        __slots__ = ()
+
+        def wait(self) -> None:
+            if not self.started:
+                starts.append(id(self))
+            super().wait()
+
+    monkeypatch.setattr(http_front, "ReadWaiter", CountingReadWaiter)
+    running, address = _http(proxy)
+    client = RawClient(address)
+    try:
+        for i in range(6):
+            assert client.request(get(origin_a.url(f"/{i}")))[1] == b"a conn=1 path=/%d" % i
+    finally:
+        client.close()
+    assert len(running.origin_pool) == 1
+    # the origin's reader started on the first request, the client's on the second: once each
+    assert len(starts) == len(set(starts)) == 2, starts

@@ -1,0 +1,99 @@
+"""ReadWaiter: a read watcher that stays started between waits (no epoll_ctl per wait),
+stops itself when it fires with nobody waiting, and never wakes a greenlet that left."""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import pytest
+
+from gproxy.core.readable import ReadWaiter
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def wait_in_greenlet(reader: ReadWaiter) -> gevent.Greenlet:
+    waiting = gevent.spawn(reader.wait)
+    gevent.idle()  # until it blocks in wait()
+    assert not waiting.dead
+    return waiting
+
+
+def test_a_wait_ends_when_bytes_come_and_the_watcher_stays_started(pair):
+    a, b = pair
+    reader = ReadWaiter(a.fileno())
+    try:
+        for n in range(3):
+            waiting = wait_in_greenlet(reader)
+            b.send(b"x")
+            waiting.join(timeout=5)
+            assert waiting.successful()
+            assert a.recv(10) == b"x"
+            assert reader.started, f"stopped after wait {n}"
+    finally:
+        reader.close()
+
+
+def test_readable_with_nobody_waiting_stops_the_watcher_and_the_next_wait_returns(pair):
+    a, b = pair
+    reader = ReadWaiter(a.fileno())
+    try:
+        waiting = wait_in_greenlet(reader)
+        b.send(b"1")
+        waiting.join(timeout=5)
+        a.recv(10)
+        b.send(b"2")  # nobody waits: the level-triggered watcher must not fire on every turn
+        gevent.idle()
+        gevent.sleep(0.01)
+        assert not reader.started
+        with gevent.Timeout(5):
+            reader.wait()  # the byte is there: at once
+        assert a.recv(10) == b"2"
+    finally:
+        reader.close()
+
+
+def test_a_thrown_exception_ends_the_wait_and_later_bytes_wake_nobody(pair):
+    a, b = pair
+    reader = ReadWaiter(a.fileno())
+    woken: list[str] = []
+
+    def wait_then_sleep() -> None:
+        with pytest.raises(gevent.Timeout), gevent.Timeout(0.05):
+            reader.wait()
+        woken.append("timed out")
+        gevent.sleep(0.2)  # bytes arriving now must not end this sleep early
+        woken.append("slept")
+
+    try:
+        sleeper = gevent.spawn(wait_then_sleep)
+        gevent.sleep(0.1)
+        assert woken == ["timed out"]
+        b.send(b"x")
+        gevent.sleep(0.02)
+        assert woken == ["timed out"]
+        sleeper.join(timeout=5)
+        assert woken == ["timed out", "slept"]
+    finally:
+        reader.close()
+
+
+def test_one_waiter_at_a_time_and_no_wait_after_close(pair):
+    a, _ = pair
+    reader = ReadWaiter(a.fileno())
+    waiting = wait_in_greenlet(reader)
+    with pytest.raises(RuntimeError):
+        reader.wait()
+    waiting.kill()
+    reader.close()
+    reader.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        reader.wait()
