@@ -13,7 +13,7 @@ from typing import Any
 
 from gevent import monkey
 from gevent import socket as gsocket
-from gevent.hub import get_hub
+from gevent.hub import Hub, get_hub
 from gevent.server import StreamServer
 
 #: libev/libuv event masks (gevent.core.READ / WRITE)
@@ -194,3 +194,24 @@ def retry_accepting_later(server: StreamServer, delay: float) -> None:
         raise GeventInternalsMissing("gevent StreamServer._timer is missing")
     timer = server._timer = server.loop.timer(delay)
     timer.start(server._start_accepting_if_started)
+
+
+def end_hub_helpers(hub: Hub) -> None:
+    """End the hub's resolver and threadpool now (what ``destroy()`` does first, where
+    ending them switches back into a loop that has already run out of work and the
+    hub's greenlet is left suspended). ``_resolver`` and ``_threadpool``: the hub's
+    own, made on first use, None if never used.
+
+    Raises:
+        GeventInternalsMissing: gevent no longer keeps them there.
+    """
+    try:
+        resolver, pool = hub._resolver, hub._threadpool
+    except AttributeError:
+        raise GeventInternalsMissing("gevent Hub._resolver / Hub._threadpool are missing") from None
+    if resolver is not None:
+        resolver.close()
+        hub._resolver = None
+    if pool is not None:
+        pool.kill()
+        hub._threadpool = None

@@ -27,7 +27,7 @@ Call = tuple[Callable[[Any], object], Any]
 class _Runner:
     """The calls waiting, and the one greenlet (per hub) that runs them."""
 
-    __slots__ = ("calls", "greenlet", "parked", "busy", "loop")
+    __slots__ = ("calls", "greenlet", "parked", "busy", "loop", "closing")
 
     def __init__(self, hub: Hub) -> None:
         self.calls: deque[Call] = deque()
@@ -35,6 +35,7 @@ class _Runner:
         self.parked: Waiter[None] | None = None  # set while the greenlet waits for calls
         self.busy = False  # inside a call (that has yielded, if anyone else is running)
         self.loop = hub.loop
+        self.closing = False
 
     def add(self, fn: Callable[[Any], object], arg: Any) -> None:
         if self.busy:  # the running call yielded: do not queue behind it
@@ -47,6 +48,14 @@ class _Runner:
         elif parked is not None:
             self.loop.run_callback(parked.switch, None)  # safe from the hub and from a greenlet
 
+    def close(self) -> None:
+        """Let the greenlet run what is queued and end instead of parking again (its hub
+        is done for: per_hub.forget_hub; a parked greenlet of a dead thread is never freed)."""
+        self.closing = True
+        parked, self.parked = self.parked, None
+        if parked is not None:
+            self.loop.run_callback(parked.switch, None)
+
     def run(self) -> None:
         calls = self.calls
         while True:
@@ -57,6 +66,8 @@ class _Runner:
                     _run_one(fn, arg)
                 finally:
                     self.busy = False
+            if self.closing:
+                return
             waiter: Waiter[None] = Waiter()
             self.parked = waiter
             waiter.get()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gevent.hub import Hub, get_hub
 
@@ -20,12 +20,24 @@ T = TypeVar("T")
 class PerHub(Generic[T]):
     """``get()``: this hub's T, made by ``make(hub)`` the first time."""
 
-    __slots__ = ("_make", "_made", "_last")
+    __slots__ = ("_make", "_made", "_last", "__weakref__")
 
     def __init__(self, make: Callable[[Hub], T]) -> None:
         self._make = make
         self._made: weakref.WeakKeyDictionary[Hub, T] = weakref.WeakKeyDictionary()
         self._last: tuple[Hub, T] | None = None  # the hub that asked last, and its T
+        _ALL.add(self)
+
+    def forget(self, hub: Hub) -> None:
+        """Drop ``hub``'s T, after calling its ``close()`` if it has one (a T may hold its hub,
+        e.g. through a greenlet: the weak key alone would never let go of it)."""
+        made = self._made.pop(hub, None)
+        last = self._last
+        if last is not None and last[0] is hub:
+            self._last = None
+        close = getattr(made, "close", None)
+        if close is not None:
+            close()
 
     def get(self) -> T:
         hub = get_hub()
@@ -37,3 +49,13 @@ class PerHub(Generic[T]):
             made = self._made[hub] = self._make(hub)
         self._last = (hub, made)
         return made
+
+
+_ALL: weakref.WeakSet[PerHub[Any]] = weakref.WeakSet()
+
+
+def forget_hub(hub: Hub) -> None:
+    """Every PerHub closes and drops ``hub``'s object: call from the hub's thread when it
+    is done for (its thread ends), while its loop can still run (a close may schedule work)."""
+    for per_hub in list(_ALL):
+        per_hub.forget(hub)

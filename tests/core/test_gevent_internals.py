@@ -186,3 +186,40 @@ def test_stream_server_has__timer_and__start_accepting_if_started():
         assert server._timer is None  # cancelled with the rest of the accept machinery
     finally:
         server.close()
+
+
+def test_hub_keeps_its_resolver_and_threadpool_in__resolver_and__threadpool():
+    """end_hub_helpers(): a thread's hub ends its threadpool (and resolver) before its loop is
+    joined and destroyed (ops/threaded: else the hub's greenlet stays suspended forever)."""
+
+    def in_a_thread() -> tuple[bool, bool, bool]:
+        hub = gevent.get_hub()
+        pool = hub.threadpool  # made on first use
+        had = hub._threadpool is pool
+        _gevent.end_hub_helpers(hub)
+        ended = hub._threadpool is None and hub._resolver is None
+        joined = hub.join(timeout=5)  # nothing left to keep its loop busy
+        hub.destroy(destroy_loop=True)
+        return had, ended, bool(joined)
+
+    assert in_a_real_thread(in_a_thread) == (True, True, True)
+
+
+def in_a_real_thread(fn):  # type: ignore[no-untyped-def]
+    """fn() on a new native thread (this process is monkey-patched: threading makes greenlets)."""
+    from gevent import monkey
+
+    start = monkey.get_original("_thread", "start_new_thread")
+    lock = monkey.get_original("_thread", "allocate_lock")()
+    lock.acquire()
+    result: list[object] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        finally:
+            lock.release()
+
+    start(run, ())
+    assert gevent.get_hub().threadpool.apply(lock.acquire, (True, 10))  # wait without blocking this hub
+    return result[0]

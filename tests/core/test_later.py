@@ -72,3 +72,20 @@ def test_a_killed_runner_is_replaced():
     runner.greenlet.kill()
     call_soon(done.append, 2)  # from a greenlet, too
     wait_for(lambda: done == [1, 2])
+
+
+def test_close_lets_the_queued_calls_run_and_the_greenlet_end_instead_of_parking():
+    """What per_hub.forget_hub does when a proxy thread's hub ends: a greenlet left
+    parked in a dead thread's hub would never be freed."""
+    runner = later._Runner(get_hub())
+    done: list[int] = []
+    runner.add(done.append, 1)
+    wait_for(lambda: runner.parked is not None)
+    greenlet = runner.greenlet
+    assert greenlet is not None
+    runner.add(done.append, 2)
+    runner.close()
+    runner.add(done.append, 3)  # queued before it ran: still runs
+    wait_for(lambda: greenlet.dead)
+    assert done == [1, 2, 3]
+    assert greenlet.successful()

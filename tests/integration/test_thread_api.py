@@ -83,6 +83,51 @@ def test_unpatched_program_uses_a_proxy_thread(tmp_path):
     assert "gproxy: listening socks5 127.0.0.1:" in done.stderr
 
 
+#: runs of a proxy thread, each with a tunnel that ends, leave no hub (nor what it holds) behind
+NO_HUB_LEFT_SCRIPT = textwrap.dedent(
+    """
+    import gc, socket, time
+    from gevent.hub import Hub
+    import gproxy
+    from gproxy.server.proxy import Proxy
+
+    def one_run(echo):
+        with gproxy.serve_in_thread(socks=["127.0.0.1:0"]) as proxy:
+            address = proxy.address("socks5")
+            client = socket.create_connection((address.host, address.port), timeout=10)
+            client.sendall(b"\\x05\\x01\\x00")
+            assert client.recv(2) == b"\\x05\\x00"
+            client.sendall(b"\\x05\\x01\\x00\\x03\\x09localhost" + echo.getsockname()[1].to_bytes(2, "big"))
+            assert client.recv(10)[:2] == b"\\x05\\x00"
+            served, _ = echo.accept()
+            client.close()
+            assert served.recv(1) == b""  # the tunnel ended inside the proxy's hub
+            served.close()
+            time.sleep(0.1)  # its record (later.call_soon) ran or is queued
+
+    with socket.create_server(("127.0.0.1", 0)) as echo:
+        for _ in range(3):
+            one_run(echo)
+    gc.collect()
+    left = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (Hub, Proxy))]
+    assert left == [], left
+    print("OK")
+    """
+)
+
+
+def test_proxy_threads_leave_no_hub_behind(tmp_path):
+    """A hub's greenlet left suspended in a dead thread is never collected (nor the Proxy
+    its frames reach): each run must end it, and the greenlets parked in it."""
+    script = tmp_path / "runs.py"
+    script.write_text(NO_HUB_LEFT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=gproxy_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "OK"
+
+
 def test_in_a_patched_program_it_runs_in_the_same_hub(echo_tcp):
     with serve_in_thread(socks=["127.0.0.1:0"], user=["u:p"]) as proxy:
         address = proxy.address("socks5")
