@@ -72,14 +72,20 @@ UNPATCHED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_unpatched_program_uses_a_proxy_thread(tmp_path):
+def run_program(tmp_path, source: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as an ordinary (unpatched) program; it must print OK and exit 0."""
     script = tmp_path / "app.py"
-    script.write_text(UNPATCHED_SCRIPT)
+    script.write_text(source)
     done = subprocess.run(
         [sys.executable, str(script)], env=gproxy_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "OK"
+    return done
+
+
+def test_unpatched_program_uses_a_proxy_thread(tmp_path):
+    done = run_program(tmp_path, UNPATCHED_SCRIPT)
     assert "gproxy: listening socks5 127.0.0.1:" in done.stderr
 
 
@@ -119,13 +125,7 @@ NO_HUB_LEFT_SCRIPT = textwrap.dedent(
 def test_proxy_threads_leave_no_hub_behind(tmp_path):
     """A hub's greenlet left suspended in a dead thread is never collected (nor the Proxy
     its frames reach): each run must end it, and the greenlets parked in it."""
-    script = tmp_path / "runs.py"
-    script.write_text(NO_HUB_LEFT_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)], env=gproxy_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "OK"
+    run_program(tmp_path, NO_HUB_LEFT_SCRIPT)
 
 
 def test_in_a_patched_program_it_runs_in_the_same_hub(echo_tcp):
