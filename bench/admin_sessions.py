@@ -19,12 +19,13 @@ import multiprocessing
 import multiprocessing.connection
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from proxyprocs import socks5_tunnel
 
 ROOT = Path(__file__).resolve().parent.parent
 BULK_SECONDS = 3.0
@@ -50,29 +51,15 @@ def sink(out: multiprocessing.connection.Connection) -> None:
     server.serve_forever()
 
 
-def socks_connect(proxy_port: int, dest_port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
-    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", dest_port))
-    reply = b""
-    while len(reply) < 12:
-        chunk = sock.recv(12 - len(reply))
-        if not chunk:
-            raise OSError("proxy closed")
-        reply += chunk
-    if reply[3] != 0:
-        raise OSError(f"SOCKS reply {reply[3]}")
-    return sock
-
-
 def clients(proxy_port: int, dest_port: int, count: int, conn: multiprocessing.connection.Connection) -> None:
     held = []
     for n in range(count):
-        held.append(socks_connect(proxy_port, dest_port))
+        held.append(socks5_tunnel(proxy_port, dest_port))
         if n % 1000 == 999:
             print(f"  {n + 1} tunnels open", file=sys.stderr)
     conn.send("open")
     while (command := conn.recv()) != "quit":
-        bulk = socks_connect(proxy_port, dest_port)
+        bulk = socks5_tunnel(proxy_port, dest_port)
         block = b"B" * (1 << 16)
         sent, deadline = 0, time.monotonic() + float(command)
         while time.monotonic() < deadline:

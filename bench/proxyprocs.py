@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts: free loopback ports, waiting for a listener,
-a process's CPU time (with its workers), and temp configs for the reference HTTP proxies (Squid, tinyproxy).
+"""Helpers shared by the benchmark scripts: free loopback ports, waiting for a listener, a SOCKS5
+tunnel, a process's CPU time (with its workers), and temp configs for the reference HTTP proxies
+(Squid, tinyproxy).
 
 Both proxies are configured to serve only 127.0.0.1 clients going to 127.0.0.1 (GET
 or CONNECT to any port), with no cache and no access log, and to run in the foreground
@@ -57,6 +58,24 @@ def wait_connectable(port: int, proc: subprocess.Popen | None = None, timeout: f
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def socks5_tunnel(proxy_port: int, dest_port: int) -> socket.socket:
+    """A SOCKS5 CONNECT (no auth) through 127.0.0.1:proxy_port to 127.0.0.1:dest_port, greeting and
+    request sent at once; ConnectionError if the proxy closes or refuses."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
+    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + dest_port.to_bytes(2, "big"))
+    reply = b""
+    while len(reply) < 12:  # method choice (2) + reply with an IPv4 address (10)
+        chunk = sock.recv(12 - len(reply))
+        if not chunk:
+            sock.close()
+            raise ConnectionError("proxy closed during the handshake")
+        reply += chunk
+    if reply[:2] != b"\x05\x00" or reply[3] != 0:
+        sock.close()
+        raise ConnectionError(f"SOCKS5 refused: {reply!r}")
+    return sock
 
 
 def squid_argv(tmp: Path, port: int, access_log: bool = False) -> list[str]:

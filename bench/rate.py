@@ -18,31 +18,16 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import socket
 import statistics
-import struct
 import sys
 import time
 
+from proxyprocs import socks5_tunnel
 from run import Server, build_loadgen, loadgen, target
 
 from gproxy.core.limits import parse_rate
 
 SCENARIOS = [("down1", "down", 1), ("up1", "up", 1), ("down8", "down", 8)]
-
-
-def socks5_tunnel(proxy_port: int, target_port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
-    sock.sendall(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", target_port))
-    reply = b""
-    while len(reply) < 12:
-        data = sock.recv(12 - len(reply))
-        if not data:
-            raise RuntimeError("proxy closed during the handshake")
-        reply += data
-    if reply[:2] != b"\x05\x00" or reply[3] != 0:
-        raise RuntimeError(f"SOCKS5 refused: {reply!r}")
-    return sock
 
 
 def overhead(servers: list[Server], ports: dict, repeat: int, secs: float) -> dict[str, dict[str, float]]:

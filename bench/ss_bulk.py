@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from proxyprocs import cpu_seconds
+from proxyprocs import cpu_seconds, free_port, wait_connectable
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm")
@@ -64,23 +64,6 @@ def origin() -> tuple[socket.socket, int]:
 
     threading.Thread(target=accept, daemon=True).start()
     return listener, listener.getsockname()[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def through_socks(port: int, dest: int, direction: str, size: int) -> float:
@@ -170,12 +153,12 @@ def main() -> None:
                     cmd = ["ss-server", "-s", "127.0.0.1", "-p", str(port), "-k", PASSWORD, "-m", method]
                 server = start(cmd, logs / f"ss_bulk-{name}.log")
                 procs.append(server)
-                wait_port(port)
+                wait_connectable(port, server, timeout=20)
                 local = free_port()
                 ss_local = start(["ss-local", "-s", "127.0.0.1", "-p", str(port), "-b", "127.0.0.1", "-l", str(local),
                                   "-k", PASSWORD, "-m", method], logs / f"ss_bulk-ss-local-{name}.log")  # fmt: skip
                 procs.append(ss_local)
-                wait_port(local)
+                wait_connectable(local, ss_local, timeout=20)
                 servers[name] = (server, local)
             results = measure(servers, dest, size, args.rounds)
             for name, result in results.items():

@@ -18,7 +18,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["gproxy"]):
-    from tests.robustness.codecs import TARGETS, check_parse, check_value
+    from tests.robustness.codecs import TARGETS, check_input
 
     for _target in TARGETS:  # every codec module imported here, so it is instrumented
         _target.load()
@@ -36,14 +36,7 @@ def main() -> None:
     parse = target.load()
 
     def one_input(data: bytes) -> None:
-        if target.value:
-            check_value(parse, data)
-            return
-        result = check_parse(parse, data, datagram=target.datagram)
-        if result is None or target.datagram:
-            return
-        if check_parse(parse, data + b"\x00", datagram=False) != result:
-            raise AssertionError("a trailing byte changed the parsed message")
+        check_input(target, parse, data, trailing=b"\x00")
 
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 
 import pytest
 
 from interop.origins import Origins, describe
-from interop.support import BAD_PASSWORD, PASSWORD, USER, Proxies, Target, case, need_module, payload, token
+from interop.support import BAD_PASSWORD, PASSWORD, USER, Gproxy, Proxies, Target, case, need_module, payload, token
 
 
 def password(auth: str) -> str:
@@ -31,6 +32,28 @@ def echo_round_trip(sock: socket.socket, data: bytes) -> None:
 
 def expected(method: str, path: str, body: bytes = b"", tls: bool = False) -> str:
     return describe(method, path, body, proxy_auth_seen=False, tls=tls)
+
+
+def check_get(
+    get: Callable[..., tuple[int, str, dict[str, str]]],
+    proxy: Gproxy,
+    scheme: str,
+    dest: Target,
+    origins: Origins,
+    *,
+    proto: str | None = None,
+    tls: bool = False,
+    verify: str | bool | ssl.SSLContext = True,
+) -> None:
+    """GET a fresh path of the HTTP origin (the HTTPS one with ``tls``, checked with ``verify``)
+    with ``get`` through ``proxy`` as ``scheme://``: gproxy logs the session, the origin answers."""
+    port = origins.https.port if tls else origins.http.port
+    path = f"/{get.__name__.removesuffix('_get')}/{token()}"  # /requests/... or /httpx/...
+    url = f"{'https' if tls else 'http'}://{dest.hostport(port)}{path}"
+    with proxy.session(port, proto=proto):
+        status, text, _ = get(proxy.url(scheme), url, verify=verify)
+    assert status == 200
+    assert text.strip() == expected("GET", path, tls=tls)
 
 
 # -- PySocks --------------------------------------------------------------------------------
@@ -120,22 +143,12 @@ def requests_get(proxy_url: str, url: str, verify: str | bool = True) -> tuple[i
 
 @case("requests socks5://")
 def test_requests_socks5(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
-    proxy = proxies.get("socks5", auth == "auth")
-    path = f"/requests/{token()}"
-    with proxy.session(origins.http.port, proto="socks5"):
-        status, text, _ = requests_get(proxy.url("socks5"), f"http://{dest.hostport(origins.http.port)}{path}")
-    assert status == 200
-    assert text.strip() == expected("GET", path)
+    check_get(requests_get, proxies.get("socks5", auth == "auth"), "socks5", dest, origins, proto="socks5")
 
 
 @case("requests socks5h://")
 def test_requests_socks5h(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
-    proxy = proxies.get("socks5", auth == "auth")
-    path = f"/requests/{token()}"
-    with proxy.session(origins.http.port, proto="socks5"):
-        status, text, _ = requests_get(proxy.url("socks5h"), f"http://{dest.hostport(origins.http.port)}{path}")
-    assert status == 200
-    assert text.strip() == expected("GET", path)
+    check_get(requests_get, proxies.get("socks5", auth == "auth"), "socks5h", dest, origins, proto="socks5")
 
 
 @case("requests socks5h://", "v4", auths=("wrong-pw",))
@@ -149,24 +162,13 @@ def test_requests_socks5h_wrong_password(dest: Target, auth: str, proxies: Proxi
 @case("requests http://")
 def test_requests_http(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     """Absolute-URI GET; the origin must not see Proxy-Authorization."""
-    proxy = proxies.get("http", auth == "auth")
-    path = f"/requests/{token()}"
-    with proxy.session(origins.http.port):
-        status, text, _ = requests_get(proxy.url("http"), f"http://{dest.hostport(origins.http.port)}{path}")
-    assert status == 200
-    assert text.strip() == expected("GET", path)
+    check_get(requests_get, proxies.get("http", auth == "auth"), "http", dest, origins)
 
 
 @case("requests http:// CONNECT https")
 def test_requests_http_connect(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     proxy = proxies.get("http", auth == "auth")
-    path = f"/requests/{token()}"
-    with proxy.session(origins.https.port):
-        status, text, _ = requests_get(
-            proxy.url("http"), f"https://{dest.hostport(origins.https.port)}{path}", verify=str(origins.cert)
-        )
-    assert status == 200
-    assert text.strip() == expected("GET", path, tls=True)
+    check_get(requests_get, proxy, "http", dest, origins, tls=True, verify=str(origins.cert))
 
 
 @case("requests http://", "v4", auths=("wrong-pw",))
@@ -190,34 +192,19 @@ def httpx_get(proxy_url: str, url: str, verify: ssl.SSLContext | bool = True) ->
 @case("httpx socks5://")
 def test_httpx_socks5(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     need_module("socksio", "httpx[socks]")
-    proxy = proxies.get("socks5", auth == "auth")
-    path = f"/httpx/{token()}"
-    with proxy.session(origins.http.port, proto="socks5"):
-        status, text, _ = httpx_get(proxy.url("socks5"), f"http://{dest.hostport(origins.http.port)}{path}")
-    assert status == 200
-    assert text.strip() == expected("GET", path)
+    check_get(httpx_get, proxies.get("socks5", auth == "auth"), "socks5", dest, origins, proto="socks5")
 
 
 # httpx 0.28 sends GET http://::1:PORT/ unbracketed; gproxy accepts that
 @case("httpx http://")
 def test_httpx_http(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
-    proxy = proxies.get("http", auth == "auth")
-    path = f"/httpx/{token()}"
-    with proxy.session(origins.http.port):
-        status, text, _ = httpx_get(proxy.url("http"), f"http://{dest.hostport(origins.http.port)}{path}")
-    assert status == 200
-    assert text.strip() == expected("GET", path)
+    check_get(httpx_get, proxies.get("http", auth == "auth"), "http", dest, origins)
 
 
 @case("httpx http:// CONNECT https")  # httpx 0.28 sends CONNECT ::1:PORT unbracketed; gproxy accepts that
 def test_httpx_http_connect(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
-    proxy = proxies.get("http", auth == "auth")
-    path = f"/httpx/{token()}"
     context = ssl.create_default_context(cafile=str(origins.cert))
-    with proxy.session(origins.https.port):
-        status, text, _ = httpx_get(proxy.url("http"), f"https://{dest.hostport(origins.https.port)}{path}", context)
-    assert status == 200
-    assert text.strip() == expected("GET", path, tls=True)
+    check_get(httpx_get, proxies.get("http", auth == "auth"), "http", dest, origins, tls=True, verify=context)
 
 
 # -- python-socks -----------------------------------------------------------------------------

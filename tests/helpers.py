@@ -7,7 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -612,3 +613,143 @@ def run_gproxy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[s
         env=gproxy_env(),
         cwd=ROOT,
     )
+
+
+# -- clients and servers several test files use ---------------------------------------
+
+#: Python source of ``Hello``, an http.server handler that answers ``GET PATH`` with ``hello PATH``,
+#: for programs the tests run in a subprocess: their source has a line ``HELLO_HANDLER`` where it
+#: goes (``.replace("HELLO_HANDLER\n", HELLO_HANDLER_SOURCE)``) and imports http.server
+HELLO_HANDLER_SOURCE = """
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hello " + self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+"""
+
+
+def pysocks_echo(
+    proxy_type: int, proxy_addr: tuple[str, int], dest: tuple[str, int], data: bytes, **options: Any
+) -> None:
+    """Through a PySocks socket (``set_proxy(proxy_type, *proxy_addr, **options)``) to the echo
+    server at ``dest``: ``data`` comes back."""
+    import socks
+
+    client = socks.socksocket()
+    try:
+        client.set_proxy(proxy_type, *proxy_addr, **options)
+        client.settimeout(10)
+        client.connect(dest)
+        client.sendall(data)
+        assert recv_exact(client, len(data)) == data
+    finally:
+        client.close()
+
+
+def pump_echo(sock: socket.socket, total: int) -> tuple[str, str]:
+    """Send ``total`` pseudo-random bytes (no two blocks in a row alike), then half-close, while
+    reading the echo back; asserts as many came back. Returns the (sent, received) sha256 digests."""
+    import hashlib
+
+    block = os.urandom(1 << 20)
+    sent, received = hashlib.sha256(), hashlib.sha256()
+
+    def writer() -> None:
+        left, i = total, 0
+        while left:
+            chunk = (block[i % 7 :] + block[: i % 7])[:left]  # vary the stream
+            sock.sendall(chunk)
+            sent.update(chunk)
+            left -= len(chunk)
+            i += 1
+        sock.shutdown(socket.SHUT_WR)  # half-close; the echo keeps flowing back
+
+    task = gevent.spawn(writer)
+    count = 0
+    while data := sock.recv(1 << 20):
+        received.update(data)
+        count += len(data)
+    task.get()
+    assert count == total
+    return sent.hexdigest(), received.hexdigest()
+
+
+class BannerServer:
+    """A TCP server on 127.0.0.1 that sends ``banner`` to each connection, then closes it."""
+
+    def __init__(self, banner: bytes) -> None:
+        self.banner = banner
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+
+    def _handle(self, sock: socket.socket, _addr: object) -> None:
+        sock.sendall(self.banner)
+        sock.close()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def __enter__(self) -> BannerServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+
+def curl(*args: str, max_time: int = 10) -> subprocess.CompletedProcess[bytes]:
+    """``curl -sS --max-time MAX_TIME ARGS``: its exit code, stdout and stderr."""
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", str(max_time), *args], capture_output=True, timeout=max_time + 20
+    )
+
+
+# -- network namespaces (root and iproute2) ---------------------------------------------
+
+
+def run_ip(*args: str) -> None:
+    """``ip ARGS`` (iproute2); CalledProcessError when it fails."""
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+def run_in_netns(ns: str, module: str, *args: str, timeout: float = 60) -> dict[str, object]:
+    """``python -m MODULE ARGS`` in network namespace ``ns`` (this checkout on its path); the JSON it prints."""
+    import json
+
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=gproxy_env(),
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def network_namespaces(*names: str) -> Iterator[None]:
+    """The named network namespaces (loopback up) for the block, deleted after it; skips the
+    test when they cannot be created."""
+    import pytest
+
+    created: list[str] = []
+    try:
+        for ns in names:
+            try:
+                run_ip("netns", "add", ns)
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"cannot create network namespaces: {exc.stderr.decode().strip()}")
+            created.append(ns)
+            run_ip("-n", ns, "link", "set", "lo", "up")
+        yield
+    finally:
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)

@@ -9,7 +9,6 @@ The router does not forward packets: only gproxy gets the client across.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -17,7 +16,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import gevent
@@ -34,7 +33,7 @@ from gproxy.core.udp_upstream import Socks5UdpRelay, udp_route
 from gproxy.frontends.transparent import parse_sockaddr
 from gproxy.server.proxy import Proxy
 from gproxy.services.tproxy_udp import original_destination
-from tests.helpers import ROOT, gproxy_env, run_gproxy
+from tests.helpers import ROOT, gproxy_env, network_namespaces, run_gproxy, run_in_netns, run_ip
 from tests.robustness.live import DrainedGproxy
 
 C4, R4C, R4S, S4 = "10.233.1.1", "10.233.1.2", "10.233.2.1", "10.233.2.2"
@@ -214,23 +213,10 @@ class Net:
         self.sh(self.router, "nft", "-f", "-", stdin=script)
 
     def peer(self, name: str, *args: str) -> dict[str, object]:
-        proc = subprocess.run(
-            [*self.ns(name), sys.executable, "-m", "tests.frontends.transparent_peer", *args],
-            capture_output=True,
-            text=True,
-            env=gproxy_env(),
-            cwd=ROOT,
-            timeout=60,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+        return run_in_netns(name, "tests.frontends.transparent_peer", *args)
 
     def gproxy(self, *args: str, listeners: int = 1) -> DrainedGproxy:
         return DrainedGproxy(*args, listeners=listeners, prefix=self.ns(self.router))
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -239,29 +225,20 @@ def net() -> Iterator[Net]:
         pytest.skip("needs root, iproute2 and nftables (.ci/run installs them)")
     tag = f"gtp{os.getpid()}"
     names = Net(f"{tag}c", f"{tag}r", f"{tag}s", f"{tag}a1")
-    created: list[str] = []
-    server = None
-    try:
-        for ns in (names.client, names.router, names.server):
-            try:
-                _ip("netns", "add", ns)
-            except subprocess.CalledProcessError as exc:
-                pytest.skip(f"cannot create network namespaces: {exc.stderr.decode().strip()}")
-            created.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
+    with network_namespaces(names.client, names.router, names.server):
         links = (
             (names.client, f"{tag}a0", C4, C6, names.router, f"{tag}a1", R4C, R6C),
             (names.router, f"{tag}b0", R4S, R6S, names.server, f"{tag}b1", S4, S6),
         )
         for a_ns, a_dev, a4, a6, b_ns, b_dev, b4, b6 in links:
-            _ip("link", "add", a_dev, "netns", a_ns, "type", "veth", "peer", "name", b_dev, "netns", b_ns)
+            run_ip("link", "add", a_dev, "netns", a_ns, "type", "veth", "peer", "name", b_dev, "netns", b_ns)
             for ns, dev, v4, v6 in ((a_ns, a_dev, a4, a6), (b_ns, b_dev, b4, b6)):
-                _ip("-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
-                _ip("-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-                _ip("-n", ns, "link", "set", dev, "up")
+                run_ip("-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
+                run_ip("-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+                run_ip("-n", ns, "link", "set", dev, "up")
         for ns, via4, via6 in ((names.client, R4C, R6C), (names.server, R4S, R6S)):
-            _ip("-n", ns, "route", "add", "default", "via", via4)
-            _ip("-n", ns, "-6", "route", "add", "default", "via", via6)
+            run_ip("-n", ns, "route", "add", "default", "via", via4)
+            run_ip("-n", ns, "-6", "route", "add", "default", "via", via6)
         server = subprocess.Popen(
             [*names.ns(names.server), sys.executable, "-m", "tests.frontends.transparent_peer", "server", S4, S6],
             stdout=subprocess.PIPE,
@@ -269,16 +246,14 @@ def net() -> Iterator[Net]:
             env=gproxy_env(),
             cwd=ROOT,
         )
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        yield names
-    finally:
-        if server is not None:
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            yield names
+        finally:
             server.kill()
             server.wait(10)
             assert server.stdout is not None
             server.stdout.close()
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
 @pytest.fixture
@@ -430,18 +405,31 @@ def _udp_log_lines(log, count: int, within: float = 15.0) -> list[str]:
         time.sleep(0.1)
 
 
-@pytest.mark.netns
-def test_tproxy_udp_through_a_socks5_upstream(net, clean_nft, tproxy_routes, tmp_path):
+def _tproxy_udp_via_upstream(
+    net: Net, tmp_path, upstream_args: tuple[str, ...], url_of: Callable[[DrainedGproxy], str]
+) -> tuple[str, dict[str, object], str, list[str]]:
+    """One datagram from the client through --tproxy and an upstream gproxy (started with
+    ``upstream_args``; ``url_of`` gives its --upstream URL): (that URL, what the client saw,
+    our access-log line, the upstream's ``cmd=udp`` lines once it logged one)."""
     log, upstream_log = tmp_path / "access.log", tmp_path / "upstream.log"
-    with net.gproxy("--socks", "127.0.0.1:0", "--access-log", str(upstream_log), "--idle-timeout", "1") as upstream:
-        url = f"socks5://127.0.0.1:{upstream.port()}"
+    with net.gproxy(*upstream_args, "--access-log", str(upstream_log), "--idle-timeout", "1") as upstream:
+        url = url_of(upstream)
         args = ("--tproxy", "0.0.0.0:0", *ALLOW, "--upstream", url, "--access-log", str(log), "--idle-timeout", "1")
         with net.gproxy(*args) as gp:
             port = gp.listening["tproxy"][0][1]
             _tproxy_setup(net, port, port)
             seen = net.peer(net.client, "udp", S4, "8000")
             (line,) = _udp_log_lines(log, 1)
-            associations = _udp_log_lines(upstream_log, 1)  # ends when the mapping closes its control connection
+            upstream_lines = _udp_log_lines(upstream_log, 1)  # once the upstream's mapping has ended
+    return url, seen, line, upstream_lines
+
+
+@pytest.mark.netns
+def test_tproxy_udp_through_a_socks5_upstream(net, clean_nft, tproxy_routes, tmp_path):
+    # the upstream logs when the mapping closes its control connection
+    url, seen, line, associations = _tproxy_udp_via_upstream(
+        net, tmp_path, ("--socks", "127.0.0.1:0"), lambda upstream: f"socks5://127.0.0.1:{upstream.port()}"
+    )
     assert seen == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen
     assert f"dest={S4}:8000" in line and f"via={url}" in line and f"up=5 down={len(seen['answer'])} " in line, line
     # the upstream relayed it: one UDP ASSOCIATE from 127.0.0.1 carried the datagram both ways
@@ -451,17 +439,11 @@ def test_tproxy_udp_through_a_socks5_upstream(net, clean_nft, tproxy_routes, tmp
 
 @pytest.mark.netns
 def test_tproxy_udp_through_an_ss_upstream(net, clean_nft, tproxy_routes, tmp_path):
-    log, upstream_log = tmp_path / "access.log", tmp_path / "upstream.log"
     ss_args = ("--ss", "127.0.0.1:0", "--ss-method", "aes-256-gcm", "--user", "alice:ss-pw")
-    with net.gproxy(*ss_args, "--access-log", str(upstream_log), "--idle-timeout", "1") as upstream:
-        url = f"ss://aes-256-gcm:ss-pw@127.0.0.1:{upstream.port('ss')}"
-        args = ("--tproxy", "0.0.0.0:0", *ALLOW, "--upstream", url, "--access-log", str(log), "--idle-timeout", "1")
-        with net.gproxy(*args) as gp:
-            port = gp.listening["tproxy"][0][1]
-            _tproxy_setup(net, port, port)
-            seen = net.peer(net.client, "udp", S4, "8000")
-            (line,) = _udp_log_lines(log, 1)
-            (relayed,) = _udp_log_lines(upstream_log, 1)  # its mapping ends after its idle timeout
+    # the upstream logs when its mapping ends after its idle timeout
+    _, seen, line, (relayed,) = _tproxy_udp_via_upstream(
+        net, tmp_path, ss_args, lambda upstream: f"ss://aes-256-gcm:ss-pw@127.0.0.1:{upstream.port('ss')}"
+    )
     assert seen == {"answer": f"peer={R4S};hello", "source": [S4, 8000]}, seen
     assert "via=ss://aes-256-gcm:***@127.0.0.1:" in line and f"up=5 down={len(seen['answer'])} " in line, line
     # the ss server opened the sealed datagram with alice's key and carried it both ways

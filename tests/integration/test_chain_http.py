@@ -7,13 +7,12 @@ import base64
 import shutil
 import socket
 import ssl
-import subprocess
 
 import pytest
 import requests
 
 from gproxy import Config, Proxy
-from tests.helpers import WsgiOrigin, ipv4_dest, make_cert, name_dest, recv_exact, socks5_connect
+from tests.helpers import WsgiOrigin, curl, ipv4_dest, make_cert, name_dest, recv_exact, socks5_connect
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
@@ -34,8 +33,12 @@ def hostport(running, kind):
     return f"{address.host}:{address.port}"
 
 
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, timeout=30)
+def connect_reply_code(front, dest: bytes) -> int:
+    """The reply code of a SOCKS5 CONNECT to ``dest`` (ATYP ADDR PORT) through ``front``'s SOCKS5 listener."""
+    address = front.address("socks5")
+    sock, reply = socks5_connect((address.host, address.port), dest)
+    sock.close()
+    return reply[1]
 
 
 @pytest.fixture
@@ -88,19 +91,13 @@ def test_http_to_socks5_chain_with_requests(http_to_socks, origin):
 def test_http_upstream_denies_is_0x02(proxy, echo_tcp):
     http_hop = proxy(http=["127.0.0.1:0"], deny_dest=[f"127.0.0.1:{echo_tcp.port}"])
     front = proxy(socks=["127.0.0.1:0"], upstream=f"http://{hostport(http_hop, 'http')}")
-    address = front.address("socks5")
-    sock, reply = socks5_connect((address.host, address.port), ipv4_dest("127.0.0.1", echo_tcp.port))
-    assert reply[1] == 0x02
-    sock.close()
+    assert connect_reply_code(front, ipv4_dest("127.0.0.1", echo_tcp.port)) == 0x02
 
 
 def test_http_upstream_with_wrong_password_is_0x01(proxy, echo_tcp):
     http_hop = proxy(http=["127.0.0.1:0"], user=["b:2"])
     front = proxy(socks=["127.0.0.1:0"], upstream=f"http://b:wrong@{hostport(http_hop, 'http')}")
-    address = front.address("socks5")
-    sock, reply = socks5_connect((address.host, address.port), ipv4_dest("127.0.0.1", echo_tcp.port))
-    assert reply[1] == 0x01
-    sock.close()
+    assert connect_reply_code(front, ipv4_dest("127.0.0.1", echo_tcp.port)) == 0x01
 
 
 def test_http_front_with_upstream_down_is_502(proxy, closed_port, origin):
@@ -125,10 +122,7 @@ def test_socks4_upstreams(proxy, echo_tcp, scheme):
 def test_socks4_upstream_rejection_is_0x01(proxy, echo_tcp):
     socks_hop = proxy(socks=["127.0.0.1:0"], deny_dest=[f"127.0.0.1:{echo_tcp.port}"])
     front = proxy(socks=["127.0.0.1:0"], upstream=f"socks4://{hostport(socks_hop, 'socks5')}")
-    address = front.address("socks5")
-    sock, reply = socks5_connect((address.host, address.port), ipv4_dest("127.0.0.1", echo_tcp.port))
-    assert reply[1] == 0x01
-    sock.close()
+    assert connect_reply_code(front, ipv4_dest("127.0.0.1", echo_tcp.port)) == 0x01
 
 
 def test_socks4_upstream_resolves_here_and_checks_the_address(proxy, echo_tcp):
@@ -136,10 +130,8 @@ def test_socks4_upstream_resolves_here_and_checks_the_address(proxy, echo_tcp):
     front = proxy(
         socks=["127.0.0.1:0"], deny_dest=["127.0.0.0/8"], upstream=f"socks4://{hostport(socks_hop, 'socks5')}"
     )
-    address = front.address("socks5")
-    sock, reply = socks5_connect((address.host, address.port), name_dest("localhost", echo_tcp.port))
-    assert reply[1] == 0x02  # localhost resolved here, into a denied network
-    sock.close()
+    # localhost resolved here, into a denied network
+    assert connect_reply_code(front, name_dest("localhost", echo_tcp.port)) == 0x02
 
 
 def test_per_user_rules_over_http(origin):

@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
-import subprocess
 
 import gevent
 import pytest
 from gevent.pywsgi import WSGIServer
 
 from gproxy import Config, Proxy
-from tests.helpers import GproxyProcess, recv_all, recv_exact
+from tests.helpers import GproxyProcess, curl, pump_echo, recv_all, recv_exact
 
 MB = 1 << 20
-
-
-def pump(sock: socket.socket, total: int) -> tuple[str, str]:
-    """Send ``total`` pseudo-random bytes while reading the echo; (sent, received) sha256."""
-    block = os.urandom(MB)
-    sent, received = hashlib.sha256(), hashlib.sha256()
-
-    def writer() -> None:
-        left = total
-        while left:
-            chunk = block[: min(left, MB)]
-            sock.sendall(chunk)
-            sent.update(chunk)
-            left -= len(chunk)
-        sock.shutdown(socket.SHUT_WR)  # half-close; the echo keeps flowing back
-
-    task = gevent.spawn(writer)
-    count = 0
-    while True:
-        data = sock.recv(1 << 18)
-        if not data:
-            break
-        received.update(data)
-        count += len(data)
-    task.get()
-    assert count == total
-    return sent.hexdigest(), received.hexdigest()
 
 
 def forward_address(running) -> tuple[str, int]:
@@ -104,7 +75,7 @@ def test_forward_100mb_both_ways_through_the_cli(echo_tcp):
     with GproxyProcess("--forward", f"127.0.0.1:0={echo_tcp.host}:{echo_tcp.port}") as gproxy:
         client = socket.create_connection(("127.0.0.1", gproxy.port("forward")), timeout=60)
         try:
-            sent, received = pump(client, 100 * MB)
+            sent, received = pump_echo(client, 100 * MB)
         finally:
             client.close()
         assert sent == received
@@ -124,12 +95,7 @@ def test_curl_through_the_forwarder(proxy):
     try:
         running = proxy(forward=[f"127.0.0.1:0=127.0.0.1:{web.server_port}"])
         host, port = forward_address(running)
-        result = subprocess.run(
-            ["curl", "-sS", "--max-time", "10", f"http://{host}:{port}/hello"],
-            capture_output=True,
-            timeout=20,
-            check=False,
-        )
+        result = curl(f"http://{host}:{port}/hello")
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"behind the forwarder /hello"
     finally:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
+from contextlib import closing
 
 import gevent
 import gevent.event
 import pytest
 from gevent.server import StreamServer
 
-from tests.helpers import wait_for
+from tests.helpers import curl, wait_for
 from tests.integration.test_access_log import lines_of
 from tests.integration.test_http_proxy import RawClient, get
 
@@ -104,11 +104,8 @@ def _http(proxy, **settings):
 
 def test_two_origins_alternating_on_one_client_connection_each_get_their_own(proxy, origin_a, origin_b):
     running, address = _http(proxy)
-    client = RawClient(address)
-    try:
+    with closing(RawClient(address)) as client:
         bodies = [client.request(get(origin.url(f"/{i}")))[1] for i, origin in enumerate([origin_a, origin_b] * 3)]
-    finally:
-        client.close()
     assert bodies == [
         b"a conn=1 path=/0",
         b"b conn=1 path=/1",
@@ -124,23 +121,16 @@ def test_two_origins_alternating_on_one_client_connection_each_get_their_own(pro
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_two_urls_through_one_proxy_connection(proxy, origin_a, origin_b):
     _, (host, port) = _http(proxy)
-    out = subprocess.run(
-        ["curl", "-sS", "--max-time", "20", "-x", f"http://{host}:{port}", origin_a.url(), origin_b.url()],
-        capture_output=True,
-        timeout=30,
-    )
+    out = curl("-x", f"http://{host}:{port}", origin_a.url(), origin_b.url(), max_time=20)
     assert out.stdout == b"a conn=1 path=/id" + b"b conn=1 path=/id", out.stderr
 
 
 def test_get_on_a_dropped_kept_connection_is_retried_once_on_a_new_one(proxy):
     with CountingOrigin("a", drop_second=True) as origin:
         _, address = _http(proxy)
-        client = RawClient(address)
-        try:
+        with closing(RawClient(address)) as client:
             assert client.request(get(origin.url("/1")))[1] == b"a conn=1 path=/1"
             response, body = client.request(get(origin.url("/2")))  # conn 1 is dropped: retried on conn 2
-        finally:
-            client.close()
         assert (response.status_code, body) == (200, b"a conn=2 path=/2")
         assert origin.connections == 2
 
@@ -148,14 +138,11 @@ def test_get_on_a_dropped_kept_connection_is_retried_once_on_a_new_one(proxy):
 def test_post_never_rides_a_kept_connection(proxy):
     with CountingOrigin("a", drop_second=True) as origin:
         running, address = _http(proxy)
-        client = RawClient(address)
-        try:
+        with closing(RawClient(address)) as client:
             assert client.request(get(origin.url("/1")))[1] == b"a conn=1 path=/1"
             assert len(running.origin_pool) == 1
             post = b"POST " + origin.url("/p").encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
             response, body = client.request(post, "POST")
-        finally:
-            client.close()
         # on the kept connection it would be dropped; it went on a new one, sent once
         assert (response.status_code, body) == (200, b"a conn=2 path=/p")
         assert [(method, path) for _, method, path in origin.requests] == [(b"GET", b"/1"), (b"POST", b"/p")]
@@ -164,14 +151,11 @@ def test_post_never_rides_a_kept_connection(proxy):
 def test_idle_origin_connections_expire(proxy, origin_a):
     running, address = _http(proxy)
     running.origin_pool.idle_expiry = 0.2
-    client = RawClient(address)
-    try:
+    with closing(RawClient(address)) as client:
         assert client.request(get(origin_a.url("/1")))[1] == b"a conn=1 path=/1"
         wait_for(lambda: origin_a.open == 0, timeout=5, what="the idle origin connection closed")
         assert len(running.origin_pool) == 0
         assert client.request(get(origin_a.url("/2")))[1] == b"a conn=2 path=/2"
-    finally:
-        client.close()
 
 
 def test_the_pool_keeps_at_most_per_origin_connections(proxy):
@@ -194,12 +178,9 @@ def test_the_pool_keeps_at_most_per_origin_connections(proxy):
 def test_one_access_log_line_per_pooled_request(proxy, origin_a, origin_b, tmp_path):
     log = tmp_path / "access.log"
     _, address = _http(proxy, access_log=str(log))
-    client = RawClient(address)
-    try:
+    with closing(RawClient(address)) as client:
         for origin in (origin_a, origin_a, origin_b, origin_a):
             assert client.request(get(origin.url()))[0].status_code == 200
-    finally:
-        client.close()
     entries = wait_for(lambda: len(lines_of(log)) >= 4 and lines_of(log), what="four access-log lines")
     assert [(e["cmd"], e["dest"], e["status"], e["down"]) for e in entries] == [
         ("get", f"127.0.0.1:{origin_a.port}", "200", "17"),
@@ -227,12 +208,9 @@ def test_each_connections_read_watcher_is_started_once_for_all_its_requests(prox
 
     monkeypatch.setattr(http_front, "ReadWaiter", CountingReadWaiter)
     running, address = _http(proxy)
-    client = RawClient(address)
-    try:
+    with closing(RawClient(address)) as client:
         for i in range(6):
             assert client.request(get(origin_a.url(f"/{i}")))[1] == b"a conn=1 path=/%d" % i
-    finally:
-        client.close()
     assert len(running.origin_pool) == 1
     # the origin's reader started on the first request, the client's on the second: once each
     assert len(starts) == len(set(starts)) == 2, starts

@@ -57,18 +57,16 @@ def access_lines(path, want: int) -> list[str]:
 ANYONE = ["0.0.0.0/0", "::/0"]
 
 
+def pp_socks(proxy, allow: list[str], **settings):
+    """A loopback SOCKS listener that reads PROXY headers, for clients in ``allow`` to loopback destinations."""
+    return proxy(socks=["127.0.0.1:0"], proxy_protocol=True, allow_dest=["127.0.0.0/8"], allow=allow, **settings)
+
+
 @pytest.fixture
 def pp_proxy(proxy, tmp_path):
     """A SOCKS listener behind a (pretend) load balancer, allowing only 10.0.0.0/8."""
     log = tmp_path / "access.log"
-    running = proxy(
-        socks=["127.0.0.1:0"],
-        proxy_protocol=True,
-        allow_dest=["127.0.0.0/8"],
-        allow=["10.0.0.0/8"],
-        access_log=str(log),
-    )
-    return running.address("socks5"), log
+    return pp_socks(proxy, ["10.0.0.0/8"], access_log=str(log)).address("socks5"), log
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -94,7 +92,7 @@ def test_header_address_is_denied(pp_proxy, echo_tcp, version):
 
 
 def test_ipv6_client_in_header(proxy, echo_tcp):
-    running = proxy(socks=["127.0.0.1:0"], proxy_protocol=True, allow_dest=["127.0.0.0/8"], allow=["2001:db8::/32"])
+    running = pp_socks(proxy, ["2001:db8::/32"])
     header = encode_v2(Address("2001:db8::5", 1), Address("2001:db8::1", 1080))
     open_tunnel(running.address("socks5"), header, echo_tcp).close()
     outsider = encode_v2(Address("2001:db9::5", 1), Address("2001:db8::1", 1080))
@@ -126,9 +124,7 @@ def test_missing_or_bad_header_is_closed(pp_proxy, data):
 
 
 def test_slow_header_is_dropped_at_the_handshake_timeout(proxy):
-    running = proxy(
-        socks=["127.0.0.1:0"], proxy_protocol=True, allow_dest=["127.0.0.0/8"], allow=ANYONE, handshake_timeout=0.3
-    )
+    running = pp_socks(proxy, ANYONE, handshake_timeout=0.3)
     address = running.address("socks5")
     with socket.create_connection((address.host, address.port), timeout=5) as sock:
         sock.sendall(b"PROXY TCP4 ")  # and never the rest
@@ -138,22 +134,14 @@ def test_slow_header_is_dropped_at_the_handshake_timeout(proxy):
 def test_local_command_keeps_the_peer_address(proxy, echo_tcp, tmp_path):
     """Health checks (v2 LOCAL, v1 UNKNOWN) are judged by the balancer's own address."""
     log = tmp_path / "access.log"
-    running = proxy(
-        socks=["127.0.0.1:0"],
-        proxy_protocol=True,
-        allow_dest=["127.0.0.0/8"],
-        allow=["127.0.0.1/32"],
-        access_log=str(log),
-    )
+    running = pp_socks(proxy, ["127.0.0.1/32"], access_log=str(log))
     for header in (encode_v2(None, None), encode_v1(None, None)):
         open_tunnel(running.address("socks5"), header, echo_tcp).close()
     assert all("client=127.0.0.1:" in line for line in access_lines(log, 2))
 
 
 def test_per_ip_limit_counts_the_carried_address(proxy, echo_tcp):
-    running = proxy(
-        socks=["127.0.0.1:0"], proxy_protocol=True, allow_dest=["127.0.0.0/8"], allow=ANYONE, max_conns_per_ip=1
-    )
+    running = pp_socks(proxy, ANYONE, max_conns_per_ip=1)
     address, lb = running.address("socks5"), Address("10.0.0.1", 1080)
     first = open_tunnel(address, encode_v1(Address("10.0.0.7", 1), lb), echo_tcp)
     assert_closed_without_reply(address, encode_v1(Address("10.0.0.7", 2), lb) + GREETING)
@@ -185,9 +173,7 @@ def test_header_counts_against_the_handshake_timeout(proxy, echo_tcp):
     """One clock from accept: a header sent late, then a slow handshake, is dropped
     at the handshake timeout, not given a fresh timeout after the header."""
     timeout = 1.0
-    running = proxy(
-        socks=["127.0.0.1:0"], proxy_protocol=True, allow_dest=["127.0.0.0/8"], allow=ANYONE, handshake_timeout=timeout
-    )
+    running = pp_socks(proxy, ANYONE, handshake_timeout=timeout)
     address = running.address("socks5")
     header = encode_v1(Address("10.1.2.3", 40000), Address("127.0.0.1", address.port))
     sock = socket.create_connection((address.host, address.port), timeout=10)

@@ -6,7 +6,7 @@ from importlib.metadata import entry_points
 import pytest
 
 from gproxy.server.proxy import HANDLERS
-from tests.helpers import ROOT
+from tests.helpers import HELLO_HANDLER_SOURCE, ROOT
 
 pytest_plugins = ["pytester"]
 
@@ -27,20 +27,11 @@ import pytest
 import requests
 from gevent import monkey
 
+HELLO_HANDLER
+
 
 @pytest.fixture
 def web():
-    class Hello(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"hello " + self.path.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -65,7 +56,7 @@ def test_factory_with_settings(gproxy_proxy, web):
 def test_default_listener(gproxy_proxy, web):
     proxy = gproxy_proxy()
     assert requests.get(web + "/x", proxies={"http": proxy.url()}, timeout=10).text == "hello /x"
-"""
+""".replace("HELLO_HANDLER\n", HELLO_HANDLER_SOURCE)
 
 HTTP_TEST = """
 

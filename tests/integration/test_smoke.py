@@ -2,15 +2,12 @@
 
 import socks
 
-from tests.helpers import recv_exact
+from tests.helpers import pysocks_echo
 
 
 def test_socks5_connect_with_auth(proxy, echo_tcp):
     running = proxy(socks=["127.0.0.1:0"], user=["u:p"])
     address = running.address("socks5")
-    client = socks.socksocket()
-    client.set_proxy(socks.SOCKS5, address.host, address.port, username="u", password="p")
-    client.connect((echo_tcp.host, echo_tcp.port))
-    client.sendall(b"hello")
-    assert recv_exact(client, 5) == b"hello"
-    client.close()
+    pysocks_echo(
+        socks.SOCKS5, (address.host, address.port), (echo_tcp.host, echo_tcp.port), b"hello", username="u", password="p"
+    )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 
 import pytest
 import socks
 
-from tests.helpers import RecordingOrigin, recv_all, recv_exact
+from tests.helpers import RecordingOrigin, curl, pysocks_echo, recv_all, recv_exact
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
@@ -43,43 +42,22 @@ def ask(address, raw: bytes) -> tuple[socket.socket, bytes]:
 @needs_curl
 @pytest.mark.parametrize("scheme", ["socks4", "socks4a"])
 def test_curl(socks_addr, origin, scheme):
-    result = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "-x",
-            f"{scheme}://{socks_addr[0]}:{socks_addr[1]}",
-            origin.url("/", "localhost"),
-        ],
-        capture_output=True,
-        timeout=20,
-    )
+    result = curl("-x", f"{scheme}://{socks_addr[0]}:{socks_addr[1]}", origin.url("/", "localhost"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello from origin"
 
 
 @needs_curl
 def test_curl_socks4_flag(socks_addr, origin):
-    result = subprocess.run(
-        ["curl", "-sS", "--max-time", "10", "--socks4", f"{socks_addr[0]}:{socks_addr[1]}", origin.url()],
-        capture_output=True,
-        timeout=20,
-    )
+    result = curl("--socks4", f"{socks_addr[0]}:{socks_addr[1]}", origin.url())
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello from origin"
 
 
 @pytest.mark.parametrize("rdns", [False, True], ids=["socks4", "socks4a"])
 def test_pysocks(socks_addr, echo_tcp, rdns):
-    client = socks.socksocket()
-    client.set_proxy(socks.SOCKS4, *socks_addr, rdns=rdns, username="someone")
-    client.settimeout(10)
-    client.connect(("localhost" if rdns else "127.0.0.1", echo_tcp.port))
-    client.sendall(b"four")
-    assert recv_exact(client, 4) == b"four"
-    client.close()
+    dest = ("localhost" if rdns else "127.0.0.1", echo_tcp.port)
+    pysocks_echo(socks.SOCKS4, socks_addr, dest, b"four", rdns=rdns, username="someone")
 
 
 def test_granted_reply_carries_the_bound_address_and_early_bytes_are_relayed(socks_addr, echo_tcp):

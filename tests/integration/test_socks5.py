@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import socket
-import subprocess
 
 import gevent
 import pytest
@@ -16,9 +15,12 @@ from gevent.server import StreamServer
 
 from tests.helpers import (
     WsgiOrigin,
+    curl,
     ipv4_dest,
     ipv6_dest,
     name_dest,
+    pump_echo,
+    pysocks_echo,
     read_socks5_reply,
     recv_all,
     recv_exact,
@@ -46,13 +48,9 @@ def origin():
 
 def test_pysocks_ipv4_ipv6_and_name(socks_proxy, echo_tcp, echo_tcp6):
     for host, port in [("127.0.0.1", echo_tcp.port), ("::1", echo_tcp6.port), ("localhost", echo_tcp.port)]:
-        client = socks.socksocket()
-        client.set_proxy(socks.SOCKS5, *socks_proxy, rdns=True, username="u", password="p")
-        client.settimeout(10)
-        client.connect((host, port))
-        client.sendall(b"ping " + host.encode())
-        assert recv_exact(client, 5 + len(host)) == b"ping " + host.encode()
-        client.close()
+        pysocks_echo(
+            socks.SOCKS5, socks_proxy, (host, port), b"ping " + host.encode(), rdns=True, username="u", password="p"
+        )
 
 
 def test_requests_socks5h(socks_proxy, origin):
@@ -70,21 +68,7 @@ def test_requests_wrong_password_fails(socks_proxy, origin):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 @pytest.mark.parametrize("mode", ["--socks5-hostname", "--socks5"])
 def test_curl(socks_proxy, origin, mode):
-    result = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            mode,
-            f"{socks_proxy[0]}:{socks_proxy[1]}",
-            "--proxy-user",
-            "u:p",
-            f"http://localhost:{origin.port}/",
-        ],
-        capture_output=True,
-        timeout=20,
-    )
+    result = curl(mode, f"{socks_proxy[0]}:{socks_proxy[1]}", "--proxy-user", "u:p", f"http://localhost:{origin.port}/")
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello from origin"
 
@@ -160,21 +144,20 @@ def test_name_failures(resolver, code):
         running.stop(0)
 
 
-def test_unknown_command_is_0x07(socks_proxy):
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", 0x07),  # command 9
+        (b"\x05\x01\x00\x07\x00\x00\x00\x00\x00\x00", 0x08),  # address type 7
+    ],
+    ids=["unknown-command-is-0x07", "unknown-address-type-is-0x08"],
+)
+def test_unknown_request_fields(socks_proxy, request_bytes, code):
     sock = socket.create_connection(socks_proxy, timeout=10)
     with sock:
-        sock.sendall(b"\x05\x01\x02\x01\x01u\x01p\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50")
+        sock.sendall(b"\x05\x01\x02\x01\x01u\x01p" + request_bytes)
         assert recv_exact(sock, 4) == b"\x05\x02\x01\x00"
-        assert read_socks5_reply(sock) == b"\x05\x07\x00\x01" + b"\0" * 6
-        assert recv_all(sock) == b""
-
-
-def test_unknown_address_type_is_0x08(socks_proxy):
-    sock = socket.create_connection(socks_proxy, timeout=10)
-    with sock:
-        sock.sendall(b"\x05\x01\x02\x01\x01u\x01p\x05\x01\x00\x07\x00\x00\x00\x00\x00\x00")
-        assert recv_exact(sock, 4) == b"\x05\x02\x01\x00"
-        assert read_socks5_reply(sock) == b"\x05\x08\x00\x01" + b"\0" * 6
+        assert read_socks5_reply(sock) == bytes([5, code, 0, 1]) + b"\0" * 6
         assert recv_all(sock) == b""
 
 
@@ -245,30 +228,11 @@ def test_handshake_timeout_drops_a_silent_client(proxy):
 
 def test_100mb_both_ways_sha256(socks_proxy, echo_tcp):
     size = 100 * 1024 * 1024
-    block = os.urandom(1 << 20)
     sock, reply = socks5_connect(socks_proxy, ipv4_dest("127.0.0.1", echo_tcp.port), auth=AUTH)
     assert reply[1] == 0
-    sent, received = hashlib.sha256(), hashlib.sha256()
-
-    def send():
-        for i in range(size // len(block)):
-            chunk = block[i % 7 :] + block[: i % 7]  # vary the stream
-            sent.update(chunk)
-            sock.sendall(chunk)
-        sock.shutdown(socket.SHUT_WR)
-
-    writer = gevent.spawn(send)
-    total = 0
-    while True:
-        data = sock.recv(1 << 20)
-        if not data:
-            break
-        received.update(data)
-        total += len(data)
-    writer.get()
-    sock.close()
-    assert total == size
-    assert received.hexdigest() == sent.hexdigest()
+    with sock:
+        sent, received = pump_echo(sock, size)
+    assert received == sent
 
 
 def test_half_close_client_still_gets_the_full_reply(socks_proxy):

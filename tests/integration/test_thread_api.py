@@ -10,7 +10,7 @@ import socks
 
 from gproxy import Config, ConfigError, serve_in_thread
 from gproxy.ops.threaded import ProxyThread
-from tests.helpers import ROOT, gproxy_env, recv_exact
+from tests.helpers import HELLO_HANDLER_SOURCE, ROOT, gproxy_env, pysocks_echo
 
 #: an ordinary program: no monkey-patching, real threads, requests and socket
 UNPATCHED_SCRIPT = textwrap.dedent(
@@ -20,16 +20,7 @@ UNPATCHED_SCRIPT = textwrap.dedent(
     from gevent import monkey
     import gproxy
 
-    class Hello(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"hello " + self.path.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
+    HELLO_HANDLER
 
     web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
     threading.Thread(target=web.serve_forever, daemon=True).start()
@@ -69,7 +60,7 @@ UNPATCHED_SCRIPT = textwrap.dedent(
     assert [t.name for t in threading.enumerate() if t.name == "gproxy"] == []
     print("OK")
     """
-)
+).replace("HELLO_HANDLER\n", HELLO_HANDLER_SOURCE)
 
 
 def run_program(tmp_path, source: str) -> subprocess.CompletedProcess[str]:
@@ -131,12 +122,14 @@ def test_proxy_threads_leave_no_hub_behind(tmp_path):
 def test_in_a_patched_program_it_runs_in_the_same_hub(echo_tcp):
     with serve_in_thread(socks=["127.0.0.1:0"], user=["u:p"]) as proxy:
         address = proxy.address("socks5")
-        client = socks.socksocket()
-        client.set_proxy(socks.SOCKS5, address.host, address.port, username="u", password="p")
-        client.connect((echo_tcp.host, echo_tcp.port))
-        client.sendall(b"ping")
-        assert recv_exact(client, 4) == b"ping"
-        client.close()
+        pysocks_echo(
+            socks.SOCKS5,
+            (address.host, address.port),
+            (echo_tcp.host, echo_tcp.port),
+            b"ping",
+            username="u",
+            password="p",
+        )
     assert not proxy.running
 
 

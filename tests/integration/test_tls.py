@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-import sys
 
 import gevent
 import pytest
-from gevent.server import StreamServer
 
-from tests.helpers import gproxy_env, ipv4_dest, make_cert, read_socks5_reply, recv_all, recv_exact
+from tests.helpers import BannerServer, ipv4_dest, make_cert, read_socks5_reply, recv_all, recv_exact, run_gproxy
 
 
 @pytest.fixture(scope="module")
@@ -56,23 +53,15 @@ def test_socks5_over_tls_round_trip(tls_proxy, cert, echo_tcp):
 def test_origin_closing_ends_the_tls_tunnel_cleanly(tls_proxy, cert):
     """No TLS half-close: when the destination closes, the client sees the end of the stream."""
 
-    def banner(sock, _addr):
-        sock.sendall(b"220 hello\r\n")
-        sock.close()
-
-    server = StreamServer(("127.0.0.1", 0), banner)
-    server.start()
-    try:
+    with BannerServer(b"220 hello\r\n") as server:
         client = tls_client(cert[0], tls_proxy)
-        assert socks5_over(client, ipv4_dest("127.0.0.1", server.address[1]), (b"u", b"p"))[1] == 0x00
+        assert socks5_over(client, ipv4_dest("127.0.0.1", server.port), (b"u", b"p"))[1] == 0x00
         try:
             data = recv_all(client)
         except ssl.SSLError:  # an EOF without close_notify would show up here
             pytest.fail("no close_notify")
         assert data == b"220 hello\r\n"
         client.close()
-    finally:
-        server.stop(timeout=1)
 
 
 def test_plain_socks_on_a_tls_port_is_dropped(tls_proxy):
@@ -94,24 +83,11 @@ def test_silent_client_does_not_block_the_accept_loop(tls_proxy, cert, echo_tcp)
 @pytest.mark.parametrize("which", ["cert", "key"])
 def test_missing_certificate_files_exit_2(tmp_path, cert, which):
     files = {"cert": cert[0], "key": cert[1], which: str(tmp_path / "nope.pem")}
-    result = subprocess.run(
-        [sys.executable, "-m", "gproxy", "--socks-tls", "0", "--user", "u:p", "--cert", files["cert"]]
-        + ["--key", files["key"]],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=gproxy_env(),
-    )
+    result = run_gproxy("--socks-tls", "0", "--user", "u:p", "--cert", files["cert"], "--key", files["key"])
     assert result.returncode == 2
     assert "nope.pem" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_tls_listener_needs_cert_and_key():
-    result = subprocess.run(
-        [sys.executable, "-m", "gproxy", "--socks-tls", "0", "--user", "u:p"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=gproxy_env(),
-    )
+    result = run_gproxy("--socks-tls", "0", "--user", "u:p")
     assert result.returncode == 2 and "--cert" in result.stderr

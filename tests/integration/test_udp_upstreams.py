@@ -44,6 +44,18 @@ def echo_round_trip(assoc: Association, echo: UdpEchoServer, payload: bytes) -> 
     assert source == (host, port)  # the reply carries its real source
 
 
+def round_trips(front, *trips: tuple[UdpEchoServer, bytes]) -> int:
+    """Each (echo server, payload) in turn through one association on ``front``'s SOCKS5
+    listener (see echo_round_trip); returns the payload bytes sent."""
+    assoc = Association(hostport(front))
+    try:
+        for echo, payload in trips:
+            echo_round_trip(assoc, echo, payload)
+    finally:
+        assoc.close()
+    return sum(len(payload) for _, payload in trips)
+
+
 @pytest.fixture
 def socks_upstream(proxy, tmp_path):
     """A second gproxy with a SOCKS5 listener: (its URL, its access log)."""
@@ -56,14 +68,9 @@ def test_associate_through_a_socks5_upstream(proxy, socks_upstream, echo_udp, ec
     url, upstream_log = socks_upstream
     front_log = tmp_path / "front.log"
     front = proxy(socks=["127.0.0.1:0"], upstream=url, access_log=str(front_log))
-    assoc = Association(hostport(front))
-    try:
-        echo_round_trip(assoc, echo_udp, b"first through the upstream")
-        echo_round_trip(assoc, echo_udp6, b"and to IPv6")
-        echo_round_trip(assoc, echo_udp, b"again")
-    finally:
-        assoc.close()
-    sent = len(b"first through the upstream") + len(b"and to IPv6") + len(b"again")
+    sent = round_trips(
+        front, (echo_udp, b"first through the upstream"), (echo_udp6, b"and to IPv6"), (echo_udp, b"again")
+    )
     (front_line,) = log_lines(front_log, "cmd=udp-associate")
     assert f"via={url}" in front_line and f"up={sent} down={sent} " in front_line, front_line
     # the upstream carried all of it in one association, opened from 127.0.0.1
@@ -78,11 +85,7 @@ def test_associate_through_a_socks5_tls_upstream_with_credentials(proxy, echo_ud
     upstream = proxy(socks_tls=["127.0.0.1:0"], user=["bob:b-pw"], cert=cert, key=key, access_log=str(upstream_log))
     url = "socks5+tls://bob:b-pw@{}:{}".format(*hostport(upstream, "socks5-tls"))
     front = proxy(socks=["127.0.0.1:0"], upstream=url, ca=[cert])
-    assoc = Association(hostport(front))
-    try:
-        echo_round_trip(assoc, echo_udp, b"control over TLS")
-    finally:
-        assoc.close()
+    round_trips(front, (echo_udp, b"control over TLS"))
     (line,) = log_lines(upstream_log, "cmd=udp-associate")  # authenticated, over TLS
     assert "user=bob" in line and "proto=socks5" in line and "up=16 down=16 " in line, line
 
@@ -90,11 +93,7 @@ def test_associate_through_a_socks5_tls_upstream_with_credentials(proxy, echo_ud
 def test_outgoing_binds_the_control_connection_and_the_datagrams(proxy, socks_upstream, echo_udp):
     url, upstream_log = socks_upstream
     front = proxy(socks=["127.0.0.1:0"], upstream=url, outgoing=["127.0.0.2"])
-    assoc = Association(hostport(front))
-    try:
-        echo_round_trip(assoc, echo_udp, b"from 127.0.0.2")  # the upstream takes datagrams from its client's IP only
-    finally:
-        assoc.close()
+    round_trips(front, (echo_udp, b"from 127.0.0.2"))  # the upstream takes datagrams from its client's IP only
     (line,) = log_lines(upstream_log, "cmd=udp-associate")
     assert field(line, "client").startswith("127.0.0.2:") and "up=14 down=14 " in line, line
 
@@ -119,13 +118,7 @@ def test_associate_through_an_ss_upstream(proxy, echo_udp, echo_udp6, tmp_path, 
     url = "ss://{}:ss-pw@{}:{}".format(method, *hostport(server, "ss"))
     front_log = tmp_path / "front.log"
     front = proxy(socks=["127.0.0.1:0"], upstream=url, access_log=str(front_log))
-    assoc = Association(hostport(front))
-    try:
-        echo_round_trip(assoc, echo_udp, b"sealed")
-        echo_round_trip(assoc, echo_udp6, b"sealed for IPv6")
-    finally:
-        assoc.close()
-    sent = len(b"sealed") + len(b"sealed for IPv6")
+    sent = round_trips(front, (echo_udp, b"sealed"), (echo_udp6, b"sealed for IPv6"))
     (front_line,) = log_lines(front_log, "cmd=udp-associate")
     assert f"via=ss://{method}:***@" in front_line and f"up={sent} down={sent} " in front_line, front_line
     assert "ss-pw" not in front_log.read_text()
@@ -137,12 +130,7 @@ def test_associate_through_an_ss_upstream(proxy, echo_udp, echo_udp6, tmp_path, 
 def test_bypass_destinations_go_direct(proxy, socks_upstream, echo_udp, echo_udp6, tmp_path):
     url, upstream_log = socks_upstream
     front = proxy(socks=["127.0.0.1:0"], upstream=url, bypass=["127.0.0.1"])
-    assoc = Association(hostport(front))
-    try:
-        echo_round_trip(assoc, echo_udp, b"bypassed")
-        echo_round_trip(assoc, echo_udp6, b"via the upstream")
-    finally:
-        assoc.close()
+    round_trips(front, (echo_udp, b"bypassed"), (echo_udp6, b"via the upstream"))
     (upstream_line,) = log_lines(upstream_log, "cmd=udp-associate")
     n = len(b"via the upstream")
     assert f"up={n} down={n} " in upstream_line, upstream_line  # the bypassed datagram never reached it
@@ -154,11 +142,7 @@ def test_a_dead_upstream_is_skipped_for_the_next(proxy, socks_upstream, echo_udp
         dead = f"socks5://127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: refused
         url, _ = socks_upstream
         front = proxy(socks=["127.0.0.1:0"], upstream=[dead, url])
-        assoc = Association(hostport(front))
-        try:
-            echo_round_trip(assoc, echo_udp, b"second upstream")
-        finally:
-            assoc.close()
+        round_trips(front, (echo_udp, b"second upstream"))
 
 
 def test_a_dead_upstream_fails_the_associate(proxy):

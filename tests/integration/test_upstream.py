@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
-import sys
 
 import gevent
 import pytest
 import requests
 import socks
-from gevent.server import StreamServer
 
 from tests.helpers import (
+    BannerServer,
     FakeHttpUpstream,
     GproxyProcess,
     WsgiOrigin,
-    gproxy_env,
+    curl,
     ipv4_dest,
     name_dest,
+    pysocks_echo,
     recv_exact,
+    run_gproxy,
     socks5_connect,
 )
 
@@ -47,14 +47,9 @@ def socks_chain(proxy):
 
 def test_socks5_to_socks5_chain_with_pysocks(socks_chain, echo_tcp):
     front, _ = socks_chain
-    client = socks.socksocket()
-    client.set_proxy(socks.SOCKS5, *hostport(front), username="a", password="1")
-    client.settimeout(10)
-    client.connect(("127.0.0.1", echo_tcp.port))
-    client.sendall(b"through two hops")
-    assert recv_exact(client, 16) == b"through two hops"
-    # the upstream's address is what the echo server saw as its peer
-    client.close()
+    pysocks_echo(
+        socks.SOCKS5, hostport(front), ("127.0.0.1", echo_tcp.port), b"through two hops", username="a", password="1"
+    )
 
 
 def test_socks5_chain_goes_through_the_upstream(proxy, echo_tcp):
@@ -76,11 +71,8 @@ def test_socks5_chain_with_requests_and_names(socks_chain, origin):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_socks5_chain_with_curl(socks_chain, origin):
     front, _ = socks_chain
-    result = subprocess.run(
-        ["curl", "-sS", "--max-time", "10", "--socks5-hostname", "{}:{}".format(*hostport(front))]
-        + ["--proxy-user", "a:1", f"http://localhost:{origin.port}/"],
-        capture_output=True,
-        timeout=30,
+    result = curl(
+        "--socks5-hostname", "{}:{}".format(*hostport(front)), "--proxy-user", "a:1", f"http://localhost:{origin.port}/"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello from origin"
@@ -167,12 +159,7 @@ def test_upstream_password_never_in_stderr_with_verbose(closed_port, echo_tcp):
 
 
 def test_bad_upstream_url_exit_2_without_password():
-    result = subprocess.run(
-        [sys.executable, "-m", "gproxy", "--socks", "0", "--upstream", "gopher://u:Sup3rSecretPw@h:1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_gproxy("--socks", "0", "--upstream", "gopher://u:Sup3rSecretPw@h:1")
     assert result.returncode == 2
     assert "--upstream" in result.stderr and "Sup3rSecretPw" not in result.stderr
 
@@ -182,13 +169,7 @@ def test_upstream_pointing_at_ourselves_is_refused_at_start():
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # a free port we then listen on, with ourselves as the upstream
-    result = subprocess.run(
-        [sys.executable, "-m", "gproxy", "--socks", f"127.0.0.1:{port}", "--upstream", f"socks5://127.0.0.1:{port}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=gproxy_env(),
-    )
+    result = run_gproxy("--socks", f"127.0.0.1:{port}", "--upstream", f"socks5://127.0.0.1:{port}")
     assert result.returncode == 2 and "would loop" in result.stderr
 
 
@@ -230,21 +211,13 @@ def test_read_head_is_bounded():
 
 
 def test_upstream_speaking_another_protocol_is_0x01(proxy, echo_tcp):
-    def http_server(sock, _addr):
-        sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-        sock.close()
-
-    not_socks = StreamServer(("127.0.0.1", 0), http_server)
-    not_socks.start()
     socks_hop = proxy(socks=["127.0.0.1:0"])
-    try:
-        for url in (f"socks5://127.0.0.1:{not_socks.address[1]}", "http://{}:{}".format(*hostport(socks_hop))):
+    with BannerServer(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as not_socks:
+        for url in (f"socks5://127.0.0.1:{not_socks.port}", "http://{}:{}".format(*hostport(socks_hop))):
             front = proxy(socks=["127.0.0.1:0"], upstream=url)
             sock, reply = socks5_connect(hostport(front), ipv4_dest("127.0.0.1", echo_tcp.port))
             assert reply[1] == 0x01, url
             sock.close()
-    finally:
-        not_socks.stop(timeout=1)
 
 
 def test_silent_upstream_is_0x06(proxy, echo_tcp):

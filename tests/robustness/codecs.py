@@ -66,6 +66,21 @@ def check_parse(parse: Parse, data: bytes, *, datagram: bool = False) -> tuple[A
     return message, used
 
 
+def check_input(target: Target, parse: Parse, data: bytes, trailing: bytes) -> tuple[Any, int] | None:
+    """The contract for one input of ``target`` (check_value or check_parse), and a whole
+    message (not a datagram) parses the same with ``trailing`` bytes after it. Returns
+    that message and how many bytes it used; None when there is no such message."""
+    if target.value:
+        check_value(parse, data)
+        return None
+    result = check_parse(parse, data, datagram=target.datagram)
+    if result is None or target.datagram:
+        return None
+    again = check_parse(parse, data + trailing, datagram=False)
+    assert again == result, f"{trailing!r} after the message changed it: {again!r} != {result!r}"
+    return result
+
+
 def _socks4_request(message: Any) -> bytes:
     from gproxy.codec import socks4
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.robustness.codecs import TARGETS, Target, check_parse, check_value
+from tests.robustness.codecs import TARGETS, Target, check_input, check_parse, check_value
 
 FUZZ = settings(
     max_examples=int(os.environ.get("GPROXY_FUZZ_EXAMPLES", "150")),
@@ -63,16 +63,11 @@ def test_any_input_parses_asks_for_more_or_is_a_protocol_error(target: Target) -
     @FUZZ
     @given(_inputs(target))
     def run(data: bytes) -> None:
-        if target.value:
-            check_value(parse, data)
-            return
-        result = check_parse(parse, data, datagram=target.datagram)
-        if result is None or target.datagram:
-            return
-        message, used = result
         # more bytes after a whole message change nothing about it
-        again = check_parse(parse, data + b"\x00\xff trailing", datagram=False)
-        assert again == (message, used)
+        result = check_input(target, parse, data, trailing=b"\x00\xff trailing")
+        if result is None:
+            return
+        used = result[1]
         # every strict prefix of a whole message only asks for more
         for cut in range(used):
             prefix = bytearray(data[:cut])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers import ROOT, gproxy_env
+from tests.helpers import ROOT, gproxy_env, network_namespaces, run_in_netns, run_ip
 from tests.robustness.live import DrainedGproxy
 
 pytestmark = pytest.mark.netns
@@ -29,10 +29,6 @@ CLIENT_IP, PROXY_CLIENT_SIDE = "10.231.1.1", "10.231.1.2"
 #: a second host on the client's link (an address of the client namespace)
 NEIGHBOUR_IP = "10.231.1.3"
 PROXY_DEST_SIDE, DEST_IP = "10.231.2.1", "10.231.2.2"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
 
 
 @dataclass
@@ -46,16 +42,7 @@ class Hosts:
 
     def run(self, ns: str, *args: str, timeout: float = 60) -> dict[str, object]:
         """``python -m tests.robustness.netns_peer ARGS`` in namespace ``ns``; its JSON."""
-        proc = subprocess.run(
-            [*self.exec(ns), sys.executable, "-m", "tests.robustness.netns_peer", *args],
-            capture_output=True,
-            text=True,
-            env=gproxy_env(),
-            cwd=ROOT,
-            timeout=timeout,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+        return run_in_netns(ns, "tests.robustness.netns_peer", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -64,29 +51,18 @@ def hosts() -> Iterator[Hosts]:
         pytest.skip("needs root and iproute2")
     tag = f"gpr{os.getpid()}"
     names = Hosts(f"{tag}c", f"{tag}p", f"{tag}d")
-    created: list[str] = []
-    try:
-        for ns in (names.client, names.proxy, names.dest):
-            try:
-                _ip("netns", "add", ns)
-            except subprocess.CalledProcessError as exc:
-                pytest.skip(f"cannot create network namespaces: {exc.stderr.decode().strip()}")
-            created.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
+    with network_namespaces(names.client, names.proxy, names.dest):
         for (a_ns, a_ip), (b_ns, b_ip), n in (
             ((names.client, CLIENT_IP), (names.proxy, PROXY_CLIENT_SIDE), "a"),
             ((names.proxy, PROXY_DEST_SIDE), (names.dest, DEST_IP), "b"),
         ):
             left, right = f"{tag}{n}0", f"{tag}{n}1"
-            _ip("link", "add", left, "netns", a_ns, "type", "veth", "peer", "name", right, "netns", b_ns)
+            run_ip("link", "add", left, "netns", a_ns, "type", "veth", "peer", "name", right, "netns", b_ns)
             for ns, dev, ip in ((a_ns, left, a_ip), (b_ns, right, b_ip)):
-                _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-                _ip("-n", ns, "link", "set", dev, "up")
-        _ip("-n", names.client, "addr", "add", f"{NEIGHBOUR_IP}/24", "dev", f"{tag}a0")
+                run_ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+                run_ip("-n", ns, "link", "set", dev, "up")
+        run_ip("-n", names.client, "addr", "add", f"{NEIGHBOUR_IP}/24", "dev", f"{tag}a0")
         yield names
-    finally:
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
 @pytest.fixture(scope="module")
