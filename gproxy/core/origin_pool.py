@@ -66,7 +66,7 @@ class OriginPool:
             self._count -= 1
             if not stack:
                 del self._idle[key]
-            if now - since < self.idle_expiry and _looks_open(conn.sock):
+            if now - since < self.idle_expiry and _looks_open(conn):
                 return conn
             conn.close()
         return None
@@ -120,11 +120,18 @@ class OriginPool:
             self._reaper = None
 
 
-def _looks_open(sock: socket.socket) -> bool:
-    """No EOF and no unasked bytes waiting (a peek that does not block); a TLS
-    socket (through an https:// upstream) cannot be peeked and is assumed open."""
+def _looks_open(conn: OriginConn) -> bool:
+    """No EOF and no unasked bytes waiting. A connection whose ReadWaiter is still
+    started has had nothing arrive since its last response, as of the event loop's last
+    poll (a byte or a FIN would have fired it with nobody waiting, which stops it): what
+    Squid knows from the read handler it keeps on idle connections. Else a peek that
+    does not block says; a TLS socket (through an https:// upstream) cannot be peeked
+    and is assumed open. Whatever arrives after that is what the retry of an idempotent
+    request on a new connection is for."""
+    if conn.reader is not None and conn.reader.started:
+        return True
     try:
-        kernel = raw_socket(sock)
+        kernel = raw_socket(conn.sock)
     except TypeError:
         return True
     try:
