@@ -84,6 +84,9 @@ class ProxyThread:
             self._ready.set()
             self._stopped.wait()
         finally:
+            # what belonged to the hub goes with it: a ProxyThread kept after stop() must not
+            # keep the destroyed hub and the Proxy alive
+            self._proxy = self._loop = self._stopped = None
             if own_hub:
                 _end_hub(hub)
 
@@ -98,11 +101,12 @@ class ProxyThread:
 
         Safe from any thread; returns once the proxy's thread has ended. Idempotent.
         """
-        if self._loop is None or not self._thread.is_alive():
+        loop = self._loop  # read once: the proxy's thread drops it as it ends
+        if loop is None or not self._thread.is_alive():
             return
         import gevent
 
-        self._loop.run_callback_threadsafe(gevent.spawn, self._stop_in_hub, drain_timeout)
+        loop.run_callback_threadsafe(gevent.spawn, self._stop_in_hub, drain_timeout)
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"gproxy did not stop within {timeout} seconds")

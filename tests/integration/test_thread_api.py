@@ -88,8 +88,11 @@ NO_HUB_LEFT_SCRIPT = textwrap.dedent(
     import gproxy
     from gproxy.server.proxy import Proxy
 
+    kept = []  # ProxyThread objects a program keeps after stop(): they must not keep the hub
+
     def one_run(echo):
         with gproxy.serve_in_thread(socks=["127.0.0.1:0"]) as proxy:
+            kept.append(proxy)
             address = proxy.address("socks5")
             client = socket.create_connection((address.host, address.port), timeout=10)
             client.sendall(b"\\x05\\x01\\x00")
