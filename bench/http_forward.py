@@ -117,6 +117,9 @@ def main() -> int:
     if shutil.which("tinyproxy") and not args.access_log:
         proxies["tinyproxy"] = (tinyproxy_argv, {})
     wanted = [name for name in args.only.split(",") if name] or list(proxies)
+    unknown = sorted(set(wanted) - set(proxies))
+    if unknown:
+        parser.error(f"--only {','.join(unknown)}: not installed, unknown, or left out with --access-log")
     rates: dict[str, float] = {}
     cpu_us: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="gproxy-bench-") as tmpdir:
@@ -138,7 +141,7 @@ def main() -> int:
                     print(f"{name}: {exc}", file=sys.stderr)
                     with contextlib.suppress(OSError):
                         print((tmp / f"{name}.out").read_text()[-800:], file=sys.stderr)
-        for log in sorted(tmp.rglob("*-access.log")):  # each proxy logged every request (warm-up included)
+        for log in sorted(tmp.rglob("*-access.log")):  # requests + warm-up if each proxy logged every one
             with open(log, "rb") as lines:
                 print(f"{log.name}: {sum(1 for _ in lines)} lines")
     squid = rates.get("squid")

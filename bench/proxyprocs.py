@@ -3,8 +3,8 @@ tunnel, a process's CPU time (with its workers), and temp configs for the refere
 (Squid, tinyproxy).
 
 Both proxies are configured to serve only 127.0.0.1 clients going to 127.0.0.1 (GET
-or CONNECT to any port), with no cache and no access log, and to run in the foreground
-so that the caller starts and stops them by PID.
+or CONNECT to any port), with no cache and no access log (unless asked: http_forward.py
+--access-log), and to run in the foreground so that the caller starts and stops them by PID.
 """
 
 from __future__ import annotations
@@ -60,22 +60,33 @@ def wait_connectable(port: int, proc: subprocess.Popen | None = None, timeout: f
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
-def socks5_tunnel(proxy_port: int, dest_port: int) -> socket.socket:
-    """A SOCKS5 CONNECT (no auth) through 127.0.0.1:proxy_port to 127.0.0.1:dest_port, greeting and
-    request sent at once; ConnectionError if the proxy closes or refuses."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
-    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + dest_port.to_bytes(2, "big"))
-    reply = b""
-    while len(reply) < 12:  # method choice (2) + reply with an IPv4 address (10)
-        chunk = sock.recv(12 - len(reply))
-        if not chunk:
-            sock.close()
-            raise ConnectionError("proxy closed during the handshake")
-        reply += chunk
-    if reply[:2] != b"\x05\x00" or reply[3] != 0:
+def socks5_tunnel(proxy_port: int, dest_port: int, timeout: float = 30) -> socket.socket:
+    """A SOCKS5 CONNECT (no auth) through 127.0.0.1:proxy_port to 127.0.0.1:dest_port (the
+    request after the method reply: any server takes that); ConnectionError if the proxy
+    closes or refuses. The socket has ``timeout``; it is closed on any failure."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+    try:
+        sock.sendall(b"\x05\x01\x00")
+        if _recv_exactly(sock, 2) != b"\x05\x00":
+            raise ConnectionError("SOCKS5: no-auth method refused")
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + dest_port.to_bytes(2, "big"))
+        reply = _recv_exactly(sock, 10)  # a reply with an IPv4 address
+        if reply[1] != 0:
+            raise ConnectionError(f"SOCKS5 refused: {reply!r}")
+    except BaseException:
         sock.close()
-        raise ConnectionError(f"SOCKS5 refused: {reply!r}")
+        raise
     return sock
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("proxy closed during the handshake")
+        data += chunk
+    return data
 
 
 def squid_argv(tmp: Path, port: int, access_log: bool = False) -> list[str]:

@@ -86,10 +86,17 @@ class Server:
     """
 
     def __init__(
-        self, name: str, argv: Argv | None, workers: int = 1, label: str | None = None, phase: str = "socks"
+        self,
+        name: str,
+        argv: Argv | None,
+        workers: int = 1,
+        label: str | None = None,
+        phase: str = "socks",
+        checkout: Path = ROOT,
     ) -> None:
         self.name, self.argv, self.workers = name, argv, workers
         self.label, self.phase = label or name, phase
+        self.checkout = checkout  # the gproxy package its python -m gproxy imports
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.log = OUT / f"{name}.log"
@@ -99,9 +106,9 @@ class Server:
             return True
         port = free_port()
         argv = self.argv(port) if callable(self.argv) else [a.replace("{port}", str(port)) for a in self.argv]
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=str(self.checkout) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=self.checkout)
         try:
             wait_connectable(port, self.proc)
         except RuntimeError:
@@ -192,6 +199,15 @@ def conn_rate(server: Server, ports: dict, secs: float, mode: str, prefix: str) 
     return got
 
 
+def bulk(server: Server, ports: dict, direction: str, tunnels: int, secs: float) -> tuple[dict[str, float], float]:
+    """loadgen bulk (``direction`` down or up, over ``tunnels`` tunnels): its output, and the
+    proxy's CPU seconds meanwhile."""
+    pids = server.pids()
+    before = cpu_seconds(pids)
+    out = loadgen("bulk", direction, tunnels, ports["source" if direction == "down" else "sink"], server.port, secs)
+    return out, cpu_seconds(pids) - before
+
+
 def measure(servers_: list[Server], ports: dict, args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Round-robin repetitions of every server's scenarios (bulk, connection rates, ping-pong)."""
     res: dict[str, dict[str, list[float]]] = {s.label: {} for s in servers_}
@@ -202,12 +218,9 @@ def measure(servers_: list[Server], ports: dict, args: argparse.Namespace) -> di
         for server in servers_:
             got: dict[str, float] = {}
             if server.phase == "socks":
-                pids = server.pids()
                 for key, direction, n in BULK:
-                    before = cpu_seconds(pids)
-                    port = ports["source" if direction == "down" else "sink"]
-                    out = loadgen("bulk", direction, n, port, server.port, secs)
-                    cpu[server.label] += cpu_seconds(pids) - before
+                    out, used = bulk(server, ports, direction, n, secs)
+                    cpu[server.label] += used
                     gb[server.label] += out["bytes"] / 1e9
                     got[key] = out["gbps"]
                     got[key + "_client_cpu"] = out["client_cpu"]

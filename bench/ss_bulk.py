@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, free_port, wait_connectable
+from proxyprocs import cpu_seconds, free_port, socks5_tunnel, wait_connectable
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm")
@@ -68,15 +68,7 @@ def origin() -> tuple[socket.socket, int]:
 
 def through_socks(port: int, dest: int, direction: str, size: int) -> float:
     """One transfer through ss-local's SOCKS5 port; returns the seconds it took."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    with sock:
-        sock.sendall(b"\x05\x01\x00")
-        assert sock.recv(2) == b"\x05\x00"
-        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + dest.to_bytes(2, "big"))
-        reply = b""
-        while len(reply) < 10:
-            reply += sock.recv(10 - len(reply))
-        assert reply[1] == 0
+    with socks5_tunnel(port, dest, timeout=60) as sock:
         started = time.perf_counter()
         sock.sendall(direction.encode() + size.to_bytes(8, "big"))
         if direction == "D":
