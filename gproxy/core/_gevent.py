@@ -105,7 +105,7 @@ def take_kernel_socket(sock: socket.socket) -> tuple[socket.socket, Any]:
     sock._sock = _DETACHED  # type: ignore[attr-defined]
     sock.close()  # marks it closed; with the placeholder, touches nothing
     if reader is None:  # not expected of a socket that was open: make one
-        reader = get_hub().loop.io(raw.fileno(), READ)
+        reader = io_watcher(raw.fileno(), READ)
     return raw, reader
 
 

@@ -6,8 +6,9 @@ starts every ``ATTEMPT_DELAY``; a failure starts the next one at once. The first
 to connect wins, the others are closed. Everything runs on event-loop watchers of
 raw non-blocking sockets (public gevent API: ``loop.io``, ``loop.timer``), with no
 greenlet per attempt; the winner is handed back as a gevent socket. A single
-address (an IP literal, a one-answer name) has nothing to race: it takes a
-plain connect with none of the race's objects.
+address (an IP literal, a one-answer name) has nothing to race: the gevent socket
+is made first and its kernel socket connected, waiting on the socket's own write
+watcher (core/_gevent), with none of the race's objects.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from typing import Any
 from gevent import socket as gsocket
 from gevent.hub import Waiter, get_hub
 
-from gproxy.core._gevent import raw_socket, write_watcher
+from gproxy.core._gevent import WRITE, raw_socket, write_watcher
 
 #: RFC 8305 section 5: the recommended Connection Attempt Delay
 ATTEMPT_DELAY = 0.25
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
 _FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-_WRITE = 2  # libev EV_WRITE
 
 #: (family, sockaddr) pairs, as getaddrinfo gives them
 Addresses = list[tuple[int, tuple[object, ...]]]
@@ -119,7 +119,7 @@ class _Race:
                 raw.close()
                 self.errors.append(OSError(err, os.strerror(err)))
                 continue
-            attempt.watcher = self.loop.io(raw.fileno(), _WRITE)
+            attempt.watcher = self.loop.io(raw.fileno(), WRITE)
             attempt.watcher.start(attempt.on_writable)
             self.pending.append(attempt)
             return

@@ -156,7 +156,7 @@ class PrometheusMetrics(Metrics):
             self._child(self.udp_drops, listener, direction, dropped).inc()
 
     def upstream_state(self, upstream: str, up: bool) -> None:
-        self.upstream_up.labels(upstream).set(1 if up else 0)
+        self._child(self.upstream_up, upstream).set(1 if up else 0)
 
     def upstream_dial(self, upstream: str, result: str) -> None:
         self._child(self.upstream_dials, upstream, result).inc()
