@@ -91,10 +91,13 @@ class ProxyThread:
                 _end_hub(hub)
 
     def _stop_in_hub(self, drain_timeout: float) -> None:
+        proxy, stopped = self._proxy, self._stopped
+        if proxy is None or stopped is None:  # a second stop() that came as the thread ended
+            return
         try:
-            self._proxy.stop(drain_timeout)
+            proxy.stop(drain_timeout)
         finally:
-            self._stopped.set()
+            stopped.set()
 
     def stop(self, drain_timeout: float = 0, timeout: float = 30) -> None:
         """Stop accepting, let sessions finish for ``drain_timeout`` seconds, close the rest.

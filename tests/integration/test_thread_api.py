@@ -136,6 +136,17 @@ def test_in_a_patched_program_it_runs_in_the_same_hub(echo_tcp):
     assert not proxy.running
 
 
+def test_a_stop_that_arrives_after_the_thread_ended_does_nothing():
+    """What a second stop() from another thread hands to the hub when it comes as the first
+    one ends the thread: the proxy and its hub are gone by then, and nothing may fail."""
+    proxy = serve_in_thread(socks=["127.0.0.1:0"])
+    stop_in_hub = proxy._stop_in_hub  # what stop() schedules in the proxy's hub
+    proxy.stop()
+    assert not proxy.running
+    stop_in_hub(0)  # raised AttributeError on None before
+    proxy.stop()  # idempotent
+
+
 def test_bind_error_is_raised_in_the_caller():
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
