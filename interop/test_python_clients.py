@@ -41,16 +41,15 @@ def check_get(
     dest: Target,
     origins: Origins,
     *,
-    proto: str | None = None,
     tls: bool = False,
     verify: str | bool | ssl.SSLContext = True,
 ) -> None:
     """GET a fresh path of the HTTP origin (the HTTPS one with ``tls``, checked with ``verify``)
     with ``get`` through ``proxy`` as ``scheme://``: gproxy logs the session, the origin answers."""
     port = origins.https.port if tls else origins.http.port
-    path = f"/{get.__name__.removesuffix('_get')}/{token()}"  # /requests/... or /httpx/...
+    path = f"/get/{token()}"
     url = f"{'https' if tls else 'http'}://{dest.hostport(port)}{path}"
-    with proxy.session(port, proto=proto):
+    with proxy.session(port, proto="socks5" if proxy.kind == "socks5" else None):
         status, text, _ = get(proxy.url(scheme), url, verify=verify)
     assert status == 200
     assert text.strip() == expected("GET", path, tls=tls)
@@ -143,12 +142,12 @@ def requests_get(proxy_url: str, url: str, verify: str | bool = True) -> tuple[i
 
 @case("requests socks5://")
 def test_requests_socks5(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
-    check_get(requests_get, proxies.get("socks5", auth == "auth"), "socks5", dest, origins, proto="socks5")
+    check_get(requests_get, proxies.get("socks5", auth == "auth"), "socks5", dest, origins)
 
 
 @case("requests socks5h://")
 def test_requests_socks5h(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
-    check_get(requests_get, proxies.get("socks5", auth == "auth"), "socks5h", dest, origins, proto="socks5")
+    check_get(requests_get, proxies.get("socks5", auth == "auth"), "socks5h", dest, origins)
 
 
 @case("requests socks5h://", "v4", auths=("wrong-pw",))
@@ -192,7 +191,7 @@ def httpx_get(proxy_url: str, url: str, verify: ssl.SSLContext | bool = True) ->
 @case("httpx socks5://")
 def test_httpx_socks5(dest: Target, auth: str, proxies: Proxies, origins: Origins) -> None:
     need_module("socksio", "httpx[socks]")
-    check_get(httpx_get, proxies.get("socks5", auth == "auth"), "socks5", dest, origins, proto="socks5")
+    check_get(httpx_get, proxies.get("socks5", auth == "auth"), "socks5", dest, origins)
 
 
 # httpx 0.28 sends GET http://::1:PORT/ unbracketed; gproxy accepts that

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -641,20 +643,16 @@ def pysocks_echo(
     server at ``dest``: ``data`` comes back."""
     import socks
 
-    client = socks.socksocket()
-    try:
+    with socks.socksocket() as client:
         client.set_proxy(proxy_type, *proxy_addr, **options)
         client.settimeout(10)
         client.connect(dest)
-        client.sendall(data)
-        assert recv_exact(client, len(data)) == data
-    finally:
-        client.close()
+        assert echo_through(client, data) == data
 
 
-def pump_echo(sock: socket.socket, total: int) -> tuple[str, str]:
+def pump_echo(sock: socket.socket, total: int) -> None:
     """Send ``total`` pseudo-random bytes (no two blocks in a row alike), then half-close, while
-    reading the echo back; asserts as many came back. Returns the (sent, received) sha256 digests."""
+    reading the echo back; asserts the same bytes came back (count and sha256)."""
     import hashlib
 
     block = os.urandom(1 << 20)
@@ -677,7 +675,7 @@ def pump_echo(sock: socket.socket, total: int) -> tuple[str, str]:
         count += len(data)
     task.get()
     assert count == total
-    return sent.hexdigest(), received.hexdigest()
+    assert received.hexdigest() == sent.hexdigest()
 
 
 class BannerServer:
@@ -753,3 +751,16 @@ def network_namespaces(*names: str) -> Iterator[None]:
     finally:
         for ns in created:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+#: one ``key=value`` of an access-log line; the value bare or a JSON string
+_LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def logfmt_fields(line: str) -> dict[str, str]:
+    """An access-log line's fields in order, quoted values decoded; asserts the line is
+    nothing but ``key=value`` pairs separated by single spaces."""
+    line = line.rstrip("\n")
+    pairs = _LOGFMT_PAIR.findall(line)
+    assert " ".join(f"{key}={value}" for key, value in pairs) == line, line
+    return {key: json.loads(value) if value.startswith('"') else value for key, value in pairs}

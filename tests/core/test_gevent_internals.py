@@ -34,17 +34,19 @@ def test_take_kernel_socket_leaves_the_gevent_socket_detached():
         kernel, own_reader = a._sock, a._read_event
         fd = a.fileno()
         taken, reader = _gevent.take_kernel_socket(a)
-        assert taken is kernel and taken.fileno() == fd and taken.gettimeout() == 0.0
-        assert reader is own_reader and reader.fd == fd and not reader.active  # the caller's now
-        assert a._read_event is None and a._write_event is None
-        assert not a._sock  # gevent's falsy placeholder
-        a.close()  # what StreamServer does when the handler returns
-        assert taken.send(b"x") == 1  # the descriptor is still open, and still the tunnel's
-        assert b.recv(1) == b"x"
-        with pytest.raises(OSError):
-            a.send(b"y")
-        reader.close()
-        taken.close()
+        try:
+            assert taken is kernel and taken.fileno() == fd and taken.gettimeout() == 0.0
+            assert reader is own_reader and reader.fd == fd and not reader.active  # the caller's now
+            assert a._read_event is None and a._write_event is None
+            assert not a._sock  # gevent's falsy placeholder
+            a.close()  # what StreamServer does when the handler returns
+            assert taken.send(b"x") == 1  # the descriptor is still open, and still the tunnel's
+            assert b.recv(1) == b"x"
+            with pytest.raises(OSError):
+                a.send(b"y")
+        finally:
+            reader.close()
+            taken.close()
         assert b.recv(1) == b""
 
 
@@ -194,8 +196,8 @@ def test_hub_keeps_its_resolver_and_threadpool_in__resolver_and__threadpool():
 
     def in_a_thread() -> tuple[bool, bool, bool]:
         hub = gevent.get_hub()
-        pool = hub.threadpool  # made on first use
-        had = hub._threadpool is pool
+        pool, resolver = hub.threadpool, hub.resolver  # each made on first use
+        had = hub._threadpool is pool and hub._resolver is resolver
         _gevent.end_hub_helpers(hub)
         ended = hub._threadpool is None and hub._resolver is None
         joined = hub.join(timeout=5)  # nothing left to keep its loop busy
@@ -213,13 +215,18 @@ def in_a_real_thread(fn):  # type: ignore[no-untyped-def]
     lock = monkey.get_original("_thread", "allocate_lock")()
     lock.acquire()
     result: list[object] = []
+    error: list[BaseException] = []
 
     def run() -> None:
         try:
             result.append(fn())
+        except BaseException as exc:  # raised in the caller, below
+            error.append(exc)
         finally:
             lock.release()
 
     start(run, ())
     assert gevent.get_hub().threadpool.apply(lock.acquire, (True, 10))  # wait without blocking this hub
+    if error:
+        raise error[0]
     return result[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -57,11 +58,14 @@ def black_hole_v6_working_v4() -> Iterator[tuple[int, socket.socket]]:
         else:
             pytest.fail("no port free on both 127.0.0.1 and ::1 in 20 tries")
         hole.listen(0)
+        fillers = []
         for _ in range(2):  # a backlog of 0 holds one; the next SYNs are dropped
             filler = sockets.enter_context(socket.socket(V6, socket.SOCK_STREAM))
             filler.setblocking(False)
             filler.connect_ex(("::1", port))
-        time.sleep(0.2)
+            fillers.append(filler)
+        _, connected, _ = select.select([], fillers[:1], [], 5)  # the one the backlog holds
+        assert connected, "the first filler never connected"
         good.listen(16)
         yield port, good
 

@@ -10,6 +10,7 @@ from gevent import socket as gsocket
 
 from gproxy.core.origin_pool import OriginConn, OriginPool
 from gproxy.core.readable import ReadWaiter
+from tests.helpers import wait_for
 
 KEY = ("origin", 80)
 
@@ -29,6 +30,7 @@ def kept():
 
 
 def test_a_connection_nothing_came_on_is_handed_out(kept):
+    """(That it is handed out without a peek: test_what_arrives_after_the_last_poll_...)"""
     conn, _ = kept
     pool = OriginPool()
     pool.put(KEY, conn)
@@ -46,8 +48,9 @@ def test_a_connection_the_origin_closed_or_wrote_on_while_idle_is_closed_not_han
         origin.close()
     else:
         origin.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
-    gevent.sleep(0.05)  # the loop polls: the watcher fires with nobody waiting and stops
-    assert conn.reader is not None and not conn.reader.started
+    reader = conn.reader
+    assert reader is not None
+    wait_for(lambda: not reader.started, timeout=5, what="the watcher fired with nobody waiting")
     assert pool.get(KEY) is None
     assert conn.sock.fileno() == -1  # closed, watcher first
     assert len(pool) == 0
@@ -59,7 +62,7 @@ def test_what_arrives_after_the_last_poll_is_left_to_the_retry(kept):
     conn, origin = kept
     pool = OriginPool()
     pool.put(KEY, conn)
-    gevent.sleep(0.01)
+    gevent.sleep(0.01)  # the loop polls: nothing came yet, the watcher stays started
     origin.sendall(b"x")  # no yield to the loop before get()
     assert pool.get(KEY) is conn
 
@@ -69,9 +72,10 @@ def test_a_stopped_watcher_with_nothing_waiting_is_checked_by_a_peek_and_kept(ke
     was busy) is stopped, yet the connection is fine: the peek says so."""
     conn, origin = kept
     origin.sendall(b"rest of the body")
-    gevent.sleep(0.05)  # fires with nobody waiting: stopped
+    reader = conn.reader
+    assert reader is not None
+    wait_for(lambda: not reader.started, timeout=5, what="the watcher fired with nobody waiting")
     assert conn.sock.recv(100) == b"rest of the body"
-    assert conn.reader is not None and not conn.reader.started
     pool = OriginPool()
     pool.put(KEY, conn)
     assert pool.get(KEY) is conn

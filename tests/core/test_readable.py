@@ -9,6 +9,7 @@ import gevent
 import pytest
 
 from gproxy.core.readable import ReadWaiter
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -51,9 +52,7 @@ def test_readable_with_nobody_waiting_stops_the_watcher_and_the_next_wait_return
         waiting.join(timeout=5)
         a.recv(10)
         b.send(b"2")  # nobody waits: the level-triggered watcher must not fire on every turn
-        gevent.idle()
-        gevent.sleep(0.01)
-        assert not reader.started
+        wait_for(lambda: not reader.started, timeout=5, what="the watcher stopped itself")
         with gevent.Timeout(5):
             reader.wait()  # the byte is there: at once
         assert a.recv(10) == b"2"
@@ -75,10 +74,9 @@ def test_a_thrown_exception_ends_the_wait_and_later_bytes_wake_nobody(pair):
 
     try:
         sleeper = gevent.spawn(wait_then_sleep)
-        gevent.sleep(0.1)
-        assert woken == ["timed out"]
+        wait_for(lambda: woken == ["timed out"], timeout=5, what="the wait timed out")
         b.send(b"x")
-        gevent.sleep(0.02)
+        gevent.sleep(0.02)  # the loop polls: the bytes must wake nobody (the sleep goes on)
         assert woken == ["timed out"]
         sleeper.join(timeout=5)
         assert woken == ["timed out", "slept"]
@@ -89,11 +87,13 @@ def test_a_thrown_exception_ends_the_wait_and_later_bytes_wake_nobody(pair):
 def test_one_waiter_at_a_time_and_no_wait_after_close(pair):
     a, _ = pair
     reader = ReadWaiter(a.fileno())
-    waiting = wait_in_greenlet(reader)
-    with pytest.raises(RuntimeError):
-        reader.wait()
-    waiting.kill()
-    reader.close()
+    try:
+        waiting = wait_in_greenlet(reader)
+        with pytest.raises(RuntimeError):
+            reader.wait()
+        waiting.kill()
+    finally:
+        reader.close()
     reader.close()  # idempotent
     with pytest.raises(ValueError, match="closed"):
         reader.wait()

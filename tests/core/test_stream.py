@@ -8,6 +8,7 @@ examine (the ranges of find/startswith and the slices taken).
 
 from __future__ import annotations
 
+import gevent
 import pytest
 from gevent import socket as gsocket
 
@@ -147,8 +148,6 @@ def test_the_read_after_a_reply_waits_on_the_sockets_own_watcher(monkeypatch):
     """After sendall(), the next read of an empty buffer waits for readability on the
     socket's own read watcher (no recv() that fails with EAGAIN) and then gets the
     answer; the read after that (nothing replied in between) reads at once."""
-    import gevent
-
     from gproxy.core import stream
 
     waited_on = []
@@ -170,8 +169,6 @@ def test_the_read_after_a_reply_waits_on_the_sockets_own_watcher(monkeypatch):
 def test_a_socket_timeout_still_bounds_the_read_after_a_reply():
     """A socket with a timeout of its own (an upstream handshake) is read through gevent's
     recv, which honours it: a peer that never answers is a TimeoutError, not a hang."""
-    import gevent
-
     a, b = gsocket.socketpair()
     with a, b:
         a.settimeout(0.2)

@@ -12,25 +12,19 @@ from pathlib import Path
 from tests.helpers import (
     echo_through,
     ipv4_dest,
+    logfmt_fields,
     recv_all,
     socks5_connect,
     start_gproxy,
     wait_for,
 )
 
-PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 FIELDS = ["ts", "client", "user", "proto", "cmd", "dest", "up", "down", "dur", "outcome"]
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def parse(line: str) -> dict[str, str]:
-    pairs = PAIR.findall(line)
-    assert " ".join(f"{k}={v}" for k, v in pairs) == line.rstrip("\n"), line
-    return {key: value.strip('"') for key, value in pairs}
-
-
 def lines_of(path: Path) -> list[dict[str, str]]:
-    return [parse(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [logfmt_fields(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_lines_match_sessions(proxy, echo_tcp, tmp_path):

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import shutil
 import socket
-import subprocess
 
 import gevent
 import h11
@@ -15,7 +14,7 @@ import requests
 
 from gproxy import Config, Proxy
 from gproxy.core.context import Metrics
-from tests.helpers import RecordingOrigin, big_body_sha256, recv_all, recv_exact, recv_head, wait_for
+from tests.helpers import RecordingOrigin, big_body_sha256, curl, recv_all, recv_exact, recv_head, wait_for
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 BASIC = b"Basic " + base64.b64encode(b"u:p")
@@ -105,10 +104,6 @@ class RawClient:
 
 def get(url: str, *extra: bytes) -> bytes:
     return b"GET " + url.encode() + b" HTTP/1.1\r\nHost: x\r\n" + b"".join(extra) + b"\r\n"
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True, timeout=30)
 
 
 # -- real clients -----------------------------------------------------------------------

@@ -54,14 +54,13 @@ def test_origin_closing_ends_the_tls_tunnel_cleanly(tls_proxy, cert):
     """No TLS half-close: when the destination closes, the client sees the end of the stream."""
 
     with BannerServer(b"220 hello\r\n") as server:
-        client = tls_client(cert[0], tls_proxy)
-        assert socks5_over(client, ipv4_dest("127.0.0.1", server.port), (b"u", b"p"))[1] == 0x00
-        try:
-            data = recv_all(client)
-        except ssl.SSLError:  # an EOF without close_notify would show up here
-            pytest.fail("no close_notify")
+        with tls_client(cert[0], tls_proxy) as client:
+            assert socks5_over(client, ipv4_dest("127.0.0.1", server.port), (b"u", b"p"))[1] == 0x00
+            try:
+                data = recv_all(client)
+            except ssl.SSLError:  # an EOF without close_notify would show up here
+                pytest.fail("no close_notify")
         assert data == b"220 hello\r\n"
-        client.close()
 
 
 def test_plain_socks_on_a_tls_port_is_dropped(tls_proxy):

@@ -216,8 +216,8 @@ def test_upstream_speaking_another_protocol_is_0x01(proxy, echo_tcp):
         for url in (f"socks5://127.0.0.1:{not_socks.port}", "http://{}:{}".format(*hostport(socks_hop))):
             front = proxy(socks=["127.0.0.1:0"], upstream=url)
             sock, reply = socks5_connect(hostport(front), ipv4_dest("127.0.0.1", echo_tcp.port))
-            assert reply[1] == 0x01, url
-            sock.close()
+            with sock:
+                assert reply[1] == 0x01, url
 
 
 def test_silent_upstream_is_0x06(proxy, echo_tcp):
