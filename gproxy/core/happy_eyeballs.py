@@ -3,12 +3,11 @@
 Addresses are interleaved by family (IPv6 first when the answer has both). The
 first attempt starts at once; while none has connected or failed, another one
 starts every ``ATTEMPT_DELAY``; a failure starts the next one at once. The first
-to connect wins, the others are closed. Everything runs on event-loop watchers of
-raw non-blocking sockets (public gevent API: ``loop.io``, ``loop.timer``), with no
-greenlet per attempt; the winner is handed back as a gevent socket. A single
-address (an IP literal, a one-answer name) has nothing to race: the gevent socket
-is made first and its kernel socket connected, waiting on the socket's own write
-watcher (core/_gevent), with none of the race's objects.
+to connect wins, the others are closed. Each attempt is the gevent socket
+callers get, made first; its kernel socket connects and the race waits on the
+socket's own write watcher (core/_gevent) and loop timers, with no greenlet per
+attempt. A single address (an IP literal, a one-answer name) has nothing to
+race: one connect and one wait, with none of the race's objects.
 """
 
 from __future__ import annotations
@@ -23,12 +22,11 @@ from typing import Any
 from gevent import socket as gsocket
 from gevent.hub import Waiter, get_hub
 
-from gproxy.core._gevent import WRITE, raw_socket, write_watcher
+from gproxy.core._gevent import raw_socket, write_watcher
 
 #: RFC 8305 section 5: the recommended Connection Attempt Delay
 ATTEMPT_DELAY = 0.25
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
-_FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 #: (family, sockaddr) pairs, as getaddrinfo gives them
 Addresses = list[tuple[int, tuple[object, ...]]]
@@ -49,12 +47,13 @@ def interleave(addrs: Addresses) -> Addresses:
 
 
 class _Attempt:
-    __slots__ = ("race", "raw", "family", "watcher")
+    """One connect() in flight: its gevent socket and that socket's own write watcher."""
 
-    def __init__(self, race: _Race, raw: Any, family: int) -> None:
+    __slots__ = ("race", "sock", "watcher")
+
+    def __init__(self, race: _Race, sock: socket.socket) -> None:
         self.race = race
-        self.raw = raw
-        self.family = family
+        self.sock = sock
         self.watcher: Any = None
 
     def on_writable(self) -> None:
@@ -100,26 +99,26 @@ class _Race:
             if self.timed_out or not self.errors:
                 raise TimeoutError(errno.ETIMEDOUT, "connect timed out")
             raise self.errors[-1]
-        return _connected(winner.raw, winner.family)
+        return _connected(winner.sock)
 
     def start_next(self) -> None:
         """Start one more attempt (from the stagger timer, or at once after a failure)."""
         while self.addrs and not self.done:
             family, sockaddr = self.addrs.pop(0)
             try:
-                raw, err = _start_connect(family, sockaddr, self.prepare)
+                sock, err = _start_connect(family, sockaddr, self.prepare)
             except OSError as exc:  # EMFILE, EPERM from prepare, a bad address: next one
                 self.errors.append(exc)
                 continue
-            attempt = _Attempt(self, raw, family)
+            attempt = _Attempt(self, sock)
             if err == 0:
                 self.win(attempt)
                 return
             if err not in _IN_PROGRESS:
-                raw.close()
+                sock.close()
                 self.errors.append(OSError(err, os.strerror(err)))
                 continue
-            attempt.watcher = self.loop.io(raw.fileno(), WRITE)
+            attempt.watcher = write_watcher(sock)
             attempt.watcher.start(attempt.on_writable)
             self.pending.append(attempt)
             return
@@ -128,14 +127,14 @@ class _Race:
 
     def settled(self, attempt: _Attempt) -> None:
         """An attempt's connect() has finished, one way or the other."""
-        attempt.watcher.close()
+        attempt.watcher.stop()  # the socket's own: it closes it
         attempt.watcher = None
         self.pending.remove(attempt)
-        err = attempt.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = raw_socket(attempt.sock).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if not err:
             self.win(attempt)
             return
-        attempt.raw.close()
+        attempt.sock.close()
         self.errors.append(OSError(err, os.strerror(err)))
         self.start_next()  # a failure does not wait for the stagger
 
@@ -153,8 +152,8 @@ class _Race:
             return
         self.done = True
         for other in self.pending:
-            other.watcher.close()
-            other.raw.close()
+            other.watcher.stop()  # first: gevent's close() would try to wake whoever it started for
+            other.sock.close()
         self.pending.clear()
         self.waiter.switch(None)
 
@@ -172,45 +171,41 @@ def race(addrs: Addresses, timeout: float, prepare: Prepare | None = None) -> so
 
 def _connect_one(family: int, sockaddr: tuple[object, ...], timeout: float, prepare: Prepare | None) -> socket.socket:
     """One address (a literal, or a single answer): nothing to race, so none of the race's
-    objects. The gevent socket callers get is made first and its kernel socket connected
-    (one non-blocking connect(), a wait on the socket's own write watcher, one SO_ERROR
-    read): no second object for the descriptor, no watcher made for the wait."""
-    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    objects: one non-blocking connect(), a wait on the socket's own write watcher, one
+    SO_ERROR read."""
+    sock, err = _start_connect(family, sockaddr, prepare)
     try:
-        raw = raw_socket(sock)
-        if prepare is not None:
-            prepare(raw)
-        err = raw.connect_ex(sockaddr)
         if err in _IN_PROGRESS:
             _wait_writable(write_watcher(sock), timeout)
-            err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            err = raw_socket(sock).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock  # type: ignore[no-any-return]
+        return _connected(sock)
     except BaseException:
         sock.close()
         raise
 
 
-def _start_connect(family: int, sockaddr: tuple[object, ...], prepare: Prepare | None) -> tuple[Any, int]:
-    """A new non-blocking socket, prepared, its connect() started: (socket, errno), errno 0
+def _start_connect(family: int, sockaddr: tuple[object, ...], prepare: Prepare | None) -> tuple[socket.socket, int]:
+    """The gevent socket callers get, made first (no second object for the descriptor later),
+    its kernel socket prepared and its connect() started: (socket, errno), errno 0
     (connected), in progress, or the failure. Raises OSError (the socket closed) when it
     cannot be made, prepared (--outgoing, --mark) or aimed at ``sockaddr``."""
-    raw = _socket.socket(family, _FLAGS)
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
     try:
+        raw = raw_socket(sock)
         if prepare is not None:
             prepare(raw)
-        return raw, raw.connect_ex(sockaddr)
+        return sock, raw.connect_ex(sockaddr)
     except BaseException:
-        raw.close()
+        sock.close()
         raise
 
 
-def _connected(raw: Any, family: int) -> socket.socket:
-    """A connected kernel socket as the gevent socket callers get, with TCP_NODELAY."""
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return gsocket.socket(family, socket.SOCK_STREAM, 0, raw.detach())  # type: ignore[no-any-return]
+def _connected(sock: socket.socket) -> socket.socket:
+    """The connected socket, with TCP_NODELAY (on the kernel socket: gevent's setsockopt is Python)."""
+    raw_socket(sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _wait_writable(writable: Any, timeout: float) -> None:
