@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import gevent
 from gevent.server import StreamServer
@@ -30,11 +30,37 @@ def make_proxy(**settings: Any) -> Proxy:
     return Proxy(Config.build(**settings)).start()
 
 
-class EchoServer:
-    """Echoes every byte back; half-closes after the client does."""
+class TcpServer:
+    """A gevent StreamServer on ``host``, port 0, serving each connection with ``_handle``;
+    started and stopped as a context manager."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.server = StreamServer((host, 0), self._handle)
+
+    def _handle(self, sock: socket.socket, _addr: object) -> None:
+        raise NotImplementedError
+
+    @property
+    def host(self) -> str:
+        return str(self.server.address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self.server.address[1])
+
+    def __enter__(self) -> Self:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+
+class EchoServer(TcpServer):
+    """Echoes every byte back; half-closes after the client does."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.connections = 0
 
     def _handle(self, sock: socket.socket, _addr: object) -> None:
@@ -45,21 +71,6 @@ class EchoServer:
                 break
             sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
-
-    @property
-    def host(self) -> str:
-        return str(self.server.address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self.server.address[1])
-
-    def __enter__(self) -> EchoServer:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop(timeout=1)
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -545,7 +556,7 @@ def make_cert(directory: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-class FakeHttpUpstream:
+class FakeHttpUpstream(TcpServer):
     """A minimal HTTP CONNECT proxy for upstream tests: answers ``status`` (200 relays to
     the target, sending ``early`` right after the head); records each request head."""
 
@@ -553,7 +564,7 @@ class FakeHttpUpstream:
         self.status = status
         self.early = early
         self.heads: list[bytes] = []
-        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        super().__init__()
 
     def _handle(self, sock: socket.socket, _addr: object) -> None:
         from gproxy.core.relay import relay
@@ -572,17 +583,6 @@ class FakeHttpUpstream:
             relay(sock, target, idle_timeout=10)
         finally:
             target.close()
-
-    @property
-    def port(self) -> int:
-        return int(self.server.address[1])
-
-    def __enter__(self) -> FakeHttpUpstream:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop(timeout=1)
 
 
 class Wrapped:
@@ -678,27 +678,16 @@ def pump_echo(sock: socket.socket, total: int) -> None:
     assert received.hexdigest() == sent.hexdigest()
 
 
-class BannerServer:
+class BannerServer(TcpServer):
     """A TCP server on 127.0.0.1 that sends ``banner`` to each connection, then closes it."""
 
     def __init__(self, banner: bytes) -> None:
         self.banner = banner
-        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        super().__init__()
 
     def _handle(self, sock: socket.socket, _addr: object) -> None:
         sock.sendall(self.banner)
         sock.close()
-
-    @property
-    def port(self) -> int:
-        return int(self.server.address[1])
-
-    def __enter__(self) -> BannerServer:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop(timeout=1)
 
 
 def curl(*args: str, max_time: int = 10) -> subprocess.CompletedProcess[bytes]:

@@ -37,6 +37,7 @@ from gproxy.core.dial import DirectDialer, resolve
 from gproxy.core.errors import ConfigError, DialError
 from gproxy.core.resolve import DnsResolver
 from gproxy.core.resolver_url import ResolverServer, parse_resolver_url
+from tests.helpers import recv_exact
 
 SOA = "ns.test. admin.test. 1 7200 3600 1209600 {minimum}"
 
@@ -140,8 +141,8 @@ class FakeDns:
             self.udp.sendto(reply, peer)
 
     def _serve_framed(self, sock: socket.socket, transport: str) -> None:
-        (length,) = struct.unpack("!H", _recv_exact(sock, 2))
-        reply = self.answer(_recv_exact(sock, length), transport)
+        (length,) = struct.unpack("!H", recv_exact(sock, 2))
+        reply = self.answer(recv_exact(sock, length), transport)
         if reply is not None:
             sock.sendall(struct.pack("!H", len(reply)) + reply)
 
@@ -152,7 +153,7 @@ class FakeDns:
         try:
             with self.tls_context.wrap_socket(sock, server_side=True) as tls:
                 self._serve_framed(tls, "tls")
-        except OSError:  # the client refused our certificate
+        except (OSError, EOFError):  # the client refused our certificate, or left
             pass
 
     def _serve_doh(self, sock: socket.socket, _peer: object) -> None:
@@ -196,16 +197,6 @@ class FakeDns:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 class FakeClock:
