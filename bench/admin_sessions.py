@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from proxyprocs import socks5_tunnel
+from proxyprocs import socks5_tunnel, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BULK_SECONDS = 3.0
@@ -132,9 +132,9 @@ def main() -> None:
         mine.send("quit")
         client_proc.join(60)
     finally:
-        gproxy.terminate()
-        gproxy.wait(30)
+        stop_process(gproxy, 30)
         sink_proc.terminate()
+        sink_proc.join(5)
 
 
 if __name__ == "__main__":

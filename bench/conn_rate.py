@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, descendants
+from proxyprocs import cpu_seconds, descendants, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,13 +88,14 @@ def measure(
 ) -> dict[str, float]:
     flags = ["--socks", "0", "--workers", str(workers), "-q", "--drain-timeout", "1", *(extra or [])]
     proxy = spawn("-m", "gproxy", *flags)
+    clients: list[subprocess.Popen[str]] = []
     try:
         assert proxy.stderr is not None
         line = proxy.stderr.readline()
         if not line.startswith("gproxy: listening socks5 "):
             raise SystemExit(f"gproxy did not start: {line}{proxy.stderr.read()}")
         port = int(line.rsplit(":", 1)[1])
-        clients = [
+        clients += [
             spawn(__file__, "client", str(port), str(target_port), str(args.seconds), str(args.concurrency), args.name)
             for _ in range(args.clients)
         ]
@@ -116,8 +117,8 @@ def measure(
             "gproxy_cpu": cpu / args.seconds,
         }
     finally:
-        proxy.terminate()
-        proxy.wait(30)
+        for process in (*clients, proxy):  # a client that failed or timed out, too
+            stop_process(process, 30)
 
 
 def main() -> None:
@@ -150,8 +151,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        target.terminate()
-        target.wait(10)
+        stop_process(target)
 
 
 if __name__ == "__main__":

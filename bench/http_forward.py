@@ -21,14 +21,21 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, tinyproxy_argv, wait_connectable
+from proxyprocs import (
+    cpu_seconds,
+    descendants,
+    free_port,
+    squid_argv,
+    stop_process,
+    tinyproxy_argv,
+    wait_connectable,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,13 +49,7 @@ def running(argv: list[str], port: int, log: Path, **kwargs: object) -> Iterator
         wait_connectable(port, proc)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 def nginx_argv(tmp: Path, port: int) -> list[str]:

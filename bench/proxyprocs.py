@@ -60,6 +60,19 @@ def wait_connectable(port: int, proc: subprocess.Popen | None = None, timeout: f
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """End a process this script started, by its PID: SIGTERM, then SIGKILL if it has not
+    exited within ``timeout`` seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def socks5_tunnel(proxy_port: int, dest_port: int, timeout: float = 30) -> socket.socket:
     """A SOCKS5 CONNECT (no auth) through 127.0.0.1:proxy_port to 127.0.0.1:dest_port (the
     request after the method reply: any server takes that); ConnectionError if the proxy

@@ -32,7 +32,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, tinyproxy_argv, wait_connectable
+from proxyprocs import (
+    cpu_seconds,
+    descendants,
+    free_port,
+    squid_argv,
+    stop_process,
+    tinyproxy_argv,
+    wait_connectable,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -130,12 +138,7 @@ class Server:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_process(self.proc)
             self.proc = None
 
 
