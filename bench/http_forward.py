@@ -27,15 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from proxyprocs import (
-    cpu_seconds,
-    descendants,
-    free_port,
-    squid_argv,
-    stop_process,
-    tinyproxy_argv,
-    wait_connectable,
-)
+from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, stop_process, tinyproxy_argv, wait_connectable
 
 ROOT = Path(__file__).resolve().parent.parent
 

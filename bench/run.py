@@ -32,15 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from proxyprocs import (
-    cpu_seconds,
-    descendants,
-    free_port,
-    squid_argv,
-    stop_process,
-    tinyproxy_argv,
-    wait_connectable,
-)
+from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, stop_process, tinyproxy_argv, wait_connectable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
