@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, descendants, stop_process
+from proxyprocs import checkout_env, cpu_seconds, descendants, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def client_main(proxy_port: int, target_port: int, seconds: float, concurrency: 
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = checkout_env(ROOT)
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import shlex
 import shutil
@@ -27,7 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, stop_process, tinyproxy_argv, wait_connectable
+import proxyprocs as procs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,10 +37,10 @@ def running(argv: list[str], port: int, log: Path, **kwargs: object) -> Iterator
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
     try:
-        wait_connectable(port, proc)
+        procs.wait_connectable(port, proc)
         yield proc
     finally:
-        stop_process(proc)
+        procs.stop_process(proc)
 
 
 def nginx_argv(tmp: Path, port: int) -> list[str]:
@@ -95,7 +94,7 @@ def main() -> int:
     if shutil.which("ab") is None:
         print("ab (apache2-utils) is needed", file=sys.stderr)
         return 2
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = procs.checkout_env(ROOT)
     proxies: dict[str, tuple[object, dict[str, object]]] = {
         "gproxy": (
             lambda tmp, port: (
@@ -105,10 +104,10 @@ def main() -> int:
             ),
             {"env": env, "cwd": ROOT},
         ),
-        "squid": (lambda tmp, port: squid_argv(tmp, port, args.access_log), {}),
+        "squid": (lambda tmp, port: procs.squid_argv(tmp, port, args.access_log), {}),
     }
     if shutil.which("tinyproxy") and not args.access_log:
-        proxies["tinyproxy"] = (tinyproxy_argv, {})
+        proxies["tinyproxy"] = (procs.tinyproxy_argv, {})
     wanted = [name for name in args.only.split(",") if name] or list(proxies)
     unknown = sorted(set(wanted) - set(proxies))
     if unknown:
@@ -117,19 +116,19 @@ def main() -> int:
     cpu_us: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="gproxy-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        origin = free_port()
+        origin = procs.free_port()
         url = f"http://127.0.0.1:{origin}/1k"
         with running(nginx_argv(tmp, origin), origin, tmp / "nginx.out"):
             for name in wanted:
                 build, kwargs = proxies[name]
-                port = free_port()
+                port = procs.free_port()
                 try:
                     with running(build(tmp, port), port, tmp / f"{name}.out", **kwargs) as proc:  # type: ignore[operator]
                         ab(port, url, min(1000, args.requests), args.concurrency)  # warm-up
-                        pids = descendants(proc.pid)
-                        before = cpu_seconds(pids)
+                        pids = procs.descendants(proc.pid)
+                        before = procs.cpu_seconds(pids)
                         rates[name] = ab(port, url, args.requests, args.concurrency)
-                        cpu_us[name] = (cpu_seconds(pids) - before) / args.requests * 1e6
+                        cpu_us[name] = (procs.cpu_seconds(pids) - before) / args.requests * 1e6
                 except RuntimeError as exc:
                     print(f"{name}: {exc}", file=sys.stderr)
                     with contextlib.suppress(OSError):

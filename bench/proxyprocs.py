@@ -42,6 +42,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICK
 
 
+def checkout_env(checkout: Path) -> dict[str, str]:
+    """This process's environment with ``checkout`` first on PYTHONPATH: a gproxy started with it
+    runs that tree's code (not an installed copy)."""
+    return dict(os.environ, PYTHONPATH=str(checkout) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

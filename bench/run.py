@@ -32,7 +32,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, descendants, free_port, squid_argv, stop_process, tinyproxy_argv, wait_connectable
+from proxyprocs import (
+    checkout_env,
+    cpu_seconds,
+    descendants,
+    free_port,
+    squid_argv,
+    stop_process,
+    tinyproxy_argv,
+    wait_connectable,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -106,7 +115,7 @@ class Server:
             return True
         port = free_port()
         argv = self.argv(port) if callable(self.argv) else [a.replace("{port}", str(port)) for a in self.argv]
-        env = dict(os.environ, PYTHONPATH=str(self.checkout) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = checkout_env(self.checkout)
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=self.checkout)
         try:

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from proxyprocs import cpu_seconds, free_port, socks5_tunnel, wait_connectable
+from proxyprocs import checkout_env, cpu_seconds, free_port, socks5_tunnel, wait_connectable
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm")
@@ -114,8 +114,7 @@ def measure(
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env = checkout_env(ROOT)
     with open(log, "wb") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 

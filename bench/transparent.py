@@ -23,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from proxyprocs import checkout_env  # noqa: E402
 from run import LOADGEN, build_loadgen  # noqa: E402
 
 ROOT = HERE.parent
@@ -59,7 +60,7 @@ def main() -> int:
         procs.append(target)
         assert target.stdout is not None
         ports = json.loads(target.stdout.readline())
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = checkout_env(ROOT)
         gproxy = subprocess.Popen(
             in_ns(ns, sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:0", "--redirect", "127.0.0.1:0",
                   "--mark", "42", "-q", "--drain-timeout", "1"),

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import multiprocessing
-import os
 import socket
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from proxyprocs import checkout_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,7 @@ def echo_server(port_out: multiprocessing.connection.Connection) -> None:
 
 def start_gproxy(forward_to: int | None) -> tuple[subprocess.Popen[bytes], int, int | None]:
     """gproxy with --socks (and --udp-forward to 127.0.0.1:``forward_to``): (process, socks port, forward port)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = checkout_env(ROOT)
     argv = [sys.executable, "-m", "gproxy", "--socks", "127.0.0.1:0", "-q"]
     if forward_to is not None:
         argv += ["--udp-forward", f"127.0.0.1:0=127.0.0.1:{forward_to}"]
