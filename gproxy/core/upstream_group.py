@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from typing import Protocol
 
 from gproxy.codec.replies import ReplyCode
+from gproxy.core._gevent import is_plain, raw_socket
 from gproxy.core.addr import Address
 from gproxy.core.context import Metrics
 from gproxy.core.dial import Dialer, IPCheck
@@ -50,7 +51,7 @@ class _Member:
         self.name = name
         self.failed_at: float | None = None  # when it last failed itself; None: up
         self.dialling = 0  # dials in flight through it
-        self.sockets: list[socket.socket] = []  # least-conns: handed out, closed ones pruned lazily
+        self.sockets: list[socket.socket] = []  # least-conns: tunnels' sockets, closed ones pruned lazily
 
     def is_down(self, now: float, cooldown: float) -> bool:
         return self.failed_at is not None and now - self.failed_at < cooldown
@@ -113,7 +114,7 @@ class UpstreamGroup:
                 member.dialling -= 1
             self._worked(member, "ok")
             if self.strategy == "least-conns":
-                member.sockets.append(sock)
+                member.sockets.append(_tunnel_socket(sock))
             return sock
         if last is None:
             raise DialError(f"no time left to try an upstream for {dest}", ReplyCode.TTL_EXPIRED)
@@ -165,6 +166,13 @@ class UpstreamGroup:
             logger.info("upstream %s works again", member.name)
         self.metrics.upstream_dial(member.name, result)
         self.metrics.upstream_state(member.name, True)
+
+
+def _tunnel_socket(sock: socket.socket) -> socket.socket:
+    """What stays open exactly as long as the tunnel over ``sock``: a plain socket's kernel
+    socket (the relay takes it out of the gevent socket, which then reads as closed while
+    the tunnel runs on), any other socket itself."""
+    return raw_socket(sock) if is_plain(sock) else sock
 
 
 class Router:

@@ -146,6 +146,27 @@ def test_round_robin_spreads_over_three_upstreams(proxy, echo_tcp, tmp_path):
     ]
 
 
+def test_least_conns_counts_tunnels_the_relay_runs_on(proxy, echo_tcp, tmp_path, two_upstreams, monkeypatch):
+    # every choice looks for ended tunnels: plain tunnels whose relay took over the socket
+    # must still count as open (they once all went to the first upstream)
+    monkeypatch.setattr("gproxy.core.upstream_group.PRUNE_EVERY", 0.0)
+    front = front_of(proxy, [socks_url(up) for up in two_upstreams], tmp_path, upstream_strategy="least-conns")
+    address = front.address("socks5")
+    tunnels = []
+    try:
+        for _ in range(4):
+            sock, reply = socks5_connect((address.host, address.port), ipv4_dest("127.0.0.1", echo_tcp.port))
+            tunnels.append(sock)
+            assert reply[1] == 0
+            assert echo_through(sock, b"kept open") == b"kept open"  # the relay runs it now
+        seen = samples(front)
+        dials = [metric(seen, "gproxy_upstream_dials_total", upstream=socks_url(up, "b:***")) for up in two_upstreams]
+        assert dials == [2, 2]
+    finally:
+        for sock in tunnels:
+            sock.close()
+
+
 def test_bypass_goes_direct(proxy, echo_tcp, tmp_path):
     # the upstream refuses the echo server: only a direct dial reaches it
     upstream = proxy(socks=["127.0.0.1:0"], user=["b:2"], deny_dest=["127.0.0.1"])
