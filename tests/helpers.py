@@ -542,13 +542,15 @@ def big_body_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
-def make_cert(directory: Path) -> tuple[str, str]:
-    """A self-signed certificate for localhost, 127.0.0.1 and ::1 (openssl); returns (cert, key)."""
+def make_cert(directory: Path, *, alt_names: bool = True) -> tuple[str, str]:
+    """A self-signed certificate for localhost, 127.0.0.1 and ::1 (openssl); returns (cert, key).
+    ``alt_names=False``: no subjectAltName, only the subject's common name ``localhost``."""
     cert, key = directory / "cert.pem", directory / "key.pem"
+    san = ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"] if alt_names else []
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
-        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
+        + san,
         check=True,
         capture_output=True,
         timeout=30,

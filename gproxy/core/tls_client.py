@@ -21,6 +21,7 @@ def client_context(cafiles: Iterable[str], alpn: str | None = None) -> ssl.SSLCo
 
     context: ssl.SSLContext = gssl.create_default_context()
     context.minimum_version = gssl.TLSVersion.TLSv1_2
+    context.hostname_checks_common_name = False  # RFC 6125: the host must be in subjectAltName
     for path in cafiles:
         try:
             context.load_verify_locations(cafile=path)

@@ -227,6 +227,16 @@ def test_a_tls_upstream_whose_certificate_names_another_host_is_marked_down(prox
     assert metric(samples(front), "gproxy_upstream_up", upstream=url.replace("b:2@", "b:***@")) == 0
 
 
+def test_a_certificate_that_names_the_host_only_in_its_common_name_is_refused(proxy, echo_tcp, tmp_path):
+    # RFC 6125 / the README: the host must be listed in subjectAltName; no fallback to the CN
+    cert, key = make_cert(tmp_path, alt_names=False)
+    upstream = proxy(https=["127.0.0.1:0"], user=["b:2"], cert=cert, key=key)
+    url = socks_url(upstream, scheme="https", kind="https", host="localhost")
+    front = front_of(proxy, [url], tmp_path, ca=[cert])
+    assert echo_once(front, echo_tcp) == 0x01
+    assert metric(samples(front), "gproxy_upstream_up", upstream=url.replace("b:2@", "b:***@")) == 0
+
+
 def test_the_group_skips_a_tls_upstream_that_fails_verification(proxy, echo_tcp, tmp_path, other_cert, tls_upstream):
     plain = proxy(socks=["127.0.0.1:0"], user=["b:2"])
     bad = socks_url(tls_upstream, scheme="socks5+tls", kind="socks5-tls")
