@@ -3,7 +3,10 @@
 Addresses are interleaved by family (IPv6 first when the answer has both). The
 first attempt starts at once; while none has connected or failed, another one
 starts every ``ATTEMPT_DELAY``; a failure starts the next one at once. The first
-to connect wins, the others are closed. Each attempt is the gevent socket
+to connect wins, the others are closed. Addresses still being resolved (the A
+answer after a quicker AAAA one, RFC 8305 section 3) join the race when they
+come; until then the race waits for them even if every attempt so far failed.
+Each attempt is the gevent socket
 callers get, made first; its kernel socket connects and the race waits on the
 socket's own write watcher (core/_gevent) and loop timers, with no greenlet per
 attempt. A single address (an IP literal, a one-answer name) has nothing to
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gevent import socket as gsocket
+from gevent.event import AsyncResult
 from gevent.hub import Waiter, get_hub
 
 from gproxy.core._gevent import raw_socket, write_watcher
@@ -63,10 +67,11 @@ class _Attempt:
 class _Race:
     """One dial: the attempts in flight, the next addresses, and the waiting caller."""
 
-    __slots__ = ("addrs", "prepare", "loop", "waiter", "pending", "errors", "winner", "done", "timed_out")
+    __slots__ = ("addrs", "later", "prepare", "loop", "waiter", "pending", "errors", "winner", "done", "timed_out")
 
-    def __init__(self, addrs: Addresses, prepare: Prepare | None) -> None:
+    def __init__(self, addrs: Addresses, prepare: Prepare | None, later: AsyncResult | None = None) -> None:
         self.addrs = addrs
+        self.later = later  # more addresses to come (their value: Addresses), or None
         self.prepare = prepare
         self.loop = get_hub().loop
         self.waiter: Waiter[None] = Waiter()
@@ -78,10 +83,13 @@ class _Race:
 
     def run(self, timeout: float) -> socket.socket:
         """The connected socket; raises the last OSError, or TimeoutError after ``timeout``."""
+        if self.later is not None:
+            self.later.rawlink(self.add_later)  # called from the loop, at once if it is ready
         self.start_next()
         if not self.done:
             # every address already tried (the others failed at once): no stagger timer
-            stagger = self.loop.timer(ATTEMPT_DELAY, ATTEMPT_DELAY) if self.addrs else None
+            more = self.addrs or self.later is not None
+            stagger = self.loop.timer(ATTEMPT_DELAY, ATTEMPT_DELAY) if more else None
             deadline = self.loop.timer(timeout)
             if stagger is not None:
                 stagger.start(self.start_next)
@@ -122,8 +130,21 @@ class _Race:
             attempt.watcher.start(attempt.on_writable)
             self.pending.append(attempt)
             return
-        if not self.addrs and not self.pending and not self.done:
+        if not self.addrs and not self.pending and self.later is None and not self.done:
             self.finish()
+
+    def add_later(self, later: AsyncResult) -> None:
+        """The addresses still being resolved are in (or failed): they join the race, at once
+        when no attempt is in flight, else at the next stagger."""
+        self.later = None
+        if self.done:
+            return
+        if later.successful():
+            self.addrs.extend(later.value)
+        elif isinstance(later.exception, OSError):  # a connect error, if any, stays the one raised
+            self.errors.insert(0, later.exception)
+        if not self.pending:
+            self.start_next()
 
     def settled(self, attempt: _Attempt) -> None:
         """An attempt's connect() has finished, one way or the other."""
@@ -151,6 +172,9 @@ class _Race:
         if self.done:
             return
         self.done = True
+        if self.later is not None:
+            self.later.unlink(self.add_later)
+            self.later = None
         for other in self.pending:
             other.watcher.stop()  # first: gevent's close() would try to wake whoever it started for
             other.sock.close()
@@ -158,15 +182,18 @@ class _Race:
         self.waiter.switch(None)
 
 
-def race(addrs: Addresses, timeout: float, prepare: Prepare | None = None) -> socket.socket:
-    """Connect to the first of ``addrs`` (already interleaved) that answers, within ``timeout``.
+def race(
+    addrs: Addresses, timeout: float, prepare: Prepare | None = None, later: AsyncResult | None = None
+) -> socket.socket:
+    """Connect to the first of ``addrs`` (already interleaved) that answers, within ``timeout``;
+    ``later``, when given, brings more addresses (its value) that join the race when they come.
 
     Raises:
         OSError: the last attempt's error when every one failed; TimeoutError when time ran out.
     """
-    if len(addrs) == 1:
+    if len(addrs) == 1 and later is None:
         return _connect_one(*addrs[0], timeout, prepare)
-    return _Race(list(addrs), prepare).run(timeout)
+    return _Race(list(addrs), prepare, later).run(timeout)
 
 
 def _connect_one(family: int, sockaddr: tuple[object, ...], timeout: float, prepare: Prepare | None) -> socket.socket:

@@ -52,6 +52,11 @@ _HOSTS_RECHECK = 1.0
 _QUERY_TYPES = (dns.rdatatype.AAAA, dns.rdatatype.A)
 
 
+def _pairs(ips: Iterable[str], port: int) -> Resolved:
+    """(family, sockaddr) pairs for ``ips`` on ``port``."""
+    return [(socket.AF_INET6, (ip, port, 0, 0)) if ":" in ip else (socket.AF_INET, (ip, port)) for ip in ips]
+
+
 class HostsFile:
     """/etc/hosts as name -> addresses, read again when its mtime changes (checked at most once a second)."""
 
@@ -189,15 +194,31 @@ class DnsResolver:
 
     def resolve(self, host: str, port: int, deadline: float) -> Resolved:
         """(family, sockaddr) pairs, IPv6 and IPv4 interleaved, IPv6 first (RFC 8305)."""
-        return interleave(
-            [
-                (socket.AF_INET6, (ip, port, 0, 0)) if ":" in ip else (socket.AF_INET, (ip, port))
-                for ip in self.lookup(host, deadline)
-            ]
-        )
+        return interleave(_pairs(self.lookup(host, deadline), port))
 
-    def lookup(self, host: str, deadline: float) -> list[str]:
-        """The addresses of ``host``: IPv6 ones first, then IPv4, each in the server's order."""
+    def resolve_racing(self, host: str, port: int, deadline: float) -> tuple[Resolved, AsyncResult | None]:
+        """As resolve(), but a positive AAAA answer that comes before the A answer is returned
+        at once, with the A answer still coming (an AsyncResult of its pairs): RFC 8305
+        section 3, connecting over IPv6 starts without waiting for a slow A query."""
+        early: list[AsyncResult] = []
+        addrs = _pairs(self.lookup(host, deadline, early), port)
+        if not early:
+            return interleave(addrs), None
+        later: AsyncResult = AsyncResult()
+
+        def arrived(result: AsyncResult) -> None:
+            if result.successful():
+                later.set(_pairs(result.value.addresses, port))
+            else:
+                later.set_exception(socket.gaierror(socket.EAI_AGAIN, f"{host}: {result.exception}"))
+
+        early[0].rawlink(arrived)
+        return addrs, later
+
+    def lookup(self, host: str, deadline: float, early: list[AsyncResult] | None = None) -> list[str]:
+        """The addresses of ``host``: IPv6 ones first, then IPv4, each in the server's order.
+        With ``early``, a positive AAAA answer in before the A answer is returned at once and
+        the A query's AsyncResult (of an Answer) is put in ``early``."""
         if is_ip(host):
             return [bare_ip(host)]
         name = host.rstrip(".").lower()
@@ -220,6 +241,9 @@ class DnsResolver:
             else:
                 pending[rdtype] = self._shared_query(name, qname, rdtype)
         while pending:
+            if early is not None and dns.rdatatype.AAAA in answers and answers[dns.rdatatype.AAAA].addresses:
+                early.append(pending[dns.rdatatype.A])  # AAAA is in first: no wait for A
+                break
             remaining = deadline - time.monotonic()
             if dns.rdatatype.A in answers and answers[dns.rdatatype.A].addresses:
                 remaining = min(remaining, RESOLUTION_DELAY)  # A is in; AAAA gets a short grace only

@@ -34,7 +34,7 @@ from gevent.server import StreamServer
 from gproxy.codec.replies import ReplyCode
 from gproxy.core.addr import Address
 from gproxy.core.dial import DirectDialer, resolve
-from gproxy.core.errors import ConfigError, DialError
+from gproxy.core.errors import ConfigError, Denied, DialError
 from gproxy.core.resolve import DnsResolver
 from gproxy.core.resolver_url import ResolverServer, parse_resolver_url
 from tests.helpers import recv_exact
@@ -57,6 +57,7 @@ class FakeDns:
         self.truncate_udp = False
         self.soa_minimum = 30
         self.delay = 0.0
+        self.delay_types: dict[str, float] = {}  # extra delay of the answers of one type
         self.queries: Counter[tuple[str, str]] = Counter()
         self.transports: Counter[str] = Counter()
         self.http_status = 200
@@ -98,8 +99,8 @@ class FakeDns:
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.queries[(name, rdtype)] += 1
         self.transports[transport] += 1
-        if self.delay:
-            gevent.sleep(self.delay)
+        if self.delay or rdtype in self.delay_types:
+            gevent.sleep(self.delay + self.delay_types.get(rdtype, 0.0))
         if rdtype in self.drop_types:
             return None
         response = dns.message.make_response(query)
@@ -485,6 +486,72 @@ def test_a_answer_does_not_wait_for_a_dropped_aaaa(dns_server: FakeDns, make_res
         (socket.AF_INET, ("192.0.2.2", 80)),
     ]
     assert time.monotonic() - started < 1.5
+
+
+@pytest.fixture
+def dual_stack_name(dns_server: FakeDns) -> Iterator[tuple[socket.socket, int]]:
+    """``dual.test`` with AAAA ::1 and A 127.0.0.1; a listener on 127.0.0.1 at the port
+    returned and none on ::1 (connections there are refused)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    dns_server.records[("dual.test", "AAAA")] = (["::1"], 300)
+    dns_server.records[("dual.test", "A")] = (["127.0.0.1"], 300)
+    with listener:
+        yield listener, listener.getsockname()[1]
+
+
+def test_a_quick_aaaa_answer_is_raced_without_waiting_for_the_a_answer(dns_server: FakeDns, make_resolver: Any) -> None:
+    # RFC 8305 section 3: AAAA in first, connecting starts at once (the A query is lost here)
+    dns_server.drop_types.add("A")
+    dns_server.records[("v6.test", "AAAA")] = (["::1"], 300)
+    dns_server.records[("v6.test", "A")] = (["127.0.0.1"], 300)
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.bind(("::1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        dialer = DirectDialer(make_resolver(udp_url(dns_server), per_server_timeout=3.0))
+        started = time.monotonic()
+        with dialer.dial(Address("v6.test", port), timeout=8) as sock:
+            assert sock.getpeername()[:2] == ("::1", port)
+        assert time.monotonic() - started < 2.0  # not after the lost A query's 3 s
+
+
+def test_a_late_a_answer_joins_the_race_when_ipv6_is_refused(
+    dns_server: FakeDns, make_resolver: Any, dual_stack_name: tuple[socket.socket, int]
+) -> None:
+    dns_server.delay_types["A"] = 0.3
+    _, port = dual_stack_name
+    dialer = DirectDialer(make_resolver(udp_url(dns_server)))
+    with dialer.dial(Address("dual.test", port), timeout=5) as sock:
+        assert sock.getpeername() == ("127.0.0.1", port)
+
+
+def test_ipv6_refused_and_no_a_answer_reports_the_refusal(
+    dns_server: FakeDns, make_resolver: Any, dual_stack_name: tuple[socket.socket, int]
+) -> None:
+    dns_server.drop_types.add("A")
+    _, port = dual_stack_name
+    dialer = DirectDialer(make_resolver(udp_url(dns_server), per_server_timeout=0.3))
+    with pytest.raises(DialError) as caught:
+        dialer.dial(Address("dual.test", port), timeout=5)
+    assert caught.value.reply == ReplyCode.CONNECTION_REFUSED
+
+
+def test_a_late_a_answer_is_checked_like_the_others(
+    dns_server: FakeDns, make_resolver: Any, dual_stack_name: tuple[socket.socket, int]
+) -> None:
+    dns_server.delay_types["A"] = 0.2
+    _, port = dual_stack_name
+
+    def only_ipv6(ip: Any, _port: int) -> None:
+        if ip.version == 4:
+            raise Denied("IPv4 destinations are not allowed")
+
+    dialer = DirectDialer(make_resolver(udp_url(dns_server)), check=only_ipv6)
+    with pytest.raises(DialError) as caught:  # 127.0.0.1 would answer: it was left out
+        dialer.dial(Address("dual.test", port), timeout=5)
+    assert caught.value.reply == ReplyCode.CONNECTION_REFUSED  # ::1's answer, as when A comes first
 
 
 def test_direct_dialer_connects_through_the_resolver(echo_tcp: Any, make_resolver: Any) -> None:
