@@ -220,15 +220,18 @@ class Supervisor:
         config = reread(self.argv)  # logs the one error line itself
         if config is None:
             return
-        if config.users_file:
-            from gproxy.core.access import read_users_file
+        # checked against the listeners still bound, not the file's: no open proxy by reload
+        config = dataclasses.replace(config, listeners=self.config.listeners, workers=self.config.workers)
+        try:
+            config.validate()
+            if config.users_file:
+                from gproxy.core.access import read_users_file
 
-            try:
                 read_users_file(config.users_file)
-            except ConfigError as exc:
-                logger.error("reload failed, keeping the old settings: %s", exc)
-                return
-        self.config = dataclasses.replace(config, listeners=self.config.listeners, workers=self.config.workers)
+        except ConfigError as exc:
+            logger.error("reload failed, keeping the old settings: %s", exc)
+            return
+        self.config = config
         self.signal_all(signal.SIGHUP)
         logger.info("reloading %d workers", len(self.slots))
 

@@ -98,6 +98,43 @@ def test_authentication_follows_the_configuration_not_the_table(proxy, echo_tcp)
     assert socks4_connect_reply(addr, echo_tcp.port)[1] == 0x5B
 
 
+# -- a reload is checked against the listeners still bound -------------------------------
+
+
+def test_a_reload_cannot_open_a_listener_that_stays_exposed(proxy, caplog):
+    """The new settings name a loopback listener and no users, but the running one stays
+    on 0.0.0.0 (listeners need a restart): refused with one error, users kept."""
+    running = proxy(socks=["0.0.0.0:0"], user=["u:p"])
+    addr = ("127.0.0.1", running.address().port)
+    assert not running.reload(Config.build(socks=["127.0.0.1:0"]))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "open proxy" in errors[0] and "0.0.0.0" in errors[0], errors
+    assert no_auth_offer_answer(addr) == b"\x05\xff"
+    assert running.reload(Config.build(socks=["127.0.0.1:0"], user=["u:p"]))  # with users: fine
+    assert no_auth_offer_answer(addr) == b"\x05\xff"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_with_a_file_that_would_open_the_bound_listener_keeps_the_users(tmp_path, workers):
+    path = tmp_path / "gproxy.toml"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path.write_text(f'socks = ["0.0.0.0:{port}"]\nuser = ["u:p"]\n')
+    running = start_gproxy("--config", str(path), "--workers", workers)
+    try:
+        path.write_text(f'socks = ["127.0.0.1:{port}"]\n')  # users gone, "now on loopback"
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload failed" in line for line in running.stderr_lines), what="the error")
+        failed = [line for line in running.stderr_lines if "reload failed" in line]
+        assert len(failed) == 1 and "open proxy" in failed[0], running.stderr_lines
+        for _ in range(8):  # every worker
+            assert no_auth_offer_answer(("127.0.0.1", port)) == b"\x05\xff"
+        assert running.stop() == 0
+    finally:
+        running.__exit__()
+
+
 # -- SIGHUP with an access log that cannot be reopened -------------------------------------
 
 
