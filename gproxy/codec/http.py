@@ -164,16 +164,17 @@ def _blank_line_end(buf: bytes | bytearray, start: int) -> int | None:
     return min(ends, default=None)
 
 
-def _check_head(head: bytes) -> None:
+def _check_head(head: bytes) -> bool:
     """Strict checks on a raw head, where laxness lets requests be smuggled.
 
     One Content-Length at most; Transfer-Encoding as a token list whose only
-    supported value is ``chunked``; never both; no whitespace before a colon
-    and no obsolete line folding.
+    supported value is ``chunked``; never both (a Transfer-Encoding field of
+    any value, even empty, counts); no whitespace before a colon and no
+    obsolete line folding. Returns whether the body is chunked.
     """
     lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
     content_lengths = 0
-    codings: list[bytes] = []
+    transfer_encodings: list[bytes] = []
     for line in lines[1:]:
         if not line:
             continue
@@ -188,17 +189,29 @@ def _check_head(head: bytes) -> None:
             if not value.strip(b" \t").isdigit():
                 raise HttpError(400, "Content-Length is not a number")
         elif lowered == b"transfer-encoding":
-            codings += [token.strip(b" \t").lower() for token in value.split(b",")]
+            transfer_encodings.append(value)
     if content_lengths > 1:
         raise HttpError(400, "more than one Content-Length")
-    codings = [coding for coding in codings if coding]
-    if codings:
-        if content_lengths:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding")
-        if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
-            raise HttpError(400, "Transfer-Encoding must end in chunked, once")
-        if len(codings) > 1:
-            raise HttpError(501, "only Transfer-Encoding: chunked is supported", reason=Outcome.NOT_IMPLEMENTED)
+    if not transfer_encodings:
+        return False
+    if content_lengths:
+        raise HttpError(400, "both Content-Length and Transfer-Encoding")
+    codings = _transfer_codings(b",".join(transfer_encodings))
+    if not codings:  # "Transfer-Encoding:" or ", ": no framing named, none guessed
+        raise HttpError(400, "Transfer-Encoding names no coding")
+    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        raise HttpError(400, "Transfer-Encoding must end in chunked, once")
+    if len(codings) > 1:
+        raise HttpError(501, "only Transfer-Encoding: chunked is supported", reason=Outcome.NOT_IMPLEMENTED)
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _transfer_codings(value: bytes) -> tuple[bytes, ...]:
+    """The codings a Transfer-Encoding value lists (all its fields joined by commas), lower
+    case; empty list elements are dropped (RFC 9110 5.6.1), so ``b","`` lists none. Cached:
+    a few values recur."""
+    return tuple(coding for token in value.lower().split(b",") if (coding := token.strip(b" \t")))
 
 
 # -- targets ----------------------------------------------------------------------
@@ -510,7 +523,7 @@ def _plain_request(
 
 def _parse_request_strictly(head: bytes) -> RequestHead:
     """parse_request for any head: _check_head's checks, then line by line."""
-    _check_head(head)
+    chunked = _check_head(head)
     lines = _split_lines(head)
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
@@ -526,7 +539,6 @@ def _parse_request_strictly(head: bytes) -> RequestHead:
             raise HttpError(400, "an HTTP/1.1 request needs a Host header")
     else:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
-    chunked = header(headers, b"transfer-encoding") is not None  # _check_head: then only "chunked"
     length = header(headers, b"content-length")
     expect = header(headers, b"expect")
     names = [name.lower() for name, _ in headers]
@@ -589,9 +601,8 @@ def _plain_response(status_line: re.Match[bytes], passed: bytes, found: list[re.
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
-        elif name == b"transfer-encoding":
-            if codings is None:
-                codings = value
+        elif name == b"transfer-encoding":  # every field: together they make one list
+            codings = value if codings is None else codings + b"," + value
         elif name == b"connection":
             if connection is not None:
                 return None
@@ -612,12 +623,18 @@ def _response(
     length: int | None,
     codings: bytes | None,
 ) -> ResponseHead:
-    """The framing of a response whose headers passed the checks."""
-    chunked = codings is not None and codings.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
-    if codings is not None:
+    """The framing of a response whose headers passed the checks; ``codings``: its
+    Transfer-Encoding fields joined by commas (None: none came).
+    Raises HttpError(502) for a Transfer-Encoding that names no coding."""
+    chunked = False
+    if codings is not None:  # it overrides a Content-Length (RFC 9112 6.3)
+        listed = _transfer_codings(codings)
+        if not listed:
+            raise HttpError(502, "origin sent a Transfer-Encoding that names no coding")
+        chunked = listed[-1] == b"chunked"
         length = None
     close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
-    if codings is not None and not chunked or length is None and not chunked:
+    if length is None and not chunked:
         close = True  # delimited by close
     return ResponseHead(version, int(status), reason or b"", passed, chunked, length, close, tokens)
 
@@ -642,7 +659,8 @@ def _parse_response_strictly(head: bytes) -> ResponseHead:
     names = [name.lower() for name, _ in headers]
     tokens = frozenset(connection_tokens(headers))
     passed = b"".join([b"\r\n" + line for line in _kept_lines(headers, names, RESPONSE_DROP | tokens)])
-    return _response(version, status, reason, passed, tokens, length, header(headers, b"transfer-encoding"))
+    encodings = [value for name, value in headers if name.lower() == b"transfer-encoding"]
+    return _response(version, status, reason, passed, tokens, length, b",".join(encodings) if encodings else None)
 
 
 def _kept_lines(headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes]) -> list[bytes]:

@@ -73,6 +73,12 @@ def test_headers_too_large_is_431():
         (b"Content-Length: -1\r\n", 400),
         (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", 400),
         (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", 400),
+        # any Transfer-Encoding next to a Content-Length, even one that names no coding
+        (b"Transfer-Encoding:\r\nContent-Length: 5\r\n", 400),
+        (b"Transfer-Encoding: ,\r\nContent-Length: 5\r\n", 400),
+        (b"Content-Length: 5\r\nTransfer-Encoding: \t\r\n", 400),
+        (b"Transfer-Encoding:\r\n", 400),
+        (b"Transfer-Encoding: , ,\r\n", 400),
         (b"Transfer-Encoding: chunked, identity\r\n", 400),
         (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400),
         (b"Transfer-Encoding: chunked, chunked\r\n", 400),
@@ -97,6 +103,7 @@ def test_smuggling_and_malformed_headers(headers, status):
         (b"Content-Length: 5\r\n", False, 5),
         (b"Transfer-Encoding: chunked\r\n", True, 0),
         (b"Transfer-Encoding: Chunked \r\n", True, 0),
+        (b"Transfer-Encoding: , chunked,\r\n", True, 0),  # empty list elements are ignored
         (b"", False, 0),
     ],
 )
@@ -260,6 +267,9 @@ SMUGGLING = [
     b"Content-Length: 5, 5\r\n",
     b"Content-Length: -1\r\n",
     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding:\r\nContent-Length: 5\r\n",
+    b"Transfer-Encoding: ,\r\nContent-Length: 5\r\n",
+    b"Transfer-Encoding:\r\n",
     b"Transfer-Encoding: chunked, identity\r\n",
     b"Transfer-Encoding: gzip, chunked\r\n",
     b"Content-Length : 5\r\n",
@@ -391,6 +401,30 @@ def test_the_client_gets_no_hop_by_hop_response_header():
     assert response.passed == b"\r\nServer: x\r\nX-A:1" and response.chunked and response.length is None
     named = http.parse_response(b"HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nX-B: 2\r\n\r\n")
     assert named.passed == b"\r\nX-B: 2" and named.close
+
+
+@pytest.mark.parametrize("value", [b"", b" ", b",", b" , ,"])
+@pytest.mark.parametrize("length", [b"", b"Content-Length: 2\r\n"])
+def test_a_response_transfer_encoding_that_names_no_coding_is_502(value, length):
+    """The response side of the empty Transfer-Encoding: no framing is guessed for it either."""
+    for head in (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:" + value + b"\r\n" + length + b"\r\n",  # the one-pass path
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:" + value + b"\r\n" + length + b"X-A: 1\n\r\n",  # the strict one
+    ):
+        with pytest.raises(HttpError) as info:
+            http.parse_response(head)
+        assert info.value.status == 502
+
+
+def test_response_transfer_encoding_fields_make_one_list():
+    for head in (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nX-A: 1\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n",
+    ):
+        assert http.parse_response(head).chunked, head
+    closed = http.parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n")
+    assert not closed.chunked and closed.close
 
 
 @given(st.binary(max_size=200), st.sampled_from([b"", b"\r\n\r\n", b"\r\n\r\nbody", b"\n\n", b"\r\n"]))

@@ -416,6 +416,10 @@ def test_dial_failures_map_to_502_504_403(start, closed_port, method):
             b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             400,
         ),
+        (
+            b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            400,
+        ),
         (b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
         (b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
         (b"GET http://a/ HTTP/1.1\r\nHost : a\r\n\r\n", 400),
@@ -431,6 +435,7 @@ def test_dial_failures_map_to_502_504_403(start, closed_port, method):
     ids=[
         "two-content-lengths",
         "cl-and-te",
+        "cl-and-empty-te",
         "te-twice",
         "te-not-chunked",
         "space-before-colon",
