@@ -538,6 +538,8 @@ def _parse_request_strictly(head: bytes) -> RequestHead:
         if header(headers, b"host") is None:
             raise HttpError(400, "an HTTP/1.1 request needs a Host header")
     else:
+        if chunked:  # RFC 9112 6.1: faulty framing from an HTTP/1.0 sender; refused, then closed
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
     length = header(headers, b"content-length")
     expect = header(headers, b"expect")

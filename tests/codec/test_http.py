@@ -97,6 +97,13 @@ def test_smuggling_and_malformed_headers(headers, status):
     assert status_of(b"POST http://a/ HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n") == status
 
 
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"])
+def test_http10_request_with_transfer_encoding_is_400(connection):
+    """RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing."""
+    raw = b"POST http://a/ HTTP/1.0\r\n" + connection + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert status_of(raw) == 400
+
+
 @pytest.mark.parametrize(
     ("headers", "chunked", "length"),
     [

@@ -422,6 +422,11 @@ def test_dial_failures_map_to_502_504_403(start, closed_port, method):
         ),
         (b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
         (b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (
+            b"POST http://a/ HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            b"GET http://a/ HTTP/1.0\r\n\r\n",
+            400,
+        ),
         (b"GET http://a/ HTTP/1.1\r\nHost : a\r\n\r\n", 400),
         (b"GET http://a/ HTTP/1.1\r\nHost: a\r\n folded: x\r\n\r\n", 400),
         (b"GET /origin-form HTTP/1.1\r\nHost: a\r\n\r\n", 400),
@@ -438,6 +443,7 @@ def test_dial_failures_map_to_502_504_403(start, closed_port, method):
         "cl-and-empty-te",
         "te-twice",
         "te-not-chunked",
+        "http10-te",
         "space-before-colon",
         "obs-fold",
         "origin-form",
