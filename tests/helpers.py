@@ -692,6 +692,25 @@ class BannerServer(TcpServer):
         sock.close()
 
 
+class CannedOrigin(TcpServer):
+    """An HTTP origin on 127.0.0.1 that reads each request head and answers ``response``
+    as given; with ``rest``, sends that too once ``go`` is set (10 s at most), then closes."""
+
+    def __init__(self, response: bytes, rest: bytes = b"") -> None:
+        import gevent.event
+
+        self.response, self.rest = response, rest
+        self.go = gevent.event.Event()
+        super().__init__()
+
+    def _handle(self, sock: socket.socket, _addr: object) -> None:
+        recv_head(sock)
+        sock.sendall(self.response)
+        if self.rest and self.go.wait(10):
+            sock.sendall(self.rest)
+        sock.close()
+
+
 def curl(*args: str, max_time: int = 10) -> subprocess.CompletedProcess[bytes]:
     """``curl -sS --max-time MAX_TIME ARGS``: its exit code, stdout and stderr."""
     return subprocess.run(

@@ -396,6 +396,11 @@ class _Stale(OriginError):
     """A kept-alive origin connection failed before any byte of the response."""
 
 
+class _Unsent(OriginError):
+    """The origin's response failed before any byte of it went to the client, who can
+    still be answered (502)."""
+
+
 def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHead, clock: _Clock) -> bool:
     """Forward one absolute-URI request; True if the client connection stays open."""
     try:
@@ -432,6 +437,10 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     session.status = response.status
     try:
         keep_origin, keep_client = _send_response(conn, exchange, request, response, session, body_read)
+    except _Unsent as exc:
+        exchange.origin.close()
+        session.status = exc.status  # what the client got instead of the origin's status
+        raise _fail(conn, exc) from None
     except BaseException:
         exchange.origin.close()
         raise
@@ -584,7 +593,8 @@ def _send_response(
     session: Session,
     body_read: bool,
 ) -> tuple[bool, bool]:
-    """Send the response head and body; (origin connection reusable, client connection kept)."""
+    """Send the response head and body; (origin connection reusable, client connection kept).
+    _Unsent if the response fails before anything of it went to the client."""
     no_body = request.method == b"HEAD" or response.status in (204, 304)
     keep_client = request.keep_alive and body_read
     chunk_out = False
@@ -628,8 +638,8 @@ def _send_response(
         while True:
             try:
                 pieces = decoder.feed(data)
-            except HttpError as exc:
-                raise OriginError(f"origin broke the chunked coding: {exc}") from None
+            except HttpError as exc:  # ``head`` still unsent: nothing reached the client yet
+                raise (_Unsent if head else OriginError)(f"origin broke the chunked coding: {exc}") from None
             session.down += sum(map(len, pieces))
             out = b"".join(map(http.encode_chunk, pieces)) if chunk_out else b"".join(pieces)
             if decoder.done:

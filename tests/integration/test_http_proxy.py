@@ -14,7 +14,16 @@ import requests
 
 from gproxy import Config, Proxy
 from gproxy.core.context import Metrics
-from tests.helpers import RecordingOrigin, big_body_sha256, curl, recv_all, recv_exact, recv_head, wait_for
+from tests.helpers import (
+    CannedOrigin,
+    RecordingOrigin,
+    big_body_sha256,
+    curl,
+    recv_all,
+    recv_exact,
+    recv_head,
+    wait_for,
+)
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 BASIC = b"Basic " + base64.b64encode(b"u:p")
@@ -572,3 +581,36 @@ def test_a_client_that_stalls_in_its_request_body_is_cut_off_after_the_idle_time
         assert 0.2 < time.monotonic() - began < 8
     (session,) = wait_for_sessions(sessions, 1)
     assert session.outcome == "idle_timeout"
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"zz\r\nok\r\n0\r\n\r\n", b"0\r\n" + b"X-Trailer: 1234567\r\n" * 1000 + b"\r\n"],
+    ids=["bad-chunk-size", "trailers-too-large"],
+)
+def test_a_chunked_body_broken_before_any_byte_went_out_is_502(start, sessions, body):
+    """The client hears 502 (not a bare close) when the origin's chunked coding fails before
+    the response head was sent; the access log says 502 too."""
+    with CannedOrigin(CHUNKED_HEAD + body) as origin:
+        address = start(metrics=sessions)
+        assert status_and_close(address, get(f"http://127.0.0.1:{origin.port}/")) == 502
+    (session,) = wait_for_sessions(sessions, 1)
+    assert (session.status, session.outcome) == (502, "origin_error")
+
+
+def test_a_chunked_body_broken_after_bytes_went_out_is_a_close(start):
+    """Once the response head went out a 502 can no longer be sent: the client sees a close
+    before the last chunk, and nothing else."""
+    with CannedOrigin(CHUNKED_HEAD + b"2\r\nok\r\n", rest=b"zz\r\n") as origin:
+        host, port = start()
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(get(f"http://127.0.0.1:{origin.port}/"))
+            answer = b""
+            while not answer.endswith(b"2\r\nok\r\n") and len(answer) < 1000:
+                answer += sock.recv(1000) or b"<EOF>"
+            origin.go.set()
+            answer += recv_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n2\r\nok\r\n"), answer
