@@ -416,10 +416,13 @@ class ResponseHead:
     #: the header lines the client gets, each ``CRLF name ":" value``: hop-by-hop ones,
     #: those the Connection header names and Content-Length left out (framing is the proxy's)
     passed: bytes
-    chunked: bool
+    chunked: bool  # the body ends in the chunked coding (the proxy decodes it)
     length: int | None  # None: no Content-Length (chunked, or delimited by close)
     close: bool  # the origin will close after this response
     tokens: frozenset[bytes]  # the Connection header's tokens, lower case
+    #: the transfer codings the proxy leaves on the body (all but a final chunked: gzip, ...),
+    #: lower case, in order; the client must be told them (RFC 9112 6.1)
+    codings: tuple[bytes, ...]
 
 
 def _header_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -627,18 +630,23 @@ def _response(
 ) -> ResponseHead:
     """The framing of a response whose headers passed the checks; ``codings``: its
     Transfer-Encoding fields joined by commas (None: none came).
-    Raises HttpError(502) for a Transfer-Encoding that names no coding."""
+    Raises HttpError(502) for a Transfer-Encoding that names no coding, or chunked
+    anywhere but last (the proxy could not chunk the body for the client again)."""
     chunked = False
+    kept: tuple[bytes, ...] = ()
     if codings is not None:  # it overrides a Content-Length (RFC 9112 6.3)
         listed = _transfer_codings(codings)
         if not listed:
             raise HttpError(502, "origin sent a Transfer-Encoding that names no coding")
         chunked = listed[-1] == b"chunked"
+        kept = listed[:-1] if chunked else listed
+        if b"chunked" in kept:
+            raise HttpError(502, "origin applied chunked before another transfer coding")
         length = None
     close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
     if length is None and not chunked:
         close = True  # delimited by close
-    return ResponseHead(version, int(status), reason or b"", passed, chunked, length, close, tokens)
+    return ResponseHead(version, int(status), reason or b"", passed, chunked, length, close, tokens, kept)
 
 
 def _parse_response_strictly(head: bytes) -> ResponseHead:

@@ -604,7 +604,12 @@ def _send_response(
     elif not no_body:
         if request.version == b"1.1":
             framing = b"\r\nTransfer-Encoding: chunked"
+            if response.codings:  # only chunked is decoded: the others stay, chunked over them
+                framing = b"\r\nTransfer-Encoding: %b, chunked" % b", ".join(response.codings)
             chunk_out = True
+        elif response.codings:  # an HTTP/1.0 client is never sent Transfer-Encoding (RFC 9112 6.1)
+            named = b", ".join(response.codings).decode("ascii", "replace")
+            raise _Unsent(f"origin's transfer coding ({named}) cannot be sent to an HTTP/1.0 client")
         else:
             keep_client = False  # delimited by our close
     if keep_client:

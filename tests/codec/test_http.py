@@ -372,7 +372,7 @@ def _passed_pairs(passed: bytes) -> list[tuple[bytes, bytes]]:
 
 _REQUEST_VIEW = ("method", "target", "version", "keep_alive", "chunked", "length", "has_length", "expect_continue",
                  "tokens", "authorization")  # fmt: skip
-_RESPONSE_VIEW = ("version", "status", "reason", "chunked", "length", "close", "tokens")
+_RESPONSE_VIEW = ("version", "status", "reason", "chunked", "length", "close", "tokens", "codings")
 
 
 @given(
@@ -430,8 +430,35 @@ def test_response_transfer_encoding_fields_make_one_list():
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n",
     ):
         assert http.parse_response(head).chunked, head
-    closed = http.parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n")
-    assert not closed.chunked and closed.close
+
+
+@pytest.mark.parametrize(
+    ("value", "chunked", "codings"),
+    [
+        (b"chunked", True, ()),
+        (b"Chunked", True, ()),
+        (b"gzip, chunked", True, (b"gzip",)),
+        (b"GZip ,deflate,chunked", True, (b"gzip", b"deflate")),
+        (b"gzip", False, (b"gzip",)),  # delimited by the origin's close
+        (b"gzip\r\nTransfer-Encoding: chunked", True, (b"gzip",)),  # two fields, one list
+    ],
+)
+def test_response_transfer_codings_other_than_chunked_are_kept(value, chunked, codings):
+    for head in (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + value + b"\r\n\r\n",  # the one-pass path
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + value + b"\r\nX-A: 1\n\r\n",  # the strict one
+    ):
+        response = http.parse_response(head)
+        assert (response.chunked, response.codings, response.length) == (chunked, codings, None), head
+        assert response.close is not chunked
+
+
+@pytest.mark.parametrize("value", [b"chunked, gzip", b"chunked, chunked", b"chunked\r\nTransfer-Encoding: gzip"])
+def test_a_response_chunked_before_another_coding_is_502(value):
+    """Chunked more than once, or before another coding: the proxy could not chunk it for the client."""
+    with pytest.raises(HttpError) as info:
+        http.parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + value + b"\r\n\r\n")
+    assert info.value.status == 502
 
 
 @given(st.binary(max_size=200), st.sampled_from([b"", b"\r\n\r\n", b"\r\n\r\nbody", b"\n\n", b"\r\n"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import shutil
 import socket
@@ -614,3 +615,43 @@ def test_a_chunked_body_broken_after_bytes_went_out_is_a_close(start):
             origin.go.set()
             answer += recv_all(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n2\r\nok\r\n"), answer
+
+
+def dechunk(body: bytes) -> bytes:
+    """The data of a chunked body that ends in a last chunk (no trailers); AssertionError otherwise."""
+    data = b""
+    for _ in range(len(body)):  # bounded: each round takes at least one line
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if not size:
+            assert body == b"\r\n", body
+            return data
+        data += body[:size]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+    raise AssertionError("no last chunk")
+
+
+@pytest.mark.parametrize(
+    ("codings", "body"),
+    [(b"gzip, chunked", b"%x\r\n%b\r\n0\r\n\r\n"), (b"gzip", b"%x%b")],
+    ids=["chunked-origin", "close-delimited-origin"],
+)
+def test_transfer_codings_other_than_chunked_reach_the_client(start, codings, body):
+    """Only chunked is the proxy's to decode: an HTTP/1.1 client is told the gzip coding
+    (Transfer-Encoding: gzip, chunked) and gets the gzip bytes; an HTTP/1.0 client, which
+    must never be sent Transfer-Encoding, gets 502 instead of gzip bytes as plain ones."""
+    coded = gzip.compress(b"hello from origin")
+    body = body % (len(coded), coded) if body.startswith(b"%x\r\n") else coded
+    response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + codings + b"\r\nX-A: 1\r\n\r\n" + body
+    with CannedOrigin(response) as origin:
+        address = start()
+        url = f"http://127.0.0.1:{origin.port}/"
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(get(url, b"Connection: close\r\n"))
+            answer = recv_all(sock)
+        head, _, chunked = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nX-A: 1\r\n" in head + b"\r\n", head
+        assert b"\r\nTransfer-Encoding: gzip, chunked\r\n" in head + b"\r\n", head
+        assert gzip.decompress(dechunk(chunked)) == b"hello from origin"
+        assert status_and_close(address, f"GET {url} HTTP/1.0\r\n\r\n".encode()) == 502
