@@ -29,7 +29,9 @@ class Session:
     client: Address
     listener: str
     proto: str = "-"
-    user: str | None = None
+    user: str | None = None  # once authenticated (or the Shadowsocks key's owner)
+    #: the name a client gave that failed authentication: the access log's user=, never /sessions
+    user_tried: str | None = None
     cmd: str = "-"
     dest: str = "-"
     up: int = 0
@@ -68,7 +70,7 @@ class Session:
         via = "" if self.via is None else f" via={_quote(self.via)}"
         status = "" if self.status is None else f" status={self.status}"
         return (  # client (an address from the kernel or a checked PROXY header) and proto (ours) need no quoting
-            f"ts={_TIMESTAMPS.now()} client={self.client} user={_quote(self.user or '-')}"
+            f"ts={_TIMESTAMPS.now()} client={self.client} user={_quote(self.user or self.user_tried or '-')}"
             f" proto={self.proto} cmd={_quote(self.cmd)} dest={_quote(self.dest)}{via}{status}"
             f" up={self.up - self.logged[0]} down={self.down - self.logged[1]}"
             f" dur={time.monotonic() - self.started:.3f} outcome={self.outcome}"
@@ -82,6 +84,7 @@ class Session:
     def next_request(self) -> None:
         """The next HTTP request on the connection began: its record starts afresh."""
         self.user, self.cmd, self.dest, self.status, self.outcome, self.via = None, "-", "-", None, Outcome.OK, None
+        self.user_tried = None
         self.started = time.monotonic()
         self.quiet = False
 

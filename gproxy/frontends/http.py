@@ -234,17 +234,18 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
         _answer(conn, 407, "proxy authentication required", _AUTHENTICATE, close=not _may_retry(request))
         return False
     credentials = http.basic_credentials(given)
-    if credentials is not None:
-        session.user = credentials[0].decode("utf-8", "replace")
+    name = None if credentials is None else credentials[0].decode("utf-8", "replace")
     try:
         if credentials is None or not ctx.users.check(
             *credentials, client=str(session.client), listener=session.listener
         ):
             raise AuthFailed("missing or wrong Proxy-Authorization")
     except AuthFailed:  # or AuthUnavailable: the --auth-url service gave no answer
+        session.user_tried = name
         session.status = 407
         _answer(conn, 407, "proxy authentication required", _AUTHENTICATE)
         raise
+    session.user = name
     try:
         ctx.users.admit(session)  # counted against the user's max-conns from here on
     except UserLimit:

@@ -86,13 +86,15 @@ def _negotiate(conn: Conn, ctx: Context, session: Session) -> None:
     conn.sendall(socks5.encode_method_choice(wanted))
     if wanted == AuthMethod.USERNAME_PASSWORD:
         auth = conn.read_message(socks5.parse_auth, 513)
-        session.user = auth.username.decode("utf-8", "replace")
+        name = auth.username.decode("utf-8", "replace")
         try:
             if not ctx.users.check(auth.username, auth.password, client=str(session.client), listener=session.listener):
                 raise AuthFailed("bad user name or password")
         except AuthFailed:  # or AuthUnavailable: the --auth-url service gave no answer
+            session.user_tried = name
             conn.sendall(socks5.encode_auth_reply(False))
             raise
+        session.user = name
         conn.sendall(socks5.encode_auth_reply(True))
 
 
