@@ -163,7 +163,11 @@ class Users:
                 hmac.compare_digest(password, password)  # same work as a real compare
             return False
         if not secret.is_hash:
-            return passwords.verify(secret, password)
+            if passwords.verify(secret, password):
+                return True
+            if self._decoy is not None:  # as slow as an unknown user's: timing does not tell who is in clear
+                _verify_off_loop(self._decoy, password)
+            return False
         if cache.hit(user, password):
             return True
         if not _verify_off_loop(secret, password):

@@ -114,11 +114,13 @@ def test_malformed_hash_through_replace_is_a_config_error():
 class CountingVerify:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
+        self.hashed = 0  # calls with a hash (the slow ones)
         self._real = passwords.verify
         monkeypatch.setattr(passwords, "verify", self)
 
     def __call__(self, secret: Secret, password: bytes) -> bool:
         self.calls += 1
+        self.hashed += secret.is_hash
         return self._real(secret, password)
 
 
@@ -180,6 +182,15 @@ def test_unknown_user_costs_a_real_hash_when_users_are_hashed(monkeypatch):
     users = Users([("alice", BCRYPT_PW)])
     assert not users.check(b"mallory", b"right horse")  # even alice's password: a decoy check only
     assert counting.calls == 1
+
+
+def test_a_wrong_password_of_a_clear_text_user_costs_a_hash_like_an_unknown_user(monkeypatch):
+    # a table of hashes and clear text: timing must not tell which names are in clear
+    counting = CountingVerify(monkeypatch)
+    users = Users([("alice", BCRYPT_PW), ("bob", "clear")])
+    assert not users.check(b"bob", b"wrong") and counting.hashed == 1
+    assert not users.check(b"mallory", b"wrong") and counting.hashed == 2
+    assert users.check(b"bob", b"clear") and counting.hashed == 2  # the right password: no decoy
 
 
 def test_cache_keys_are_keyed_hashes_not_passwords():
