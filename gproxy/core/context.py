@@ -5,6 +5,7 @@ A Context is built per listener by the server; front ends only read it.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -75,6 +76,11 @@ class SessionOwner(Protocol):
 
     def latest(self, ctx: Context) -> Context:
         """The listener's context as of now (rules change on SIGHUP): for each new request."""
+
+    def between_requests(self) -> AbstractContextManager[bool]:
+        """Around a kept-alive connection's wait for its next request: yields False when
+        the server is draining (close instead of waiting); a drain that starts during the
+        wait ends it with ClientClosed, as if the client had gone."""
 
 
 @dataclass

@@ -167,7 +167,7 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _
     """
     if not first:
         clock.set(ctx.config.idle_timeout)
-        if not conn.buf and not _next_bytes(conn, clock):
+        if not conn.buf and not _next_request_bytes(conn, ctx, clock):
             return None
         session.next_request()  # its line is due, even if it fails
     buf = conn.buf
@@ -181,6 +181,18 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _
             return conn.read_message(http.HeadParser(), _HEAD_LIMIT)
     except HttpError as exc:
         raise _fail(conn, exc) from None
+
+
+def _next_request_bytes(conn: Conn, ctx: Context, clock: _Clock) -> bool:
+    """_next_bytes(), unless the server drains: an idle kept-alive connection is closed
+    then (at once, or when the drain starts during the wait), not held to its end."""
+    if ctx.owner is None:
+        return _next_bytes(conn, clock)
+    try:
+        with ctx.owner.between_requests() as serving:
+            return serving and _next_bytes(conn, clock)
+    except ClientClosed:
+        return False
 
 
 def _next_bytes(conn: Conn, clock: _Clock) -> bool:

@@ -214,3 +214,29 @@ def test_each_connections_read_watcher_is_started_once_for_all_its_requests(prox
     assert len(running.origin_pool) == 1
     # the origin's reader started on the first request, the client's on the second: once each
     assert len(starts) == len(set(starts)) == 2, starts
+
+
+def test_a_drain_closes_an_idle_kept_alive_connection_at_once(proxy, origin_a):
+    # nginx and Go's Shutdown do the same: an idle kept-alive client is not held to the drain's end
+    running, address = _http(proxy, drain_timeout=30)
+    with closing(RawClient(address)) as client, gevent.Timeout(15):
+        assert client.request(get(origin_a.url()))[1] == b"a conn=1 path=/id"
+        stopping = gevent.spawn(running.stop)
+        assert client.sock.recv(1) == b""  # closed by the proxy, not after 30 s
+        stopping.join()
+    assert stopping.successful()
+
+
+def test_a_drain_lets_a_request_in_progress_finish_then_closes(proxy):
+    with CountingOrigin("slow", together=2) as origin:  # holds its answer until a second request comes
+        running, address = _http(proxy, drain_timeout=30)
+        with closing(RawClient(address)) as client, gevent.Timeout(15):
+            client.sock.sendall(get(origin.url("/first")))
+            wait_for(lambda: origin.requests, what="the request at the origin")
+            stopping = gevent.spawn(running.stop)
+            wait_for(lambda: running.draining, what="the drain")  # the request still waits for its answer
+            origin._all_in.set()
+            response, body = client.response()
+            assert (response.status_code, body) == (200, b"slow conn=1 path=/first")
+            assert client.sock.recv(1) == b""  # then closed, no wait for a next request
+            stopping.join()
