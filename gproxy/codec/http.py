@@ -644,8 +644,8 @@ def _response(
             raise HttpError(502, "origin applied chunked before another transfer coding")
         length = None
     close = b"close" in tokens or (version == b"1.0" and b"keep-alive" not in tokens)
-    if length is None and not chunked:
-        close = True  # delimited by close
+    if length is None and not chunked and status not in (b"204", b"304"):
+        close = True  # delimited by close (a 204 or 304 has no body to delimit: RFC 9112 6.3)
     return ResponseHead(version, int(status), reason or b"", passed, chunked, length, close, tokens, kept)
 
 

@@ -453,6 +453,17 @@ def test_response_transfer_codings_other_than_chunked_are_kept(value, chunked, c
         assert response.close is not chunked
 
 
+@pytest.mark.parametrize(
+    ("status", "close"), [(b"204 No Content", False), (b"304 Not Modified", False), (b"200 OK", True)]
+)
+def test_only_a_response_with_a_body_is_delimited_by_close(status, close):
+    """No length and no chunked: a 200 ends when the origin closes, a 204 or 304 ends at
+    its head (its origin connection can be kept)."""
+    for extra in (b"", b"X-A: 1\n"):  # the one-pass path and the strict one
+        response = http.parse_response(b"HTTP/1.1 " + status + b"\r\nDate: x\r\n" + extra + b"\r\n")
+        assert (response.length, response.chunked, response.close) == (None, False, close)
+
+
 @pytest.mark.parametrize("value", [b"chunked, gzip", b"chunked, chunked", b"chunked\r\nTransfer-Encoding: gzip"])
 def test_a_response_chunked_before_another_coding_is_502(value):
     """Chunked more than once, or before another coding: the proxy could not chunk it for the client."""

@@ -21,10 +21,12 @@ from tests.integration.test_http_proxy import RawClient, get
 class CountingOrigin:
     """A keep-alive HTTP/1.1 origin answering ``NAME conn=N path=P``; ``drop_second`` closes a
     connection, unanswered, when its second request arrives (an origin's idle close racing a
-    kept-alive request); ``together`` holds every answer until that many requests came."""
+    kept-alive request); ``together`` holds every answer until that many requests came;
+    ``no_content`` answers 204 with no Content-Length instead."""
 
-    def __init__(self, name: str, *, drop_second: bool = False, together: int = 0) -> None:
+    def __init__(self, name: str, *, drop_second: bool = False, together: int = 0, no_content: bool = False) -> None:
         self.name, self.drop_second, self.together = name, drop_second, together
+        self.no_content = no_content
         self._all_in = gevent.event.Event()
         self.connections = 0
         self.open = 0
@@ -77,6 +79,9 @@ class CountingOrigin:
                     if len(self.requests) >= self.together:
                         self._all_in.set()
                     self._all_in.wait(10)
+                if self.no_content:
+                    sock.sendall(b"HTTP/1.1 204 No Content\r\nX-Conn: %d\r\n\r\n" % number)
+                    continue
                 body = b"%s conn=%d path=%s" % (self.name.encode(), number, path)
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         finally:
@@ -240,3 +245,13 @@ def test_a_drain_lets_a_request_in_progress_finish_then_closes(proxy):
             assert (response.status_code, body) == (200, b"slow conn=1 path=/first")
             assert client.sock.recv(1) == b""  # then closed, no wait for a next request
             stopping.join()
+
+
+def test_a_204_without_a_length_keeps_its_origin_connection(proxy):
+    with CountingOrigin("empty", no_content=True) as origin:
+        _, address = _http(proxy)
+        with closing(RawClient(address)) as client:
+            for _ in range(3):
+                response, body = client.request(get(origin.url()))
+                assert (response.status_code, body) == (204, b"")
+        assert origin.connections == 1
