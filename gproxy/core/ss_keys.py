@@ -1,4 +1,5 @@
-"""Shadowsocks keys and salts: every user with a clear-text password is a key; recent salts are remembered.
+"""Shadowsocks keys and salts: every user with a clear-text password is a key; recent salts are remembered
+(in one ``SaltFilter`` per gproxy, shared by its workers).
 
 Hashed users (bcrypt, Argon2) cannot be keys: a Shadowsocks key is derived from the password itself.
 The keyring follows reloads (a new Context, or a re-read users file) by re-deriving on first use.
@@ -11,14 +12,13 @@ from typing import TYPE_CHECKING
 
 from gproxy.codec.shadowsocks import Method, derive_key
 from gproxy.core.access import read_users_file
+from gproxy.core.salt_filter import SaltFilter
 
 if TYPE_CHECKING:
     from gproxy.core.config import Config
 
 #: password prefixes of the hashes a users file may hold (htpasswd -B, argon2)
 HASH_PREFIXES = ("$2a$", "$2b$", "$2y$", "$argon2")
-#: salts each generation of the replay cache holds (two generations are kept)
-SALT_GENERATION = 65536
 
 Keys = tuple[tuple[str, bytes], ...]
 
@@ -60,26 +60,6 @@ class Keyring:
             self._keys = tuple(sorted(keys, key=lambda pair: pair[0] != user))
 
 
-class SaltCache:
-    """Salts seen recently (two bounded generations): ``add`` is False for a replay."""
-
-    __slots__ = ("capacity", "_current", "_previous")
-
-    def __init__(self, capacity: int = SALT_GENERATION) -> None:
-        self.capacity = capacity
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
-
-    def add(self, salt: bytes) -> bool:
-        """Remember ``salt``; False if it was seen already."""
-        if salt in self._current or salt in self._previous:
-            return False
-        if len(self._current) >= self.capacity:
-            self._previous, self._current = self._current, set()
-        self._current.add(salt)
-        return True
-
-
 _keyrings: dict[str, Keyring] = {}
 
 
@@ -96,5 +76,19 @@ def users_generation(users: object) -> object:
     return getattr(users, "_table", None)
 
 
-#: one replay cache per process, shared by every --ss listener and both directions
-SALTS = SaltCache()
+_salt_filter: SaltFilter | None = None
+
+
+def salt_filter() -> SaltFilter:
+    """The replay filter of this gproxy, shared by every --ss listener, both directions and (with
+    --workers) every worker; a process that was given none makes its own on first use."""
+    global _salt_filter
+    if _salt_filter is None:
+        _salt_filter = SaltFilter.create(shared=False)
+    return _salt_filter
+
+
+def use_salt_filter(shared: SaltFilter) -> None:
+    """Use ``shared`` (the --workers supervisor's) as this process's replay filter."""
+    global _salt_filter
+    _salt_filter = shared

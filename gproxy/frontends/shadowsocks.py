@@ -18,7 +18,7 @@ from gproxy.core.context import Context
 from gproxy.core.deadline import handshake_deadline
 from gproxy.core.errors import ClientClosed, ClientProtocolError, HandshakeTimeout, Outcome
 from gproxy.core.session import Session
-from gproxy.core.ss_keys import SALTS, keyring_for, users_generation
+from gproxy.core.ss_keys import keyring_for, salt_filter, users_generation
 from gproxy.core.ss_stream import SsSocket
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import open_upstream, run_tunnel
@@ -47,7 +47,7 @@ def serve_ss(conn: Conn, ctx: Context, session: Session) -> None:
     ctx.users.admit(session)  # UserLimit (max-conns): closed, as any refusal here
     upstream = open_upstream(ctx, dest, session.user)  # Denied / DialError: logged, client closed
     encryptor = TcpEncryptor(key.key, method)
-    SALTS.add(encryptor.salt)  # our own salts cannot be replayed at us either
+    salt_filter().add(encryptor.salt)  # our own salts cannot be replayed at us either
     client = SsSocket(conn.sock, key.decryptor, encryptor)
     run_tunnel(Conn(client, early), upstream, ctx, session)  # type: ignore[arg-type]  # closes upstream
 
@@ -70,7 +70,7 @@ def _handshake(conn: Conn, ctx: Context, session: Session, method: Method) -> tu
         raise _Probe("no key opens the first chunk")
     session.user = user
     ring.prefer(user)
-    if not SALTS.add(bytes(head[: method.salt_size])):
+    if not salt_filter().add(head[: method.salt_size]):
         raise _Probe("replayed salt")
     key = dict(keys)[user]
     decryptor = TcpDecryptor(key, method)
