@@ -25,6 +25,10 @@ every other port) and serves its own sessions on ``INDEX.sock`` in a private
 request to asks the others there and joins their JSON arrays, and routes
 ``DELETE /sessions/INDEX-N`` to worker INDEX. The supervisor serves nothing.
 
+``--ss`` with workers: the supervisor makes the Shadowsocks replay filter (a memfd, see
+``gproxy.core.salt_filter``) and passes its descriptor to every worker, so a salt one worker
+has seen is refused by all, and a restarted worker keeps the history.
+
 Signals: SIGTERM/SIGINT are passed on (workers drain, the supervisor exits 0
 when all have exited; a second one, passed on too, ends their sessions at
 once). Workers run in their own process group, so a terminal's Ctrl-C
@@ -60,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from gproxy.core.config import Config, ListenerSpec
 from gproxy.core.errors import ConfigError
 from gproxy.core.log import announce, logger, setup_logging
+from gproxy.core.salt_filter import SaltFilter
 from gproxy.ops.notify import Notifier
 
 if TYPE_CHECKING:
@@ -93,6 +98,7 @@ class Supervisor:
     stopping: bool = False
     metrics_dir: str | None = None
     admin_dir: str | None = None  # --admin: the workers' private admin sockets (a 0700 directory)
+    salts: SaltFilter | None = None  # --ss: the replay filter every worker shares
     restarts: Any = None  # prometheus Counter when --metrics is on
     stop_deadline: float = 0.0
     notifier: Notifier = field(default_factory=lambda: Notifier({}))  # systemd hears from the supervisor only
@@ -102,13 +108,14 @@ class Supervisor:
 
     def spawn(self, slot: _Slot) -> None:
         read_fd, write_fd = os.pipe()
-        payload = pickle.dumps((self.config, list(self.argv), write_fd, slot.index, self.admin_dir))
+        salts_fd = self.salts.fd if self.salts is not None else None
+        payload = pickle.dumps((self.config, list(self.argv), write_fd, slot.index, self.admin_dir, salts_fd))
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)  # the worker inherits the mask
         try:
             slot.proc = subprocess.Popen(
                 worker_command(),
                 stdin=subprocess.PIPE,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd,) if salts_fd is None else (write_fd, salts_fd),
                 env=worker_env(),
                 process_group=0,  # a terminal's Ctrl-C reaches the supervisor only, which passes it on once
             )
@@ -331,6 +338,8 @@ def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = 
         sup.restarts = worker_restarts(None)
     if any(spec.kind == "admin" for spec in bound.listeners):
         sup.admin_dir = tempfile.mkdtemp(prefix="gproxy-admin-")  # mode 0700: only gproxy's user reaches them
+    if any(spec.kind == "ss" for spec in bound.listeners):
+        sup.salts = SaltFilter.create()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, sup.on_signal)
     if early is not None:
@@ -357,6 +366,8 @@ def supervise(config: Config, argv: Sequence[str], early: StartSignals | None = 
         for directory in (sup.metrics_dir, sup.admin_dir):
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
+        if sup.salts is not None:
+            sup.salts.close()
 
 
 def _wait_all(sup: Supervisor, timeout: float) -> None:
@@ -373,7 +384,7 @@ def _wait_all(sup: Supervisor, timeout: float) -> None:
 # -- the worker side ------------------------------------------------------------------
 
 
-def _read_settings() -> tuple[Config, list[str], int, int, str | None]:
+def _read_settings() -> tuple[Config, list[str], int, int, str | None, int | None]:
     def read(n: int) -> bytes:
         data = b""
         while len(data) < n:
@@ -384,8 +395,8 @@ def _read_settings() -> tuple[Config, list[str], int, int, str | None]:
         return data
 
     size = int.from_bytes(read(8), "big")
-    config, argv, ready_fd, index, admin_dir = pickle.loads(read(size))
-    return config, argv, ready_fd, index, admin_dir
+    config, argv, ready_fd, index, admin_dir, salts_fd = pickle.loads(read(size))
+    return config, argv, ready_fd, index, admin_dir, salts_fd
 
 
 def worker_main() -> int:
@@ -394,7 +405,7 @@ def worker_main() -> int:
 
     early = StartSignals()  # record, then let in the signals the supervisor held back
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
-    config, argv, ready_fd, index, admin_dir = _read_settings()
+    config, argv, ready_fd, index, admin_dir, salts_fd = _read_settings()
     from gevent import monkey
 
     from gproxy.ops.runtime import fast_greenlets
@@ -408,6 +419,11 @@ def worker_main() -> int:
     from gproxy.server.proxy import Proxy, WorkerSlot
 
     setup_logging(config.to_logging_level())
+    if salts_fd is not None:  # --ss: the supervisor's replay filter, shared with the other workers
+        from gproxy.core.ss_keys import use_salt_filter
+
+        os.set_inheritable(salts_fd, False)
+        use_salt_filter(SaltFilter(salts_fd))
     proxy = Proxy(config, reuse_port=True, announce=False)
     if admin_dir is not None:  # --admin: session ids INDEX-N, and a private socket the other workers ask
         proxy.worker = WorkerSlot(index, admin_dir)

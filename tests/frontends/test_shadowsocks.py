@@ -18,7 +18,17 @@ from gproxy import Config, Proxy
 from gproxy.codec import shadowsocks as ss
 from gproxy.codec.socks5 import encode_address, parse_address
 from gproxy.core.addr import Address
-from tests.helpers import ROOT, EchoServer, UdpEchoServer, gproxy_env, recv_all, wait_for
+from tests.helpers import (
+    ROOT,
+    EchoServer,
+    UdpEchoServer,
+    child_pids,
+    gproxy_env,
+    recv_all,
+    scrape_metrics,
+    start_gproxy,
+    wait_for,
+)
 
 METHODS = ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm"]
 HANDSHAKE = 1.0
@@ -168,6 +178,43 @@ def test_probes_get_no_answer_and_no_early_close(tmp_path: Path, running: Proxy,
         assert HANDSHAKE * 0.8 <= took <= HANDSHAKE + 5, (name, took)
     lines = log_lines(tmp_path, 2 + len(probes))
     assert sum("outcome=ss_probe" in line for line in lines) == len(probes), lines
+
+
+def test_a_replay_is_refused_by_every_worker(echo: EchoServer) -> None:
+    """--workers 2: one first packet sent on many connections reaches the origin once, whichever
+    worker each connection lands on (the workers share one replay filter)."""
+    running = start_gproxy(
+        *("--ss", "127.0.0.1:0", "--user", "alice:alice-pw", "--workers", "2", "--metrics", "127.0.0.1:0"),
+        *("--handshake-timeout", "10"),
+        listeners=2,
+    )
+    replays: list[socket.socket] = []
+    try:
+        port = running.port("ss")
+        wait_for(lambda: len(child_pids(running.proc.pid)) == 2, what="two workers")
+        client = SsClient(port, "alice-pw", "chacha20-ietf-poly1305", Address(echo.host, echo.port), b"hello")
+        assert client.recv_exact(5) == b"hello"
+        for _ in range(24):
+            replays.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            replays[-1].sendall(client.first)
+
+        def held_by_both_workers() -> list[float] | None:  # the client and every replay, on both workers
+            samples = scrape_metrics(running.port("metrics"))
+            held = [value for (name, _), value in samples.items() if name == "gproxy_worker_connections_active"]
+            return held if sum(held) == 1 + len(replays) and len(held) == 2 and all(held) else None
+
+        wait_for(held_by_both_workers, what="both workers holding replays")
+        gevent.sleep(0.5)  # a replay that got through would have reached the origin by now
+        assert echo.connections == 1
+        for sock in replays:
+            sock.settimeout(0.01)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)  # no answer: held as a probe
+        client.close()
+    finally:
+        for sock in replays:
+            sock.close()
+        running.stop()
 
 
 def test_probe_that_closes_is_let_go(running: Proxy) -> None:
