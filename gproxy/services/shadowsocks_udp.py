@@ -4,7 +4,10 @@ Each packet is ``salt seal(address header + payload)``; the user is whoever's ke
 key that opened a client address's last packet is tried first). Destination rules apply to every
 packet. Each (client address, user) gets its own outbound socket (a mapping, expired when idle);
 replies come back sealed with that user's key, headed with their source address. Only
-destinations the mapping sent to may answer.
+destinations the mapping sent to may answer. A packet whose salt was seen recently (on TCP or UDP,
+by any worker: the one replay filter of ``ss_keys.salt_filter``) is dropped silently, as one no key
+opens (metric reason ``ss_probe``); only packets that open are remembered, so only a user can push
+salts out of the filter. Our replies' salts are not remembered (as shadowsocks-libev).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from gproxy.core.errors import ClientProtocolError, ConfigError, Denied, DialErr
 from gproxy.core.log import logger
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
-from gproxy.core.ss_keys import keyring_for, users_generation
+from gproxy.core.ss_keys import keyring_for, salt_filter, users_generation
 from gproxy.core.tunnel import rate_limits
 from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer, received
 from gproxy.frontends.udp import MAX_PEERS, NAME_TTL, _remember, outbound_udp_socket, resolve_datagram_dest
@@ -103,7 +106,7 @@ class ShadowsocksUdp(UdpService[tuple[Sockaddr, str], _Mapping]):
                     opened = None
         if opened is None:
             opened = self._open(packet)
-        if opened is None:
+        if opened is None or not salt_filter().add(packet[: self.method.salt_size]):  # a probe or a replay
             metrics.udp_datagram("ss", "up", dropped="ss_probe")
             return
         user, key, plain = opened

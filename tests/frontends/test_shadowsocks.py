@@ -24,6 +24,7 @@ from tests.helpers import (
     UdpEchoServer,
     child_pids,
     gproxy_env,
+    metric,
     recv_all,
     scrape_metrics,
     start_gproxy,
@@ -62,6 +63,29 @@ class SsClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class UdpSsClient:
+    """Shadowsocks UDP from one socket of its own, to a UDP echo server through gproxy."""
+
+    def __init__(self, port: int, key: bytes, method: ss.Method, echo: UdpEchoServer) -> None:
+        self.port, self.key, self.method = port, key, method
+        self.header = encode_address(Address("127.0.0.1", echo.port))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(5)
+
+    def seal(self, payload: bytes, salt: bytes | None = None) -> bytes:
+        return ss.encrypt_udp(self.key, self.method, self.header + payload, salt)
+
+    def first_answer(self, *packets: bytes) -> bytes:
+        """Send ``packets``, then a fresh one; the payload of the first reply (loopback keeps the order)."""
+        for packet in [*packets, self.seal(b"fresh")]:
+            self.sock.sendto(packet, ("127.0.0.1", self.port))
+        reply, _ = self.sock.recvfrom(65535)
+        plain = ss.decrypt_udp(self.key, self.method, reply)
+        parsed = parse_address(plain, 0)
+        assert parsed is not None
+        return plain[parsed[1] :]
 
 
 @pytest.fixture
@@ -180,15 +204,17 @@ def test_probes_get_no_answer_and_no_early_close(tmp_path: Path, running: Proxy,
     assert sum("outcome=ss_probe" in line for line in lines) == len(probes), lines
 
 
-def test_a_replay_is_refused_by_every_worker(echo: EchoServer) -> None:
-    """--workers 2: one first packet sent on many connections reaches the origin once, whichever
-    worker each connection lands on (the workers share one replay filter)."""
+def test_replays_are_refused_by_every_worker(echo: EchoServer) -> None:
+    """--workers 2: one first packet sent on many connections reaches the origin once, and one UDP
+    packet sent from many addresses is answered once, whichever worker each lands on (the workers
+    share one replay filter)."""
     running = start_gproxy(
         *("--ss", "127.0.0.1:0", "--user", "alice:alice-pw", "--workers", "2", "--metrics", "127.0.0.1:0"),
         *("--handshake-timeout", "10"),
         listeners=2,
     )
     replays: list[socket.socket] = []
+    udp_clients: list[UdpSsClient] = []
     try:
         port = running.port("ss")
         wait_for(lambda: len(child_pids(running.proc.pid)) == 2, what="two workers")
@@ -211,9 +237,17 @@ def test_a_replay_is_refused_by_every_worker(echo: EchoServer) -> None:
             with pytest.raises(TimeoutError):
                 sock.recv(1)  # no answer: held as a probe
         client.close()
+        with UdpEchoServer("127.0.0.1") as udp_echo:  # from 16 source ports: spread over both workers
+            method = ss.method_by_name("chacha20-ietf-poly1305")
+            udp_clients = [UdpSsClient(port, ss.derive_key("alice-pw", method), method, udp_echo) for _ in range(16)]
+            packet = udp_clients[0].seal(b"once")
+            answers = [udp.first_answer(packet) for udp in udp_clients]
+            assert answers == [b"once"] + [b"fresh"] * (len(udp_clients) - 1)
     finally:
         for sock in replays:
             sock.close()
+        for udp in udp_clients:
+            udp.sock.close()
         running.stop()
 
 
@@ -265,6 +299,47 @@ def test_udp_round_trip(tmp_path: Path, method: str) -> None:
         proxy.stop(0)
     lines = log_lines(tmp_path, 1)
     assert any("proto=ss" in line and "user=alice" in line and "cmd=udp" in line for line in lines), lines
+
+
+def test_udp_replays_are_dropped(tmp_path: Path, echo: EchoServer) -> None:
+    """A salt seen before, in a UDP packet or on TCP, is dropped silently and counted as a probe."""
+    proxy = start(tmp_path, metrics=["127.0.0.1:0"])
+    method = ss.method_by_name("chacha20-ietf-poly1305")
+    key = ss.derive_key("alice-pw", method)
+    port = proxy.address("ss-udp").port
+    clients: list[UdpSsClient] = []
+    try:
+        with UdpEchoServer("127.0.0.1") as udp_echo:
+            first, other = clients = [UdpSsClient(port, key, method, udp_echo) for _ in range(2)]
+            packet = first.seal(b"once")
+            assert first.first_answer(packet) == b"once"
+            # again: from the same address (its mapping's key is tried first), and from another one
+            assert first.first_answer(packet) == b"fresh"
+            assert other.first_answer(packet) == b"fresh"
+            # a TCP stream's salt in a UDP packet, and a UDP packet's salt opening a TCP stream
+            client = SsClient(port, "alice-pw", method.name, Address(echo.host, echo.port), b"tcp")
+            assert client.recv_exact(3) == b"tcp"
+            client.close()
+            assert first.first_answer(first.seal(b"tcp salt", salt=client.encryptor.salt)) == b"fresh"
+            replay = ss.TcpEncryptor(key, method, salt=packet[: method.salt_size])
+            assert _probe_gets_nothing(port, replay.encrypt(encode_address(Address(echo.host, echo.port)) + b"x"))
+        assert echo.connections == 1
+        samples = scrape_metrics(proxy.address("metrics").port)
+        assert metric(samples, "gproxy_udp_dropped_total", listener="ss", direction="up", reason="ss_probe") == 3
+    finally:
+        for client in clients:
+            client.sock.close()
+        proxy.stop(0)
+
+
+def _probe_gets_nothing(port: int, payload: bytes) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.settimeout(0.3)
+        try:
+            return not sock.recv(1)
+        except TimeoutError:
+            return True
 
 
 def run_cli(*args: str, users_file: Path | None = None) -> subprocess.CompletedProcess[str]:
