@@ -2,8 +2,9 @@
 
 An Upstream prints as ``socks5://user:***@host:port``: the password is kept
 out of every message, repr and log line. ``ss://`` URLs are SIP002
-(``ss://BASE64URL(method:password)@host:port``, padding optional) or ``ss://method:password@host:port``;
-plugins (``/?plugin=``) are refused.
+(``ss://BASE64URL(method:password)@host:port[/][?query][#tag]``, padding optional) or
+``ss://method:password@host:port``; plugins (``/?plugin=``) are refused, other query parameters
+(Outline's ``?outline=1``) and the tag are ignored.
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ def parse_ss_url(url: str) -> SsUrl:
         raise bad from None
     if parts.scheme.lower() != "ss" or not parts.hostname or not port:
         raise bad
-    if "plugin" in parse_qs(parts.query):
+    if "plugin" in parse_qs(parts.query, keep_blank_values=True):
         raise ConfigError("--upstream: ss:// plugins (SIP003, ?plugin=) are not supported")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError("--upstream: an ss:// URL may not have a path, query or fragment")
+    if parts.path not in ("", "/"):
+        raise ConfigError("--upstream: an ss:// URL may not have a path")
     userinfo = parts.netloc.rpartition("@")[0]
     if not userinfo:
         raise bad

@@ -362,10 +362,22 @@ def run_cli(*args: str, users_file: Path | None = None) -> subprocess.CompletedP
         ("--ss", "127.0.0.1:0", "--user", "u:p", "--ss-method", "rc4-md5"),
         ("--socks", "127.0.0.1:0", "--upstream", "ss://bm90LWJhc2U2NA@127.0.0.1:8388"),
         ("--socks", "127.0.0.1:0", "--upstream", "ss://YWVzLTI1Ni1nY206cHc@127.0.0.1:8388/?plugin=obfs-local"),
+        ("--socks", "127.0.0.1:0", "--upstream", "ss://YWVzLTI1Ni1nY206cHc@127.0.0.1:8388/?outline=1&plugin=#tag"),
+        ("--socks", "127.0.0.1:0", "--upstream", "ss://aes-256-gcm:pw@127.0.0.1:8388/path#tag"),
         ("--socks", "127.0.0.1:0", "--upstream", "ss://rc4-md5:pw@127.0.0.1:8388"),
         ("--socks", "127.0.0.1:0", "--upstream", "ss://aes-256-gcm:pw@127.0.0.1"),
     ],
-    ids=["no-user", "hashed-only", "bad-method", "bad-base64", "plugin", "bad-url-method", "no-port"],
+    ids=[
+        "no-user",
+        "hashed-only",
+        "bad-method",
+        "bad-base64",
+        "plugin",
+        "empty-plugin",
+        "path",
+        "bad-url-method",
+        "no-port",
+    ],
 )
 def test_bad_input_exits_2_with_one_line(args: tuple[str, ...]) -> None:
     done = run_cli(*args)
@@ -393,13 +405,18 @@ def test_users_file_with_only_hashed_users_exits_2(tmp_path: Path) -> None:
         ("ss://YWVzLTEyOC1nY206cDpx@h.example:8388/", "aes-128-gcm", "p:q"),  # padding-free, colon in password
         ("ss://Y2hhY2hhMjAtaWV0Zi1wb2x5MTMwNTp3b3Jk@[::1]:8388", "chacha20-ietf-poly1305", "word"),
         ("ss://aes-256-gcm:p%40ss@h.example:8388", "aes-256-gcm", "p@ss"),
+        # SIP002's optional parts: a tag (ignored), and query parameters other than plugin (ignored)
+        ("ss://Y2hhY2hhMjAtaWV0Zi1wb2x5MTMwNTpwdzE@127.0.0.1:8388#my-server", "chacha20-ietf-poly1305", "pw1"),
+        ("ss://YWVzLTI1Ni1nY206cGFzcw@h.example:8388/?outline=1", "aes-256-gcm", "pass"),
+        ("ss://YWVzLTI1Ni1nY206cGFzcw@h.example:8388/?outline=1#Tag%20with%20%40@:", "aes-256-gcm", "pass"),
+        ("ss://aes-128-gcm:pw@h.example:8388#home", "aes-128-gcm", "pw"),
     ],
 )
 def test_parse_ss_url(url: str, method: str, password: str) -> None:
     from gproxy.core.upstream_url import parse_upstream
 
     upstream = parse_upstream(url)
-    assert (upstream.scheme, upstream.username, upstream.password) == ("ss", method, password)
+    assert (upstream.scheme, upstream.port, upstream.username, upstream.password) == ("ss", 8388, method, password)
     assert password not in str(upstream) and password not in repr(upstream)
 
 
