@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark gproxy beside a direct connection, microsocks, pproxy, a C relay, Squid and tinyproxy, in one run.
+"""Benchmark gproxy beside a direct connection, microsocks, pproxy, a C relay, a minimal gevent relay,
+Squid and tinyproxy, in one run.
 
     python bench/run.py                 # full run: writes bench/RESULTS.md and bench/results.png
     python bench/run.py --quick         # 1 repetition, 1 s each, 2,000 idle tunnels; writes nothing
@@ -7,7 +8,8 @@
     python bench/run.py --quick --no-idle --no-auth --no-http --servers gproxy,c-relay
 
 The load generator, the TCP targets and the reference relay ("c-relay") are C
-(bench/loadgen.c, compiled into bench/out/ on each run). Every measurement is
+(bench/loadgen.c, compiled into bench/out/ on each run); "gevent-min" is gproxy's design
+with none of its features (bench/gevent_relay.py), the floor of a gevent proxy. Every measurement is
 repeated and the median kept; repetitions go round-robin over the servers so
 that noise hits them alike. Ratios are always taken between servers measured in
 the same run. Besides the SOCKS5 scenarios, connections/s is also measured with
@@ -164,6 +166,7 @@ def servers(args: argparse.Namespace, tmp: Path) -> list[Server]:
     else:
         print("pproxy not installed (pip install pproxy): skipping it")
     listed.append(Server("c-relay", [str(LOADGEN), "relay", "{port}"]))
+    listed.append(Server("gevent-min", [sys.executable, str(HERE / "gevent_relay.py"), "{port}"]))
     if not args.no_auth:
         listed.append(Server("gproxy-auth", [*gproxy, "--user", "u:p"], label="gproxy", phase="auth"))
         if shutil.which("microsocks"):
@@ -363,7 +366,7 @@ def handshake_table(med: dict[str, dict[str, float]]) -> str:
 
 def table(med: dict[str, dict[str, float]]) -> str:
     names = [n for n in med if any(key in med[n] for key, _, _ in ROWS)]
-    refs = [n for n in ("direct", "microsocks", "pproxy", "c-relay") if n in names]
+    refs = [n for n in ("direct", "microsocks", "pproxy", "c-relay", "gevent-min") if n in names]
     mine = [n for n in names if n.startswith("gproxy")]
     pairs = [(g, r) for g in mine for r in refs]
     head = ["scenario", *names] + [f"{g} / {r}" for g, r in pairs]
@@ -448,7 +451,9 @@ def main() -> int:
     parser.add_argument("--idle-workers", type=int, default=12000, help="idle tunnels with --workers 2")
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 s, 2,000 idle tunnels")
     parser.add_argument(
-        "--servers", default="direct,gproxy,gproxy-w2,microsocks,pproxy,c-relay,squid,tinyproxy", help="by column name"
+        "--servers",
+        default="direct,gproxy,gproxy-w2,microsocks,pproxy,c-relay,gevent-min,squid,tinyproxy",
+        help="by column name",
     )
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-tunnel scenario")
     parser.add_argument("--no-auth", action="store_true", help="skip connections/s with RFC 1929 auth")
