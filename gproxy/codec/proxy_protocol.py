@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from gproxy.core.addr import Address, parse_ip
+from gproxy.core.addr import Address, parse_ip, unmap_ip
 from gproxy.core.errors import ClientProtocolError, Outcome
 
 V1_PREFIX = b"PROXY "
@@ -104,7 +104,7 @@ def _v1_ip(text: str, version: int) -> str:
     ip = parse_ip(text) if "%" not in text else None
     if ip is None or ip.version != version:
         raise _fail(f"{text[:45]!r} is not an IPv{version} address")
-    return str(ip)
+    return str(unmap_ip(ip))
 
 
 def _v1_port(text: str) -> int:
@@ -147,8 +147,8 @@ def _parse_v2(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | 
     else:
         return ProxyHeader(2, None, None), end  # AF_UNSPEC / AF_UNIX: no IP to use
     # TLVs after the addresses (up to `end`) are skipped.
-    source = Address(str(ipaddress.ip_address(src)), sport)
-    return ProxyHeader(2, source, Address(str(ipaddress.ip_address(dst)), dport)), end
+    source = Address(str(unmap_ip(ipaddress.ip_address(src))), sport)
+    return ProxyHeader(2, source, Address(str(unmap_ip(ipaddress.ip_address(dst))), dport)), end
 
 
 # -- encoders -----------------------------------------------------------------------

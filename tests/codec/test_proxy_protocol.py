@@ -17,7 +17,7 @@ from gproxy.codec.proxy_protocol import (
     encode_v2,
     parse_header,
 )
-from gproxy.core.addr import Address
+from gproxy.core.addr import Address, unmap_ip
 from gproxy.core.errors import ClientProtocolError
 
 SRC4, DST4 = Address("192.0.2.7", 50312), Address("198.51.100.1", 1080)
@@ -123,7 +123,8 @@ def test_round_trip(ips, sport, dport, binary, trailer):
     source, destination = Address(str(ips[0]), sport), Address(str(ips[1]), dport)
     data = encode_v2(source, destination, tlvs=trailer) if binary else encode_v1(source, destination)
     header, used = parse_header(data + trailer)
-    assert (header.source, header.destination, used) == (source, destination, len(data))
+    unmapped = [Address(str(unmap_ip(ip)), a.port) for ip, a in zip(ips, (source, destination), strict=True)]
+    assert (header.source, header.destination, used) == (*unmapped, len(data))
 
 
 @given(st.binary(max_size=MAX_HEADER + 64))
@@ -150,3 +151,13 @@ def test_corrupted_headers_never_crash(header, data):
     except ClientProtocolError:
         return
     assert parsed is None or parsed[1] <= MAX_HEADER
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_ipv4_mapped_addresses_come_out_as_ipv4(binary):
+    # HAProxy on a dual-stack socket (bind :::1080 v4v6) sends its IPv4 clients as ::ffff:a.b.c.d
+    source, destination = Address("::ffff:192.0.2.7", 50312), Address("::ffff:198.51.100.1", 1080)
+    header = (encode_v2 if binary else encode_v1)(source, destination)
+    parsed, used = parse_header(header)
+    assert used == len(header)
+    assert (parsed.source, parsed.destination) == (Address("192.0.2.7", 50312), Address("198.51.100.1", 1080))

@@ -35,11 +35,12 @@ def udp_from(host: str) -> socket.socket:
 
 
 @pytest.mark.parametrize("encode", [encode_v1, encode_v2])
-def test_datagrams_from_the_header_client_are_relayed_and_the_balancers_are_not(proxy, echo_udp, encode):
+@pytest.mark.parametrize("mapped", ["", "::ffff:"], ids=["ipv4", "ipv4-mapped"])  # HAProxy on a v4v6 socket
+def test_datagrams_from_the_header_client_are_relayed_and_the_balancers_are_not(proxy, echo_udp, encode, mapped):
     running = proxy(
         socks=["127.0.0.1:0"], proxy_protocol=True, allow=BEHIND_BALANCER, allow_dest=["127.0.0.0/8", "::1"]
     )
-    header = encode(Address("127.0.0.2", 40000), Address("127.0.0.1", 1080))
+    header = encode(Address(mapped + "127.0.0.2", 40000), Address(mapped + "127.0.0.1", 1080))
     control, relay = associate(running.address("socks5"), header)
     balancer, client = udp_from("127.0.0.1"), udp_from("127.0.0.2")
     try:
