@@ -214,10 +214,16 @@ class AdminService:
         """The private socket of the worker that owns ``session_id`` (``INDEX-N``), if another one does."""
         worker = self.proxy.worker
         index, sep, _ = session_id.partition("-")
-        if worker is None or not self.aggregate or not sep or not index.isdigit() or int(index) == worker.index:
+        if worker is None or not self.aggregate or not sep or not _is_worker_index(index) or int(index) == worker.index:
             return None
         path = os.path.join(worker.admin_dir, f"{int(index)}.sock")
         return path if os.path.exists(path) else None
+
+
+def _is_worker_index(text: str) -> bool:
+    """A worker's number as a session id starts: a few ASCII digits (int() takes other digits,
+    and refuses over 4,300 of them with an error)."""
+    return 0 < len(text) <= 6 and text.isascii() and text.isdigit()
 
 
 def _answer(

@@ -72,6 +72,9 @@ def test_workers_show_and_end_every_workers_sessions(echo_tcp):
                 assert answer.status_code == 204
                 assert recv_all(sock) == b""
             wait_for(lambda: requests.get(base + "/sessions", timeout=10).json() == [], what="no sessions left")
+            for odd in ("9" * 5000 + "-1", "\u0661-1", "7-1"):  # huge, a non-ASCII digit, no such worker
+                answer = requests.delete(f"{base}/sessions/{odd}", headers={"Connection": "close"}, timeout=10)
+                assert answer.status_code == 404
         finally:
             for sock in held:
                 sock.close()
