@@ -329,11 +329,16 @@ class DestinationPolicy:
             self._passed.clear()
         self._passed.add(key)
 
+    def is_own(self, ip: IPAddress, port: int) -> bool:
+        """Whether ``ip``:``port`` is one of gproxy's own listeners (relaying there would loop)."""
+        ip = unmap_ip(ip)
+        return (ip, port) in self.own or (port in self.own_ports and self._is_local(ip))
+
     def _check_ip(self, ip: IPAddress, port: int, named: tuple[bool, ...]) -> None:
         ip = unmap_ip(ip)
         if ip.is_unspecified or port == 0:
             raise Denied(f"{ip}: unspecified address or port")
-        if (ip, port) in self.own or (port in self.own_ports and self._is_local(ip)):
+        if self.is_own(ip, port):
             raise Denied(f"{ip} port {port} is gproxy itself")
         for layer in self.layers:
             for rule in layer.deny:

@@ -58,8 +58,7 @@ def redirected_destination(sock: socket.socket) -> Address | None:
 
 
 def _relay_to(conn: Conn, ctx: Context, session: Session, dest: Address | None) -> None:
-    """Dial ``dest`` and relay. A destination that is one of gproxy's own listeners (a
-    connection made straight to a --tproxy port) is refused by the destination policy."""
+    """Dial ``dest`` and relay; None (not diverted here) is refused as not_redirected."""
     session.cmd = "connect"
     if dest is None:
         raise Denied("not redirected: the connection came straight to the port", reason=Outcome.NOT_REDIRECTED)
@@ -77,4 +76,7 @@ def serve_redirect(conn: Conn, ctx: Context, session: Session) -> None:
 def serve_tproxy(conn: Conn, ctx: Context, session: Session) -> None:
     """A connection that TPROXY delivered here: its local address is where it was going."""
     session.proto = "tproxy"
-    _relay_to(conn, ctx, session, from_sockaddr(conn.sock.getsockname()))
+    dest = from_sockaddr(conn.sock.getsockname())
+    ip = dest.ip
+    # its own local address is one of gproxy's listeners: it came straight to the port
+    _relay_to(conn, ctx, session, None if ip is not None and ctx.destinations.is_own(ip, dest.port) else dest)

@@ -33,7 +33,17 @@ from gproxy.core.udp_upstream import Socks5UdpRelay, udp_route
 from gproxy.frontends.transparent import parse_sockaddr
 from gproxy.server.proxy import Proxy
 from gproxy.services.tproxy_udp import original_destination
-from tests.helpers import ROOT, gproxy_env, network_namespaces, run_gproxy, run_in_netns, run_ip
+from tests.helpers import (
+    ROOT,
+    gproxy_env,
+    logfmt_fields,
+    network_namespaces,
+    recv_all,
+    run_gproxy,
+    run_in_netns,
+    run_ip,
+    wait_for,
+)
 from tests.robustness.live import DrainedGproxy
 
 C4, R4C, R4S, S4 = "10.233.1.1", "10.233.1.2", "10.233.2.1", "10.233.2.2"
@@ -175,6 +185,17 @@ def test_tproxy_udp_shares_the_tcp_port_and_drops_datagrams_sent_straight_to_it(
     finally:
         client.close()
     assert service.mappings == {}
+
+
+def test_a_tcp_connection_straight_to_the_tproxy_port_is_not_redirected(proxy, tmp_path):
+    log = tmp_path / "access.log"
+    running = proxy(tproxy=["127.0.0.1:0"], access_log=str(log))
+    address = running.address("tproxy")
+    with socket.create_connection((address.host, address.port), timeout=5) as client:
+        assert recv_all(client) == b""  # closed: it has no destination but the listener itself
+    (line,) = wait_for(lambda: log.exists() and log.read_text().splitlines(), what="its line")
+    fields = logfmt_fields(line)
+    assert (fields["proto"], fields["outcome"]) == ("tproxy", "not_redirected")
 
 
 @pytest.mark.parametrize("kind", ["redirect", "tproxy"])
