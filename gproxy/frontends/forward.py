@@ -16,8 +16,8 @@ def serve_forward(conn: Conn, ctx: Context, session: Session) -> None:
     """Dial the target and relay; a failed dial just closes the client (nothing to answer)."""
     target = ctx.listener.target
     assert target is not None, "forward listeners always have a target"
-    session.proto = "tcp"
-    session.cmd = "forward"
+    session.proto = "forward"
+    session.cmd = "connect"
     session.dest = str(target)
     upstream = ctx.dialer.dial(target, ctx.config.connect_timeout)  # DialError: logged, client closed
     run_tunnel(conn, upstream, ctx, session)  # closes upstream

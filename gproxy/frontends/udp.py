@@ -499,7 +499,7 @@ class UdpForwarder(UdpService[tuple[object, ...], _Mapping]):
             sock.close()
             self.warn(f"{self.target}: {exc}")
             return None
-        session = Session(from_sockaddr(client), self.spec.kind, proto="udp", cmd="udp-forward", dest=str(self.target))
+        session = Session(from_sockaddr(client), self.spec.kind, proto="udp-forward", cmd="udp", dest=str(self.target))
         self.proxy.metrics.session_opened(self.spec.kind)
         mapping = self.mappings.add(client, _Mapping(client, sock, session, self.mappings.clock))
         mapping.loop = gevent.spawn(self._reply_loop, mapping)

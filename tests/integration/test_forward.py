@@ -11,7 +11,7 @@ import pytest
 from gevent.pywsgi import WSGIServer
 
 from gproxy import Config, Proxy
-from tests.helpers import GproxyProcess, curl, pump_echo, recv_all, recv_exact
+from tests.helpers import GproxyProcess, curl, logfmt_fields, pump_echo, recv_all, recv_exact, wait_for
 
 MB = 1 << 20
 
@@ -21,8 +21,9 @@ def forward_address(running) -> tuple[str, int]:
     return address.host, address.port
 
 
-def test_forward_relays_and_half_closes(proxy, echo_tcp):
-    running = proxy(forward=[f"127.0.0.1:0={echo_tcp.host}:{echo_tcp.port}"])
+def test_forward_relays_and_half_closes(proxy, echo_tcp, tmp_path):
+    log = tmp_path / "access.log"
+    running = proxy(forward=[f"127.0.0.1:0={echo_tcp.host}:{echo_tcp.port}"], access_log=str(log))
     client = socket.create_connection(forward_address(running), timeout=10)
     try:
         client.sendall(b"hello ")
@@ -32,6 +33,9 @@ def test_forward_relays_and_half_closes(proxy, echo_tcp):
         assert recv_all(client) == b"world"
     finally:
         client.close()
+    (line,) = wait_for(lambda: log.exists() and log.read_text().splitlines(), what="its line")
+    fields = logfmt_fields(line)
+    assert (fields["proto"], fields["cmd"], fields["up"], fields["down"]) == ("forward", "connect", "11", "11")
 
 
 def test_forward_many_concurrent_connections(proxy, echo_tcp):

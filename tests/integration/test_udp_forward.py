@@ -65,7 +65,7 @@ def test_idle_mappings_expire_and_are_logged(proxy, echo_udp, tmp_path):
         assert len(service.mappings) == 1
         # the mapping expires, and its line is written when the loop next runs its callbacks
         line = wait_for(lambda: not service.mappings and log.read_text(), what="the expired mapping's line")
-        assert "cmd=udp-forward" in line and "up=5 down=5" in line
+        assert "proto=udp-forward cmd=udp " in line and "up=5 down=5" in line  # SPEC's proto value
         sock.sendto(b"again", address)  # a new mapping for the same client
         assert sock.recvfrom(100)[0] == b"again"
     finally:
