@@ -20,7 +20,10 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 #: where ``gproxy top`` looks without ADDR
 DEFAULT_ADMIN = "127.0.0.1:9180"
@@ -114,15 +117,23 @@ def human(n: float) -> str:
     return f"{n:.1f}T"
 
 
+def shown(value: str) -> Text:
+    """Text from the proxy as a plain rich Text: never markup, and every character that
+    is not printable (escape sequences, bidi overrides) spelled out as ``\\x1b``."""
+    from rich.text import Text
+
+    return Text("".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in value))
+
+
 def render(view: View, source: str, width: int, height: int) -> Any:
-    """The screen as a rich renderable."""
+    """The screen as a rich renderable; what the proxy sent is shown as plain text."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     title = Text(f"gproxy top  {source}  sessions {len(view.rows)}  {human(view.rate)}B/s  (q quits)", style="bold")
     if view.error:
-        title.append(f"   {view.error}", style="red")
+        title.append(f"   {shown(view.error).plain}", style="red")
     wide = width >= 120  # a narrow terminal keeps what tells sessions apart: rate, user, dest, bytes
     sessions = Table(expand=True, show_edge=False, pad_edge=False)
     sessions.add_column("rate/s", justify="right", no_wrap=True, min_width=7)
@@ -138,18 +149,18 @@ def render(view: View, source: str, width: int, height: int) -> Any:
         sessions.add_column(name, justify="right", no_wrap=True, min_width=6)
     room = max(height - 8 - min(len(view.users), 5), 1)
     for row in view.rows[:room]:
-        cells = [human(row.rate), row.user]
+        cells: list[Text | str] = [human(row.rate), shown(row.user)]
         if wide:
-            cells += [row.client, row.proto, row.cmd]
-        cells.append(row.dest)
+            cells += [shown(row.client), shown(row.proto), shown(row.cmd)]
+        cells.append(shown(row.dest))
         if wide:
-            cells.append(row.via)
+            cells.append(shown(row.via))
         sessions.add_row(*cells, human(row.up), human(row.down), f"{row.age:.0f}s")
     users = Table(expand=True, show_edge=False, pad_edge=False)
     for name in ("user", "sessions", "up", "down", "rate/s"):
         users.add_column(name, justify="left" if name == "user" else "right", no_wrap=True)
     for user, n, up, down, rate in view.users[:5]:
-        users.add_row(user, str(n), human(up), human(down), human(rate))
+        users.add_row(shown(user), str(n), human(up), human(down), human(rate))
     return Group(title, sessions, Text(""), users)
 
 

@@ -3,6 +3,7 @@ stand-in admin listener whose sessions move."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gproxy.ops.top import Row, admin_url, build_view, human, parse_sessions
+from gproxy.ops.top import Row, admin_url, build_view, human, parse_sessions, render
 from tests.helpers import ROOT, gproxy_env
 
 
@@ -57,33 +58,81 @@ class _Admin(BaseHTTPRequestHandler):
             self.send_response(401)
             self.end_headers()
             return
-        t = time.monotonic() - self.started
-        sessions = [
-            {"id": 7, "user": "alice", "client": "127.0.0.1:5000", "proto": "socks5", "cmd": "connect",
-             "dest": "quiet.example:22", "via": "direct", "up": 10, "down": 10, "age": t},
-            {"id": 9, "user": "bob", "client": "127.0.0.1:5001", "proto": "http", "cmd": "connect",
-             "dest": "busy.example:443", "via": "direct", "up": 100, "down": int(t * 5_000_000), "age": t},
-        ]  # fmt: skip
-        body = json.dumps(sessions).encode()
+        body = json.dumps(self.sessions(time.monotonic() - self.started)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    def sessions(self, t: float) -> list[dict[str, object]]:
+        return [
+            {"id": 7, "user": "alice", "client": "127.0.0.1:5000", "proto": "socks5", "cmd": "connect",
+             "dest": "quiet.example:22", "via": "direct", "up": 10, "down": 10, "age": t},
+            {"id": 9, "user": "bob", "client": "127.0.0.1:5001", "proto": "http", "cmd": "connect",
+             "dest": "busy.example:443", "via": "direct", "up": 100, "down": int(t * 5_000_000), "age": t},
+        ]  # fmt: skip
+
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def admin():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Admin)
+#: user names an unauthenticated client can give (RFC 1929), which rich would take as markup
+#: or the terminal as a command
+HOSTILE_NAMES = ["[/oops]", "[red]x[/red]", "\x1b[2J", "[link=http://evil]y", "\u202etxt.exe"]
+
+
+def hostile_sessions(t: float) -> list[dict[str, object]]:
+    """Sessions whose user, dest, cmd and via are markup and escape sequences."""
+    return [
+        {"id": n, "user": name, "client": "127.0.0.1:5000", "proto": "socks5", "cmd": "[bold]",
+         "dest": f"{name}.example:443", "via": "[/]", "up": n, "down": 0, "age": t}
+        for n, name in enumerate(HOSTILE_NAMES)
+    ]  # fmt: skip
+
+
+class _HostileAdmin(_Admin):
+    def sessions(self, t: float) -> list[dict[str, object]]:
+        return hostile_sessions(t)
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture
+def admin():
+    yield from _serve(_Admin)
+
+
+@pytest.fixture
+def hostile_admin():
+    yield from _serve(_HostileAdmin)
+
+
+def _spelled_out(name: str) -> str:
+    return name.replace("\x1b", "\\x1b").replace("\u202e", "\\u202e")
+
+
+def test_text_from_the_proxy_is_shown_literally_never_as_markup_or_escapes():
+    from rich.console import Console
+
+    rows = parse_sessions(hostile_sessions(3.0))
+    for width in (150, 80):  # the wide layout has client/proto/cmd/via too
+        console = Console(file=io.StringIO(), width=width, height=40, color_system=None, legacy_windows=False)
+        console.print(render(build_view(rows, {}, 0.0), "http://127.0.0.1:1", width, 40))
+        screen = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "\x1b" not in screen and "\u202e" not in screen
+        for name in HOSTILE_NAMES:
+            assert _spelled_out(name) in screen, screen
+        if width == 150:
+            assert "[bold]" in screen and "[/]" in screen
 
 
 def _tmux(*args: str) -> str:
@@ -134,3 +183,15 @@ def test_top_once_and_errors(admin):
     assert denied.returncode == 1 and "HTTP 401" in denied.stderr and "Traceback" not in denied.stderr
     bad = subprocess.run([*run, "not an address"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_top_once_shows_markup_in_user_names_as_text(hostile_admin):
+    env = dict(gproxy_env(), COLUMNS="150", LINES="40")
+    result = subprocess.run(
+        [sys.executable, "-m", "gproxy", "top", str(hostile_admin), "--token", "s3cret", "--once"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "\x1b" not in result.stdout
+    for name in HOSTILE_NAMES:
+        assert _spelled_out(name) in result.stdout, result.stdout
