@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import sys
@@ -20,7 +21,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 DEFAULT_ADMIN = "127.0.0.1:9180"
 #: the largest /sessions answer read (10,000 sessions fit many times)
 MAX_BODY = 64 << 20
+#: bounds on --interval: polling faster only loads the proxy; slower is no live view
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 3600.0
 
 
 @dataclass
@@ -216,21 +220,40 @@ def admin_url(addr: str) -> str:
     return f"http://{addr}"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and exit 2, instead of argparse's usage dump."""
+        self.exit(2, f"gproxy top: {message} (see gproxy top --help)\n")
+
+
+def interval(text: str) -> float:
+    """``--interval``: seconds, a finite number from MIN_INTERVAL to MAX_INTERVAL."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"takes seconds from {MIN_INTERVAL:g} to {MAX_INTERVAL:g}, not {text!r}")
+    return seconds
+
+
 def main(argv: Sequence[str]) -> int:
     """``gproxy top [ADDR] [--token T] [--interval S] [--once]``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="gproxy top", description="live view of a gproxy --admin listener")
+    parser = _Parser(prog="gproxy top", description="live view of a gproxy --admin listener")
     parser.add_argument("addr", nargs="?", default=DEFAULT_ADMIN, help=f"admin listener (default {DEFAULT_ADMIN})")
     parser.add_argument("--token", default=os.environ.get("GPROXY_ADMIN_TOKEN"), help="bearer token (--admin-token)")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    parser.add_argument(
+        "--interval",
+        type=interval,
+        default=1.0,
+        help=f"seconds between refreshes, {MIN_INTERVAL:g} to {MAX_INTERVAL:g} (default 1)",
+    )
     parser.add_argument("--once", action="store_true", help="print one screen and exit")
     args = parser.parse_args(argv)
     try:
         base = admin_url(args.addr)
     except ValueError as exc:
         print(f"gproxy top: {exc}", file=sys.stderr)
-        return 2
-    if args.interval <= 0:
-        print("gproxy top: --interval must be greater than 0", file=sys.stderr)
         return 2
     url = base + "/sessions"
     try:

@@ -3,6 +3,7 @@ stand-in admin listener whose sessions move."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -14,7 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gproxy.ops.top import Row, admin_url, build_view, human, parse_sessions, render
+from gproxy.ops.top import (
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    Row,
+    admin_url,
+    build_view,
+    human,
+    interval,
+    parse_sessions,
+    render,
+)
 from tests.helpers import ROOT, gproxy_env
 
 
@@ -195,3 +206,24 @@ def test_top_once_shows_markup_in_user_names_as_text(hostile_admin):
     assert "\x1b" not in result.stdout
     for name in HOSTILE_NAMES:
         assert _spelled_out(name) in result.stdout, result.stdout
+
+
+def test_interval_takes_finite_seconds_within_bounds():
+    assert [interval(text) for text in ("1", "0.25", "1e1", str(MIN_INTERVAL), str(MAX_INTERVAL))] == [
+        1.0, 0.25, 10.0, MIN_INTERVAL, MAX_INTERVAL
+    ]  # fmt: skip
+    for text in ("nan", "inf", "-inf", "1e999", "0", "-1", "1e-300", "0.01", "3601", "1e300", "abc", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            interval(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "1e-300", "1e300", "x"])
+def test_a_bad_interval_is_exit_2_with_one_line(text):
+    """nan ended in a ValueError and inf in an OverflowError traceback; 1e-300 polled nonstop."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gproxy", "top", "--interval", text, "127.0.0.1:1"],
+        capture_output=True, text=True, env=gproxy_env(), cwd=ROOT, stdin=subprocess.DEVNULL, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("gproxy top: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "--interval" in result.stderr and repr(text) in result.stderr
