@@ -1,14 +1,18 @@
 """The command line: flags and config file -> Config -> Proxy, with exit codes.
 
 Exit 0 after a clean stop, 2 with one line on stderr for a user's mistake.
-Signals are caught from the first line of ``main``: one that arrives while
-gproxy starts is acted on once it serves, never a traceback.
+For the server, signals are caught as soon as ``main`` knows it is not a
+subcommand: one that arrives while gproxy starts is acted on once it serves,
+never a traceback. ``gproxy top`` and ``gproxy passwd`` end on Ctrl-C, SIGTERM
+and SIGHUP (``subcommand_signals``).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gproxy.core.config import Config
 from gproxy.core.errors import ConfigError
@@ -26,16 +30,18 @@ from gproxy.ops.runtime import (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run gproxy; returns the exit code."""
-    early = StartSignals()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["top"]:
         from gproxy.ops.top import main as top
 
+        subcommand_signals()
         return top(argv[1:])
     if argv[:1] == ["passwd"]:
         from gproxy.ops.passwd import main as passwd
 
+        subcommand_signals()
         return passwd(argv[1:])
+    early = StartSignals()  # the server's: after the subcommands, which would ignore Ctrl-C with it
     try:
         config = load_config(argv)
     except ConfigError as exc:
@@ -50,6 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     fast_greenlets()
     monkey.patch_all()
     return run(config, argv, early)
+
+
+def subcommand_signals() -> None:
+    """For ``top`` and ``passwd``: Python's own SIGINT (KeyboardInterrupt; each exits 130)
+    and SIGHUP; SIGTERM raises ``SystemExit(143)``, so the way out restores the terminal
+    (top's screen and keys, the prompt's echo) and removes a half-written users file."""
+
+    def unwind(signum: int, _frame: object) -> NoReturn:
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # one ignored by the parent stays so
+        signal.signal(signal.SIGTERM, unwind)
 
 
 def run(config: Config, argv: Sequence[str] | None = None, early: StartSignals | None = None) -> int:

@@ -2,7 +2,8 @@
 
 The password is asked twice on a terminal, or read as one line from a
 non-terminal stdin. Other lines stay as they were; the file is replaced
-atomically, and a new one is created with mode 0600. Exit 0, or 2 with one line.
+atomically, and a new one is created with mode 0600. Exit 0, or 2 with one line;
+Ctrl-C is exit 130 with one line, and SIGTERM ends it as it ends any program.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -58,8 +60,13 @@ def check_user(user: str) -> None:
 def read_password() -> bytes:
     """Twice from the terminal, or one line from stdin."""
     if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != first:
+        try:
+            first = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except KeyboardInterrupt:
+            print(file=sys.stderr)  # end the prompt's line (no echo: not even ^C shows)
+            raise
+        if again != first:
             raise PasswdError("the passwords do not match")
         password = first.encode("utf-8")
     else:
@@ -134,8 +141,11 @@ def main(argv: Sequence[str]) -> int:
     except OSError as exc:
         print(f"gproxy passwd: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:
         print("gproxy passwd: no password given", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the file is replaced atomically, or not at all
+        print("gproxy passwd: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     print(f"gproxy passwd: set the password of {args.user} in {args.file}", file=sys.stderr)
     return 0

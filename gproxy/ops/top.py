@@ -1,8 +1,9 @@
 """``gproxy top [ADDR]``: a live terminal view of an admin listener (``--admin``).
 
 Polls ``GET /sessions`` once a second and shows the open sessions sorted by their
-current throughput, and per-user totals; ``q`` quits. Drawn with rich; runs as a
-plain program (no gevent), blocking reads with timeouts.
+current throughput, and per-user totals; ``q`` quits, Ctrl-C too (exit 130). The
+live view needs a terminal; ``--once`` prints one screen anywhere. Drawn with rich;
+runs as a plain program (no gevent), blocking reads with timeouts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import select
+import signal
 import sys
 import termios
 import time
@@ -196,14 +198,20 @@ def _keys() -> Iterator[bool]:
 
 
 def _wait_for_quit(seconds: float, interactive: bool) -> bool:
-    """Sleep up to ``seconds``; True when 'q' was pressed."""
+    """Sleep up to ``seconds``; True when 'q' was pressed or the terminal is gone."""
     if not interactive:
         time.sleep(seconds)
         return False
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         ready, _, _ = select.select([sys.stdin], [], [], left)
-        if ready and os.read(sys.stdin.fileno(), 1) in (b"q", b"Q"):
+        if not ready:
+            continue
+        try:
+            key = os.read(sys.stdin.fileno(), 1)
+        except OSError:  # EIO: the terminal hung up
+            key = b""
+        if key in (b"q", b"Q", b""):  # end of input would be ready at once, forever
             return True
     return False
 
@@ -248,16 +256,27 @@ def main(argv: Sequence[str]) -> int:
         default=1.0,
         help=f"seconds between refreshes, {MIN_INTERVAL:g} to {MAX_INTERVAL:g} (default 1)",
     )
-    parser.add_argument("--once", action="store_true", help="print one screen and exit")
+    parser.add_argument("--once", action="store_true", help="print one screen and exit (no terminal needed)")
     args = parser.parse_args(argv)
     try:
         base = admin_url(args.addr)
     except ValueError as exc:
         print(f"gproxy top: {exc}", file=sys.stderr)
         return 2
+    if not args.once and not sys.stdout.isatty():
+        print("gproxy top: the live view needs a terminal; --once prints one screen anywhere", file=sys.stderr)
+        return 2
+    try:
+        return _show(base, args.token, args.interval, once=args.once)
+    except KeyboardInterrupt:  # Ctrl-C: as good as q, but the shell learns it was SIGINT
+        return 128 + signal.SIGINT
+
+
+def _show(base: str, token: str | None, refresh_seconds: float, *, once: bool) -> int:
+    """One screen (``once``), or the live view until q."""
     url = base + "/sessions"
     try:
-        payload = fetch(url, args.token)
+        payload = fetch(url, token)
     except (OSError, ValueError) as exc:
         print(f"gproxy top: cannot read {url}: {_reason(exc)}", file=sys.stderr)
         return 1
@@ -268,18 +287,18 @@ def main(argv: Sequence[str]) -> int:
     previous: dict[str, int] = {}
     last = time.monotonic()
     view = build_view(parse_sessions(payload), previous, 0.0)
-    if args.once:
+    if once:
         console.print(render(view, base, console.size.width, console.size.height))
         return 0
     with _keys() as interactive, Live(console=console, screen=True, auto_refresh=False) as live:
         while True:
             previous = {row.id: row.up + row.down for row in view.rows}
             live.update(render(view, base, console.size.width, console.size.height), refresh=True)
-            if _wait_for_quit(args.interval, interactive):
+            if _wait_for_quit(refresh_seconds, interactive):
                 return 0
             now = time.monotonic()
             try:
-                rows = parse_sessions(fetch(url, args.token))
+                rows = parse_sessions(fetch(url, token))
                 view = build_view(rows, previous, now - last)
             except (OSError, ValueError) as exc:
                 view.error = _reason(exc)

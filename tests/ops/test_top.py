@@ -227,3 +227,19 @@ def test_a_bad_interval_is_exit_2_with_one_line(text):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("gproxy top: ") and result.stderr.count("\n") == 1, result.stderr
     assert "--interval" in result.stderr and repr(text) in result.stderr
+
+
+def test_keys_at_end_of_input_quit_instead_of_spinning():
+    """A terminal that hung up reads as end of input at once, forever: that was a busy loop.
+    Run in a plain Python (this test process is monkey-patched by gevent); /dev/null stands in."""
+    code = "import time; from gproxy.ops.top import _wait_for_quit as w; t = time.monotonic(); "
+    code += "print(w(5.0, interactive=True), time.monotonic() - t < 2)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=gproxy_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    assert result.stdout.split() == ["True", "True"], result.stderr
