@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -51,6 +52,9 @@ ARGV_TYPOS = {
     "upstream_bad_port": ["--upstream", f"socks5://u:{SECRET}@127.0.0.1:99999"],
     "upstream_bad_scheme": ["--upstream", f"ftp://u:{SECRET}@127.0.0.1:1"],
     "upstream_socks4_password": ["--upstream", f"socks4://u:{SECRET}@127.0.0.1:1"],
+    "auth_url_bad_port": ["--auth-url", f"http://127.0.0.1:99999/check?token={SECRET}"],
+    "auth_url_bad_scheme": ["--auth-url", f"ftp://127.0.0.1/check?token={SECRET}"],
+    "auth_url_fragment": ["--auth-url", f"http://127.0.0.1/check#token={SECRET}"],
 }
 
 
@@ -82,6 +86,27 @@ def test_a_reload_with_a_typo_logs_the_line_not_the_password(proxy, tmp_path, ca
     assert not running.reload(Config.build(socks=["127.0.0.1:0"], users_file=str(users)))
     (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert f"{users}:2" in error and SECRET not in error
+
+
+RELOAD_TYPOS = {
+    "auth_url_query": f'socks = ["127.0.0.1:0"]\nauth-url = "http://127.0.0.1:99999/check?token={SECRET}"\n',
+}
+
+
+@pytest.mark.parametrize("content", list(RELOAD_TYPOS.values()), ids=list(RELOAD_TYPOS))
+def test_a_sighup_with_a_typo_logs_no_secret(tmp_path, content):
+    """The error of a failed reload goes to the error log: the same care as at start."""
+    config = tmp_path / "gproxy.toml"
+    config.write_text('socks = ["127.0.0.1:0"]\n')
+    running = start_gproxy("--config", str(config))
+    try:
+        config.write_text(content)
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload failed" in line for line in running.stderr_lines), what="the reload error")
+    finally:
+        assert running.stop() == 0
+    (error,) = [line for line in running.stderr_lines if "reload failed" in line]
+    assert SECRET not in "".join(running.stderr_lines), error
 
 
 def test_the_workers_metrics_directory_is_private():

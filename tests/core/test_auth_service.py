@@ -195,6 +195,31 @@ def test_parse_auth_url_refuses(url):
     assert "secret" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://127.0.0.1:99999/check?token=TOKEN", "'http://127.0.0.1:99999/check?...' is not a valid URL"),
+        ("ftp://127.0.0.1/check?token=TOKEN", "'ftp://127.0.0.1/check?...' must start with http://"),
+        ("http:///check?token=TOKEN", "'http:///check?...' needs a host"),
+        ("http://u:pw@x/check?token=TOKEN", "'http://u:***@x/check?...': credentials"),
+        ("http://x/check?token=TOKEN#TOKEN", "'http://x/check?...' may not have a fragment"),
+        ("http://x/check#token=TOKEN", "'http://x/check#...' may not have a fragment"),
+        ("http://x:0/check?token=TOKEN", "'http://x:0/check?...' may not have a fragment or port 0"),
+        ("h:1/check?next=http://TOKEN", "'h:1/check?...' must start with http://"),
+        # an '@' after the host: in the query, or in a password holding '?' or '/': only the start is shown
+        ("http://x:0/check?q=a@b:TOKEN", "'http://x...' may not have a fragment or port 0"),
+        ("http://u:pw?TOKEN@x/check", "'http://u...' is not a valid URL"),
+        ("http://u:pw/TOKEN@x/check", "'http://u...' is not a valid URL"),
+    ],
+)
+def test_refusals_never_show_the_query_which_may_hold_a_token(url, shown):
+    """As AuthUrl.__str__ leaves the query out, so do the errors (on stderr, or logged on SIGHUP)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_auth_url(url)
+    assert str(caught.value).startswith(f"--auth-url: {shown}"), caught.value
+    assert "TOKEN" not in str(caught.value) and "pw" not in str(caught.value)
+
+
 # -- Users: the fallback, the cache, settings, session counting ---------------------------
 
 
