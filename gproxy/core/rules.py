@@ -222,19 +222,24 @@ def _parse_rate(value: object, where: str) -> int:
 
 
 def parse_users_table(table: object) -> dict[str, UserRules]:
-    """The TOML ``[users.NAME]`` tables; ConfigError names the key at fault."""
+    """The TOML ``[users.NAME]`` tables; ConfigError names the key at fault, but a NAME
+    with ':' only up to it (``[users."alice:PASS"]`` is a USER:PASS typo)."""
     if not isinstance(table, Mapping):
         raise ConfigError("'users' must be a table of [users.NAME] tables")
     users = {}
     for name, entry in table.items():
+        user, colon, _ = name.partition(":")
+        if colon:
+            shown = f"users.{user}:..."
+            raise ConfigError(f"{shown!r}: a user name may not hold ':' (the rest is not shown: it may be a password)")
         where = f"users.{name}"
+        if not name or len(name.encode()) > 255:
+            raise ConfigError(f"{where!r}: user names are 1 to 255 bytes without ':'")
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where!r} must be a table (password, {', '.join(SETTING_KEYS)})")
         unknown = set(entry) - _USER_KEYS
         if unknown:
             raise ConfigError(f"unknown setting {where + '.' + sorted(unknown)[0]!r}")
-        if not name or ":" in name or len(name.encode()) > 255:
-            raise ConfigError(f"{where!r}: user names are 1 to 255 bytes without ':'")
         password = entry.get("password")
         if password is not None and (not isinstance(password, str) or len(password.encode()) > 255):
             raise ConfigError(f"{where + '.password'!r} must be a string of at most 255 bytes")

@@ -68,6 +68,9 @@ TOML_TYPOS = {
     "unterminated": f'socks = ["0"]\nuser = ["bob:{SECRET}"\n',
     "table_unterminated": f'socks = ["0"]\n[users.bob]\npassword = "{SECRET}\n',
     "table_too_long": f'socks = ["0"]\n[users.bob]\npassword = "{SECRET * 40}"\n',
+    "table_named_user_colon_password": f'socks = ["0"]\n[users."bob:{SECRET}"]\nrate = 1\n',
+    "table_named_user_colon_password_unknown_key": f'socks = ["0"]\n[users."bob:{SECRET}"]\nrte = 1\n',
+    "key_user_colon_password": f'socks = ["0"]\n[users]\n"bob:{SECRET}" = 1\n',
 }
 
 
@@ -90,6 +93,7 @@ def test_a_reload_with_a_typo_logs_the_line_not_the_password(proxy, tmp_path, ca
 
 RELOAD_TYPOS = {
     "auth_url_query": f'socks = ["127.0.0.1:0"]\nauth-url = "http://127.0.0.1:99999/check?token={SECRET}"\n',
+    "users_table_name": f'socks = ["127.0.0.1:0"]\n[users."bob:{SECRET}"]\nrate = 1\n',
 }
 
 

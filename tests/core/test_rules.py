@@ -199,6 +199,20 @@ def test_users_table_errors_name_the_key(table, message):
         parse_users_table(table)
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [{"rate": 1}, {"password": "x"}, {"bogus": 1}, "not a table", {"allow-dest": [1]}],
+    ids=["table", "password", "unknown_key", "not_a_table", "bad_setting"],
+)
+def test_a_user_table_named_user_colon_password_never_shows_the_password(entry):
+    """[users."alice:PW"] is the USER:PASS typo; every error about it stops at the ':'."""
+    with pytest.raises(ConfigError) as caught:
+        parse_users_table({"alice:hunter2:more": entry})
+    message = str(caught.value)
+    assert "hunter2" not in message and "more" not in message
+    assert message.startswith("'users.alice:...': a user name may not hold ':'"), message
+
+
 def test_user_rules_without_a_password_need_the_user_elsewhere():
     with pytest.raises(ConfigError, match="users.dave"):
         Config.from_settings({"socks": ["0"]}, {"users": {"dave": {"allow-dest": ["x"]}}})
