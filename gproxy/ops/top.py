@@ -9,6 +9,7 @@ runs as a plain program (no gevent), blocking reads with timeouts.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import math
 import os
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 DEFAULT_ADMIN = "127.0.0.1:9180"
 #: the largest /sessions answer read (10,000 sessions fit many times)
 MAX_BODY = 64 << 20
+#: what reading /sessions can raise: no connection, not HTTP, not JSON
+FETCH_ERRORS = (OSError, ValueError, http.client.HTTPException)
 #: bounds on --interval: polling faster only loads the proxy; slower is no live view
 MIN_INTERVAL = 0.1
 MAX_INTERVAL = 3600.0
@@ -171,7 +174,7 @@ def render(view: View, source: str, width: int, height: int) -> Any:
 
 
 def fetch(url: str, token: str | None, timeout: float = 5.0) -> Any:
-    """GET url (JSON), bounded; raises OSError/ValueError on failure."""
+    """GET url (JSON), bounded; raises one of FETCH_ERRORS on failure."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -277,7 +280,7 @@ def _show(base: str, token: str | None, refresh_seconds: float, *, once: bool) -
     url = base + "/sessions"
     try:
         payload = fetch(url, token)
-    except (OSError, ValueError) as exc:
+    except FETCH_ERRORS as exc:
         print(f"gproxy top: cannot read {url}: {_reason(exc)}", file=sys.stderr)
         return 1
     from rich.console import Console
@@ -300,7 +303,7 @@ def _show(base: str, token: str | None, refresh_seconds: float, *, once: bool) -
             try:
                 rows = parse_sessions(fetch(url, token))
                 view = build_view(rows, previous, now - last)
-            except (OSError, ValueError) as exc:
+            except FETCH_ERRORS as exc:
                 view.error = _reason(exc)
             last = now
 
@@ -308,6 +311,8 @@ def _show(base: str, token: str | None, refresh_seconds: float, *, once: bool) -
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code}"
+    if isinstance(exc, http.client.HTTPException):  # its text would be what the other side sent
+        return f"not an HTTP answer ({type(exc).__name__})"
     if isinstance(exc, urllib.error.URLError):
         return str(exc.reason)
     return str(exc)

@@ -4,9 +4,11 @@ stand-in admin listener whose sessions move."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -243,3 +245,30 @@ def test_keys_at_end_of_input_quit_instead_of_spinning():
         timeout=30,
     )
     assert result.stdout.split() == ["True", "True"], result.stderr
+
+
+def test_an_answer_that_is_not_http_is_exit_1_with_one_line():
+    """http.client.BadStatusLine is no OSError: it was a traceback (e.g. top pointed at an SSH port)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+
+    def answer_once() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-\x1b[2Jbanner\r\n")
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "gproxy", "top", str(server.getsockname()[1]), "--once"],
+            capture_output=True, text=True, env=gproxy_env(), cwd=ROOT, stdin=subprocess.DEVNULL, timeout=30,
+        )  # fmt: skip
+    finally:
+        thread.join(25)
+        server.close()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "not an HTTP answer" in result.stderr, result.stderr
+    assert "banner" not in result.stderr
