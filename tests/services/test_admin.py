@@ -158,3 +158,19 @@ def test_a_slow_or_huge_request_is_dropped(proxy):
         except ConnectionResetError:
             answer = b""
     assert answer == b"" or answer.split()[1] in (b"400", b"414")
+
+
+@pytest.mark.parametrize("kind", ["admin", "metrics"])
+def test_bad_requests_before_the_token_check_are_quiet(proxy, kind, caplog, capfd):
+    # anyone who may connect must not fill the log: no error line, no traceback, per request
+    running = proxy(socks=["127.0.0.1:0"], **{kind: ["127.0.0.1:0"]}, admin_token="tok", handshake_timeout=1)
+    port = running.address(kind).port
+    too_many_headers = b"GET / HTTP/1.1\r\n" + b"".join(b"X%d: a\r\n" % n for n in range(101)) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(too_many_headers)
+        assert recv_all(sock).split()[1:2] == [b"400"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")  # body never ends
+        recv_all(sock)  # answered or dropped, then closed at the request's deadline
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")]
+    assert "Traceback" not in capfd.readouterr().err
