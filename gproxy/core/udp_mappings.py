@@ -4,14 +4,15 @@ their bounded table of mappings that expire when idle.
 A mapping is one client's (or one client and destination's) outbound state. The table's clock
 ticks every idle/4 seconds; each datagram stamps its mapping with the tick (no clock read per
 datagram), a reaper ends mappings idle for four ticks, and a full table evicts its idlest.
-Ending a mapping closes it, then counts and logs its session.
+Ending a mapping closes it, then counts and logs its session. While it lives, its session is
+one of the server's open sessions (``/sessions``; ``DELETE`` ends the mapping).
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 import gevent
@@ -62,10 +63,17 @@ class Mapping(Protocol):
 
 
 class SessionSink(Protocol):
-    """Where ended sessions go (the Proxy)."""
+    """Where sessions are listed while open, and go when they end (the Proxy)."""
 
     metrics: Metrics
     access_log: AccessLog | None
+
+    def open_detached(self, session: Session, end: Callable[[Outcome], None]) -> None:
+        """List ``session`` (it has no greenlet of its own) until close_detached(); ``end``
+        ends it (--admin's DELETE)."""
+
+    def close_detached(self, session: Session) -> None:
+        """``session`` is over: no longer listed."""
 
 
 K = TypeVar("K", bound=Hashable)
@@ -87,7 +95,13 @@ class MappingTable(dict[K, M]):
         if self and len(self) >= self.limit:
             self.end(min(self, key=lambda k: self[k].last), Outcome.EVICTED)
         self[key] = mapping
+        self.sink.open_detached(mapping.session, lambda outcome: self._end_if(key, mapping, outcome))
         return mapping
+
+    def _end_if(self, key: K, mapping: M, outcome: Outcome) -> None:
+        """end(), if ``key`` still maps to ``mapping`` (not a later one for the same key)."""
+        if self.get(key) is mapping:
+            self.end(key, outcome)
 
     def end(self, key: K, outcome: Outcome) -> None:
         """Remove, close and log one mapping (nothing if it is gone already)."""
@@ -96,6 +110,7 @@ class MappingTable(dict[K, M]):
             return
         mapping.close()
         mapping.session.outcome = outcome
+        self.sink.close_detached(mapping.session)
         self.sink.metrics.session_closed(mapping.session)
         if self.sink.access_log is not None:
             self.sink.access_log.write(mapping.session.logfmt())

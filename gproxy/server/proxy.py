@@ -186,6 +186,7 @@ class Proxy:
         self.worker: WorkerSlot | None = None  # set by a --workers worker before start()
         self.draining = False
         self._between_requests: set[Any] = set()  # greenlets of kept-alive connections, idle
+        self._detached: dict[str, Callable[[Outcome], None]] = {}  # session id -> ends it (UDP mappings)
         self.origin_pool = OriginPool()  # idle connections to HTTP origins, closed on stop()
         self._drain_cut = Event()  # stop_now(): the drain ends at once
         self._stopped = Event()
@@ -342,11 +343,32 @@ class Proxy:
         """A second stop signal: cut the drain short; stop() then ends every session at once."""
         self._drain_cut.set()
 
+    def _new_session_id(self) -> str:
+        """The next session's id: a number, after the worker's (``1-42``) with --workers."""
+        prefix = "" if self.worker is None else f"{self.worker.index}-"
+        return f"{prefix}{next(self._session_ids)}"
+
+    def open_detached(self, session: Session, end: Callable[[Outcome], None]) -> None:
+        """SessionSink: a session without a greenlet of its own (a UDP mapping) is open:
+        listed in /sessions until close_detached(), ended by ``end`` (DELETE)."""
+        session.id = self._new_session_id()
+        self.open[session.id] = (session, None)
+        self._detached[session.id] = end
+
+    def close_detached(self, session: Session) -> None:
+        """SessionSink: the detached ``session`` is over."""
+        self.open.pop(session.id, None)
+        self._detached.pop(session.id, None)
+
     def end_session(self, session_id: str, outcome: Outcome = Outcome.ADMIN_CLOSED) -> bool:
         """End one open session now (--admin's DELETE); False if there is none by that id."""
         entry = self.open.get(session_id)
         if entry is None:
             return False
+        end = self._detached.get(session_id)
+        if end is not None:
+            end(outcome)
+            return True
         session, greenlet = entry
         if not self.tunnels.abort(session, outcome) and greenlet is not None:
             # delivered only if that greenlet still serves this session (it is reused after)
@@ -582,8 +604,7 @@ class Proxy:
         client, accepted, counted = admitted
         session = Session(client, ctx.listener.kind)
         session.started = accepted
-        prefix = "" if self.worker is None else f"{self.worker.index}-"
-        session.id = f"{prefix}{next(self._session_ids)}"
+        session.id = self._new_session_id()
         self.open[session.id] = (session, gevent.getcurrent())
         session.admission = counted  # released when the session ends (a tunnel's, without its socket)
         self.metrics.session_opened(ctx.listener.kind)

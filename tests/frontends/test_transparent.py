@@ -97,6 +97,13 @@ class _Sink:
         self.metrics = Metrics()
         self.lines: list[str] = []
         self.access_log = self
+        self.open: dict[int, Session] = {}
+
+    def open_detached(self, session: Session, end: object) -> None:
+        self.open[id(session)] = session
+
+    def close_detached(self, session: Session) -> None:
+        del self.open[id(session)]
 
     def write(self, line: str) -> None:
         self.lines.append(line)
@@ -115,8 +122,9 @@ def test_mapping_table_evicts_the_idlest_when_full_and_logs_each_end():
     first.last = table.clock + 1  # a datagram: "second" is the idlest now
     third = _fake(table, "third")
     assert set(table) == {"first", "third"} and second.closed and not first.closed
+    assert len(sink.open) == 2  # listed while open
     table.end_all("shutdown")
-    assert table == {} and first.closed and third.closed
+    assert table == {} and first.closed and third.closed and sink.open == {}
     outcomes = [(line.split("cmd=")[1].split()[0], line.split("outcome=")[1]) for line in sink.lines]
     assert outcomes == [("second", "evicted"), ("first", "shutdown"), ("third", "shutdown")]
     table.end("first", "again")  # already gone: nothing

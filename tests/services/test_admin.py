@@ -174,3 +174,34 @@ def test_bad_requests_before_the_token_check_are_quiet(proxy, kind, caplog, capf
         recv_all(sock)  # answered or dropped, then closed at the request's deadline
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_udp_mappings_are_listed_and_delete_ends_one(proxy, echo_udp, tmp_path):
+    log = tmp_path / "access.log"
+    running = proxy(
+        udp_forward=[f"127.0.0.1:0={echo_udp.host}:{echo_udp.port}"], admin=["127.0.0.1:0"], access_log=str(log)
+    )
+    forward = running.address("udp-forward")
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for client in clients:
+            client.settimeout(5)
+            client.sendto(b"ping", (forward.host, forward.port))
+            assert client.recvfrom(100)[0] == b"ping"
+        rows = requests.get(_base(running) + "/sessions", timeout=10).json()
+        assert (
+            sorted((row["proto"], row["cmd"], row["up"], row["down"]) for row in rows)
+            == [("udp-forward", "udp", 4, 4)] * 2
+        )
+        mine = next(row for row in rows if row["client"] == f"127.0.0.1:{clients[0].getsockname()[1]}")
+        assert requests.delete(_base(running) + f"/sessions/{mine['id']}", timeout=10).status_code == 204
+        (entry,) = wait_for(lambda: _lines(log), what="its line")
+        assert (entry["proto"], entry["outcome"], entry["client"]) == ("udp-forward", "admin_closed", mine["client"])
+        (left,) = requests.get(_base(running) + "/sessions", timeout=10).json()
+        assert left["id"] != mine["id"]
+        clients[0].sendto(b"again", (forward.host, forward.port))  # a new mapping, a new session
+        assert clients[0].recvfrom(100)[0] == b"again"
+        assert len(requests.get(_base(running) + "/sessions", timeout=10).json()) == 2
+    finally:
+        for client in clients:
+            client.close()
