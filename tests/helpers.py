@@ -8,9 +8,11 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
@@ -774,3 +776,15 @@ def logfmt_fields(line: str) -> dict[str, str]:
     pairs = _LOGFMT_PAIR.findall(line)
     assert " ".join(f"{key}={value}" for key, value in pairs) == line, line
     return {key: json.loads(value) if value.startswith('"') else value for key, value in pairs}
+
+
+def serve_http_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """For a fixture: the standard library's threading HTTP server with ``handler`` on
+    127.0.0.1; yields its port, then shuts it down."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

@@ -16,12 +16,12 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from tests.helpers import gproxy_env
+from tests.helpers import gproxy_env, serve_http_handler
 
 #: a coarse bound: the signal is acted on at once, this only keeps a hang from hanging the suite
 PROMPTLY = 5.0
@@ -108,13 +108,7 @@ class _Admin(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def admin() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Admin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    yield from serve_http_handler(_Admin)
 
 
 @pytest.mark.parametrize("stop", list(STOPS.values()), ids=list(STOPS))

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -28,7 +28,7 @@ from gproxy.ops.top import (
     parse_sessions,
     render,
 )
-from tests.helpers import ROOT, gproxy_env
+from tests.helpers import ROOT, gproxy_env, serve_http_handler
 
 
 def row(id: str, user: str, up: int, down: int) -> Row:
@@ -109,24 +109,14 @@ class _HostileAdmin(_Admin):
         return hostile_sessions(t)
 
 
-def _serve(handler: type[BaseHTTPRequestHandler]):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
 @pytest.fixture
 def admin():
-    yield from _serve(_Admin)
+    yield from serve_http_handler(_Admin)
 
 
 @pytest.fixture
 def hostile_admin():
-    yield from _serve(_HostileAdmin)
+    yield from serve_http_handler(_HostileAdmin)
 
 
 def _spelled_out(name: str) -> str:
