@@ -5,9 +5,8 @@ A Context is built per listener by the server; front ends only read it.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gproxy.core.access import ClientRules, Users
 from gproxy.core.config import Config, ListenerSpec
@@ -77,10 +76,11 @@ class SessionOwner(Protocol):
     def latest(self, ctx: Context) -> Context:
         """The listener's context as of now (rules change on SIGHUP): for each new request."""
 
-    def between_requests(self) -> AbstractContextManager[bool]:
-        """Around a kept-alive connection's wait for its next request: yields False when
-        the server is draining (close instead of waiting); a drain that starts during the
-        wait ends it with ClientClosed, as if the client had gone."""
+    #: a stop has begun: a kept-alive connection closes instead of waiting for its next request
+    draining: bool
+    #: the greenlets of kept-alive connections waiting for their next request: a stop ends
+    #: each wait with ClientClosed, as if the client had gone
+    between_requests: set[Any]
 
 
 @dataclass

@@ -186,13 +186,19 @@ def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _
 def _next_request_bytes(conn: Conn, ctx: Context, clock: _Clock) -> bool:
     """_next_bytes(), unless the server drains: an idle kept-alive connection is closed
     then (at once, or when the drain starts during the wait), not held to its end."""
-    if ctx.owner is None:
+    owner = ctx.owner
+    if owner is None:
         return _next_bytes(conn, clock)
-    try:
-        with ctx.owner.between_requests() as serving:
-            return serving and _next_bytes(conn, clock)
-    except ClientClosed:
+    if owner.draining:
         return False
+    waiting, me = owner.between_requests, getcurrent()
+    waiting.add(me)
+    try:
+        return _next_bytes(conn, clock)
+    except ClientClosed:  # the stop's
+        return False
+    finally:
+        waiting.discard(me)
 
 
 def _next_bytes(conn: Conn, clock: _Clock) -> bool:

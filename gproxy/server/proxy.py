@@ -6,14 +6,13 @@ Everything is bound before anything serves, so a bad address fails fast.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import ipaddress
 import itertools
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -185,7 +184,7 @@ class Proxy:
         self._session_ids = itertools.count(1)
         self.worker: WorkerSlot | None = None  # set by a --workers worker before start()
         self.draining = False
-        self._between_requests: set[Any] = set()  # greenlets of kept-alive connections, idle
+        self.between_requests: set[Any] = set()  # SessionOwner: kept-alive connections' greenlets, idle
         self._detached: dict[str, Callable[[Outcome], None]] = {}  # session id -> ends it (UDP mappings)
         self.origin_pool = OriginPool()  # idle connections to HTTP origins, closed on stop()
         self._drain_cut = Event()  # stop_now(): the drain ends at once
@@ -311,8 +310,8 @@ class Proxy:
             return
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         self.draining = True
-        for idle in list(self._between_requests):  # idle kept-alive connections end now
-            self._sessions.interrupt(idle, ClientClosed, functools.partial(self._between_requests.__contains__, idle))
+        for idle in list(self.between_requests):  # idle kept-alive connections end now
+            self._sessions.interrupt(idle, ClientClosed, functools.partial(self.between_requests.__contains__, idle))
         last = [service for service in self._services if getattr(service, "stops_last", False)]  # --admin
         for server in self._servers:
             server.close()
@@ -696,20 +695,6 @@ class Proxy:
     def latest(self, ctx: Context) -> Context:
         """SessionOwner: the context a new client of ``ctx``'s listener would get now."""
         return self._latest.get(id(ctx.listener), ctx)
-
-    @contextlib.contextmanager
-    def between_requests(self) -> Iterator[bool]:
-        """SessionOwner: a kept-alive HTTP connection waits for its next request; stop()
-        ends the wait (ClientClosed in its greenlet), and none starts while draining."""
-        if self.draining:
-            yield False
-            return
-        me = gevent.getcurrent()
-        self._between_requests.add(me)
-        try:
-            yield True
-        finally:
-            self._between_requests.discard(me)
 
     def log_request(self, session: Session) -> None:
         """SessionOwner: the access-log line of one request on a kept-alive HTTP connection."""
