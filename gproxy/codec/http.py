@@ -639,7 +639,8 @@ def _response(
         if not listed:
             raise HttpError(502, "origin sent a Transfer-Encoding that names no coding")
         chunked = listed[-1] == b"chunked"
-        kept = listed[:-1] if chunked else listed
+        # identity (no coding; no longer registered, old servers still send it) is dropped
+        kept = tuple(coding for coding in (listed[:-1] if chunked else listed) if coding != b"identity")
         if b"chunked" in kept:
             raise HttpError(502, "origin applied chunked before another transfer coding")
         length = None

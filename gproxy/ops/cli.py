@@ -59,15 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def subcommand_signals() -> None:
-    """For ``top`` and ``passwd``: Python's own SIGINT (KeyboardInterrupt; each exits 130)
-    and SIGHUP; SIGTERM raises ``SystemExit(143)``, so the way out restores the terminal
-    (top's screen and keys, the prompt's echo) and removes a half-written users file."""
+    """For ``top`` and ``passwd``: Python's own SIGINT (KeyboardInterrupt; each exits 130);
+    SIGTERM and SIGHUP (the terminal went away) raise ``SystemExit(128 + signal)``, so the
+    way out restores the terminal (top's screen and keys, the prompt's echo) and removes a
+    half-written users file."""
 
     def unwind(signum: int, _frame: object) -> NoReturn:
         raise SystemExit(128 + signum)
 
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # one ignored by the parent stays so
-        signal.signal(signal.SIGTERM, unwind)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:  # one ignored by the parent stays so
+            signal.signal(signum, unwind)
 
 
 def run(config: Config, argv: Sequence[str] | None = None, early: StartSignals | None = None) -> int:

@@ -102,30 +102,31 @@ def set_line(text: str, user: str, secret: str) -> str:
 
 
 def write_users_file(path: str, user: str, secret: str) -> None:
-    """Replace the file atomically (same mode), or create it with mode 0600."""
+    """Replace the file atomically (same mode), or create it, whole, with mode 0600: the
+    lines go to a temp file beside it, which then takes its place (a new file's name is
+    taken with link(), so a file made meanwhile by someone else is never overwritten)."""
     try:
         with open(path, encoding="utf-8") as file:
-            text = file.read()
+            text: str | None = file.read()
             mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
     except FileNotFoundError:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(set_line("", user, secret))
-        return
+        text, mode = None, 0o600
     except UnicodeDecodeError:
         raise PasswdError(f"{path}: not UTF-8 text") from None
     fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             os.fchmod(file.fileno(), mode)
-            file.write(set_line(text, user, secret))
+            file.write(set_line(text or "", user, secret))
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
+        if text is None:
+            os.link(temp, path)  # FileExistsError if it appeared meanwhile: nothing overwritten
+        else:
+            os.replace(temp, path)
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+            os.unlink(temp)  # after link() the file keeps its name; after replace() it is gone
 
 
 def main(argv: Sequence[str]) -> int:

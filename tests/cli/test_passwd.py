@@ -44,6 +44,24 @@ def test_new_file_is_mode_0600_with_a_bcrypt_hash(tmp_path):
     assert result.stderr.count(b"\n") == 1
 
 
+def test_a_new_file_appears_whole_and_never_over_one_made_meanwhile(tmp_path, monkeypatch):
+    # the lines are written beside it first; a file that appeared meanwhile is left alone
+    from gproxy.ops import passwd as passwd_module
+
+    path = tmp_path / "users"
+    made = passwd_module.tempfile.mkstemp
+
+    def someone_else_first(*args, **kwargs):
+        path.write_text("carol:theirs\n")
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(passwd_module.tempfile, "mkstemp", someone_else_first)
+    with pytest.raises(FileExistsError):
+        passwd_module.write_users_file(str(path), "alice", "secret")
+    assert path.read_text() == "carol:theirs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users"]  # no temp file left
+
+
 def test_replace_keeps_every_other_line_and_the_mode(tmp_path):
     path = tmp_path / "users"
     before = (

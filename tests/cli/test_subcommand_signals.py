@@ -25,7 +25,7 @@ from tests.helpers import gproxy_env, serve_http_handler
 
 #: a coarse bound: the signal is acted on at once, this only keeps a hang from hanging the suite
 PROMPTLY = 5.0
-STOPS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
+STOPS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143), "SIGHUP": (signal.SIGHUP, 129)}
 
 
 class Terminal:

@@ -440,6 +440,8 @@ def test_response_transfer_encoding_fields_make_one_list():
         (b"gzip, chunked", True, (b"gzip",)),
         (b"GZip ,deflate,chunked", True, (b"gzip", b"deflate")),
         (b"gzip", False, (b"gzip",)),  # delimited by the origin's close
+        (b"identity", False, ()),  # no coding at all: dropped, the body passes as it is
+        (b"gzip, identity, chunked", True, (b"gzip",)),
         (b"gzip\r\nTransfer-Encoding: chunked", True, (b"gzip",)),  # two fields, one list
     ],
 )
