@@ -143,11 +143,13 @@ def _checked_later(later: AsyncResult, check: IPCheck, denied: list[Denied]) -> 
     """``later``'s addresses, once in, with what ``check`` refuses left out."""
     checked: AsyncResult = AsyncResult()
 
-    def arrived(result: AsyncResult) -> None:
-        if result.successful():
+    def arrived(result: AsyncResult) -> None:  # on the loop: whatever happens, the race hears of it
+        try:
+            if not result.successful():
+                raise result.exception
             checked.set(_allowed(result.value, check, denied))
-        else:
-            checked.set_exception(result.exception)
+        except Exception as exc:  # noqa: BLE001 (a check's own failure ends the wait, not the loop)
+            checked.set_exception(exc)
 
     later.rawlink(arrived)
     return checked
