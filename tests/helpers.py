@@ -788,3 +788,23 @@ def serve_http_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@contextmanager
+def cyclic_garbage() -> Iterator[list[str]]:
+    """The type names of the objects made in the block that only the cycle collector
+    would free (filled in as the block ends); the collector is off meanwhile."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    names: list[str] = []
+    try:
+        yield names
+        gc.collect()
+        names.extend(type(obj).__name__ for obj in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

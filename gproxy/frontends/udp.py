@@ -157,6 +157,7 @@ class UdpAssociation:
         if self.relay is not None:
             self.relay.close()
         gevent.killall(self._loops, block=False)
+        self._loops = []  # a killed greenlet keeps its GreenletExit, whose frames point back here
 
     def _watch_control(self) -> None:
         """The control connection carries nothing more; EOF (or an error) ends the association."""
@@ -425,6 +426,7 @@ class _Mapping:
     def close(self) -> None:
         if self.loop is not None:
             self.loop.kill(block=False)
+            self.loop = None  # a killed greenlet keeps its GreenletExit, whose frames point back here
         self.sock.close()
 
 

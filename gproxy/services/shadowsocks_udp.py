@@ -56,6 +56,7 @@ class _Mapping:
 
     def close(self) -> None:
         gevent.killall(self.loops, block=False)
+        self.loops = []  # a killed greenlet keeps its GreenletExit, whose frames point back here
         for sock, _ in self.outbound.values():
             sock.close()
 

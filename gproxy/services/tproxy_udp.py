@@ -101,6 +101,7 @@ class _Flow:
     def close(self) -> None:
         current = gevent.getcurrent()
         gevent.killall([loop for loop in self.loops if loop is not current], block=False)
+        self.loops = []  # a killed greenlet keeps its GreenletExit, whose frames point back here
         for sock in (self.outbound, self.reply):
             if sock is not None:
                 sock.close()

@@ -23,6 +23,7 @@ from tests.helpers import (
     EchoServer,
     UdpEchoServer,
     child_pids,
+    cyclic_garbage,
     gproxy_env,
     metric,
     recv_all,
@@ -299,6 +300,26 @@ def test_udp_round_trip(tmp_path: Path, method: str) -> None:
         proxy.stop(0)
     lines = log_lines(tmp_path, 1)
     assert any("proto=ss" in line and "user=alice" in line and "cmd=udp" in line for line in lines), lines
+
+
+def test_an_ended_udp_mapping_is_freed_without_the_cycle_collector(tmp_path: Path) -> None:
+    proxy = start(tmp_path)
+    method = ss.method_by_name("chacha20-ietf-poly1305")
+    key = ss.derive_key("alice-pw", method)
+    (service,) = [s for s in proxy._services if hasattr(s, "mappings")]
+    try:
+        with UdpEchoServer("127.0.0.1") as udp_echo, cyclic_garbage() as cyclic:
+            for n in range(10):
+                client = UdpSsClient(proxy.address("ss-udp").port, key, method, udp_echo)
+                try:
+                    assert client.first_answer(client.seal(b"%d" % n)) == b"%d" % n
+                finally:
+                    client.sock.close()
+            service.mappings.end_all("ok")
+            gevent.sleep(0.05)  # the kills run
+        assert "_Mapping" not in cyclic and "Session" not in cyclic, sorted(set(cyclic))
+    finally:
+        proxy.stop(0)
 
 
 def test_udp_replays_are_dropped(tmp_path: Path, echo: EchoServer) -> None:
