@@ -455,7 +455,9 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         break
     session.status = response.status
     try:
-        keep_origin, keep_client = _send_response(conn, exchange, request, response, session, body_read)
+        # a stop has begun: this response says Connection: close, so the client sends nothing more
+        may_keep = body_read and not (ctx.owner is not None and ctx.owner.draining)
+        keep_origin, keep_client = _send_response(conn, exchange, request, response, session, may_keep)
     except _Unsent as exc:
         exchange.origin.close()
         session.status = exc.status  # what the client got instead of the origin's status
@@ -610,12 +612,14 @@ def _send_response(
     request: http.RequestHead,
     response: http.ResponseHead,
     session: Session,
-    body_read: bool,
+    may_keep: bool,
 ) -> tuple[bool, bool]:
     """Send the response head and body; (origin connection reusable, client connection kept).
-    _Unsent if the response fails before anything of it went to the client."""
+    ``may_keep``: the client connection may stay open (its request body was read, no stop
+    has begun); else the response says Connection: close. _Unsent if the response fails
+    before anything of it went to the client."""
     no_body = request.method == b"HEAD" or response.status in (204, 304)
-    keep_client = request.keep_alive and body_read
+    keep_client = request.keep_alive and may_keep
     chunk_out = False
     framing = b""
     if response.length is not None:

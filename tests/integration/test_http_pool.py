@@ -243,6 +243,7 @@ def test_a_drain_lets_a_request_in_progress_finish_then_closes(proxy):
             origin._all_in.set()
             response, body = client.response()
             assert (response.status_code, body) == (200, b"slow conn=1 path=/first")
+            assert (b"connection", b"close") in response.headers  # the client sends nothing more
             assert client.sock.recv(1) == b""  # then closed, no wait for a next request
             stopping.join()
 
