@@ -194,15 +194,15 @@ class DnsResolver:
 
     def resolve(self, host: str, port: int, deadline: float) -> Resolved:
         """(family, sockaddr) pairs, IPv6 and IPv4 interleaved, IPv6 first (RFC 8305)."""
-        return interleave(_pairs(self.lookup(host, deadline), port))
+        return interleave(_pairs(self.lookup(host, deadline)[0], port))
 
     def resolve_racing(self, host: str, port: int, deadline: float) -> tuple[Resolved, AsyncResult | None]:
         """As resolve(), but a positive AAAA answer that comes before the A answer is returned
         at once, with the A answer still coming (an AsyncResult of its pairs): RFC 8305
         section 3, connecting over IPv6 starts without waiting for a slow A query."""
-        early: list[AsyncResult] = []
-        addrs = _pairs(self.lookup(host, deadline, early), port)
-        if not early:
+        ips, a_query = self.lookup(host, deadline, quick_ipv6=True)
+        addrs = _pairs(ips, port)
+        if a_query is None:
             return interleave(addrs), None
         later: AsyncResult = AsyncResult()
 
@@ -212,21 +212,21 @@ class DnsResolver:
             else:
                 later.set_exception(socket.gaierror(socket.EAI_AGAIN, f"{host}: {result.exception}"))
 
-        early[0].rawlink(arrived)
+        a_query.rawlink(arrived)
         return addrs, later
 
-    def lookup(self, host: str, deadline: float, early: list[AsyncResult] | None = None) -> list[str]:
-        """The addresses of ``host``: IPv6 ones first, then IPv4, each in the server's order.
-        With ``early``, a positive AAAA answer in before the A answer is returned at once and
-        the A query's AsyncResult (of an Answer) is put in ``early``."""
+    def lookup(self, host: str, deadline: float, *, quick_ipv6: bool = False) -> tuple[list[str], AsyncResult | None]:
+        """The addresses of ``host``: IPv6 ones first, then IPv4, each in the server's order;
+        and None, or with ``quick_ipv6`` when a positive AAAA answer came before the A answer,
+        the AAAA addresses at once and the A query still running (an AsyncResult of an Answer)."""
         if is_ip(host):
-            return [bare_ip(host)]
+            return [bare_ip(host)], None
         name = host.rstrip(".").lower()
         if not name:
             raise socket.gaierror(socket.EAI_NONAME, "empty name")
         listed = self.hosts.lookup(name)
         if listed is not None:
-            return sorted(listed, key=lambda ip: ":" not in ip)
+            return sorted(listed, key=lambda ip: ":" not in ip), None
         try:
             qname = dns.name.from_text(name)
         except (dns.exception.DNSException, UnicodeError) as exc:
@@ -241,9 +241,8 @@ class DnsResolver:
             else:
                 pending[rdtype] = self._shared_query(name, qname, rdtype)
         while pending:
-            if early is not None and dns.rdatatype.AAAA in answers and answers[dns.rdatatype.AAAA].addresses:
-                early.append(pending[dns.rdatatype.A])  # AAAA is in first: no wait for A
-                break
+            if quick_ipv6 and dns.rdatatype.AAAA in answers and answers[dns.rdatatype.AAAA].addresses:
+                return list(answers[dns.rdatatype.AAAA].addresses), pending[dns.rdatatype.A]  # no wait for A
             remaining = deadline - time.monotonic()
             if dns.rdatatype.A in answers and answers[dns.rdatatype.A].addresses:
                 remaining = min(remaining, RESOLUTION_DELAY)  # A is in; AAAA gets a short grace only
@@ -261,7 +260,7 @@ class DnsResolver:
                         failures[rdtype] = result.exception
         addresses = [ip for rdtype in _QUERY_TYPES if rdtype in answers for ip in answers[rdtype].addresses]
         if addresses:
-            return addresses
+            return addresses, None
         if failures:
             raise socket.gaierror(socket.EAI_AGAIN, f"{host}: {next(iter(failures.values()))}")
         if pending:
