@@ -9,7 +9,6 @@ never into a log line, an error message or a metric label.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from gproxy.core.errors import AuthFailed, ConfigError, Outcome
 from gproxy.core.log import logger
 from gproxy.core.rules import SETTING_KEYS, UserSettings, parse_user_settings
 from gproxy.core.tls_client import tls_connect
+from gproxy.core.upstream_url import redact_url
 
 if TYPE_CHECKING:
     import ssl
@@ -62,32 +62,10 @@ class AuthUrl:
         return f"{'https' if self.tls else 'http'}://{format_hostport(self.host, self.port)}{self.target.split('?')[0]}"
 
 
-def shown_auth_url(text: str) -> str:
-    """``text`` for an error message, without what may be secret: a password, and the query
-    or fragment (either may carry a token, which is why ``AuthUrl.__str__`` leaves it out)."""
-    text = text.strip()
-    scheme_match = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text)
-    scheme = scheme_match.group() if scheme_match else ""
-    rest = text[len(scheme) :]
-    at = rest.rfind("@")
-    if at == -1:  # no user info
-        return scheme + _without_query(rest)
-    if at < len(re.split(r"[/?#]", rest, maxsplit=1)[0]):  # USER:PASSWORD@HOST...
-        return f"{scheme}{rest[:at].partition(':')[0]}:***@{_without_query(rest[at + 1 :])}"
-    # an '@' after a '/', '?' or '#': in the path or query, or in a password holding them
-    return scheme + re.split(r"[:/?#]", rest, maxsplit=1)[0] + "..."
-
-
-def _without_query(text: str) -> str:
-    """``host/path?...``: what follows the first '?' or '#' is left out."""
-    query = re.search(r"[?#]", text)
-    return text if query is None else text[: query.end()] + "..."
-
-
 def parse_auth_url(text: str) -> AuthUrl:
     """``http://HOST[:PORT]/PATH`` or ``https://...``; ConfigError naming --auth-url otherwise,
     showing the URL without its query."""
-    shown = shown_auth_url(text)
+    shown = redact_url(text)  # the query too: it may carry a token (AuthUrl.__str__ leaves it out)
     try:
         parts = urlsplit(text.strip())
         port = parts.port

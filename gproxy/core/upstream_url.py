@@ -57,12 +57,26 @@ class Upstream:
 
 
 def redact_url(url: str) -> str:
-    """``scheme://user:***@rest`` for messages about a URL we could not parse."""
-    scheme, sep, rest = url.rpartition("://")
-    userinfo, at, hostport = rest.rpartition("@")
-    if not at:
-        return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hostport}"
+    """A URL we could not parse, for an error message, without what may be secret: the
+    password (``scheme://user:***@host...``), and the query or fragment (either may carry
+    a token). An '@' past the first '/', '?' or '#' leaves only ``scheme://user...``."""
+    url = url.strip()
+    scheme_match = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    scheme = scheme_match.group() if scheme_match else ""
+    rest = url[len(scheme) :]
+    at = rest.rfind("@")
+    if at == -1:  # no user info
+        return scheme + _without_query(rest)
+    if at < len(re.split(r"[/?#]", rest, maxsplit=1)[0]):  # USER:PASSWORD@HOST...
+        return f"{scheme}{rest[:at].partition(':')[0]}:***@{_without_query(rest[at + 1 :])}"
+    # an '@' after a '/', '?' or '#': in the path or query, or in a password holding them
+    return scheme + re.split(r"[:/?#]", rest, maxsplit=1)[0] + "..."
+
+
+def _without_query(text: str) -> str:
+    """``host/path?...``: what follows the first '?' or '#' is left out."""
+    query = re.search(r"[?#]", text)
+    return text if query is None else text[: query.end()] + "..."
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,6 @@ def test_config_repr_hides_upstream_password():
 def test_redact_url():
     assert redact_url("socks5://u:p@h:1") == "socks5://u:***@h:1"
     assert redact_url("socks5://h:1") == "socks5://h:1"
+    assert redact_url("http://h:1/check?token=SECRET") == "http://h:1/check?..."  # a query may carry a token
+    assert redact_url("socks5://u:p@h:1?q=a@b") == "socks5://u..."  # an '@' past the host: user name only
+    assert redact_url("http://u:SEC@RET@h:1") == "http://u:***@h:1"
