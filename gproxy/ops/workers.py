@@ -227,16 +227,13 @@ class Supervisor:
         config = reread(self.argv)  # logs the one error line itself
         if config is None:
             return
-        # checked against the listeners still bound, not the file's: no open proxy by reload
-        config = dataclasses.replace(config, listeners=self.config.listeners, workers=self.config.workers)
-        try:
-            config.validate()
-            if config.users_file:
-                from gproxy.core.access import read_users_file
+        from gproxy.server.proxy import checked_users_table
 
-                read_users_file(config.users_file)
-        except ConfigError as exc:
-            logger.error("reload failed, keeping the old settings: %s", exc)
+        # as each worker will check it: against the listeners still bound, not the file's
+        config = dataclasses.replace(config, listeners=self.config.listeners, workers=self.config.workers)
+        checked = checked_users_table(config)
+        if isinstance(checked, ConfigError):
+            logger.error("reload failed, keeping the old settings: %s", checked)
             return
         self.config = config
         self.signal_all(signal.SIGHUP)

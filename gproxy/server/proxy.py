@@ -398,7 +398,7 @@ class Proxy:
         with self._reloading:
             new = self.config if config is None else replace(config, listeners=self.config.listeners)
             # the error comes back as a value: raised in the pool, gevent would print a traceback
-            table = gevent.get_hub().threadpool.apply(_checked_users_table, (new,))
+            table = gevent.get_hub().threadpool.apply(checked_users_table, (new,))
             if self.access_log is not None:
                 self.access_log.reopen()
             if isinstance(table, ConfigError):
@@ -712,7 +712,7 @@ def users_table(config: Config) -> dict[bytes, Secret]:
     return Users.table(pairs)
 
 
-def _checked_users_table(config: Config) -> dict[bytes, Secret] | ConfigError:
+def checked_users_table(config: Config) -> dict[bytes, Secret] | ConfigError:
     """The users table of a reloaded ``config``, or why it cannot apply. ``config`` is checked
     whole again: its listeners are the ones still bound, not the file's (a file that moved a
     listener to loopback and dropped its users must not open the one on 0.0.0.0)."""
