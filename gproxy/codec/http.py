@@ -206,11 +206,9 @@ def _check_head(head: bytes) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=256)
 def _transfer_codings(value: bytes) -> tuple[bytes, ...]:
     """The codings a Transfer-Encoding value lists (all its fields joined by commas), lower
-    case; empty list elements are dropped (RFC 9110 5.6.1), so ``b","`` lists none. Cached:
-    a few values recur."""
+    case; empty list elements are dropped (RFC 9110 5.6.1), so ``b","`` lists none."""
     return tuple(coding for token in value.lower().split(b",") if (coding := token.strip(b" \t")))
 
 

@@ -6,10 +6,9 @@ starts every ``ATTEMPT_DELAY``; a failure starts the next one at once. The first
 to connect wins, the others are closed. Addresses still being resolved (the A
 answer after a quicker AAAA one, RFC 8305 section 3) join the race when they
 come; until then the race waits for them even if every attempt so far failed.
-Each attempt is the gevent socket
-callers get, made first; its kernel socket connects and the race waits on the
-socket's own write watcher (core/_gevent) and loop timers, with no greenlet per
-attempt. A single address (an IP literal, a one-answer name) has nothing to
+Each attempt is the gevent socket callers get, made first; its kernel socket
+connects and the race waits on the socket's own write watcher (core/_gevent) and
+loop timers, with no greenlet per attempt. A single address (an IP literal, a one-answer name) has nothing to
 race: one connect and one wait, with none of the race's objects.
 """
 

@@ -192,11 +192,9 @@ def _next_request_bytes(conn: Conn, ctx: Context, clock: _Clock) -> bool:
     if owner.draining:
         return False
     waiting, me = owner.between_requests, getcurrent()
-    waiting.add(me)
+    waiting.add(me)  # stop() throws ClientClosed into the wait, which _next_bytes takes as a close
     try:
         return _next_bytes(conn, clock)
-    except ClientClosed:  # the stop's
-        return False
     finally:
         waiting.discard(me)
 

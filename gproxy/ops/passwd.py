@@ -2,8 +2,8 @@
 
 The password is asked twice on a terminal, or read as one line from a
 non-terminal stdin. Other lines stay as they were; the file is replaced
-atomically, and a new one is created with mode 0600. Exit 0, or 2 with one line;
-Ctrl-C is exit 130 with one line, and SIGTERM ends it as it ends any program.
+atomically, and a new one is created whole with mode 0600. Exit 0, or 2 with one line;
+Ctrl-C is exit 130 with one line, SIGTERM 143 and SIGHUP 129 (ops/cli.py), the file as it was.
 """
 
 from __future__ import annotations
