@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 from gevent.server import StreamServer
 
 Respond = Callable[[dict[str, Any]], "bytes | None"]
@@ -22,13 +23,15 @@ class FakeAuthService:
     """Accepts the users in ``users`` (name -> (password, settings or None)), 403 for anyone else.
 
     ``mode`` changes that: ``"500"``, ``"silent"`` (never answers), ``"big-head"``, ``"big-body"``,
-    ``"garbage"`` (200 with a body that is not JSON). ``requests`` holds each request's JSON body,
+    ``"garbage"`` (200 with a body that is not JSON), ``"held"`` (answers as normal once ``release``
+    is set, 10 s at most). ``requests`` holds each request's JSON body,
     ``heads`` each request head.
     """
 
     def __init__(self, users: dict[str, tuple[str, dict[str, Any] | None]] | None = None, tls: Any = None) -> None:
         self.users = dict(users or {})
         self.mode = "normal"
+        self.release = gevent.event.Event()
         self.requests: list[dict[str, Any]] = []
         self.heads: list[bytes] = []
         kwargs = {"ssl_context": tls} if tls is not None else {}
@@ -50,6 +53,8 @@ class FakeAuthService:
             return http_answer(200, b"{" + b" " * 1_000_000 + b"}")
         if self.mode == "garbage":
             return http_answer(200, b"OK, sure")
+        if self.mode == "held":
+            self.release.wait(10)
         password, settings = self.users.get(request.get("user"), (None, None))
         if password is None or request.get("password") != password:
             return http_answer(403)

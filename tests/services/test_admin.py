@@ -11,6 +11,7 @@ import requests
 
 from gproxy.core.config import Config
 from gproxy.core.errors import ConfigError
+from tests.fake_auth import FakeAuthService
 from tests.helpers import echo_through, ipv4_dest, recv_all, recv_exact, socks5_connect, wait_for
 
 FIELDS = {"id", "listener", "proto", "cmd", "client", "user", "dest", "via", "up", "down", "age"}
@@ -50,26 +51,28 @@ def test_sessions_show_live_bytes_and_delete_ends_one(proxy, echo_tcp, tmp_path)
 
 
 @pytest.mark.parametrize("proto", ["socks5", "http"])
-def test_a_name_that_failed_authentication_is_not_shown_as_the_user(proxy, tmp_path, proto):
-    # /sessions: user is null before or without auth; the access log still names the attempt
+def test_a_name_being_checked_is_not_shown_as_the_user(proxy, tmp_path, proto):
+    # /sessions: user is null before or without auth; the access log still names the attempt.
+    # The auth service holds its answer, so the session is listed while its name is checked.
     log = tmp_path / "access.log"
-    running = proxy(
-        socks=["127.0.0.1:0"], http=["127.0.0.1:0"], admin=["127.0.0.1:0"], user=["ann:pw"], access_log=str(log)
-    )
-    with socket.create_connection(("127.0.0.1", running.address(proto).port), timeout=10) as client:
-        if proto == "socks5":
-            client.sendall(b"\x05\x01\x02" + b"\x01\x07[/oops]\x05wrong")
-            assert recv_exact(client, 4) == b"\x05\x02\x01\x01"
-        else:
-            token = base64.b64encode(b"[/oops]:wrong").decode()
-            client.sendall(
-                f"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic {token}\r\n\r\n".encode()
-            )
-            assert recv_exact(client, 12) == b"HTTP/1.1 407"
-        port = client.getsockname()[1]
-        rows = requests.get(_base(running) + "/sessions", timeout=10).json()
-        (row,) = [row for row in rows if row["client"] == f"127.0.0.1:{port}"]
-        assert row["user"] is None
+    with FakeAuthService() as service:
+        service.mode = "held"
+        listeners = {"socks": ["127.0.0.1:0"], "http": ["127.0.0.1:0"], "admin": ["127.0.0.1:0"]}
+        running = proxy(**listeners, auth_url=service.url, access_log=str(log))
+        with socket.create_connection(("127.0.0.1", running.address(proto).port), timeout=10) as client:
+            if proto == "socks5":
+                client.sendall(b"\x05\x01\x02" + b"\x01\x07[/oops]\x05wrong")
+            else:
+                token = base64.b64encode(b"[/oops]:wrong").decode()
+                head = f"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic {token}\r\n\r\n"
+                client.sendall(head.encode())
+            wait_for(lambda: service.requests, what="the check at the auth service")
+            rows = requests.get(_base(running) + "/sessions", timeout=10).json()
+            (row,) = [row for row in rows if row["client"] == f"127.0.0.1:{client.getsockname()[1]}"]
+            assert row["user"] is None
+            service.release.set()  # refused: 403
+            expected = b"\x05\x02\x01\x01" if proto == "socks5" else b"HTTP/1.1 407"
+            assert recv_exact(client, len(expected)) == expected
     (entry,) = wait_for(lambda: _lines(log), what="its line")
     assert (entry["user"], entry["outcome"]) == ("[/oops]", "auth_failed")
 
