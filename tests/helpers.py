@@ -609,15 +609,17 @@ class Wrapped:
         self.sock.close()
 
 
-def run_gproxy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``python -m gproxy ARGS`` to its end (a CLI mistake exits at once): code and output."""
+def run_gproxy(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m gproxy ARGS`` to its end (a CLI mistake exits at once): code and output.
+    No stdin (nothing waits for a line); ``env`` is added to gproxy_env()."""
     return subprocess.run(
         [sys.executable, "-m", "gproxy", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=gproxy_env(),
+        env={**gproxy_env(), **(env or {})},
         cwd=ROOT,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -776,6 +778,38 @@ def logfmt_fields(line: str) -> dict[str, str]:
     pairs = _LOGFMT_PAIR.findall(line)
     assert " ".join(f"{key}={value}" for key, value in pairs) == line, line
     return {key: json.loads(value) if value.startswith('"') else value for key, value in pairs}
+
+
+class FakeAdmin(BaseHTTPRequestHandler):
+    """A stand-in for gproxy's admin listener (``GET /sessions``, token ``s3cret``): one busy and
+    one quiet session, moving. Serve it with serve_http_handler()."""
+
+    started = time.monotonic()
+    token = "s3cret"
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = json.dumps(self.sessions(time.monotonic() - self.started)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def sessions(self, t: float) -> list[dict[str, object]]:
+        """The sessions ``t`` seconds after start."""
+        return [
+            {"id": 7, "user": "alice", "client": "127.0.0.1:5000", "proto": "socks5", "cmd": "connect",
+             "dest": "quiet.example:22", "via": "direct", "up": 10, "down": 10, "age": t},
+            {"id": 9, "user": "bob", "client": "127.0.0.1:5001", "proto": "http", "cmd": "connect",
+             "dest": "busy.example:443", "via": "direct", "up": 100, "down": int(t * 5_000_000), "age": t},
+        ]  # fmt: skip
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def serve_http_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:

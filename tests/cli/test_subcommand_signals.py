@@ -5,7 +5,6 @@ the server's start-up signal recorder before running them, so both ignored the s
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import pty
 import signal
@@ -16,12 +15,11 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from tests.helpers import gproxy_env, serve_http_handler
+from tests.helpers import FakeAdmin, gproxy_env, run_gproxy, serve_http_handler, wait_for
 
 #: a coarse bound: the signal is acted on at once, this only keeps a hang from hanging the suite
 PROMPTLY = 5.0
@@ -51,11 +49,19 @@ class Terminal:
             except OSError:
                 return
 
-    def wait_for(self, text: bytes, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            assert time.monotonic() < deadline, f"no {text!r} on the terminal: {self.output[-2000:]!r}"
-            time.sleep(0.05)
+    def wait_for(self, text: bytes, count: int = 1) -> None:
+        """Until ``text`` has been written ``count`` times (20 s at most)."""
+        wait_for(lambda: self.output.count(text) >= count, timeout=20, what=f"{text!r} on the terminal")
+
+    def everything(self) -> bytes:
+        """All the child wrote, once it has exited: the reader stops, the rest is read here."""
+        self._closing.set()
+        self._reader.join(5)
+        while True:
+            try:
+                self.output += os.read(self.master, 65536)
+            except OSError:  # BlockingIOError: nothing left; EIO: the other side is closed
+                return self.output
 
     def local_modes(self) -> int:
         return termios.tcgetattr(self.slave)[3]
@@ -89,26 +95,30 @@ def ends_promptly(proc: subprocess.Popen[bytes], signum: int) -> int:
     try:
         return proc.wait(PROMPTLY)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        ended(proc)
 
 
-class _Admin(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps([{"id": 1, "user": "alice", "dest": "example.com:443", "up": 1, "down": 2}]).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def ended(proc: subprocess.Popen[bytes] | None) -> None:
+    """Killed if it still runs (a failed test), waited for, its pipes closed."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
 
-    def log_message(self, *args: object) -> None:
-        pass
+
+def reading_stdin(pid: int) -> bool:
+    """Whether the process is in a read() of descriptor 0 (``/proc/PID/syscall``: number 0, fd 0x0)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as file:
+            return file.read().startswith("0 0x0 ")
+    except OSError:
+        return False
 
 
 @pytest.fixture
 def admin() -> Iterator[int]:
-    yield from serve_http_handler(_Admin)
+    yield from serve_http_handler(FakeAdmin)
 
 
 @pytest.mark.parametrize("stop", list(STOPS.values()), ids=list(STOPS))
@@ -116,37 +126,33 @@ def test_top_ends_on_a_signal_and_gives_the_terminal_back(admin, stop):
     signum, code = stop
     terminal = Terminal()
     cooked = terminal.local_modes()
+    top = None
     try:
         top = gproxy(
-            "top", str(admin), "--interval", "0.2", stdin=terminal.slave, stdout=terminal.slave, stderr=subprocess.PIPE
-        )
-        terminal.wait_for(b"example.com:443")
+            "top", str(admin), "--token", "s3cret", "--interval", "0.2",
+            stdin=terminal.slave, stdout=terminal.slave, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        terminal.wait_for(b"busy.example:443", count=2)  # drawn, then drawn again: in its loop
         assert not terminal.local_modes() & termios.ICANON  # keys one at a time (cbreak)
-        time.sleep(0.5)  # a few refreshes
-        assert ends_promptly(top, signum) == code
+        top.send_signal(signum)
+        assert top.wait(PROMPTLY) == code
         stderr = top.communicate(timeout=5)[1]
         assert stderr == b"", stderr  # no traceback, and nothing to say
-        time.sleep(0.2)  # the last bytes reach the reader
-        assert b"\x1b[?1049l" in terminal.output  # the alternate screen was left
+        assert b"\x1b[?1049l" in terminal.everything()  # the alternate screen was left
         assert terminal.local_modes() == cooked  # and the keyboard mode restored
     finally:
+        ended(top)
         terminal.close()
 
 
 def test_top_live_view_needs_a_terminal_and_once_does_not(admin):
     """Without a terminal the live view drew nothing, polling until killed."""
     started = time.monotonic()
-    live = subprocess.run(
-        [sys.executable, "-m", "gproxy", "top", str(admin)],
-        capture_output=True, env=gproxy_env(), stdin=subprocess.DEVNULL, timeout=30,
-    )  # fmt: skip
-    assert live.returncode == 2 and live.stdout == b"" and time.monotonic() - started < 20
-    assert live.stderr.startswith(b"gproxy top: ") and live.stderr.count(b"\n") == 1 and b"--once" in live.stderr
-    once = subprocess.run(
-        [sys.executable, "-m", "gproxy", "top", str(admin), "--once"],
-        capture_output=True, env=gproxy_env(), stdin=subprocess.DEVNULL, timeout=30,
-    )  # fmt: skip
-    assert once.returncode == 0 and b"example.com:443" in once.stdout, once.stderr
+    live = run_gproxy("top", str(admin), "--token", "s3cret")
+    assert live.returncode == 2 and live.stdout == "" and time.monotonic() - started < 20
+    assert live.stderr.startswith("gproxy top: ") and live.stderr.count("\n") == 1 and "--once" in live.stderr
+    once = run_gproxy("top", str(admin), "--token", "s3cret", "--once")
+    assert once.returncode == 0 and "busy.example:443" in once.stdout, once.stderr
 
 
 @pytest.mark.parametrize("stop", list(STOPS.values()), ids=list(STOPS))
@@ -163,10 +169,10 @@ def test_passwd_at_the_prompt_ends_on_a_signal_and_restores_echo(tmp_path, stop)
         terminal.wait_for(b"Password: ")
         assert not terminal.local_modes() & termios.ECHO
         assert ends_promptly(passwd, signum) == code
-        time.sleep(0.2)
-        assert b"Traceback" not in terminal.output and b"KeyboardInterrupt" not in terminal.output
+        output = terminal.everything()
+        assert b"Traceback" not in output and b"KeyboardInterrupt" not in output
         if signum == signal.SIGINT:
-            assert terminal.output.endswith(b"Password: \r\ngproxy passwd: interrupted\r\n"), terminal.output
+            assert output.endswith(b"Password: \r\ngproxy passwd: interrupted\r\n"), output
         assert terminal.local_modes() == cooked  # echo is back on
     finally:
         terminal.close()
@@ -181,8 +187,7 @@ def test_passwd_waiting_for_a_piped_line_ends_on_a_signal(tmp_path, stop):
     read_end, write_end = os.pipe()
     try:
         passwd = gproxy("passwd", str(path), "alice", stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)  # started, and blocked reading the line that does not come
-        assert passwd.poll() is None
+        wait_for(lambda: reading_stdin(passwd.pid), what="passwd waiting for its line")
         assert ends_promptly(passwd, signum) == code
         stderr = passwd.communicate(timeout=5)[1]
     finally:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -28,7 +26,7 @@ from gproxy.ops.top import (
     parse_sessions,
     render,
 )
-from tests.helpers import ROOT, gproxy_env, serve_http_handler
+from tests.helpers import ROOT, FakeAdmin, gproxy_env, run_gproxy, serve_http_handler
 
 
 def row(id: str, user: str, up: int, down: int) -> Row:
@@ -60,36 +58,6 @@ def test_units_and_addresses():
         admin_url("nonsense")
 
 
-class _Admin(BaseHTTPRequestHandler):
-    """A stand-in for gproxy's admin listener: one busy and one quiet session, moving."""
-
-    started = time.monotonic()
-    token = "s3cret"
-
-    def do_GET(self) -> None:
-        if self.headers.get("Authorization") != f"Bearer {self.token}":
-            self.send_response(401)
-            self.end_headers()
-            return
-        body = json.dumps(self.sessions(time.monotonic() - self.started)).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def sessions(self, t: float) -> list[dict[str, object]]:
-        return [
-            {"id": 7, "user": "alice", "client": "127.0.0.1:5000", "proto": "socks5", "cmd": "connect",
-             "dest": "quiet.example:22", "via": "direct", "up": 10, "down": 10, "age": t},
-            {"id": 9, "user": "bob", "client": "127.0.0.1:5001", "proto": "http", "cmd": "connect",
-             "dest": "busy.example:443", "via": "direct", "up": 100, "down": int(t * 5_000_000), "age": t},
-        ]  # fmt: skip
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 #: user names an unauthenticated client can give (RFC 1929), which rich would take as markup
 #: or the terminal as a command
 HOSTILE_NAMES = ["[/oops]", "[red]x[/red]", "\x1b[2J", "[link=http://evil]y", "\u202etxt.exe"]
@@ -104,14 +72,14 @@ def hostile_sessions(t: float) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
-class _HostileAdmin(_Admin):
+class _HostileAdmin(FakeAdmin):
     def sessions(self, t: float) -> list[dict[str, object]]:
         return hostile_sessions(t)
 
 
 @pytest.fixture
 def admin():
-    yield from serve_http_handler(_Admin)
+    yield from serve_http_handler(FakeAdmin)
 
 
 @pytest.fixture
@@ -176,24 +144,16 @@ def test_top_under_tmux_shows_the_busiest_first_and_quits_on_q(admin, tmp_path):
 
 
 def test_top_once_and_errors(admin):
-    env = gproxy_env()
-    run = [sys.executable, "-m", "gproxy", "top"]
-    ok = subprocess.run(
-        [*run, str(admin), "--token", "s3cret", "--once"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30
-    )
+    ok = run_gproxy("top", str(admin), "--token", "s3cret", "--once")
     assert ok.returncode == 0 and "busy.example:443" in ok.stdout, ok.stderr
-    denied = subprocess.run([*run, str(admin), "--once"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
+    denied = run_gproxy("top", str(admin), "--once")
     assert denied.returncode == 1 and "HTTP 401" in denied.stderr and "Traceback" not in denied.stderr
-    bad = subprocess.run([*run, "not an address"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
+    bad = run_gproxy("top", "not an address")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_top_once_shows_markup_in_user_names_as_text(hostile_admin):
-    env = dict(gproxy_env(), COLUMNS="150", LINES="40")
-    result = subprocess.run(
-        [sys.executable, "-m", "gproxy", "top", str(hostile_admin), "--token", "s3cret", "--once"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=30,
-    )  # fmt: skip
+    result = run_gproxy("top", str(hostile_admin), "--token", "s3cret", "--once", env={"COLUMNS": "150", "LINES": "40"})
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert "\x1b" not in result.stdout
     for name in HOSTILE_NAMES:
@@ -212,10 +172,7 @@ def test_interval_takes_finite_seconds_within_bounds():
 @pytest.mark.parametrize("text", ["nan", "inf", "1e-300", "1e300", "x"])
 def test_a_bad_interval_is_exit_2_with_one_line(text):
     """nan ended in a ValueError and inf in an OverflowError traceback; 1e-300 polled nonstop."""
-    result = subprocess.run(
-        [sys.executable, "-m", "gproxy", "top", "--interval", text, "127.0.0.1:1"],
-        capture_output=True, text=True, env=gproxy_env(), cwd=ROOT, stdin=subprocess.DEVNULL, timeout=30,
-    )  # fmt: skip
+    result = run_gproxy("top", "--interval", text, "127.0.0.1:1")
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("gproxy top: ") and result.stderr.count("\n") == 1, result.stderr
     assert "--interval" in result.stderr and repr(text) in result.stderr
@@ -252,10 +209,7 @@ def test_an_answer_that_is_not_http_is_exit_1_with_one_line():
     thread = threading.Thread(target=answer_once, daemon=True)
     thread.start()
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "gproxy", "top", str(server.getsockname()[1]), "--once"],
-            capture_output=True, text=True, env=gproxy_env(), cwd=ROOT, stdin=subprocess.DEVNULL, timeout=30,
-        )  # fmt: skip
+        result = run_gproxy("top", str(server.getsockname()[1]), "--once")
     finally:
         thread.join(25)
         server.close()
