@@ -6,20 +6,22 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from gproxy.core.salt_filter import SaltFilter
 from tests.helpers import ROOT, gproxy_env
 
-#: a process that maps the filter at descriptor argv[1] and adds salts(argv[2]) once stdin says go
+#: a process that maps the filter at descriptor argv[1], says ready, and adds salts(argv[2]) once
+#: stdin says go
 CHILD = """
 import hashlib, sys
 from gproxy.core.salt_filter import SaltFilter
 salts = SaltFilter(int(sys.argv[1]))
 count = int(sys.argv[2])
+print("ready", flush=True)
 sys.stdin.read(1)
 print(sum(salts.add(hashlib.sha256(b"%d" % i).digest()) for i in range(count)), flush=True)
 """
@@ -37,8 +39,10 @@ def small() -> Iterator[SaltFilter]:
     made.close()
 
 
-def child(made: SaltFilter, count: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextmanager
+def child(made: SaltFilter, count: int) -> Iterator[subprocess.Popen[str]]:
+    """A CHILD process that has mapped ``made`` (it said ready); killed at the end if it still runs."""
+    proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(made.fd), str(count)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -47,6 +51,13 @@ def child(made: SaltFilter, count: int) -> subprocess.Popen[str]:
         env=gproxy_env(),
         cwd=ROOT,
     )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
 
 
 def test_a_salt_is_accepted_once(small: SaltFilter) -> None:
@@ -96,8 +107,8 @@ def test_another_process_shares_the_filter(small: SaltFilter) -> None:
     seen = salts(3)
     for salt in seen:
         assert small.add(salt)
-    proc = child(small, 5)  # salts 0..4: the child accepts 3 and 4 only
-    out, _ = proc.communicate("go", timeout=30)
+    with child(small, 5) as proc:  # salts 0..4: the child accepts 3 and 4 only
+        out, _ = proc.communicate("go", timeout=30)
     assert out.strip() == "2"
     assert not small.add(salts(1, start=4)[0])  # and we see what the child added
 
@@ -106,12 +117,13 @@ def test_check_and_insert_is_atomic_across_processes() -> None:
     made = SaltFilter.create(capacity_bits=17)
     count = 20_000
     try:
-        procs = [child(made, count) for _ in range(3)]
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("g")
-            proc.stdin.flush()
-        accepted = [int(proc.communicate(timeout=60)[0]) for proc in procs]
+        with child(made, count) as one, child(made, count) as two, child(made, count) as three:
+            procs = [one, two, three]
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("g")
+                proc.stdin.flush()
+            accepted = [int(proc.communicate(timeout=60)[0]) for proc in procs]
         assert sum(accepted) == count, accepted  # every salt accepted by exactly one process
     finally:
         made.close()
@@ -120,24 +132,18 @@ def test_check_and_insert_is_atomic_across_processes() -> None:
 def test_add_waits_for_the_lock_another_process_holds(small: SaltFilter) -> None:
     import fcntl
 
-    proc = child(small, 1)
-    try:
-        time.sleep(0.5)  # the child has started and mapped the filter (or soon will)
+    with child(small, 1) as proc:  # it has mapped the filter
         fcntl.lockf(small.fd, fcntl.LOCK_EX)  # as another worker in the middle of an add
         try:
             assert proc.stdin is not None
             proc.stdin.write("g")
             proc.stdin.flush()
             with pytest.raises(subprocess.TimeoutExpired):
-                proc.wait(0.5)
+                proc.wait(0.5)  # it waits for our lock (a coarse look: it would answer in ms)
         finally:
             fcntl.lockf(small.fd, fcntl.LOCK_UN)
         out, _ = proc.communicate(timeout=30)
-        assert out.strip() == "1"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert out.strip() == "1"
 
 
 def test_a_descriptor_without_a_filter_is_refused() -> None:
