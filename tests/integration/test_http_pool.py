@@ -21,7 +21,8 @@ from tests.integration.test_http_proxy import RawClient, get
 class CountingOrigin:
     """A keep-alive HTTP/1.1 origin answering ``NAME conn=N path=P``; ``drop_second`` closes a
     connection, unanswered, when its second request arrives (an origin's idle close racing a
-    kept-alive request); ``together`` holds every answer until that many requests came;
+    kept-alive request); ``together`` holds every answer until that many requests came, or
+    release() is called (10 s at most);
     ``no_content`` answers 204 with no Content-Length instead."""
 
     def __init__(self, name: str, *, drop_second: bool = False, together: int = 0, no_content: bool = False) -> None:
@@ -39,6 +40,10 @@ class CountingOrigin:
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop(timeout=1)
+
+    def release(self) -> None:
+        """Answer the requests held for ``together`` now."""
+        self._all_in.set()
 
     @property
     def port(self) -> int:
@@ -77,7 +82,7 @@ class CountingOrigin:
                 served += 1
                 if self.together:  # no answer before ``together`` requests are in (10 s at most)
                     if len(self.requests) >= self.together:
-                        self._all_in.set()
+                        self.release()
                     self._all_in.wait(10)
                 if self.no_content:
                     sock.sendall(b"HTTP/1.1 204 No Content\r\nX-Conn: %d\r\n\r\n" % number)
@@ -233,14 +238,14 @@ def test_a_drain_closes_an_idle_kept_alive_connection_at_once(proxy, origin_a):
 
 
 def test_a_drain_lets_a_request_in_progress_finish_then_closes(proxy):
-    with CountingOrigin("slow", together=2) as origin:  # holds its answer until a second request comes
+    with CountingOrigin("slow", together=2) as origin:  # holds its answer until released
         running, address = _http(proxy, drain_timeout=30)
         with closing(RawClient(address)) as client, gevent.Timeout(15):
             client.sock.sendall(get(origin.url("/first")))
             wait_for(lambda: origin.requests, what="the request at the origin")
             stopping = gevent.spawn(running.stop)
             wait_for(lambda: running.draining, what="the drain")  # the request still waits for its answer
-            origin._all_in.set()
+            origin.release()
             response, body = client.response()
             assert (response.status_code, body) == (200, b"slow conn=1 path=/first")
             assert (b"connection", b"close") in response.headers  # the client sends nothing more

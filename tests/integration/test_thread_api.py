@@ -144,7 +144,7 @@ def test_a_stop_that_arrives_after_the_thread_ended_does_nothing():
     stop_in_hub = proxy._stop_in_hub  # what stop() schedules in the proxy's hub
     proxy.stop()
     assert not proxy.running
-    stop_in_hub(0)  # raised AttributeError on None before
+    stop_in_hub(0)  # the proxy and its Event were dropped as the thread ended: no AttributeError on None
     proxy.stop()  # idempotent
 
 
