@@ -56,6 +56,8 @@ def measure(server: bench.Server, targets: dict, mode: str, args: argparse.Names
         return out["p50_us"], out["p99_us"]
     if mode == "conn":
         got = bench.conn_rate(server, targets, secs, "socks", "")
+        if "cpu_us" not in got:  # not one connection completed: no cost to show
+            sys.exit(f"compare_trees: no connection through {server.name} completed ({got.get('errors', 0):g} failed)")
         return got["rate"], got["cpu_us"]
     if mode == "http":
         pids = server.pids()

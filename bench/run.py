@@ -364,6 +364,16 @@ def handshake_table(med: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+#: the rows a reference's ratio means something in: gevent-min copies with recv/send only (no
+#: splice), so gproxy against it in bulk would compare splice() with a copy, not gproxy's own code
+REF_ROWS = {
+    "gevent-min": {
+        "conn_rate", "conn_p50_us", "conn_p99_us", "conn_cpu_us", "ping_p50_us", "ping_p99_us",
+        "idle_kib_per_tunnel", "idle_fds_per_tunnel",
+    }
+}  # fmt: skip
+
+
 def table(med: dict[str, dict[str, float]]) -> str:
     names = [n for n in med if any(key in med[n] for key, _, _ in ROWS)]
     refs = [n for n in ("direct", "microsocks", "pproxy", "c-relay", "gevent-min") if n in names]
@@ -377,7 +387,7 @@ def table(med: dict[str, dict[str, float]]) -> str:
             continue
         ratios = []
         for g, r in pairs:
-            if key == "idle_echoed":  # counts out of different totals: no ratio
+            if key == "idle_echoed" or key not in REF_ROWS.get(r, {key}):  # counts of different totals
                 ratios.append("-")
                 continue
             mv, ref = med[g].get(key), med[r].get(key)
