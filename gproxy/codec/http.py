@@ -632,7 +632,11 @@ def _response(
     anywhere but last (the proxy could not chunk the body for the client again)."""
     chunked = False
     kept: tuple[bytes, ...] = ()
-    if codings is not None:  # it overrides a Content-Length (RFC 9112 6.3)
+    if codings is None:
+        pass
+    elif codings.strip(b" \t") == b"chunked":  # nearly every Transfer-Encoding: no list to read
+        chunked, length = True, None
+    else:  # it overrides a Content-Length (RFC 9112 6.3)
         listed = _transfer_codings(codings)
         if not listed:
             raise HttpError(502, "origin sent a Transfer-Encoding that names no coding")
