@@ -9,7 +9,8 @@ come; until then the race waits for them even if every attempt so far failed.
 Each attempt is the gevent socket callers get, made first; its kernel socket
 connects and the race waits on the socket's own write watcher (core/_gevent) and
 loop timers, with no greenlet per attempt. A single address (an IP literal, a one-answer name) has nothing to
-race: one connect and one wait, with none of the race's objects.
+race: one connect and one wait, with none of the race's objects. A connect the kernel completes
+within the call (loopback, this host's services) is seen at once and waits for nothing.
 """
 
 from __future__ import annotations
@@ -222,7 +223,15 @@ def _start_connect(family: int, sockaddr: tuple[object, ...], prepare: Prepare |
         raw = raw_socket(sock)
         if prepare is not None:
             prepare(raw)
-        return sock, raw.connect_ex(sockaddr)
+        err = raw.connect_ex(sockaddr)
+        if err in _IN_PROGRESS:
+            # A connect the kernel completes within the call (loopback, this host's services)
+            # needs no wait on the loop: asking again says 0 (or EISCONN) when it is up, gives its
+            # failure when it was refused, and EALREADY while it is still on its way.
+            err = raw.connect_ex(sockaddr)
+            if err == errno.EISCONN:
+                err = 0
+        return sock, err
     except BaseException:
         sock.close()
         raise

@@ -137,6 +137,27 @@ def test_one_address_is_connected_without_a_race(black_hole_v6_working_v4, close
     assert _open_fds() == before
 
 
+def test_a_connect_done_within_the_call_needs_no_wait_on_the_loop(closed_port, monkeypatch):
+    """On loopback the kernel finishes connect() (or refuses it) inside the call: asking again
+    says so, and neither the single path nor the race starts a write watcher."""
+
+    def no_wait(sock: object) -> None:
+        raise AssertionError("waited for a connect that was already done")
+
+    monkeypatch.setattr(happy_eyeballs, "write_watcher", no_wait)
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = server.getsockname()[1]
+        for addrs in ([(V4, ("127.0.0.1", port))], [(V4, ("127.0.0.1", port))] * 2):
+            with connect_any(addrs, timeout=10) as sock:
+                assert sock.getpeername() == ("127.0.0.1", port)
+        with pytest.raises(DialError) as refused:
+            connect_any([(V4, ("127.0.0.1", closed_port))] * 2, timeout=5, what="x")
+        assert refused.value.reply == ReplyCode.CONNECTION_REFUSED
+    finally:
+        server.close()
+
+
 def test_prepare_runs_on_every_attempt(black_hole_v6_working_v4):
     port, _ = black_hole_v6_working_v4
     prepared = []
