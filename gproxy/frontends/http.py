@@ -11,6 +11,7 @@ socket-like object, TLS included.
 from __future__ import annotations
 
 import contextlib
+import enum
 import socket
 from typing import Any
 
@@ -65,12 +66,15 @@ def serve_http(conn: Conn, ctx: Context, session: Session) -> None:
     """Serve one client: requests one after another until either side closes."""
     session.proto = "https" if ctx.listener.kind == "https" else "http"
     first = True
+    challenged = False  # the last request was answered 407: the next must bring credentials
     clock = _Clock(conn)
     try:
         while True:
             try:
-                if not _serve_request(conn, ctx, session, first, clock):
+                after = _serve_request(conn, ctx, session, first, clock, challenged)
+                if after is _After.CLOSE:
                     return
+                challenged = after is _After.CHALLENGED
             except (HttpError, OriginError) as exc:
                 if session.status is None:  # not after the origin's own status went out
                     session.status = exc.status
@@ -138,11 +142,19 @@ class _Clock:
             self._client_reader = None
 
 
-def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bool:
-    """Read and serve one request; True if the client connection stays open for the next."""
+class _After(enum.Enum):
+    """What a client connection does after one request."""
+
+    CLOSE = "close"
+    NEXT = "next"  # served: the next request may follow
+    CHALLENGED = "challenged"  # answered 407: the retry, with credentials, may follow
+
+
+def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock, challenged: bool) -> _After:
+    """Read and serve one request (``challenged``: the one before it was answered 407)."""
     head = _read_head(conn, ctx, session, first, clock)
     if head is None:
-        return False
+        return _After.CLOSE
     if ctx.owner is not None:  # checked against the users and rules of this moment (SIGHUP)
         ctx = ctx.owner.latest(ctx)
     try:
@@ -150,12 +162,12 @@ def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, cloc
     except HttpError as exc:
         raise _fail(conn, exc) from None
     session.cmd = request.method.decode("ascii", "replace").lower()
-    if not _authorize(conn, ctx, session, request):  # challenged: 407, the client may retry
-        return _may_retry(request)
+    if not _authorize(conn, ctx, session, request, challenged):  # challenged: 407, the client may retry
+        return _After.CHALLENGED if _may_retry(request) and not challenged else _After.CLOSE
     if request.method == b"CONNECT":
         _connect(conn, ctx, session, request)
-        return False
-    return _forward(conn, ctx, session, request, clock)
+        return _After.CLOSE
+    return _After.NEXT if _forward(conn, ctx, session, request, clock) else _After.CLOSE
 
 
 def _read_head(conn: Conn, ctx: Context, session: Session, first: bool, clock: _Clock) -> bytes | None:
@@ -237,17 +249,20 @@ def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
     return exc
 
 
-def _authorize(conn: Conn, ctx: Context, session: Session, request: http.RequestHead) -> bool:
+def _authorize(conn: Conn, ctx: Context, session: Session, request: http.RequestHead, challenged: bool) -> bool:
     """With users configured, a valid ``Proxy-Authorization: Basic``; AuthFailed (407)
     for wrong or malformed ones. None given: False, after a 407 challenge (not a
-    failure), which leaves the connection open for the retry when no body follows."""
+    failure), which leaves the connection open for the retry when no body follows and
+    the request before was not challenged too (a client without credentials cannot hold
+    a connection by asking again and again)."""
     if not ctx.users:
         return True
     given = request.authorization
     if given is None:
         session.status = 407
         ctx.metrics.auth_challenged(session.proto)
-        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE, close=not _may_retry(request))
+        close = challenged or not _may_retry(request)
+        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE, close=close)
         return False
     credentials = http.basic_credentials(given)
     name = None if credentials is None else credentials[0].decode("utf-8", "replace")

@@ -67,3 +67,17 @@ def test_a_challenged_request_with_a_body_closes(proxy):
         sock.sendall(b"POST http://127.0.0.1:9/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         answer = recv_all(sock)  # closed after the 407: the body is never mistaken for a request
     assert answer.startswith(b"HTTP/1.1 407") and b"connection: close" in answer.lower()
+
+
+def test_a_second_challenge_in_a_row_closes(proxy, echo_tcp):
+    """A client that never brings credentials cannot hold a connection by asking again and
+    again before --idle-timeout: the retry after a 407 must carry them, or it is closed."""
+    running = proxy(http=["127.0.0.1:0"], user=["u:pw"])
+    address = running.address("http")
+    connect = b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % echo_tcp.port
+    with socket.create_connection((address.host, address.port), timeout=10) as sock:
+        sock.sendall(connect)
+        assert b"connection: close" not in _head(sock).lower()
+        sock.sendall(connect)
+        answer = recv_all(sock)  # to EOF: closed after the second 407
+    assert answer.startswith(b"HTTP/1.1 407") and b"connection: close" in answer.lower()
