@@ -693,6 +693,8 @@ class ChunkedDecoder:
     _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
     #: the most trailer-section bytes taken (the same bound as a head): a trickle of trailer lines ends here
     MAX_TRAILER = 16384
+    #: the longest chunk-size or trailer line (its line end included), however it arrives
+    MAX_LINE = 4096
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -715,9 +717,9 @@ class ChunkedDecoder:
                 if not self._left:
                     self._state = self._DATA_END
                 continue
-            end = buf.find(b"\n")
-            if end < 0:
-                if len(buf) > 4096:
+            end = buf.find(b"\n", 0, self.MAX_LINE + 1)
+            if end < 0:  # no line end in the first MAX_LINE + 1 bytes: whether or not one follows
+                if len(buf) > self.MAX_LINE:
                     raise HttpError(400, "chunk line too long")
                 break
             line = bytes(buf[:end]).rstrip(b"\r")

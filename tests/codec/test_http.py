@@ -267,6 +267,22 @@ def test_chunked_decoder_bounds_the_trailer_section():
     assert ok.done and ok.rest == b"next"
 
 
+@pytest.mark.parametrize("line", [b"5;" + b"e" * 5000 + b"\r\n", b"0\r\nX-Long: " + b"v" * 5000 + b"\r\n"])
+def test_chunked_decoder_bounds_a_line_whether_or_not_its_end_came_with_it(line):
+    """A 5,000-byte chunk extension or trailer is refused in one read as in many."""
+    from gproxy.codec.http import ChunkedDecoder
+
+    with pytest.raises(HttpError, match="chunk line too long"):
+        ChunkedDecoder().feed(line + b"hello\r\n0\r\n\r\n")
+    decoder = ChunkedDecoder()
+    with pytest.raises(HttpError, match="chunk line too long"):
+        for offset in range(0, len(line), 1000):
+            decoder.feed(line[offset : offset + 1000])
+    ok = ChunkedDecoder()  # a line of MAX_LINE bytes, its line end included, still passes
+    assert ok.feed(b"5;" + b"e" * (ChunkedDecoder.MAX_LINE - 4) + b"\r\nhello\r\n0\r\n\r\n") == [b"hello"]
+    assert ok.done
+
+
 # -- heads for forwarding: the one-pass path must read what the strict path reads ----------------
 
 SMUGGLING = [
