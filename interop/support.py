@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import logfmt_fields  # one reader of the access log's logfmt, shared with the tests
+
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "alice", "s3cr3t-Pw"
 BAD_PASSWORD = "wrong-Pw"
@@ -109,10 +111,6 @@ def run_failing(cmd: Sequence[str], *, input: bytes | None = None, timeout: floa
     return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
 
-def parse_logfmt(line: str) -> dict[str, str]:
-    return dict(field.partition("=")[::2] for field in shlex.split(line))
-
-
 class Gproxy:
     """``python -m gproxy`` with one listener; stderr and access log go to files."""
 
@@ -184,7 +182,7 @@ class Gproxy:
         deadline = time.monotonic() + timeout
         new: list[dict[str, str]] = []
         while time.monotonic() < deadline:
-            new = [parse_logfmt(line) for line in self._lines()[start:]]
+            new = [logfmt_fields(line) for line in self._lines()[start:]]
             for record in new:
                 if (
                     record.get("dest", "").endswith(f":{dest_port}")
