@@ -57,6 +57,18 @@ class _Member:
         return self.failed_at is not None and now - self.failed_at < cooldown
 
 
+def _distinct_names(members: Iterable[tuple[str, UpstreamDialing]]) -> list[tuple[str, UpstreamDialing]]:
+    """The members with a name each of its own: a name given before (the same URL, or two
+    that differ only in the password, which names leave out) gets ``#2``, ``#3``... so that
+    metrics and ``via=`` tell them apart."""
+    seen: dict[str, int] = {}
+    named = []
+    for name, dialer in members:
+        seen[name] = seen.get(name, 0) + 1
+        named.append((name if seen[name] == 1 else f"{name}#{seen[name]}", dialer))
+    return named
+
+
 class UpstreamGroup:
     """Dial through the first upstream that works, in strategy order, within one timeout.
 
@@ -77,7 +89,7 @@ class UpstreamGroup:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self.members = [_Member(dialer, name) for name, dialer in members]
+        self.members = [_Member(dialer, name) for name, dialer in _distinct_names(members)]
         if not self.members:
             raise ValueError("an upstream group needs at least one upstream")
         self.strategy = strategy

@@ -268,3 +268,15 @@ def test_the_route_of_a_failed_dial_is_the_last_upstream_tried(sockets, clock):
     with pytest.raises(DialError):
         Router(FakeUpstream("direct", sockets), group).dial(DEST, 10)
     assert dialled_via.get() == "b"
+
+
+def test_upstreams_with_the_same_name_are_told_apart(sockets, clock):
+    """Two upstreams whose URLs differ only in the password (which names leave out) get
+    names of their own in metrics and via=."""
+    metrics = RecordingMetrics()
+    group, fakes = group_of(["socks5://u:***@h:1080", "socks5://u:***@h:1080", "x"], sockets, clock, metrics=metrics)
+    assert [member.name for member in group.members] == ["socks5://u:***@h:1080", "socks5://u:***@h:1080#2", "x"]
+    fakes[0].error = DOWN
+    group.dial(DEST, 10)
+    assert dialled_via.get() == "socks5://u:***@h:1080#2"
+    assert metrics.state == {"socks5://u:***@h:1080": False, "socks5://u:***@h:1080#2": True, "x": True}
