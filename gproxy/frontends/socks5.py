@@ -85,7 +85,11 @@ def _negotiate(conn: Conn, ctx: Context, session: Session) -> None:
         raise AuthFailed("no acceptable authentication method", reason=Outcome.NO_ACCEPTABLE_METHOD)
     conn.sendall(socks5.encode_method_choice(wanted))
     if wanted == AuthMethod.USERNAME_PASSWORD:
-        auth = conn.read_message(socks5.parse_auth, 513)
+        try:
+            auth = conn.read_message(socks5.parse_auth, 513)
+        except ClientProtocolError:  # a version other than 1: a failure status, as for a bad password
+            conn.sendall(socks5.encode_auth_reply(False))
+            raise
         name = auth.username.decode("utf-8", "replace")
         try:
             if not ctx.users.check(auth.username, auth.password, client=str(session.client), listener=session.listener):

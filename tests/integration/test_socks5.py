@@ -175,6 +175,14 @@ def test_bad_password_is_01_01(socks_proxy):
         assert recv_all(sock) == b"\x05\x02\x01\x01"
 
 
+def test_bad_auth_version_is_01_01(socks_proxy):
+    """RFC 1929: a sub-negotiation that is not version 1 gets a failure status before the close."""
+    sock = socket.create_connection(socks_proxy, timeout=10)
+    with sock:
+        sock.sendall(b"\x05\x01\x02\x05\x01u\x01p")  # version 5 where RFC 1929 says 1
+        assert recv_all(sock) == b"\x05\x02\x01\x01"
+
+
 def test_without_users_only_no_auth_is_offered(proxy, echo_tcp):
     running = proxy(socks=["127.0.0.1:0"])
     address = running.address("socks5")
