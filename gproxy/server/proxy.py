@@ -538,14 +538,14 @@ class Proxy:
 
         return handle
 
-    def _proxied_client(self, sock: socket.socket, peer: Address, kind: str) -> Address | None:
+    def _proxied_client(self, sock: socket.socket, peer: Address, kind: str, accepted: float) -> Address | None:
         """--proxy-protocol: the client address from the load balancer's header; None: drop."""
         try:
             source, _ = read_proxy_header(sock, self.config.handshake_timeout)
         except (GproxyError, OSError) as exc:
             logger.debug("%s: proxy_protocol: %s", peer, exc)
             if self.access_log is not None:
-                self.access_log.write(Session(peer, kind, outcome=Outcome.PROXY_PROTOCOL).logfmt())
+                self.access_log.write(Session(peer, kind, outcome=Outcome.PROXY_PROTOCOL, started=accepted).logfmt())
             return None
         return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
 
@@ -570,7 +570,7 @@ class Proxy:
         admitted = False
         try:
             if self.config.proxy_protocol:
-                proxied = self._proxied_client(sock, client, kind)
+                proxied = self._proxied_client(sock, client, kind, accepted)
                 if proxied is None:
                     return None
                 client = proxied

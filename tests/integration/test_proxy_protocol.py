@@ -131,6 +131,19 @@ def test_slow_header_is_dropped_at_the_handshake_timeout(proxy):
         assert recv_all(sock) == b""
 
 
+def test_slow_header_is_logged_with_the_time_it_took(proxy, tmp_path):
+    """The access line of a connection dropped for its header counts from the accept, not the drop."""
+    log = tmp_path / "access.log"
+    running = pp_socks(proxy, ANYONE, handshake_timeout=0.5, access_log=str(log))
+    address = running.address("socks5")
+    with socket.create_connection((address.host, address.port), timeout=5) as sock:
+        sock.sendall(b"PROXY TCP4 ")  # and never the rest
+        assert recv_all(sock) == b""
+    (line,) = access_lines(log, 1)
+    assert line.endswith("outcome=proxy_protocol")
+    assert float(line.split(" dur=")[1].split()[0]) >= 0.4
+
+
 def test_local_command_keeps_the_peer_address(proxy, echo_tcp, tmp_path):
     """Health checks (v2 LOCAL, v1 UNKNOWN) are judged by the balancer's own address."""
     log = tmp_path / "access.log"
