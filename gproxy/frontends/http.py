@@ -454,7 +454,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         exchange.limits = limits
         try:
             body_read = _send_request(conn, exchange, request, out_head, session)
-            response = _response_head(exchange)
+            response = _response_head(conn, exchange, request)
         except _Stale:
             exchange.origin.close()
             reuse = False  # once, on a new connection
@@ -587,9 +587,11 @@ def _from_client(conn: Conn, size: int, clock: _Clock) -> bytes:
     return data
 
 
-def _response_head(exchange: _Exchange) -> http.ResponseHead:
-    """The origin's final response head (1xx dropped: we answer 100 ourselves); the
-    bytes after it stay in ``exchange.buf``."""
+def _response_head(conn: Conn, exchange: _Exchange, request: http.RequestHead) -> http.ResponseHead:
+    """The origin's final response head; the bytes after it stay in ``exchange.buf``.
+    Interim 1xx responses go to an HTTP/1.1 client as they come (RFC 9110 15.2: 102, 103
+    Early Hints, ...), except 100, which the proxy answers itself (Expect is not passed
+    on); an HTTP/1.0 client is never sent one."""
     buf = exchange.buf
     while True:
         end = http.response_head_end(buf) if buf else None
@@ -617,6 +619,8 @@ def _response_head(exchange: _Exchange) -> http.ResponseHead:
             return response
         if response.status == 101:
             raise OriginError("origin switched protocols, which is not forwarded")
+        if response.status != 100 and request.version == b"1.1":
+            exchange.to_client(conn, b"HTTP/1.1 %d %b%b\r\n\r\n" % (response.status, response.reason, response.passed))
 
 
 def _send_response(

@@ -655,3 +655,22 @@ def test_transfer_codings_other_than_chunked_reach_the_client(start, codings, bo
         assert b"\r\nTransfer-Encoding: gzip, chunked\r\n" in head + b"\r\n", head
         assert gzip.decompress(dechunk(chunked)) == b"hello from origin"
         assert status_and_close(address, f"GET {url} HTTP/1.0\r\n\r\n".encode()) == 502
+
+
+def test_interim_1xx_responses_reach_an_http11_client_only(start):
+    """RFC 9110 15.2: a proxy forwards 1xx responses (103 Early Hints, 102) to an HTTP/1.1
+    client, before the final one; an HTTP/1.0 client, which knows no 1xx, gets the final
+    response alone."""
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+    with CannedOrigin(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as origin:
+        address = start()
+        url = f"http://127.0.0.1:{origin.port}/"
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(get(url, b"Connection: close\r\n"))
+            answer = recv_all(sock)
+        assert answer.startswith(interim + b"HTTP/1.1 200 OK\r\n"), answer
+        assert answer.endswith(b"\r\n\r\nok")
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(f"GET {url} HTTP/1.0\r\n\r\n".encode())
+            answer = recv_all(sock)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nok"), answer
