@@ -528,7 +528,10 @@ def _parse_request_strictly(head: bytes) -> RequestHead:
     lines = _split_lines(head)
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
-        if re.fullmatch(rb"\S+ \S+ HTTP/\d\.\d", lines[0]):
+        # 505 only for a version other than 1.0 and 1.1: a bad method or target in an
+        # HTTP/1.1 request line is the client's syntax error (400), as Squid answers
+        other = re.fullmatch(rb"\S+ \S+ HTTP/(\d\.\d)", lines[0])
+        if other is not None and other[1] not in (b"1.0", b"1.1"):
             raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported", reason=Outcome.BAD_VERSION)
         raise HttpError(400, "malformed request line")
     method, target, version = match.groups()

@@ -175,6 +175,23 @@ def test_bad_absolute_uris_are_400(uri):
 
 
 @pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"GET http://a/ HTTP/2.0", 505),
+        (b"GET http://a/ HTTP/0.9", 505),
+        ("G\u00e9T http://a/ HTTP/1.1".encode(), 400),
+        (b"GET http://\xff/ HTTP/1.1", 400),
+        (b"GET http://a/\x80 HTTP/1.0", 400),
+    ],
+)
+def test_only_an_unsupported_version_is_505(line, status):
+    """A non-token method or a non-ASCII target in an HTTP/1.x request line is a 400, not a 505."""
+    with pytest.raises(HttpError) as info:
+        http.parse_request(line + b"\r\nHost: a\r\n\r\n")
+    assert info.value.status == status
+
+
+@pytest.mark.parametrize(
     ("authority", "address"),
     [
         (b"example.com:443", Address("example.com", 443)),
