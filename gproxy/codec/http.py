@@ -577,6 +577,46 @@ def encode_request_head(request: RequestHead, target: Target) -> bytes:
     return line + request.passed + framing + b"\r\n\r\n"
 
 
+#: the methods whose Max-Forwards an intermediary counts down (RFC 9110 7.6.2)
+MAX_FORWARDS_METHODS = frozenset({b"TRACE", b"OPTIONS"})
+_MAX_FORWARDS = re.compile(rb"\r\nmax-forwards:[ \t]*([0-9]+)[ \t]*(?=\r\n|$)", re.IGNORECASE)
+
+
+def count_down_max_forwards(request: RequestHead) -> bool:
+    """For a TRACE or OPTIONS request: False when its Max-Forwards is 0 (the proxy answers it
+    as the final recipient, RFC 9110 7.6.2); else True, a Max-Forwards above 0 lowered by
+    one in ``request.passed``. A missing or malformed one is left as it is."""
+    match = _MAX_FORWARDS.search(request.passed)
+    if match is None:
+        return True
+    left = int(match[1])
+    if not left:
+        return False
+    request.passed = b"%b%d%b" % (request.passed[: match.start(1)], left - 1, request.passed[match.end(1) :])
+    return True
+
+
+#: the lines of a head a TRACE echo leaves out: the origin's credentials and cookies
+_SENSITIVE = re.compile(rb"\r\n(?:authorization|cookie):[^\r]*(?=\r\n)", re.IGNORECASE)
+
+
+def encode_final_answer(request: RequestHead, forwarded: bytes, *, close: bool) -> bytes:
+    """The proxy's own 200 to a TRACE or OPTIONS request with Max-Forwards: 0: for TRACE the
+    request head as it would have been forwarded (``forwarded``: no Proxy-Authorization nor
+    other hop-by-hop field), Authorization and Cookie left out, as message/http; for OPTIONS
+    no content."""
+    if request.method == b"TRACE":
+        forwarded = _SENSITIVE.sub(b"", forwarded)  # RFC 9110 9.3.8: no credentials in the echo
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %d" % len(forwarded)
+    else:
+        head, forwarded = b"HTTP/1.1 200 OK\r\nContent-Length: 0", b""
+    if close:
+        head += b"\r\nConnection: close"
+    elif request.version == b"1.0":
+        head += b"\r\nConnection: keep-alive"
+    return head + b"\r\n\r\n" + forwarded
+
+
 def response_head_end(buf: bytearray | bytes) -> int | None:
     """Where a response head ends in ``buf`` (after its blank line); None while incomplete."""
     end = buf.find(b"\r\n\r\n")

@@ -441,6 +441,8 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
         raise _fail(conn, exc) from None
     session.dest = target.dest
     clock.set(ctx.config.idle_timeout)
+    if request.method in http.MAX_FORWARDS_METHODS and not http.count_down_max_forwards(request):
+        return _answer_as_final_recipient(conn, ctx, session, request, target, clock)
     out_head = http.encode_request_head(request, target)
     pool = ctx.origin_pool
     key = (ctx.dialer, session.user, target.address.host, target.address.port)
@@ -485,6 +487,21 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     if not body_read:  # answered before its body was read
         conn.close_politely()
     return keep_client
+
+
+def _answer_as_final_recipient(
+    conn: Conn, ctx: Context, session: Session, request: http.RequestHead, target: http.Target, clock: _Clock
+) -> bool:
+    """A TRACE or OPTIONS with Max-Forwards: 0 is answered here, not forwarded (RFC 9110
+    7.6.2); True if the client connection stays open (never with a body left unread)."""
+    unread = request.chunked or request.length
+    keep = request.keep_alive and not unread and not (ctx.owner is not None and ctx.owner.draining)
+    session.status = 200
+    forwarded = http.encode_request_head(request, target)
+    _to_client(conn, http.encode_final_answer(request, forwarded, close=not keep), clock)
+    if unread:
+        conn.close_politely()
+    return keep
 
 
 def _origin_for(

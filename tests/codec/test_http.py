@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import h11
 import pytest
@@ -529,3 +530,25 @@ def test_head_for_the_origin():
     assert plain.authorization == b"Basic dTpw"
     post = http.parse_request(b"POST http://a/ HTTP/1.0\r\nContent-Length: 3\r\n\r\n")
     assert http.encode_request_head(post, http.split_absolute_uri(post.target)).endswith(b"Content-Length: 3\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("field", "forwarded"),
+    [
+        (b"Max-Forwards: 3", b"2"),
+        (b"max-forwards:1 ", b"0"),
+        (b"Max-Forwards: 0", None),
+        (b"Max-Forwards: x", b"x"),  # malformed: left as it came
+    ],
+)
+@pytest.mark.parametrize("connection", [b"", b"Connection: close, X-A\r\n"], ids=["plain", "strict"])
+def test_max_forwards_is_counted_down(field, forwarded, connection):
+    request = http.parse_request(
+        b"TRACE http://a/ HTTP/1.1\r\nHost: a\r\n" + connection + field + b"\r\nX-B: 1\r\n\r\n"
+    )
+    assert http.count_down_max_forwards(request) is (forwarded is not None)
+    if forwarded is not None:
+        value, rest = re.search(
+            rb"\r\nmax-forwards:[ \t]*(\S+)[ \t]*(.*)", request.passed, re.IGNORECASE | re.DOTALL
+        ).groups()
+        assert (value, rest) == (forwarded, b"\r\nX-B: 1")

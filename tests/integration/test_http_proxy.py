@@ -674,3 +674,29 @@ def test_interim_1xx_responses_reach_an_http11_client_only(start):
             sock.sendall(f"GET {url} HTTP/1.0\r\n\r\n".encode())
             answer = recv_all(sock)
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nok"), answer
+
+
+def test_max_forwards_of_trace_and_options_is_counted_down(start, origin):
+    """RFC 9110 7.6.2, as Squid does: a TRACE or OPTIONS with Max-Forwards: 0 is answered by
+    the proxy (TRACE: the request as it would have gone on), one above
+    0 goes on lowered by one; the connection stays open for the next request. The echo
+    leaves out credentials and cookies."""
+    client = RawClient(start(user=["u:p"]))
+    auth = b"Proxy-Authorization: " + BASIC + b"\r\n"
+    try:
+        trace = get(origin.url("/t"), auth, b"Max-Forwards: 0\r\nCookie: c=1\r\nAuthorization: Basic eDp5\r\n")
+        response, body = client.request(trace.replace(b"GET", b"TRACE", 1))
+        assert response.status_code == 200 and (b"content-type", b"message/http") in response.headers
+        assert body == f"TRACE /t HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\nMax-Forwards: 0\r\n\r\n".encode()
+        options = get(origin.url("/o"), auth, b"Max-Forwards: 0\r\n").replace(b"GET", b"OPTIONS", 1)
+        response, body = client.request(options, "OPTIONS")
+        assert (response.status_code, body) == (200, b"")
+        assert origin.requests == []  # neither went on
+        response, _ = client.request(options.replace(b"Max-Forwards: 0", b"Max-Forwards: 5"), "OPTIONS")
+        assert response.status_code == 200
+        assert origin.requests[-1]["headers"]["max-forwards"] == "4"
+        response, body = client.request(get(origin.url("/g"), auth, b"Max-Forwards: 0\r\n"))
+        assert (response.status_code, body) == (200, b"hello from origin")  # only TRACE and OPTIONS count
+        assert origin.requests[-1]["headers"]["max-forwards"] == "0"
+    finally:
+        client.close()
