@@ -690,9 +690,12 @@ def _send_response(
             head = b""
             if not left:
                 return not (response.close or buf), keep_client
-            data = exchange.recv()[:left]
+            data = exchange.recv()
             if not data:
                 raise OriginError("origin closed in the middle of the response body")
+            if len(data) > left:  # more than its Content-Length: kept in buf, so never pooled
+                buf += data[left:]
+                data = data[:left]
     if response.chunked:
         decoder = http.ChunkedDecoder()
         data = bytes(buf)

@@ -18,6 +18,7 @@ from gproxy.core.context import Metrics
 from tests.helpers import (
     CannedOrigin,
     RecordingOrigin,
+    TcpServer,
     big_body_sha256,
     curl,
     recv_all,
@@ -700,3 +701,39 @@ def test_max_forwards_of_trace_and_options_is_counted_down(start, origin):
         assert origin.requests[-1]["headers"]["max-forwards"] == "0"
     finally:
         client.close()
+
+
+class OverlongOrigin(TcpServer):
+    """Answers the first request on each connection with more bytes than its Content-Length
+    says, the surplus in a later segment than the head; later requests properly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections = 0
+
+    def _handle(self, sock: socket.socket, _addr: object) -> None:
+        self.connections += 1
+        with sock:
+            for served in range(10):
+                if not recv_head(sock).endswith(b"\r\n\r\n"):
+                    return
+                if served:
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+                    continue
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+                gevent.sleep(0.2)
+                sock.sendall(b"okHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+
+
+def test_an_origin_connection_that_sent_more_than_its_content_length_is_not_reused(start):
+    """Bytes past a response's Content-Length are never forwarded, and the connection they came
+    on is closed, not pooled (as Squid does), wherever the surplus falls in the reads."""
+    with OverlongOrigin() as origin:
+        client = RawClient(start())
+        try:
+            url = f"http://127.0.0.1:{origin.port}/"
+            assert client.request(get(url))[1] == b"okok"
+            assert client.request(get(url))[1] == b"okok"  # a new connection: its first answer again
+        finally:
+            client.close()
+        assert origin.connections == 2
