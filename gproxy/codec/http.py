@@ -59,6 +59,8 @@ REASONS = {
 Headers = Sequence[tuple[bytes, bytes]]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: the bytes a token (a method, a header name) is made of
+_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
@@ -112,6 +114,10 @@ class HeadParser:
         if start is None:
             return None
         if not self._line_ended:
+            if start < len(buf) and buf[start] not in _TOKEN_BYTES:
+                # a method is a token: a TLS ClientHello (0x16) or other binary gets its 400
+                # now, not once --handshake-timeout has passed waiting for a line end
+                raise HttpError(400, "not an HTTP request")
             line_cap = start + MAX_REQUEST_LINE + 1  # the request line's LF comes before this
             self._line_ended = buf.find(b"\n", max(start, seen), line_cap) >= 0
             if not self._line_ended and len(buf) >= line_cap:

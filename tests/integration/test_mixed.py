@@ -56,6 +56,16 @@ def test_junk_first_byte_gets_an_http_400(proxy):
         assert recv_all(sock).startswith(b"HTTP/1.1 400 ")
 
 
+@pytest.mark.parametrize("listener", ["mixed", "http"])
+def test_a_tls_client_hello_gets_its_400_at_once(proxy, listener):
+    """A ClientHello has no line end: it is refused on its first byte, not after the
+    --handshake-timeout (60 s here) a request line would get."""
+    address = proxy(**{listener: ["127.0.0.1:0"]}, handshake_timeout=60).address(listener)
+    with socket.create_connection((address.host, address.port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)))
+        assert recv_all(sock).startswith(b"HTTP/1.1 400 ")  # within the socket's 10 s timeout
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_cli_mixed_port_with_curl(origin):
     with GproxyProcess("--mixed", "0") as gproxy:
