@@ -59,6 +59,9 @@ REASONS = {
 Headers = Sequence[tuple[bytes, bytes]]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: the most digits a Content-Length may have: 10^18 - 1 bytes, within a signed 64-bit
+#: integer, so a C origin or client after us cannot wrap the number into another framing
+MAX_LENGTH_DIGITS = 18
 #: the bytes a token (a method, a header name) is made of
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -192,8 +195,11 @@ def _check_head(head: bytes) -> bool:
         lowered = name.lower()
         if lowered == b"content-length":
             content_lengths += 1
-            if not value.strip(b" \t").isdigit():
+            digits = value.strip(b" \t")
+            if not digits.isdigit():
                 raise HttpError(400, "Content-Length is not a number")
+            if len(digits) > MAX_LENGTH_DIGITS:
+                raise HttpError(400, "Content-Length too large")
         elif lowered == b"transfer-encoding":
             transfer_encodings.append(value)
     if content_lengths > 1:
@@ -494,7 +500,7 @@ def _plain_request(
         name, value = line.groups()
         if name == b"content-length":
             value = value.strip(b" \t")
-            if has_length or not value.isdigit():
+            if has_length or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
                 return None
             length, has_length = int(value), True
         elif name == b"host":
@@ -650,7 +656,7 @@ def _plain_response(status_line: re.Match[bytes], passed: bytes, found: list[re.
         name, value = line.groups()
         if name == b"content-length":
             value = value.strip(b" \t")
-            if length is not None or not value.isdigit():
+            if length is not None or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
                 return None
             length = int(value)
         elif name == b"transfer-encoding":  # every field: together they make one list
@@ -717,6 +723,8 @@ def _parse_response_strictly(head: bytes) -> ResponseHead:
         raise HttpError(502, "origin sent a malformed header")
     if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
         raise HttpError(502, "origin sent a bad Content-Length")
+    if lengths and len(next(iter(lengths))) > MAX_LENGTH_DIGITS:
+        raise HttpError(502, "origin sent a Content-Length too large")
     length = int(next(iter(lengths))) if lengths else None
     names = [name.lower() for name, _ in headers]
     tokens = frozenset(connection_tokens(headers))

@@ -307,6 +307,7 @@ SMUGGLING = [
     b"Content-Length: 5\r\nContent-Length: 5\r\n",
     b"Content-Length: 5, 5\r\n",
     b"Content-Length: -1\r\n",
+    b"Content-Length: 1000000000000000000\r\n",  # 19 digits: a C program after us could wrap it
     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
     b"Transfer-Encoding:\r\nContent-Length: 5\r\n",
     b"Transfer-Encoding: ,\r\nContent-Length: 5\r\n",
@@ -330,6 +331,26 @@ def test_parse_request_makes_the_head_checks(headers):
     with pytest.raises(HttpError) as info:
         http.parse_request(raw)
     assert info.value.status in (400, 501)
+
+
+def test_a_content_length_of_more_than_18_digits_is_refused_both_ways():
+    """Up to 10^18 - 1 is a length; more is refused (400 from a client, 502 from an origin)
+    on the one-pass path as on the strict one, before a C program after us could wrap it."""
+    longest = b"9" * 18
+    for head in (
+        b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: %b\r\n\r\n",
+        b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length:  %b\r\nX: 1\r\n\r\n",
+    ):
+        assert http.parse_request(head % longest).length == int(longest)
+        with pytest.raises(HttpError) as refused:
+            http.parse_request(head % (b"1" + longest))
+        assert refused.value.status == 400
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %b\r\n\r\n"
+    assert http.parse_response(response % longest).length == int(longest)
+    for head in (response, b"HTTP/1.1 200 OK\r\nContent-Length: %b\r\nContent-Length: %b\r\n\r\n"):
+        with pytest.raises(HttpError) as refused:
+            http.parse_response(head.replace(b"%b", b"1" + longest))
+        assert refused.value.status == 502
 
 
 def _outcome(parse, head: bytes):
