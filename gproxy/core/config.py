@@ -155,7 +155,7 @@ class ListenerSpec:
 def parse_hostport(spec: str, flag: str, default_host: str | None = "127.0.0.1") -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[IPV6]:PORT``; a bare port binds ``default_host``."""
     spec = spec.strip()
-    if spec.isdigit() and default_host is not None:
+    if spec.isascii() and spec.isdigit() and default_host is not None:
         host, port_text = default_host, spec
     elif spec.startswith("["):
         host, sep, port_text = spec[1:].partition("]:")
@@ -168,7 +168,7 @@ def parse_hostport(spec: str, flag: str, default_host: str | None = "127.0.0.1")
             raise ConfigError(f"{flag}: {spec!r} is not {want}")
         if ":" in host:
             raise ConfigError(f"{flag}: put IPv6 addresses in brackets, as [{host}]:{port_text}")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:  # int() reads '१२३'
         raise ConfigError(f"{flag}: port {port_text!r} is not a number from 0 to 65535")
     return host, int(port_text)
 

@@ -109,12 +109,17 @@ def parse_dest_rule(spec: str, flag: str) -> DestRule:
 
 def _parse_ports(text: str, bad: ConfigError) -> tuple[int, int]:
     lo_text, sep, hi_text = text.partition("-")
-    if not lo_text.isdigit() or (sep and not hi_text.isdigit()):
+    if not _digits(lo_text) or (sep and not _digits(hi_text)):
         raise bad
     lo, hi = int(lo_text), int(hi_text) if sep else int(lo_text)
     if not 1 <= lo <= hi <= 65535:
         raise bad
     return lo, hi
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes '²', which ``int`` refuses, and '१', which it reads."""
+    return text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,26 @@ def test_user_mistakes_exit_2_with_one_line(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--socks", "²"], "--socks: '²' is not PORT, HOST:PORT or [IPV6]:PORT"),
+        (["--socks", "127.0.0.1:²"], "--socks: port '²' is not a number from 0 to 65535"),
+        (["--forward", "0=example.com:²"], "--forward: port '²' is not a number"),
+        (["--socks", "0", "--deny-dest", "example.com:²"], "--deny-dest: 'example.com:²' is not CIDR"),
+        # with --workers 0, checked after the listeners and rules parse: read as 123 or 1-2, these fail on that instead
+        (["--socks", "0", "--bypass", "10.0.0.0/8:१-२", "--workers", "0"], "--bypass: '10.0.0.0/8:१-२' is not"),
+        (["--socks", "१२३", "--workers", "0"], "--socks: '१२३' is not PORT"),
+    ],
+)
+def test_a_port_in_digits_other_than_ascii_is_exit_2(args, message):
+    """str.isdigit() is true for '²' (which int() refuses: a traceback) and '१' (which it reads)."""
+    result = run_gproxy(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+
+
 def test_port_in_use_exits_2():
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
