@@ -9,6 +9,7 @@ every tunnel and datagram of its owner, so their sum stays at the rate.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import weakref
@@ -26,7 +27,7 @@ def parse_rate(text: str | int | float, what: str = "--rate") -> int:
     Raises:
         ConfigError: anything else, naming ``what``.
     """
-    if isinstance(text, bool):
+    if isinstance(text, bool) or (isinstance(text, float) and not math.isfinite(text)):  # TOML's nan, inf
         raise ConfigError(f"{what}: expected a rate such as 500k, 1M or 0, got {text!r}")
     if isinstance(text, int | float):
         if text < 0:

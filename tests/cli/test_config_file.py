@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from gproxy.core.config import OPTIONS, Address, ListenerSpec
 from gproxy.ops.cli import load_config
 from tests.helpers import (
@@ -217,5 +219,39 @@ def test_sighup_rereads_the_config_file(tmp_path, echo_tcp):
         sock.close()
         tunnel.close()
         assert running.stop() == 0
+    finally:
+        running.__exit__()
+
+
+def test_a_rate_of_nan_or_inf_is_exit_2(tmp_path):
+    path = tmp_path / "gproxy.toml"
+    for value in ("nan", "inf", "-inf"):
+        path.write_text(f'socks = ["0"]\nrate = {value}\n')
+        result = run_cli("--config", str(path))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"gproxy: --rate: expected a rate such as 500k, 1M or 0, got {value}\n"
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_sighup_with_a_rate_of_inf_keeps_serving(tmp_path, echo_tcp, workers):
+    """int(inf) raised OverflowError out of the SIGHUP handler: the process (the supervisor) died."""
+    path = tmp_path / "gproxy.toml"
+    path.write_text('socks = ["127.0.0.1:0"]\nuser = ["u:pw"]\n')
+    running = start_gproxy("--config", str(path), *workers)
+    try:
+        addr = ("127.0.0.1", running.port("socks5"))
+        path.write_text('socks = ["127.0.0.1:0"]\nuser = ["u:pw"]\nrate = inf\n')
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload failed" in line for line in running.stderr_lines), what="the error")
+        errors = [line for line in running.stderr_lines if "reload failed" in line]
+        assert errors == [
+            "gproxy: ERROR: reload failed, keeping the old settings: --rate: expected a rate such as "
+            "500k, 1M or 0, got inf\n"
+        ]
+        sock, reply = socks5_connect(addr, ipv4_dest(echo_tcp.host, echo_tcp.port), auth=(b"u", b"pw"))
+        assert reply[1] == 0
+        sock.close()
+        assert running.stop() == 0
+        assert not any("Traceback" in line for line in running.stderr_lines)
     finally:
         running.__exit__()
