@@ -278,6 +278,9 @@ class Config:
         """Reject settings that cannot work, and open proxies made by accident."""
         if not self.listeners:
             raise ConfigError("nothing to serve: give a listener such as --socks 1080 (see --help)")
+        for option in OPTIONS:  # every float is seconds; nan passes each comparison below
+            if option.kind is float and math.isnan(getattr(self, option.key.replace("-", "_"))):
+                raise ConfigError(f"--{option.key} must be a number of seconds, not nan")
         for name in ("connect_timeout", "handshake_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")

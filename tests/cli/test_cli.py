@@ -73,6 +73,21 @@ def test_a_port_in_digits_other_than_ascii_is_exit_2(args, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    "flag",
+    ["--connect-timeout", "--idle-timeout", "--handshake-timeout", "--drain-timeout", "--upstream-cooldown"],
+)
+def test_nan_seconds_is_exit_2(flag, tmp_path):
+    """float('nan') passed every range check ('draining ... up to nan s'); --workers 0, checked after
+    the seconds, makes a start without the check fail at once instead of serving."""
+    result = run_gproxy("--socks", "0", flag, "nan", "--workers", "0")
+    assert (result.returncode, result.stderr) == (2, f"gproxy: {flag} must be a number of seconds, not nan\n")
+    config = tmp_path / "gproxy.toml"
+    config.write_text(f'socks = ["0"]\n{flag[2:]} = nan\nworkers = 0\n')
+    result = run_gproxy("--config", str(config))
+    assert (result.returncode, result.stderr) == (2, f"gproxy: {flag} must be a number of seconds, not nan\n")
+
+
 def test_port_in_use_exits_2():
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
