@@ -281,6 +281,9 @@ class Config:
         for option in OPTIONS:  # every float is seconds; nan passes each comparison below
             if option.kind is float and math.isnan(getattr(self, option.key.replace("-", "_"))):
                 raise ConfigError(f"--{option.key} must be a number of seconds, not nan")
+        for name in ("users_file", "access_log"):  # "" is falsy: the server would act as if it were not given
+            if getattr(self, name) == "":
+                raise ConfigError(f"--{name.replace('_', '-')} may not be empty")
         for name in ("connect_timeout", "handshake_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")

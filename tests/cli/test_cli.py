@@ -44,6 +44,8 @@ def test_console_script_entry_point_module():
         (["--socks", "0", "--users-file", "/nonexistent/users"], "No such file"),
         (["--config", "/nonexistent.toml"], "--config /nonexistent.toml"),
         (["--socks", "0", "--rate", "fast"], "--rate: expected a rate such as 500k, 1M or 0"),
+        (["--socks", "0", "--users-file", "", "--workers", "0"], "--users-file may not be empty"),
+        (["--socks", "0", "--access-log", "", "--workers", "0"], "--access-log may not be empty"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(args, message):
