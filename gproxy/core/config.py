@@ -132,6 +132,8 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 UPSTREAM_STRATEGIES = ("failover", "round-robin", "random", "least-conns")
+#: the most --workers: each is a process of its own
+MAX_WORKERS = 1024
 
 
 @dataclass(frozen=True)
@@ -305,8 +307,8 @@ class Config:
             from gproxy.core.auth_service import parse_auth_url  # noqa: PLC0415 (the client needs gevent)
 
             parse_auth_url(self.auth_url)
-        if self.workers < 1:
-            raise ConfigError("--workers must be at least 1")
+        if not 1 <= self.workers <= MAX_WORKERS:  # a huge N had the supervisor build N slots, then spawn them
+            raise ConfigError(f"--workers must be a number from 1 to {MAX_WORKERS}")
         if self.upstream_strategy not in UPSTREAM_STRATEGIES:
             raise ConfigError(f"--upstream-strategy must be one of {', '.join(UPSTREAM_STRATEGIES)}")
         if self.log_level not in LOG_LEVELS:

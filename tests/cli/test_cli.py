@@ -44,6 +44,9 @@ def test_console_script_entry_point_module():
         (["--socks", "0", "--users-file", "/nonexistent/users"], "No such file"),
         (["--config", "/nonexistent.toml"], "--config /nonexistent.toml"),
         (["--socks", "0", "--rate", "fast"], "--rate: expected a rate such as 500k, 1M or 0"),
+        (["--socks", "0", "--workers", "0"], "--workers must be a number from 1 to 1024"),
+        # a bad --upstream-strategy, checked right after --workers, fails a start that would try 10**20 workers
+        (["--socks", "0", "--workers", "1" + "0" * 20, "--upstream-strategy", "x"], "--workers must be a number from"),
         (["--socks", "0", "--users-file", "", "--workers", "0"], "--users-file may not be empty"),
         (["--socks", "0", "--access-log", "", "--workers", "0"], "--access-log may not be empty"),
     ],
@@ -62,7 +65,7 @@ def test_user_mistakes_exit_2_with_one_line(args, message):
         (["--socks", "127.0.0.1:²"], "--socks: port '²' is not a number from 0 to 65535"),
         (["--forward", "0=example.com:²"], "--forward: port '²' is not a number"),
         (["--socks", "0", "--deny-dest", "example.com:²"], "--deny-dest: 'example.com:²' is not CIDR"),
-        # with --workers 0, checked after the listeners and rules parse: read as 123 or 1-2, these fail on that instead
+        # with --workers 0, checked after the listeners and rules parse: read as 123 or 1-2, these fail on it instead
         (["--socks", "0", "--bypass", "10.0.0.0/8:१-२", "--workers", "0"], "--bypass: '10.0.0.0/8:१-२' is not"),
         (["--socks", "१२३", "--workers", "0"], "--socks: '१२३' is not PORT"),
     ],
