@@ -223,12 +223,11 @@ def admin_url(addr: str) -> str:
     """``PORT``, ``HOST:PORT``, ``[V6]:PORT`` or a URL -> the base URL of the admin listener."""
     if addr.startswith(("http://", "https://")):
         return addr.rstrip("/")
-    if addr.isdigit():
-        addr = f"127.0.0.1:{addr}"
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"{addr!r} is not PORT, HOST:PORT or [IPV6]:PORT")
-    return f"http://{addr}"
+    hostport = f"127.0.0.1:{addr}" if addr.isascii() and addr.isdigit() else addr
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535 or not host:
+        raise ValueError(f"{addr!r} is not PORT, HOST:PORT or [IPV6]:PORT (a port from 1 to 65535)")
+    return f"http://{hostport}"
 
 
 class _Parser(argparse.ArgumentParser):

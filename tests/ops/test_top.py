@@ -58,6 +58,14 @@ def test_units_and_addresses():
         admin_url("nonsense")
 
 
+@pytest.mark.parametrize("addr", ["99999", "127.0.0.1:99999", "127.0.0.1:0", "²", "127.0.0.1:²", "127.0.0.1:१२३"])
+def test_an_address_with_no_real_port_is_exit_2(addr):
+    """It was tried as given: exit 1, 'Connection refused' for 99999 and 'InvalidURL' for '²'."""
+    result = run_gproxy("top", "--once", addr)
+    message = f"gproxy top: {addr!r} is not PORT, HOST:PORT or [IPV6]:PORT (a port from 1 to 65535)\n"
+    assert (result.returncode, result.stderr) == (2, message)
+
+
 #: user names an unauthenticated client can give (RFC 1929), which rich would take as markup
 #: or the terminal as a command
 HOSTILE_NAMES = ["[/oops]", "[red]x[/red]", "\x1b[2J", "[link=http://evil]y", "\u202etxt.exe"]
