@@ -191,7 +191,10 @@ def reread(argv: Sequence[str]) -> Config | None:
         return load_config(argv)
     except ConfigError as exc:
         logger.error("reload failed, keeping the old settings: %s", exc)
-        return None
+    except Exception as exc:  # a value our checks missed must not end a running server
+        logger.debug("reload failed", exc_info=True)
+        logger.error("reload failed, keeping the old settings: %s: %s", type(exc).__name__, exc)
+    return None
 
 
 def reload(proxy: Any, argv: Sequence[str] | None) -> None:

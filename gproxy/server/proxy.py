@@ -409,8 +409,11 @@ class Proxy:
                 self._check_upstream([(ip, port) for _, ip, port in self._bound_ips()])
                 self._upstream_group()
                 self._set_user_policy(new)  # a bad --ca fails here, before anything changed
-            except ConfigError as exc:
+            except Exception as exc:  # ConfigError, or a value our checks missed: nothing applied
                 self.config = old
+                if not isinstance(exc, ConfigError):
+                    logger.debug("reload failed", exc_info=True)
+                    exc = ConfigError(f"{type(exc).__name__}: {exc}")
                 logger.error("reload failed, keeping the old settings: %s", exc)
                 return False
             self.users.replace(table, required=new.has_auth, cache_seconds=new.auth_cache)
@@ -721,6 +724,9 @@ def checked_users_table(config: Config) -> dict[bytes, Secret] | ConfigError:
         return users_table(config)
     except ConfigError as exc:
         return exc
+    except Exception as exc:  # a value our checks missed must not end a running server
+        logger.debug("reload check failed", exc_info=True)
+        return ConfigError(f"{type(exc).__name__}: {exc}")
 
 
 def _nodelay(sock: socket.socket) -> None:

@@ -235,3 +235,28 @@ def test_tunnels_keep_relaying_while_a_big_users_file_reloads(proxy, echo_tcp, t
     assert reloading.value is not None and done.is_set()
     assert len(running.users) == 500_001
     assert answered_during_reload > 0
+
+
+def test_a_defect_met_while_reloading_keeps_the_old_settings_with_one_line(proxy, echo_tcp, monkeypatch, caplog):
+    """Whatever a reload meets, a value our checks missed included, the server goes on with
+    the old settings and says so in one error line: re-reading the flags and file, checking
+    them, or building what they name."""
+    from gproxy.ops import runtime
+
+    running = proxy(socks=["127.0.0.1:0"], user=["u:p"])
+
+    def broken(*_args: object) -> None:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(runtime, "load_config", broken)
+    assert runtime.reread(["--socks", "127.0.0.1:0"]) is None
+    monkeypatch.setattr(proxy_module, "users_table", broken)
+    assert isinstance(proxy_module.checked_users_table(running.config), proxy_module.ConfigError)
+    monkeypatch.undo()
+    monkeypatch.setattr(running, "_set_user_policy", broken)
+    assert not running.reload(Config.build(socks=["127.0.0.1:0"]))  # applied, it would drop the users
+    assert not running.reload(Config.build(socks=["127.0.0.1:0"], user=["v:q"]))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 3 and all(e.startswith("reload failed, keeping the old settings") for e in errors), errors
+    assert all("OverflowError: cannot convert float infinity" in e for e in errors), errors
+    assert no_auth_offer_answer(("127.0.0.1", running.address().port)) == b"\x05\xff"  # users still asked for
