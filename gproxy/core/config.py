@@ -11,7 +11,7 @@ import logging
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gproxy.core.access import Network, parse_network, parse_users, read_users_file
@@ -191,6 +191,21 @@ def parse_listener(key: str, spec: str) -> ListenerSpec:
     return ListenerSpec(kind, host, port)
 
 
+#: the settings only a restart applies (the listeners and the rest that start() builds)
+RESTART_ONLY = (
+    "listeners",
+    "workers",
+    "access_log",
+    "log_level",
+    "cert",
+    "key",
+    "resolver",
+    "outgoing",
+    "mark",
+    "admin_token",
+)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything a Proxy needs; build it with ``Config.build(...)``."""
@@ -346,6 +361,17 @@ class Config:
                         f"refusing to run an open proxy: {spec.kind} on {spec} has no users and no "
                         f"--allow; add --user USER:PASS, or --allow CIDR for the clients that may use it"
                     )
+
+    def needs_restart(self, new: Config) -> list[str]:
+        """What ``new`` changes that a reload does not apply (sockets bound, processes,
+        files opened and contexts built at start): their names, as flags."""
+        changed = [name for name in RESTART_ONLY if getattr(self, name) != getattr(new, name)]
+        return [name if name == "listeners" else f"--{name.replace('_', '-')}" for name in changed]
+
+    def reloaded(self, new: Config) -> Config:
+        """``new`` as a reload applies it to a server running with this config: what only a
+        restart applies keeps its running value (the listeners bound, for one)."""
+        return replace(new, **{name: getattr(self, name) for name in RESTART_ONLY})
 
     def exposes(self, spec: ListenerSpec) -> bool:
         """Whether ``spec`` may serve other hosts' clients: not bound to loopback, or

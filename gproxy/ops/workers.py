@@ -227,14 +227,17 @@ class Supervisor:
         config = reread(self.argv)  # logs the one error line itself
         if config is None:
             return
-        from gproxy.server.proxy import checked_users_table
+        from gproxy.server.proxy import checked_users_table, warn_restart_only
 
+        ignored = self.config.needs_restart(config)
         # as each worker will check it: against the listeners still bound, not the file's
-        config = dataclasses.replace(config, listeners=self.config.listeners, workers=self.config.workers)
+        config = self.config.reloaded(config)
         checked = checked_users_table(config)
         if isinstance(checked, ConfigError):
             logger.error("reload failed, keeping the old settings: %s", checked)
             return
+        if ignored:
+            warn_restart_only(ignored)
         self.config = config
         self.signal_all(signal.SIGHUP)
         logger.info("reloading %d workers", len(self.slots))

@@ -390,13 +390,16 @@ class Proxy:
         """SIGHUP: re-read the users file, apply ``config``'s rules, reopen the access log.
 
         Users, client and destination rules, timeouts and limits apply to new
-        clients; open sessions keep going untouched. Listeners, workers and the
-        access-log path need a restart. On a bad (or empty) users file, logs one
-        error, keeps the old settings and returns False. The users file is read
+        clients; open sessions keep going untouched. What only a restart applies
+        (Config.needs_restart: listeners, workers, the access-log path, ...) keeps
+        its running value, with one warning line. On a bad (or empty) users file,
+        logs one error, keeps the old settings and returns False. The users file is read
         in gevent's threadpool: a big file does not freeze the open tunnels.
         """
         with self._reloading:
-            new = self.config if config is None else replace(config, listeners=self.config.listeners)
+            # one warning per reload: here, or in the --workers supervisor (not once per worker)
+            ignored = config is not None and self.config.workers == 1 and self.config.needs_restart(config)
+            new = self.config if config is None else self.config.reloaded(config)
             # the error comes back as a value: raised in the pool, gevent would print a traceback
             table = gevent.get_hub().threadpool.apply(checked_users_table, (new,))
             if self.access_log is not None:
@@ -422,6 +425,8 @@ class Proxy:
             for index in self._contexts:
                 spec = self._sockets[index][0]
                 self._contexts[index] = self._latest[id(spec)] = self.context(spec, own)
+        if ignored:
+            warn_restart_only(ignored)
         logger.info("reloaded")
         return True
 
@@ -713,6 +718,11 @@ def users_table(config: Config) -> dict[bytes, Secret]:
     if config.users_file:
         pairs += read_users_file(config.users_file)
     return Users.table(pairs)
+
+
+def warn_restart_only(changed: list[str]) -> None:
+    """One line for the settings a reload left as they were (``Config.needs_restart``)."""
+    logger.warning("reload: %s changed, which only a restart applies; running with the old value", ", ".join(changed))
 
 
 def checked_users_table(config: Config) -> dict[bytes, Secret] | ConfigError:

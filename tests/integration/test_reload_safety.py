@@ -260,3 +260,30 @@ def test_a_defect_met_while_reloading_keeps_the_old_settings_with_one_line(proxy
     assert len(errors) == 3 and all(e.startswith("reload failed, keeping the old settings") for e in errors), errors
     assert all("OverflowError: cannot convert float infinity" in e for e in errors), errors
     assert no_auth_offer_answer(("127.0.0.1", running.address().port)) == b"\x05\xff"  # users still asked for
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_says_once_what_only_a_restart_applies(tmp_path, echo_tcp, workers):
+    """A file that moves the listener and the access log, and adds a user: the user applies,
+    the rest keeps running as it was, and one warning line (not one per worker) names it."""
+    path, log = tmp_path / "gproxy.toml", tmp_path / "access.log"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path.write_text(f'socks = ["127.0.0.1:{port}"]\naccess-log = "{log}"\n')
+    running = start_gproxy("--config", str(path), "--workers", workers)
+    try:
+        path.write_text(f'socks = ["127.0.0.1:{port + 1}"]\naccess-log = "{log}.new"\nuser = ["u:p"]\n')
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload" in line and "restart" in line for line in running.stderr_lines), what="it")
+        for _ in range(32):  # the user applies on every worker; the listener stays where it was
+            assert no_auth_offer_answer(("127.0.0.1", port)) == b"\x05\xff"
+        running.proc.send_signal(signal.SIGHUP)  # still different from what runs: said again
+        wait_for(lambda: sum("restart" in line for line in running.stderr_lines) == 2, what="the second")
+        assert running.stop() == 0
+        warned = [line for line in running.stderr_lines if "restart" in line]
+        assert len(warned) == 2, running.stderr_lines
+        assert "listeners, --access-log changed" in warned[0], warned
+        assert not (tmp_path / "access.log.new").exists()
+    finally:
+        running.__exit__()
