@@ -203,6 +203,7 @@ RESTART_ONLY = (
     "outgoing",
     "mark",
     "admin_token",
+    "ss_method",  # the UDP side's cipher is made at start; the TCP side keeps to the same
 )
 
 

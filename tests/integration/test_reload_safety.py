@@ -287,3 +287,12 @@ def test_sighup_says_once_what_only_a_restart_applies(tmp_path, echo_tcp, worker
         assert not (tmp_path / "access.log.new").exists()
     finally:
         running.__exit__()
+
+
+def test_a_reload_keeps_the_shadowsocks_method_for_tcp_as_for_udp(proxy, caplog):
+    """The UDP side's cipher is made at start: the TCP side does not move to another one."""
+    running = proxy(ss=["127.0.0.1:0"], user=["u:long-password"])
+    assert running.reload(Config.build(ss=["127.0.0.1:0"], user=["u:long-password"], ss_method="aes-256-gcm"))
+    assert running.config.ss_method == "chacha20-ietf-poly1305"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["reload: --ss-method changed, which only a restart applies; running with the old value"]
