@@ -114,14 +114,22 @@ def test_a_reload_cannot_open_a_listener_that_stays_exposed(proxy, caplog):
     assert no_auth_offer_answer(addr) == b"\x05\xff"
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_sighup_with_a_file_that_would_open_the_bound_listener_keeps_the_users(tmp_path, workers):
-    path = tmp_path / "gproxy.toml"
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    path.write_text(f'socks = ["0.0.0.0:{port}"]\nuser = ["u:p"]\n')
-    running = start_gproxy("--config", str(path), "--workers", workers)
+        return int(probe.getsockname()[1])
+
+
+def _started_from_file(path, text: str, workers: str):
+    """gproxy started with --config ``path`` (written with ``text``) and --workers."""
+    path.write_text(text)
+    return start_gproxy("--config", str(path), "--workers", workers)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_with_a_file_that_would_open_the_bound_listener_keeps_the_users(tmp_path, workers):
+    path, port = tmp_path / "gproxy.toml", _free_port()
+    running = _started_from_file(path, f'socks = ["0.0.0.0:{port}"]\nuser = ["u:p"]\n', workers)
     try:
         path.write_text(f'socks = ["127.0.0.1:{port}"]\n')  # users gone, "now on loopback"
         running.proc.send_signal(signal.SIGHUP)
@@ -266,12 +274,8 @@ def test_a_defect_met_while_reloading_keeps_the_old_settings_with_one_line(proxy
 def test_sighup_says_once_what_only_a_restart_applies(tmp_path, echo_tcp, workers):
     """A file that moves the listener and the access log, and adds a user: the user applies,
     the rest keeps running as it was, and one warning line (not one per worker) names it."""
-    path, log = tmp_path / "gproxy.toml", tmp_path / "access.log"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    path.write_text(f'socks = ["127.0.0.1:{port}"]\naccess-log = "{log}"\n')
-    running = start_gproxy("--config", str(path), "--workers", workers)
+    path, log, port = tmp_path / "gproxy.toml", tmp_path / "access.log", _free_port()
+    running = _started_from_file(path, f'socks = ["127.0.0.1:{port}"]\naccess-log = "{log}"\n', workers)
     try:
         path.write_text(f'socks = ["127.0.0.1:{port + 1}"]\naccess-log = "{log}.new"\nuser = ["u:p"]\n')
         running.proc.send_signal(signal.SIGHUP)
