@@ -52,8 +52,10 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
     server has a registry for tunnels (``ctx.tunnels``) and engine_for() picks the
     event-loop engine, the tunnel is handed over to it and this returns at once:
     the session's greenlet ends, and the registry completes the record when the
-    tunnel ends. Otherwise (TLS, or no registry) this relays until the end.
+    tunnel ends. Otherwise (TLS, or no registry) this relays until the end; a kill
+    (admin, drain) still records the bytes moved, the caller the outcome.
     """
+    live: RelayStats | None = None
     try:
         if reply:
             conn.sendall(reply)
@@ -72,6 +74,9 @@ def run_tunnel(conn: Conn, upstream: socket.socket, ctx: Context, session: Sessi
         live = session.live = RelayStats()  # counted per chunk by the relay: /sessions reads it as it runs
         stats = relay(conn.sock, upstream, idle_timeout=idle_timeout, first_up=first_up, limits=limits, stats=live)
     except BaseException:
+        if live is not None:  # ended from outside (admin, drain): what it moved still counts
+            session.up += live.up
+            session.down += live.down
         session.live = None
         upstream.close()
         raise
