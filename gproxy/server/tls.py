@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from gproxy.core.errors import ConfigError, GproxyError, HandshakeTimeout, Outcome
+from gproxy.core.errors import ClientProtocolError, ConfigError, HandshakeTimeout, Outcome
 
 if TYPE_CHECKING:
     import ssl
@@ -34,8 +34,9 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-class TlsHandshakeFailed(GproxyError):
-    """The client did not complete a TLS handshake (wrong protocol, bad certificate...)."""
+class TlsHandshakeFailed(ClientProtocolError):
+    """The client did not complete a TLS handshake (wrong protocol, bad certificate...):
+    a handshake failure like any other protocol error (``gproxy_handshake_failures_total``)."""
 
     reason = Outcome.TLS_FAILED
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 
 import gevent
 import pytest
 
-from tests.helpers import BannerServer, ipv4_dest, make_cert, read_socks5_reply, recv_all, recv_exact, run_gproxy
+from tests.helpers import (
+    BannerServer,
+    ipv4_dest,
+    make_cert,
+    metric,
+    read_socks5_reply,
+    recv_all,
+    recv_exact,
+    run_gproxy,
+    scrape_metrics,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +80,22 @@ def test_plain_socks_on_a_tls_port_is_dropped(tls_proxy):
     sock.sendall(b"\x05\x01\x00")
     assert recv_all(sock)[:1] != b"\x05"  # a TLS alert or nothing, never a SOCKS answer
     sock.close()
+
+
+def test_a_failed_tls_handshake_counts_as_a_handshake_failure(proxy, cert):
+    running = proxy(https=["127.0.0.1:0"], cert=cert[0], key=cert[1], metrics=["127.0.0.1:0"])
+    address = running.address("https")
+    with socket.create_connection((address.host, address.port), timeout=10) as sock:
+        sock.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")  # plain HTTP
+        with contextlib.suppress(ConnectionResetError):
+            recv_all(sock)
+
+    def ended():
+        samples = scrape_metrics(running.address("metrics").port)
+        return samples if metric(samples, "gproxy_sessions_total", outcome="tls_failed") else None
+
+    samples = wait_for(ended, what="the failed session")
+    assert metric(samples, "gproxy_handshake_failures_total", reason="tls_failed") == 1
 
 
 def test_silent_client_does_not_block_the_accept_loop(tls_proxy, cert, echo_tcp):
