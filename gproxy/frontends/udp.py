@@ -540,10 +540,10 @@ class UdpForwarder(UdpService[tuple[object, ...], _Mapping]):
         while True:
             try:
                 n = mapping.sock.recv_into(buf)
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable for an earlier datagram
             except OSError:
-                return
+                if mapping.sock.fileno() < 0:  # closed: the mapping has ended
+                    return
+                continue  # an ICMP error (refused, prohibited...) for an earlier datagram
             mapping.last = self.mappings.clock
             try:
                 listener.sendto(buf[:n], mapping.client)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 
 import gevent
+import pytest
 
 from tests.helpers import GproxyProcess, UdpEchoServer, cyclic_garbage, wait_for
 
@@ -139,3 +142,39 @@ def test_an_ended_mapping_is_freed_without_the_cycle_collector(proxy, echo_udp):
         service_of(running).mappings.end_all("ok")
         gevent.sleep(0.05)  # the kills run
     assert "_Mapping" not in cyclic and "Session" not in cyclic, sorted(set(cyclic))
+
+
+def _icmp_host_prohibited(source: tuple[str, int], dest: tuple[str, int]) -> bytes:
+    """ICMP destination unreachable, code 10 (host administratively prohibited: what firewalld's
+    REJECT sends), about a UDP datagram ``source`` -> ``dest``, as a raw IPv4 socket sends it."""
+
+    def checksum(data: bytes) -> int:
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data + b"\0" * (len(data) % 2)))
+        total = (total >> 16) + (total & 0xFFFF)
+        return ~(total + (total >> 16)) & 0xFFFF
+
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, socket.inet_aton(source[0]), socket.inet_aton(dest[0])
+    )
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    icmp = struct.pack("!BBHI", 3, 10, 0, 0) + ip + struct.pack("!HHHH", source[1], dest[1], 8, 0)
+    return icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raw socket (root) sends the ICMP error")
+def test_an_icmp_error_other_than_refused_does_not_end_the_replies(proxy, echo_udp):
+    """Linux reports ICMP host/net prohibited (codes 9, 10, 13) on a connected UDP socket as
+    EHOSTUNREACH/ENETUNREACH: one such error is about one datagram, not the mapping."""
+    running, address = forwarder(proxy, echo_udp)
+    sock = client_socket()
+    try:
+        sock.sendto(b"one", address)
+        assert sock.recvfrom(100)[0] == b"one"
+        (mapping,) = service_of(running).mappings.values()
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+            raw.sendto(_icmp_host_prohibited(mapping.sock.getsockname(), echo_udp.address), ("127.0.0.1", 0))
+        gevent.sleep(0.2)  # the mapping's reply loop reads the error
+        sock.sendto(b"two", address)
+        assert sock.recvfrom(100)[0] == b"two"
+    finally:
+        sock.close()
