@@ -54,6 +54,18 @@ def received(sock: socket.socket, buf: memoryview) -> Iterator[tuple[int, Any]]:
                 return
 
 
+def received_sizes(sock: socket.socket, buf: memoryview) -> Iterator[int]:
+    """The size of each datagram a connected ``sock`` receives into ``buf``, as received()
+    gives them: ends once the socket is closed, and an error queued on it (any ICMP error
+    for an earlier send: port or host unreachable, prohibited...) is skipped, not fatal."""
+    while True:
+        try:
+            yield sock.recv_into(buf)
+        except OSError:
+            if sock.fileno() < 0:
+                return
+
+
 class Mapping(Protocol):
     session: Session
     last: int  # the table's clock at its latest datagram

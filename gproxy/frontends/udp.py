@@ -32,7 +32,7 @@ from gproxy.core.rules import DestinationPolicy
 from gproxy.core.session import Session
 from gproxy.core.stream import Conn
 from gproxy.core.tunnel import rate_limits
-from gproxy.core.udp_mappings import UdpService, hub_buffer, received
+from gproxy.core.udp_mappings import UdpService, hub_buffer, received, received_sizes
 from gproxy.core.udp_upstream import UdpRelay, open_relay, udp_socket, udp_upstreams
 from gproxy.core.upstream_group import Router, dialled_via
 
@@ -291,13 +291,7 @@ class UdpAssociation:
         buf = hub_buffer()
         client = raw_socket(self.client_sock)
         metrics, kind = self.ctx.metrics, self.ctx.listener.kind
-        while True:
-            try:
-                n = relay.sock.recv_into(buf)
-            except OSError:
-                if relay.sock.fileno() < 0:
-                    return
-                continue  # ICMP port unreachable for an earlier datagram
+        for n in received_sizes(relay.sock, buf):
             unwrapped = relay.unwrap(buf[:n])
             if unwrapped is None or self.client_addr is None:
                 self._drop("malformed datagram from the upstream" if unwrapped is None else "no client yet")
@@ -537,13 +531,7 @@ class UdpForwarder(UdpService[tuple[object, ...], _Mapping]):
         buf = hub_buffer()
         listener = raw_socket(self.sock)
         metrics = self.proxy.metrics
-        while True:
-            try:
-                n = mapping.sock.recv_into(buf)
-            except OSError:
-                if mapping.sock.fileno() < 0:  # closed: the mapping has ended
-                    return
-                continue  # an ICMP error (refused, prohibited...) for an earlier datagram
+        for n in received_sizes(mapping.sock, buf):
             mapping.last = self.mappings.clock
             try:
                 listener.sendto(buf[:n], mapping.client)

@@ -27,7 +27,7 @@ from gproxy.core.log import logger
 from gproxy.core.relay import Limits
 from gproxy.core.session import Session
 from gproxy.core.tunnel import rate_limits
-from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer
+from gproxy.core.udp_mappings import Sockaddr, UdpService, hub_buffer, received_sizes
 from gproxy.core.udp_upstream import UdpRelay, UdpUpstream, open_relay, udp_route
 from gproxy.core.upstream_group import DIRECT
 from gproxy.frontends.transparent import parse_sockaddr
@@ -255,13 +255,7 @@ class TproxyUdp(UdpService[FlowKey, _Flow]):
         reply = raw_socket(flow.reply)
         dest = flow.dest
         metrics = self.proxy.metrics
-        while True:
-            try:
-                n = sock.recv_into(buf)
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable for an earlier datagram
-            except OSError:
-                return
+        for n in received_sizes(sock, buf):
             data = buf[:n]
             if relay is not None:
                 unwrapped = relay.unwrap(data)
