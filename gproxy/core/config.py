@@ -259,9 +259,11 @@ class Config:
     def from_settings(cls, settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Config:
         """From option keys (``socks``, ``idle-timeout``, ...) to a validated Config.
 
-        ``extra`` holds the TOML-only tables (see EXTRA_TABLES).
+        ``extra`` holds the TOML-only tables (see EXTRA_TABLES). A setting given as None
+        is not given (its default), a repeated one as much as a single one.
         """
-        values = {key: _check_type(key, value, "") for key, value in settings.items()}
+        checked = {key: _check_type(key, value, "") for key, value in settings.items()}
+        values = {key: value for key, value in checked.items() if value is not None}
         listeners = tuple(parse_listener(key, spec) for key in LISTENER_KINDS for spec in values.get(key, ()))
         kwargs: dict[str, Any] = {
             "listeners": listeners,
@@ -278,7 +280,7 @@ class Config:
             "extra": dict(extra or {}),
         }
         for option in OPTIONS:
-            if not option.repeat and option.key in values and values[option.key] is not None:
+            if not option.repeat and option.key in values:
                 kwargs[option.key.replace("-", "_")] = values[option.key]
         if values.get("rate") is not None:
             kwargs["rate"] = parse_rate(values["rate"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gproxy.core.config import Config, load_toml, parse_hostport
+from gproxy.core.config import OPTIONS, Config, load_toml, parse_hostport
 from gproxy.core.errors import ConfigError
 
 
@@ -62,6 +62,16 @@ def test_forwarders_are_not_proxies():
 def test_bad_settings(settings, message):
     with pytest.raises(ConfigError, match=message):
         Config.build(**settings)
+
+
+@pytest.mark.parametrize("key", [option.key.replace("-", "_") for option in OPTIONS if option.repeat])
+def test_none_is_not_given_for_repeated_settings_too(key):
+    """``Config.build(user=None)`` is the default, as ``idle_timeout=None`` is; it was a TypeError."""
+    settings = {"socks": ["127.0.0.1:0"], key: None}
+    if key == "socks":
+        settings["http"] = ["127.0.0.1:0"]
+    config = Config.build(**settings)
+    assert config == Config.build(**{name: value for name, value in settings.items() if name != key})
 
 
 def test_password_not_echoed_in_errors():
