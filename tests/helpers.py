@@ -434,12 +434,14 @@ def start_gproxy(*args: str, listeners: int = 1, timeout: float = 30) -> Followe
     return running
 
 
-def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """``GET /metrics`` -> {(sample name, labels): value}."""
+def scrape_metrics(
+    port: int, host: str = "127.0.0.1", *, before: bytes = b""
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``GET /metrics`` (after ``before``: a PROXY header) -> {(sample name, labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(before + f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         response = recv_all(sock)
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head

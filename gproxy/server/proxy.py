@@ -32,7 +32,16 @@ from gproxy.core.auth_service import AuthService, parse_auth_url
 from gproxy.core.config import PROXY_KINDS, TLS_KINDS, Config, ListenerSpec
 from gproxy.core.context import Context, Metrics
 from gproxy.core.dial import DirectDialer, Prepare, Resolver, system_resolve
-from gproxy.core.errors import ClientClosed, ConfigError, Denied, GproxyError, HandshakeTimeout, Outcome, outcome_of
+from gproxy.core.errors import (
+    ClientClosed,
+    ClientProtocolError,
+    ConfigError,
+    Denied,
+    GproxyError,
+    HandshakeTimeout,
+    Outcome,
+    outcome_of,
+)
 from gproxy.core.limits import RateLimits
 from gproxy.core.log import AccessLog, announce, logger
 from gproxy.core.origin_pool import OriginPool
@@ -552,8 +561,14 @@ class Proxy:
             source, _ = read_proxy_header(sock, self.config.handshake_timeout)
         except (GproxyError, OSError) as exc:
             logger.debug("%s: proxy_protocol: %s", peer, exc)
+            session = Session(peer, kind, outcome=Outcome.PROXY_PROTOCOL, started=accepted)
+            if kind in HANDLERS:  # a client's session (not a scrape): counted as its access line says
+                failure = ClientProtocolError(f"PROXY protocol: {exc}", reason=Outcome.PROXY_PROTOCOL)
+                self.metrics.session_opened(kind)
+                self.metrics.session_failed(session, failure)
+                self.metrics.session_closed(session)
             if self.access_log is not None:
-                self.access_log.write(Session(peer, kind, outcome=Outcome.PROXY_PROTOCOL, started=accepted).logfmt())
+                self.access_log.write(session.logfmt())
             return None
         return source or peer  # LOCAL / UNKNOWN: the balancer's own connection
 

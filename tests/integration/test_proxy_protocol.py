@@ -8,7 +8,7 @@ import pytest
 
 from gproxy.codec.proxy_protocol import encode_v1, encode_v2
 from gproxy.core.addr import Address
-from tests.helpers import recv_all, recv_exact
+from tests.helpers import metric, recv_all, recv_exact, scrape_metrics
 
 GREETING = b"\x05\x01\x00"
 ENCODERS = {"v1": encode_v1, "v2": encode_v2}
@@ -121,6 +121,23 @@ def test_missing_or_bad_header_is_closed(pp_proxy, data):
     (line,) = access_lines(log, 1)
     assert "client=127.0.0.1:" in line
     assert line.endswith("outcome=proxy_protocol")
+
+
+def test_missing_or_bad_headers_are_counted_as_their_access_lines_say(proxy, tmp_path):
+    """Each connection dropped for its header is an accepted connection and a session ended
+    ``proxy_protocol`` in the metrics too; they counted nothing while the access log had a line each."""
+    log = tmp_path / "access.log"
+    running = pp_socks(proxy, ANYONE, metrics=["127.0.0.1:0"], access_log=str(log), handshake_timeout=0.3)
+    address = running.address("socks5")
+    assert_closed_without_reply(address, GREETING + b"\x01\x02")  # a bad header
+    assert_closed_without_reply(address, b"", eof=True)  # none at all
+    assert_closed_without_reply(address, b"PROXY TCP4 ")  # never finished
+    access_lines(log, 3)
+    samples = scrape_metrics(running.address("metrics").port, before=b"PROXY UNKNOWN\r\n")
+    assert metric(samples, "gproxy_connections_accepted_total") == 3  # the scrape is not one
+    assert metric(samples, "gproxy_connections_active", listener="socks5") == 0
+    assert metric(samples, "gproxy_sessions_total", listener="socks5", outcome="proxy_protocol") == 3
+    assert metric(samples, "gproxy_handshake_failures_total", reason="proxy_protocol") == 3
 
 
 def test_slow_header_is_dropped_at_the_handshake_timeout(proxy):
