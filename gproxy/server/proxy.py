@@ -180,6 +180,7 @@ class Proxy:
         self.clients = ClientRules(config.allow, config.deny)
         self.access_log: AccessLog | None = None
         self._sockets: list[tuple[ListenerSpec, socket.socket]] = []
+        self._addresses: list[tuple[str, Address]] = []  # kept after stop(): the ports it had
         self._servers: list[StreamServer] = []
         self._services: list[Service] = []
         self._sessions = SessionGreenlets()  # unbounded: --max-conns refuses instead of queueing
@@ -229,14 +230,18 @@ class Proxy:
                 sock.close()
             self._sockets.clear()
             raise
+        self._addresses = [(spec.kind, from_sockaddr(sock.getsockname())) for spec, sock in self._sockets]
 
     def start(self) -> Proxy:
         """Bind (if not yet) and start serving; returns at once.
 
         Everything or nothing: every listener is built and started before any
         ``listening`` line; on any failure whatever was started is stopped and
-        every bound socket closed before the error propagates.
+        every bound socket closed before the error propagates. A stopped Proxy does not
+        start again (RuntimeError): make a new one.
         """
+        if self._stopped.is_set():
+            raise RuntimeError("this Proxy was stopped; make a new Proxy to serve again")
         self.bind()
         try:
             self._build_and_start()
@@ -301,6 +306,7 @@ class Proxy:
         self._servers.clear()
         self._services.clear()
         self._sockets.clear()
+        self._addresses = []
         self._contexts.clear()
         self._latest.clear()
         if self.access_log is not None:
@@ -449,8 +455,8 @@ class Proxy:
 
     @property
     def addresses(self) -> list[tuple[str, Address]]:
-        """(kind, bound address) for every listener, ports as actually bound."""
-        return [(spec.kind, from_sockaddr(sock.getsockname())) for spec, sock in self._sockets]
+        """(kind, bound address) for every listener, ports as actually bound (still after stop())."""
+        return list(self._addresses)
 
     def address(self, kind: str = "socks5") -> Address:
         """The bound address of the first listener of ``kind``."""

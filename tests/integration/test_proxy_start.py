@@ -57,3 +57,17 @@ def test_a_prometheus_metrics_listener_still_starts(capsys):
         err = capsys.readouterr().err
         assert err.count("gproxy: listening") == 2
         assert not refused(proxy.address("metrics").port)
+
+
+def test_a_stopped_proxy_still_tells_its_ports_and_does_not_start_again():
+    """address() and addresses after stop() were OSError (EBADF, from the closed sockets), and
+    so was start() again."""
+    with Proxy(Config.build(socks=["127.0.0.1:0"], admin=["127.0.0.1:0"]), announce=False) as proxy:
+        bound = proxy.addresses
+        port = proxy.address("socks5").port
+    assert proxy.addresses == bound
+    assert proxy.address("socks5").port == port
+    assert refused(port)
+    with pytest.raises(RuntimeError, match="was stopped; make a new Proxy"):
+        proxy.start()
+    assert refused(port)
