@@ -4,6 +4,7 @@ proxy (access log it cannot reopen) nor freezes it (a big users file)."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import stat
@@ -115,9 +116,17 @@ def test_a_reload_cannot_open_a_listener_that_stays_exposed(proxy, caplog):
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free now, below the ephemeral range (32768 and up on Linux): no outgoing
+    connection of this or another test can take it before gproxy binds it."""
+    start = random.randrange(20000, 32000)
+    for port in range(start, start + 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def _started_from_file(path, text: str, workers: str):
