@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -418,6 +419,20 @@ class FollowedGproxy(GproxyProcess):
             self.follower.join(5)  # reads to EOF, then the pipes can close
             self.follower.kill()
         return super().stop(sig, timeout)
+
+
+def free_port() -> int:
+    """A port free now, below the ephemeral range (32768 and up on Linux): no outgoing
+    connection of this or another test can take it before gproxy binds it."""
+    start = random.randrange(20000, 32000)
+    for port in range(start, start + 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def start_gproxy(*args: str, listeners: int = 1, timeout: float = 30) -> FollowedGproxy:

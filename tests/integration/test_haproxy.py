@@ -13,17 +13,11 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, GproxyProcess, recv_exact
+from tests.helpers import ROOT, GproxyProcess, free_port, recv_exact
 
 HAPROXY = shutil.which("haproxy")
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 CLIENT_IP, STRANGER_IP = "127.0.0.2", "127.0.0.4"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def haproxy_config(lb_port: int, backend_ports: list[int]) -> str:

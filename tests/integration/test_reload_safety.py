@@ -4,7 +4,6 @@ proxy (access log it cannot reopen) nor freezes it (a big users file)."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import stat
@@ -22,6 +21,7 @@ from gproxy.core.access import Users
 from tests.helpers import (
     ROOT,
     echo_through,
+    free_port,
     gproxy_env,
     ipv4_dest,
     recv_exact,
@@ -115,20 +115,6 @@ def test_a_reload_cannot_open_a_listener_that_stays_exposed(proxy, caplog):
     assert no_auth_offer_answer(addr) == b"\x05\xff"
 
 
-def _free_port() -> int:
-    """A port free now, below the ephemeral range (32768 and up on Linux): no outgoing
-    connection of this or another test can take it before gproxy binds it."""
-    start = random.randrange(20000, 32000)
-    for port in range(start, start + 500):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below the ephemeral range")
-
-
 def _started_from_file(path, text: str, workers: str):
     """gproxy started with --config ``path`` (written with ``text``) and --workers."""
     path.write_text(text)
@@ -137,7 +123,7 @@ def _started_from_file(path, text: str, workers: str):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sighup_with_a_file_that_would_open_the_bound_listener_keeps_the_users(tmp_path, workers):
-    path, port = tmp_path / "gproxy.toml", _free_port()
+    path, port = tmp_path / "gproxy.toml", free_port()
     running = _started_from_file(path, f'socks = ["0.0.0.0:{port}"]\nuser = ["u:p"]\n', workers)
     try:
         path.write_text(f'socks = ["127.0.0.1:{port}"]\n')  # users gone, "now on loopback"
@@ -283,7 +269,7 @@ def test_a_defect_met_while_reloading_keeps_the_old_settings_with_one_line(proxy
 def test_sighup_says_once_what_only_a_restart_applies(tmp_path, echo_tcp, workers):
     """A file that moves the listener and the access log, and adds a user: the user applies,
     the rest keeps running as it was, and one warning line (not one per worker) names it."""
-    path, log, port = tmp_path / "gproxy.toml", tmp_path / "access.log", _free_port()
+    path, log, port = tmp_path / "gproxy.toml", tmp_path / "access.log", free_port()
     running = _started_from_file(path, f'socks = ["127.0.0.1:{port}"]\naccess-log = "{log}"\n', workers)
     try:
         path.write_text(f'socks = ["127.0.0.1:{port + 1}"]\naccess-log = "{log}.new"\nuser = ["u:p"]\n')
