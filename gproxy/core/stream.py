@@ -7,6 +7,7 @@ one message) and hands bytes the client sent early on to the relay.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -89,12 +90,17 @@ class Conn:
         self.replied = True
 
     def close_politely(self, linger: float = 0.5) -> None:
-        """Shut down our sending half and drain briefly, so the client reads
-        our last reply instead of a RST (pywsgi and h11 do the same)."""
+        """Shut down our sending half and drain for at most ``linger`` seconds in all,
+        so the client reads our last reply instead of a RST (pywsgi and h11 do the
+        same); a client that keeps trickling bytes cannot stretch the drain."""
         try:
             self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(linger)
+            end = time.monotonic() + linger
             for _ in range(16):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self.sock.settimeout(left)
                 if not self.sock.recv(4096):
                     break
         except OSError:

@@ -176,3 +176,26 @@ def test_client_that_never_reads_is_throttled_by_backpressure():
         assert rss_after - rss_before < 64 * 1024
         for sock in clients:
             sock.close()
+
+
+def test_a_client_trickling_past_the_deadline_is_closed_soon_after_it(probe, sandbox, echo_tcp):
+    """A client that goes on sending a byte every 0.1 s after the handshake timeout
+    (ignoring the server's FIN) is closed within the polite drain's half second, not
+    kept for as many drain reads as it can feed (16 x 0.5 s)."""
+    _handshake_probe(probe)
+    running = sandbox(probe, handshake_timeout=HANDSHAKE_TIMEOUT)
+    bound = running.address(probe.kind)
+    payload = probe.handshake(Address("127.0.0.1", echo_tcp.port))[:-1]  # never complete
+    sock = socket.create_connection((bound.host, bound.port), timeout=30)
+    started = time.monotonic()
+    try:
+        sock.sendall(payload[:1])
+        gevent.sleep(HANDSHAKE_TIMEOUT - 0.3)
+        with pytest.raises(OSError):  # the server's RST, once it has closed
+            for byte in (payload[1:] + bytes(200))[:200]:
+                sock.sendall(bytes([byte]))
+                gevent.sleep(0.1)
+        closed_after = time.monotonic() - started
+    finally:
+        sock.close()
+    assert closed_after < HANDSHAKE_TIMEOUT + 1.5, closed_after
