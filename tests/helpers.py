@@ -788,6 +788,16 @@ def network_namespaces(*names: str) -> Iterator[None]:
 _LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
+def access_lines(path: Path) -> list[str]:
+    """The complete lines of an access log (none if it does not exist yet): a line gproxy is
+    still writing (a write that crosses a page can be read half done) waits for the next look."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
 def logfmt_fields(line: str) -> dict[str, str]:
     """An access-log line's fields in order, quoted values decoded; asserts the line is
     nothing but ``key=value`` pairs separated by single spaces."""

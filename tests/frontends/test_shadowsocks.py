@@ -22,6 +22,7 @@ from tests.helpers import (
     ROOT,
     EchoServer,
     UdpEchoServer,
+    access_lines,
     child_pids,
     cyclic_garbage,
     gproxy_env,
@@ -119,7 +120,7 @@ def running(tmp_path: Path) -> Iterator[Proxy]:
 def log_lines(tmp_path: Path, count: int) -> list[str]:
     path = tmp_path / "access.log"
     for _ in range(100):
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = access_lines(path)
         if len(lines) >= count:
             return lines
         gevent.sleep(0.05)

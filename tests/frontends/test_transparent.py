@@ -35,6 +35,7 @@ from gproxy.server.proxy import Proxy
 from gproxy.services.tproxy_udp import original_destination
 from tests.helpers import (
     ROOT,
+    access_lines,
     gproxy_env,
     logfmt_fields,
     network_namespaces,
@@ -201,7 +202,7 @@ def test_a_tcp_connection_straight_to_the_tproxy_port_is_not_redirected(proxy, t
     address = running.address("tproxy")
     with socket.create_connection((address.host, address.port), timeout=5) as client:
         assert recv_all(client) == b""  # closed: it has no destination but the listener itself
-    (line,) = wait_for(lambda: log.exists() and log.read_text().splitlines(), what="its line")
+    (line,) = wait_for(lambda: access_lines(log), what="its line")
     fields = logfmt_fields(line)
     assert (fields["proto"], fields["outcome"]) == ("tproxy", "not_redirected")
 
@@ -428,7 +429,7 @@ def _udp_log_lines(log, count: int, within: float = 15.0) -> list[str]:
     """The access log's ``cmd=udp`` lines once there are ``count`` of them (polled, bounded)."""
     deadline = time.monotonic() + within
     while True:
-        lines = [line for line in log.read_text().splitlines() if "cmd=udp" in line] if log.exists() else []
+        lines = [line for line in access_lines(log) if "cmd=udp" in line]
         if len(lines) >= count or time.monotonic() > deadline:
             return lines
         time.sleep(0.1)

@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 from tests.helpers import (
+    access_lines,
     echo_through,
     ipv4_dest,
     logfmt_fields,
@@ -24,7 +25,7 @@ TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def lines_of(path: Path) -> list[dict[str, str]]:
-    return [logfmt_fields(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [logfmt_fields(line) for line in access_lines(path)]
 
 
 def test_lines_match_sessions(proxy, echo_tcp, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from gproxy import Config, Proxy
 from tests.fake_auth import FakeAuthService
 from tests.helpers import (
+    access_lines,
     echo_through,
     ipv4_dest,
     make_cert,
@@ -60,7 +61,7 @@ def http_connect(sock: socket.socket, port: int, user: str, password: str) -> by
 def log_entries(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
-    return [dict(field.split("=", 1) for field in line.split()) for line in path.read_text().splitlines()]
+    return [dict(field.split("=", 1) for field in line.split()) for line in access_lines(path)]
 
 
 def test_end_to_end_over_socks5_http_and_https(tmp_path, cert, echo_tcp):

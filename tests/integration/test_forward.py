@@ -11,7 +11,7 @@ import pytest
 from gevent.pywsgi import WSGIServer
 
 from gproxy import Config, Proxy
-from tests.helpers import GproxyProcess, curl, logfmt_fields, pump_echo, recv_all, recv_exact, wait_for
+from tests.helpers import GproxyProcess, access_lines, curl, logfmt_fields, pump_echo, recv_all, recv_exact, wait_for
 
 MB = 1 << 20
 
@@ -33,7 +33,7 @@ def test_forward_relays_and_half_closes(proxy, echo_tcp, tmp_path):
         assert recv_all(client) == b"world"
     finally:
         client.close()
-    (line,) = wait_for(lambda: log.exists() and log.read_text().splitlines(), what="its line")
+    (line,) = wait_for(lambda: access_lines(log), what="its line")
     fields = logfmt_fields(line)
     assert (fields["proto"], fields["cmd"], fields["up"], fields["down"]) == ("forward", "connect", "11", "11")
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, GproxyProcess, free_port, recv_exact
+from tests.helpers import ROOT, GproxyProcess, access_lines, free_port, recv_exact
 
 HAPROXY = shutil.which("haproxy")
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
@@ -58,7 +58,7 @@ def read_lines(paths, want: int, timeout: float = 10) -> list[str]:
     deadline = time.monotonic() + timeout
     lines: list[str] = []
     while time.monotonic() < deadline:
-        lines = [line for path in paths if path.exists() for line in path.read_text().splitlines()]
+        lines = [line for path in paths for line in access_lines(path)]
         if len(lines) >= want:
             break
         time.sleep(0.05)

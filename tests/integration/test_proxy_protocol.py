@@ -8,7 +8,7 @@ import pytest
 
 from gproxy.codec.proxy_protocol import encode_v1, encode_v2
 from gproxy.core.addr import Address
-from tests.helpers import metric, recv_all, recv_exact, scrape_metrics
+from tests.helpers import access_lines, metric, recv_all, recv_exact, scrape_metrics
 
 GREETING = b"\x05\x01\x00"
 ENCODERS = {"v1": encode_v1, "v2": encode_v2}
@@ -42,11 +42,11 @@ def assert_closed_without_reply(address: Address, data: bytes, *, eof: bool = Fa
             assert recv_all(sock) == b""
 
 
-def access_lines(path, want: int) -> list[str]:
+def lines_once(path, want: int) -> list[str]:
     """The access log's lines, once it has at least ``want`` of them (bounded poll)."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = access_lines(path)
         if len(lines) >= want:
             return lines
         time.sleep(0.02)
@@ -77,7 +77,7 @@ def test_header_address_is_allowed(pp_proxy, echo_tcp, version):
     sock.sendall(b"through")
     assert recv_exact(sock, 7) == b"through"
     sock.close()
-    (line,) = access_lines(log, 1)
+    (line,) = lines_once(log, 1)
     assert "client=10.1.2.3:40000 " in line
     assert line.endswith("outcome=ok")
 
@@ -118,7 +118,7 @@ def test_header_split_byte_by_byte(pp_proxy, echo_tcp):
 def test_missing_or_bad_header_is_closed(pp_proxy, data):
     address, log = pp_proxy
     assert_closed_without_reply(address, data, eof=not data)
-    (line,) = access_lines(log, 1)
+    (line,) = lines_once(log, 1)
     assert "client=127.0.0.1:" in line
     assert line.endswith("outcome=proxy_protocol")
 
@@ -132,7 +132,7 @@ def test_missing_or_bad_headers_are_counted_as_their_access_lines_say(proxy, tmp
     assert_closed_without_reply(address, GREETING + b"\x01\x02")  # a bad header
     assert_closed_without_reply(address, b"", eof=True)  # none at all
     assert_closed_without_reply(address, b"PROXY TCP4 ")  # never finished
-    access_lines(log, 3)
+    lines_once(log, 3)
     samples = scrape_metrics(running.address("metrics").port, before=b"PROXY UNKNOWN\r\n")
     assert metric(samples, "gproxy_connections_accepted_total") == 3  # the scrape is not one
     assert metric(samples, "gproxy_connections_active", listener="socks5") == 0
@@ -156,7 +156,7 @@ def test_slow_header_is_logged_with_the_time_it_took(proxy, tmp_path):
     with socket.create_connection((address.host, address.port), timeout=5) as sock:
         sock.sendall(b"PROXY TCP4 ")  # and never the rest
         assert recv_all(sock) == b""
-    (line,) = access_lines(log, 1)
+    (line,) = lines_once(log, 1)
     assert line.endswith("outcome=proxy_protocol")
     assert float(line.split(" dur=")[1].split()[0]) >= 0.4
 
@@ -167,7 +167,7 @@ def test_local_command_keeps_the_peer_address(proxy, echo_tcp, tmp_path):
     running = pp_socks(proxy, ["127.0.0.1/32"], access_log=str(log))
     for header in (encode_v2(None, None), encode_v1(None, None)):
         open_tunnel(running.address("socks5"), header, echo_tcp).close()
-    assert all("client=127.0.0.1:" in line for line in access_lines(log, 2))
+    assert all("client=127.0.0.1:" in line for line in lines_once(log, 2))
 
 
 def test_per_ip_limit_counts_the_carried_address(proxy, echo_tcp):
@@ -195,7 +195,7 @@ def test_forward_listener_strips_the_header(proxy, echo_tcp, tmp_path):
         assert recv_exact(sock, 7) == b"payload"
         sock.shutdown(socket.SHUT_WR)
         assert recv_all(sock) == b""
-    assert "client=10.4.4.4:999 " in access_lines(log, 1)[0]
+    assert "client=10.4.4.4:999 " in lines_once(log, 1)[0]
     assert_closed_without_reply(address, encode_v1(Address("192.0.2.1", 1), Address("10.0.0.1", 80)) + b"x")
 
 

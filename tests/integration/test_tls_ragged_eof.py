@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 
-from tests.helpers import make_cert, recv_exact, wait_for
+from tests.helpers import access_lines, make_cert, recv_exact, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,7 @@ def cert(tmp_path_factory):
 
 
 def _lines(path):
-    return (
-        [dict(p.split("=", 1) for p in line.split()) for line in path.read_text().splitlines()] if path.exists() else []
-    )
+    return [dict(p.split("=", 1) for p in line.split()) for line in access_lines(path)]
 
 
 @contextlib.contextmanager

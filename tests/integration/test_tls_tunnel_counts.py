@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from tests.helpers import logfmt_fields, make_cert, recv_exact, wait_for
+from tests.helpers import access_lines, logfmt_fields, make_cert, recv_exact, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_tls_tunnel_ended_from_outside_keeps_its_bytes(proxy, echo_tcp, cert, tm
             assert running.end_session(session_id)
         else:
             running.stop(0)
-        line = wait_for(lambda: log.exists() and log.read_text(), what="the tunnel's line")
-    fields = logfmt_fields(line.splitlines()[0])
+        line = wait_for(lambda: access_lines(log), what="the tunnel's line")[0]
+    fields = logfmt_fields(line)
     assert fields["outcome"] == ("admin_closed" if how == "admin" else "shutdown")
     assert (fields["up"], fields["down"]) == ("1000", "1000")

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import UdpEchoServer, make_cert, read_socks5_reply, recv_exact, socks5_address, wait_for
+from tests.helpers import (
+    UdpEchoServer,
+    access_lines,
+    make_cert,
+    read_socks5_reply,
+    recv_exact,
+    socks5_address,
+    wait_for,
+)
 from tests.integration.test_udp import Association
 
 METHODS = ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm"]
@@ -25,7 +33,7 @@ def log_lines(path: Path, what: str, count: int = 1) -> list[str]:
     """The access-log lines containing ``what`` once there are ``count`` of them (polled, bounded)."""
 
     def found() -> list[str]:
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = access_lines(path)
         matching = [line for line in lines if what in line]
         return matching if len(matching) >= count else []
 

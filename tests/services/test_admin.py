@@ -12,7 +12,7 @@ import requests
 from gproxy.core.config import Config
 from gproxy.core.errors import ConfigError
 from tests.fake_auth import FakeAuthService
-from tests.helpers import echo_through, ipv4_dest, recv_all, recv_exact, socks5_connect, wait_for
+from tests.helpers import access_lines, echo_through, ipv4_dest, recv_all, recv_exact, socks5_connect, wait_for
 
 FIELDS = {"id", "listener", "proto", "cmd", "client", "user", "dest", "via", "up", "down", "age"}
 
@@ -22,9 +22,7 @@ def _base(running) -> str:
 
 
 def _lines(path):
-    return (
-        [dict(p.split("=", 1) for p in line.split()) for line in path.read_text().splitlines()] if path.exists() else []
-    )
+    return [dict(p.split("=", 1) for p in line.split()) for line in access_lines(path)]
 
 
 def test_sessions_show_live_bytes_and_delete_ends_one(proxy, echo_tcp, tmp_path):
