@@ -42,25 +42,27 @@ hub_buffer = _BUFFERS.get
 Sockaddr = tuple[object, ...]
 
 
+_Read = TypeVar("_Read")
+
+
 def received(sock: socket.socket, buf: memoryview) -> Iterator[tuple[int, Any]]:
     """(size, source) of each datagram ``sock`` receives into ``buf`` (which the caller must be
     done with before asking for the next); ends once the socket is closed. An error queued on
-    the socket (an ICMP unreachable for an earlier send) is not fatal: skipped."""
-    while True:
-        try:
-            yield sock.recvfrom_into(buf)
-        except OSError:
-            if sock.fileno() < 0:
-                return
+    the socket (an ICMP error for an earlier send: port or host unreachable, prohibited...)
+    is not fatal: skipped."""
+    return _until_closed(sock, sock.recvfrom_into, buf)
 
 
 def received_sizes(sock: socket.socket, buf: memoryview) -> Iterator[int]:
     """The size of each datagram a connected ``sock`` receives into ``buf``, as received()
-    gives them: ends once the socket is closed, and an error queued on it (any ICMP error
-    for an earlier send: port or host unreachable, prohibited...) is skipped, not fatal."""
+    gives them (the source is the one it is connected to)."""
+    return _until_closed(sock, sock.recv_into, buf)
+
+
+def _until_closed(sock: socket.socket, read: Callable[[memoryview], _Read], buf: memoryview) -> Iterator[_Read]:
     while True:
         try:
-            yield sock.recv_into(buf)
+            yield read(buf)
         except OSError:
             if sock.fileno() < 0:
                 return
