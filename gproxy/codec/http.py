@@ -63,7 +63,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: integer, so a C origin or client after us cannot wrap the number into another framing
 MAX_LENGTH_DIGITS = 18
 #: the bytes a token (a method, a header name) is made of
-_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_BYTES = frozenset(byte for byte in range(256) if _TOKEN.fullmatch(bytes([byte])))
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
@@ -629,6 +629,12 @@ def encode_final_answer(request: RequestHead, forwarded: bytes, *, close: bool) 
     return head + b"\r\n\r\n" + forwarded
 
 
+def encode_response_head(response: ResponseHead, framing: bytes = b"") -> bytes:
+    """The head that goes to the client: the origin's status and passed lines, then
+    ``framing`` (the proxy's own Content-Length, Transfer-Encoding, Connection lines)."""
+    return b"HTTP/1.1 %d %b%b%b\r\n\r\n" % (response.status, response.reason, response.passed, framing)
+
+
 def response_head_end(buf: bytearray | bytes) -> int | None:
     """Where a response head ends in ``buf`` (after its blank line); None while incomplete."""
     end = buf.find(b"\r\n\r\n")
@@ -687,11 +693,9 @@ def _response(
     anywhere but last (the proxy could not chunk the body for the client again)."""
     chunked = False
     kept: tuple[bytes, ...] = ()
-    if codings is None:
-        pass
-    elif codings.strip(b" \t") == b"chunked":  # nearly every Transfer-Encoding: no list to read
+    if codings is not None and codings.strip(b" \t") == b"chunked":  # nearly every one: no list to read
         chunked, length = True, None
-    else:  # it overrides a Content-Length (RFC 9112 6.3)
+    elif codings is not None:  # it overrides a Content-Length (RFC 9112 6.3)
         listed = _transfer_codings(codings)
         if not listed:
             raise HttpError(502, "origin sent a Transfer-Encoding that names no coding")

@@ -162,8 +162,9 @@ def _serve_request(conn: Conn, ctx: Context, session: Session, first: bool, cloc
     except HttpError as exc:
         raise _fail(conn, exc) from None
     session.cmd = request.method.decode("ascii", "replace").lower()
-    if not _authorize(conn, ctx, session, request, challenged):  # challenged: 407, the client may retry
-        return _After.CHALLENGED if _may_retry(request) and not challenged else _After.CLOSE
+    refused = _authorize(conn, ctx, session, request, challenged)
+    if refused is not None:  # challenged: 407, and whether the retry may come on this connection
+        return refused
     if request.method == b"CONNECT":
         _connect(conn, ctx, session, request)
         return _After.CLOSE
@@ -211,6 +212,11 @@ def _next_request_bytes(conn: Conn, ctx: Context, clock: _Clock) -> bool:
         waiting.discard(me)
 
 
+def _stopping(ctx: Context) -> bool:
+    """A stop has begun: the client connection is not kept for another request."""
+    return ctx.owner is not None and ctx.owner.draining
+
+
 def _next_bytes(conn: Conn, clock: _Clock) -> bool:
     """Wait for the kept-alive client's next bytes: False when it closed or stayed idle
     for the clock's period."""
@@ -249,21 +255,23 @@ def _fail(conn: Conn, exc: HttpError | OriginError) -> GproxyError:
     return exc
 
 
-def _authorize(conn: Conn, ctx: Context, session: Session, request: http.RequestHead, challenged: bool) -> bool:
-    """With users configured, a valid ``Proxy-Authorization: Basic``; AuthFailed (407)
-    for wrong or malformed ones. None given: False, after a 407 challenge (not a
-    failure), which leaves the connection open for the retry when no body follows and
-    the request before was not challenged too (a client without credentials cannot hold
-    a connection by asking again and again)."""
+def _authorize(
+    conn: Conn, ctx: Context, session: Session, request: http.RequestHead, challenged: bool
+) -> _After | None:
+    """With users configured, a valid ``Proxy-Authorization: Basic`` (None: go on); AuthFailed
+    (407) for wrong or malformed ones. None given: a 407 challenge (not a failure), which
+    leaves the connection open for the retry (CHALLENGED) when no body follows and the
+    request before was not challenged too: a client without credentials cannot hold a
+    connection by asking again and again (CLOSE)."""
     if not ctx.users:
-        return True
+        return None
     given = request.authorization
     if given is None:
         session.status = 407
         ctx.metrics.auth_challenged(session.proto)
-        close = challenged or not _may_retry(request)
-        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE, close=close)
-        return False
+        keep = not challenged and _may_retry(request)
+        _answer(conn, 407, "proxy authentication required", _AUTHENTICATE, close=not keep)
+        return _After.CHALLENGED if keep else _After.CLOSE
     credentials = http.basic_credentials(given)
     name = None if credentials is None else credentials[0].decode("utf-8", "replace")
     try:
@@ -283,7 +291,7 @@ def _authorize(conn: Conn, ctx: Context, session: Session, request: http.Request
         session.status = 429
         _answer(conn, 429, "too many open connections for this user")
         raise
-    return True
+    return None
 
 
 def _may_retry(request: http.RequestHead) -> bool:
@@ -471,7 +479,7 @@ def _forward(conn: Conn, ctx: Context, session: Session, request: http.RequestHe
     session.status = response.status
     try:
         # a stop has begun: this response says Connection: close, so the client sends nothing more
-        may_keep = body_read and not (ctx.owner is not None and ctx.owner.draining)
+        may_keep = body_read and not _stopping(ctx)
         keep_origin, keep_client = _send_response(conn, exchange, request, response, session, may_keep)
     except _Unsent as exc:
         exchange.origin.close()
@@ -495,7 +503,7 @@ def _answer_as_final_recipient(
     """A TRACE or OPTIONS with Max-Forwards: 0 is answered here, not forwarded (RFC 9110
     7.6.2); True if the client connection stays open (never with a body left unread)."""
     unread = request.chunked or request.length
-    keep = request.keep_alive and not unread and not (ctx.owner is not None and ctx.owner.draining)
+    keep = request.keep_alive and not unread and not _stopping(ctx)
     session.status = 200
     forwarded = http.encode_request_head(request, target)
     _to_client(conn, http.encode_final_answer(request, forwarded, close=not keep), clock)
@@ -637,7 +645,7 @@ def _response_head(conn: Conn, exchange: _Exchange, request: http.RequestHead) -
         if response.status == 101:
             raise OriginError("origin switched protocols, which is not forwarded")
         if response.status != 100 and request.version == b"1.1":
-            exchange.to_client(conn, b"HTTP/1.1 %d %b%b\r\n\r\n" % (response.status, response.reason, response.passed))
+            exchange.to_client(conn, http.encode_response_head(response))
 
 
 def _send_response(
@@ -674,7 +682,7 @@ def _send_response(
             framing += b"\r\nConnection: keep-alive"
     else:
         framing += b"\r\nConnection: close"
-    head = b"HTTP/1.1 %d %b%b%b\r\n\r\n" % (response.status, response.reason, response.passed, framing)
+    head = http.encode_response_head(response, framing)
     buf = exchange.buf
     if no_body:
         exchange.to_client(conn, head)
