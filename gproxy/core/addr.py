@@ -107,6 +107,12 @@ def unmap_ip(ip: IPAddress) -> IPAddress:
     return ip
 
 
+def ascii_digits(text: str) -> bool:
+    """A port or count as text: ASCII digits only (``str.isdigit`` also takes '²', which
+    ``int`` refuses, and '१२३', which it reads as 123)."""
+    return text.isascii() and text.isdigit()
+
+
 def format_hostport(host: str, port: int) -> str:
     """``host:port``, with IPv6 literals in brackets."""
     if ":" in host:

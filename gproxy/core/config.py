@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gproxy.core.access import Network, parse_network, parse_users, read_users_file
-from gproxy.core.addr import Address, format_hostport, parse_ip
+from gproxy.core.addr import Address, ascii_digits, format_hostport, parse_ip
 from gproxy.core.errors import ConfigError
 from gproxy.core.limits import parse_rate
 from gproxy.core.outbound import parse_outgoing
@@ -157,7 +157,7 @@ class ListenerSpec:
 def parse_hostport(spec: str, flag: str, default_host: str | None = "127.0.0.1") -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[IPV6]:PORT``; a bare port binds ``default_host``."""
     spec = spec.strip()
-    if spec.isascii() and spec.isdigit() and default_host is not None:
+    if ascii_digits(spec) and default_host is not None:
         host, port_text = default_host, spec
     elif spec.startswith("["):
         host, sep, port_text = spec[1:].partition("]:")
@@ -170,7 +170,7 @@ def parse_hostport(spec: str, flag: str, default_host: str | None = "127.0.0.1")
             raise ConfigError(f"{flag}: {spec!r} is not {want}")
         if ":" in host:
             raise ConfigError(f"{flag}: put IPv6 addresses in brackets, as [{host}]:{port_text}")
-    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:  # int() reads '१२३'
+    if not ascii_digits(port_text) or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{flag}: port {port_text!r} is not a number from 0 to 65535")
     return host, int(port_text)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from gproxy.core.addr import Address, IPAddress, canonical_host, parse_ip, unmap_ip
+from gproxy.core.addr import Address, IPAddress, ascii_digits, canonical_host, parse_ip, unmap_ip
 from gproxy.core.errors import ClientProtocolError, ConfigError, Denied
 from gproxy.core.limits import parse_rate
 from gproxy.core.upstream_url import Upstream, parse_upstream
@@ -109,17 +109,12 @@ def parse_dest_rule(spec: str, flag: str) -> DestRule:
 
 def _parse_ports(text: str, bad: ConfigError) -> tuple[int, int]:
     lo_text, sep, hi_text = text.partition("-")
-    if not _digits(lo_text) or (sep and not _digits(hi_text)):
+    if not ascii_digits(lo_text) or (sep and not ascii_digits(hi_text)):
         raise bad
     lo, hi = int(lo_text), int(hi_text) if sep else int(lo_text)
     if not 1 <= lo <= hi <= 65535:
         raise bad
     return lo, hi
-
-
-def _digits(text: str) -> bool:
-    """ASCII digits only: ``str.isdigit`` also takes '²', which ``int`` refuses, and '१', which it reads."""
-    return text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True)

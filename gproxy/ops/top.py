@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from gproxy.core.addr import ascii_digits
+
 if TYPE_CHECKING:
     from rich.text import Text
 
@@ -223,9 +225,9 @@ def admin_url(addr: str) -> str:
     """``PORT``, ``HOST:PORT``, ``[V6]:PORT`` or a URL -> the base URL of the admin listener."""
     if addr.startswith(("http://", "https://")):
         return addr.rstrip("/")
-    hostport = f"127.0.0.1:{addr}" if addr.isascii() and addr.isdigit() else addr
+    hostport = f"127.0.0.1:{addr}" if ascii_digits(addr) else addr
     host, sep, port = hostport.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535 or not host:
+    if not sep or not ascii_digits(port) or not 0 < int(port) <= 65535 or not host:
         raise ValueError(f"{addr!r} is not PORT, HOST:PORT or [IPV6]:PORT (a port from 1 to 65535)")
     return f"http://{hostport}"
 
