@@ -8,9 +8,10 @@ answer after a quicker AAAA one, RFC 8305 section 3) join the race when they
 come; until then the race waits for them even if every attempt so far failed.
 Each attempt is the gevent socket callers get, made first; its kernel socket
 connects and the race waits on the socket's own write watcher (core/_gevent) and
-loop timers, with no greenlet per attempt. A single address (an IP literal, a one-answer name) has nothing to
-race: one connect and one wait, with none of the race's objects. A connect the kernel completes
-within the call (loopback, this host's services) is seen at once and waits for nothing.
+loop timers, with no greenlet per attempt. A single address (an IP literal, a
+one-answer name) has nothing to race: one connect and one wait, with none of the
+race's objects. A connect the kernel completes within the call (loopback, this
+host's services) is seen at once and waits for nothing.
 """
 
 from __future__ import annotations

@@ -318,8 +318,9 @@ def test_an_ended_udp_mapping_is_freed_without_the_cycle_collector(tmp_path: Pat
                     assert client.first_answer(client.seal(b"%d" % n)) == b"%d" % n
                 finally:
                     client.sock.close()
+            loops = [loop for mapping in service.mappings.values() for loop in mapping.loops]
             service.mappings.end_all("ok")
-            gevent.sleep(0.05)  # the kills run
+            assert len(gevent.joinall(loops, timeout=10)) == len(loops)  # the kills have run
         assert "_Mapping" not in cyclic and "Session" not in cyclic, sorted(set(cyclic))
     finally:
         proxy.stop(0)

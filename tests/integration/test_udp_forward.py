@@ -139,8 +139,10 @@ def test_an_ended_mapping_is_freed_without_the_cycle_collector(proxy, echo_udp):
             with client_socket() as client:
                 client.sendto(b"x", address)
                 assert client.recvfrom(10)[0] == b"x"
-        service_of(running).mappings.end_all("ok")
-        gevent.sleep(0.05)  # the kills run
+        mappings = service_of(running).mappings
+        loops = [mapping.loop for mapping in mappings.values() if mapping.loop is not None]
+        mappings.end_all("ok")
+        assert len(gevent.joinall(loops, timeout=10)) == len(loops)  # the kills have run
     assert "_Mapping" not in cyclic and "Session" not in cyclic, sorted(set(cyclic))
 
 
@@ -173,7 +175,10 @@ def test_an_icmp_error_other_than_refused_does_not_end_the_replies(proxy, echo_u
         (mapping,) = service_of(running).mappings.values()
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
             raw.sendto(_icmp_host_prohibited(mapping.sock.getsockname(), echo_udp.address), ("127.0.0.1", 0))
-        gevent.sleep(0.2)  # the mapping's reply loop reads the error
+        # the reply loop wakes on the error and reads it (a send of "two" before that would meet
+        # the queued error instead and be dropped: the kernel reports it to whoever asks first);
+        # no event says so from outside, hence a pause well past one loop turn
+        gevent.sleep(0.2)
         sock.sendto(b"two", address)
         assert sock.recvfrom(100)[0] == b"two"
     finally:
